@@ -1,0 +1,240 @@
+"""Typed, frozen configuration objects loaded from YAML.
+
+Every loader validates on construction and raises :class:`ConfigError` whose
+message names the offending field (``arms.RI.resolution: must be > 0``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the field."""
+
+
+class UserError(ValueError):
+    """An error a user can cause (bad path, bad range); the CLI prints it as one line, exit 2."""
+
+
+def _require(mapping: dict, key: str, where: str) -> Any:
+    if not isinstance(mapping, dict) or key not in mapping:
+        raise ConfigError(f"{where}.{key}: missing")
+    return mapping[key]
+
+
+def _number(value: Any, where: str, *, positive: bool = False, nonneg: bool = False) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if out != out:
+        raise ConfigError(f"{where}: is NaN")
+    if positive and not out > 0:
+        raise ConfigError(f"{where}: must be > 0, got {out}")
+    if nonneg and out < 0:
+        raise ConfigError(f"{where}: must be >= 0, got {out}")
+    return out
+
+
+@dataclass(frozen=True)
+class CurveSpec:
+    """A wavelength-dependent efficiency: either a constant or a two-column table.
+
+    ``file`` may start with ``moons1d:`` to point inside the installed ``moons1d`` package's
+    ``models/`` folder; ``wave_unit`` is the unit of the file's first column (A, nm, um);
+    ``column`` picks the value column (0-based, after the wavelength); ``scale`` multiplies
+    the values (0.01 for percent).
+    """
+
+    constant: float | None = None
+    file: str | None = None
+    wave_unit: str = "A"
+    column: int = 0
+    scale: float = 1.0
+
+    @classmethod
+    def from_yaml(cls, raw: Any, where: str) -> "CurveSpec":
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return cls(constant=_number(raw, where, nonneg=True))
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a number or a mapping with 'file'")
+        if "constant" in raw:
+            return cls(constant=_number(raw["constant"], f"{where}.constant", nonneg=True))
+        path = _require(raw, "file", where)
+        unit = str(raw.get("wave_unit", "A"))
+        if unit not in ("A", "nm", "um"):
+            raise ConfigError(f"{where}.wave_unit: must be one of A, nm, um, got {unit!r}")
+        return cls(file=str(path), wave_unit=unit, column=int(raw.get("column", 0)),
+                   scale=_number(raw.get("scale", 1.0), f"{where}.scale", positive=True))
+
+
+@dataclass(frozen=True)
+class ArmConfig:
+    """One spectrograph arm. Wavelengths in vacuum Angstrom.
+
+    The pixel grid is linear with ``dispersion = central_wave / (resolution * sampling)``
+    and the line-spread function a Gaussian of constant FWHM ``central_wave / resolution``
+    across the arm (the convention of the MOONS consortium simulator).
+    """
+
+    name: str
+    wave_min: float
+    wave_max: float
+    resolution: float
+    sampling: float
+    read_noise: float  # e- rms per pixel per sub-exposure
+    dark: float  # e- per pixel per hour
+    throughput: CurveSpec
+    qe: CurveSpec
+
+    @classmethod
+    def from_yaml(cls, name: str, raw: dict, where: str) -> "ArmConfig":
+        w = f"{where}.{name}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{w}: expected a mapping")
+        wmin = _number(_require(raw, "wave_min", w), f"{w}.wave_min", positive=True)
+        wmax = _number(_require(raw, "wave_max", w), f"{w}.wave_max", positive=True)
+        if wmax <= wmin:
+            raise ConfigError(f"{w}.wave_max: must exceed wave_min ({wmin})")
+        return cls(
+            name=name,
+            wave_min=wmin,
+            wave_max=wmax,
+            resolution=_number(_require(raw, "resolution", w), f"{w}.resolution", positive=True),
+            sampling=_number(raw.get("sampling", 2.7), f"{w}.sampling", positive=True),
+            read_noise=_number(raw.get("read_noise", 0.0), f"{w}.read_noise", nonneg=True),
+            dark=_number(raw.get("dark", 0.0), f"{w}.dark", nonneg=True),
+            throughput=CurveSpec.from_yaml(raw.get("throughput", 1.0), f"{w}.throughput"),
+            qe=CurveSpec.from_yaml(raw.get("qe", 1.0), f"{w}.qe"),
+        )
+
+
+@dataclass(frozen=True)
+class ObservingConfig:
+    """Default observing conditions; each can be overridden per simulation."""
+
+    airmass: float = 1.2
+    seeing: float = 0.8  # arcsec FWHM at 500 nm, zenith
+    sub_exposure: float = 1800.0  # s
+    sky_residual: float = 0.01  # fractional sky-subtraction error (1 sigma)
+
+
+@dataclass(frozen=True)
+class InstrumentConfig:
+    """A whole instrument, as written in ``data/instruments/<name>.yaml``."""
+
+    name: str
+    description: str
+    telescope_diameter: float  # m
+    telescope_efficiency: CurveSpec
+    fibre_diameter: float  # arcsec
+    sky_model: str
+    site: str
+    observing: ObservingConfig
+    arms: tuple[ArmConfig, ...]
+    source_path: str = ""
+
+    @classmethod
+    def from_yaml(cls, raw: Any, source_path: str = "") -> "InstrumentConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError("instrument: the file must hold a mapping")
+        name = str(_require(raw, "name", "instrument"))
+        tel = _require(raw, "telescope", "instrument")
+        arms_raw = _require(raw, "arms", "instrument")
+        if not isinstance(arms_raw, dict) or not arms_raw:
+            raise ConfigError("instrument.arms: expected a non-empty mapping of arm name -> arm")
+        arms = tuple(ArmConfig.from_yaml(str(k), v, "arms") for k, v in arms_raw.items())
+        obs_raw = raw.get("observing", {}) or {}
+        obs_known = {f.name for f in fields(ObservingConfig)}
+        for key in obs_raw:
+            if key not in obs_known:
+                raise ConfigError(f"observing.{key}: unknown field (known: {sorted(obs_known)})")
+        obs = ObservingConfig(**{k: _number(v, f"observing.{k}", nonneg=True) for k, v in obs_raw.items()})
+        if not 1.0 <= obs.airmass <= 3.0:
+            raise ConfigError(f"observing.airmass: must be within 1-3, got {obs.airmass}")
+        sky = raw.get("sky_model", "skycalc-paranal")
+        if sky not in ("skycalc-paranal", "none"):
+            raise ConfigError(f"sky_model: unknown sky model {sky!r} (known: skycalc-paranal, none)")
+        return cls(
+            name=name,
+            description=str(raw.get("description", "")),
+            telescope_diameter=_number(_require(tel, "diameter", "telescope"), "telescope.diameter", positive=True),
+            telescope_efficiency=CurveSpec.from_yaml(tel.get("efficiency", 1.0), "telescope.efficiency"),
+            fibre_diameter=_number(raw.get("fibre_diameter", 1.1), "fibre_diameter", positive=True),
+            sky_model=sky,
+            site=str(raw.get("site", "")),
+            observing=obs,
+            arms=arms,
+            source_path=source_path,
+        )
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file, turning I/O and syntax problems into one-line :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(s|sec|min|m|h|hr)?\s*$")
+
+
+def parse_duration(text: str | float) -> float:
+    """'8h', '30min', '1800s' or a number of seconds -> seconds (> 0)."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text))
+        if not match:
+            raise UserError(f"exposure: cannot read {text!r}; use e.g. 8h, 90min or 1800s")
+        seconds = float(match.group(1)) * {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60,
+                                           "h": 3600, "hr": 3600}[match.group(2)]
+    if not seconds > 0:
+        raise UserError(f"exposure: must be positive, got {text!r}")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """Total exposure as ``n_sub`` sub-exposures of ``sub_exposure`` seconds each."""
+
+    total: float  # s
+    sub_exposure: float = 1800.0  # s
+    airmass: float = 1.2
+    seeing: float = 0.8
+    sky_residual: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not self.total > 0:
+            raise UserError(f"exposure: must be positive, got {self.total}")
+        if not self.sub_exposure > 0:
+            raise UserError(f"sub-exposure: must be positive, got {self.sub_exposure}")
+        if not 1.0 <= self.airmass <= 2.0:
+            raise UserError(f"airmass: the sky model covers 1.0-2.0, got {self.airmass}")
+        if not 0.2 <= self.seeing <= 3.0:
+            raise UserError(f"seeing: must be within 0.2-3 arcsec, got {self.seeing}")
+        if not 0 <= self.sky_residual < 1:
+            raise UserError(f"sky residual: must be within [0, 1), got {self.sky_residual}")
+
+    @property
+    def n_sub(self) -> int:
+        """Number of sub-exposures (at least one; the last may be shorter in reality)."""
+        return max(1, int(round(self.total / self.sub_exposure)))
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+__all__ = ["ConfigError", "UserError", "CurveSpec", "ArmConfig", "ObservingConfig",
+           "InstrumentConfig", "Exposure", "load_yaml", "parse_duration"]
