@@ -1,0 +1,69 @@
+"""The ``mtopnet`` command: thin subcommands over library functions.
+
+Every error a user can cause ends as one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ConfigError, UserError
+
+
+def _cmd_instruments(args: argparse.Namespace) -> int:
+    from .instruments import available_instruments, load_instrument
+    for name in available_instruments():
+        inst = load_instrument(name)
+        arms = ", ".join(f"{a.name} {a.config.wave_min:.0f}-{a.config.wave_max:.0f} A R={a.config.resolution:.0f}"
+                         for a in inst.arms)
+        print(f"{name:12s} {inst.config.description}\n{'':12s} {arms}")
+    return 0
+
+
+SUBCOMMANDS: dict[str, tuple] = {}
+"""name -> (add_arguments(parser), run(args) -> int, help). Modules register themselves below."""
+
+
+def _register() -> None:
+    from . import simulate
+    SUBCOMMANDS["simulate"] = (simulate.add_arguments, simulate.run_cli, "simulate a spectrum store")
+    SUBCOMMANDS["instruments"] = (lambda p: None, _cmd_instruments, "list the shipped instruments")
+    for modname in ("train", "predict", "evaluate", "baselines.redrock"):
+        try:
+            mod = __import__(f"mtopnet.{modname}", fromlist=["add_arguments"])
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("mtopnet"):
+                continue
+            raise
+        if hasattr(mod, "add_arguments"):
+            SUBCOMMANDS[getattr(mod, "COMMAND", modname)] = (mod.add_arguments, mod.run_cli, mod.__doc__.splitlines()[0])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _register()
+    parser = argparse.ArgumentParser(prog="mtopnet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add, run, help_) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_)
+        add(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 on bad usage
+    try:
+        return int(args._run(args) or 0)
+    except (UserError, ConfigError) as exc:
+        print(f"mtopnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mtopnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The project's HDF5 spectrum store.
+
+Layout (one file, N objects, one group per spectrograph arm)::
+
+    /ids                      (N,) int64        object identifiers, unique in the file
+    /labels/<name>            (N,)              per-object truth or metadata, e.g.
+                                                z, logmstar, logsfr, logsfr_inst, hmag,
+                                                halpha_flux, oiii_flux, type, ...
+    /arms/<ARM>/wave          (L,) float64      vacuum Angstrom, pixel centres
+    /arms/<ARM>/flux          (N, L) float32    1e-17 erg/s/cm2/A
+    /arms/<ARM>/ivar          (N, L) float32    1/(1e-17 erg/s/cm2/A)^2, 0 = no information
+    /arms/<ARM>/mask          (N, L) uint8      bits: 1 bad pixel, 2 strong sky line,
+                                                4 deep telluric band
+    attrs (root)              mtopnet_version, schema_version, instrument, arms (list),
+                              provenance (JSON: config, seed, arguments, input hashes)
+
+Files are written under a temporary name and renamed when complete (:func:`write_store`),
+so a reader never sees a half-written store. Writing is deterministic: the same content
+gives the same bytes (no timestamps).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .config import UserError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class SpectraBatch:
+    """N objects' spectra, per arm, with labels. The in-memory twin of a store file.
+
+    ids: (N,) int64; labels: name -> (N,) array; arms: arm name -> dict with
+    ``wave`` (L,), ``flux``/``ivar`` (N, L) float32 and ``mask`` (N, L) uint8.
+    """
+
+    ids: np.ndarray
+    arms: dict[str, dict[str, np.ndarray]]
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def validate(self) -> None:
+        n = len(self.ids)
+        for name, arm in self.arms.items():
+            wave = arm["wave"]
+            for key in ("flux", "ivar", "mask"):
+                if arm[key].shape != (n, len(wave)):
+                    raise UserError(f"arm {name}: {key} has shape {arm[key].shape}, "
+                                    f"expected ({n}, {len(wave)})")
+        for key, value in self.labels.items():
+            if len(value) != n:
+                raise UserError(f"label {key}: has {len(value)} rows, expected {n}")
+
+    def subset(self, index: np.ndarray | slice) -> "SpectraBatch":
+        return SpectraBatch(
+            ids=self.ids[index],
+            arms={a: {"wave": d["wave"], "flux": d["flux"][index], "ivar": d["ivar"][index],
+                      "mask": d["mask"][index]} for a, d in self.arms.items()},
+            labels={k: v[index] for k, v in self.labels.items()},
+        )
+
+    @staticmethod
+    def concatenate(parts: list["SpectraBatch"]) -> "SpectraBatch":
+        first = parts[0]
+        return SpectraBatch(
+            ids=np.concatenate([p.ids for p in parts]),
+            arms={a: {"wave": first.arms[a]["wave"],
+                      **{k: np.concatenate([p.arms[a][k] for p in parts]) for k in ("flux", "ivar", "mask")}}
+                  for a in first.arms},
+            labels={k: np.concatenate([p.labels[k] for p in parts]) for k in first.labels},
+        )
+
+
+def check_writable(path: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing output unless ``overwrite``; refuse an unwritable folder."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path}: exists; pass --overwrite to replace it")
+    if path.exists() and path.is_dir():
+        raise UserError(f"{path}: is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"{parent}: no such directory")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{parent}: not writable")
+    return path
+
+
+def write_store(path: str | Path, batch: SpectraBatch, attrs: dict | None = None,
+                compression: str | None = None) -> None:
+    """Write ``batch`` to ``path`` atomically (``path.tmp`` then rename)."""
+    path = Path(path)
+    batch.validate()
+    tmp = path.with_name(path.name + ".tmp")
+    kw = dict(track_times=False)
+    if compression:
+        kw.update(compression=compression)
+    with h5py.File(tmp, "w", track_order=True) as f:
+        f.attrs["mtopnet_version"] = __version__
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["arms"] = json.dumps(list(batch.arms))
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
+        f.create_dataset("ids", data=np.asarray(batch.ids, dtype=np.int64), **kw)
+        lab = f.create_group("labels", track_order=True)
+        for key, value in batch.labels.items():
+            lab.create_dataset(key, data=np.asarray(value), **kw)
+        arms = f.create_group("arms", track_order=True)
+        for name, arm in batch.arms.items():
+            g = arms.create_group(name, track_order=True)
+            n, length = arm["flux"].shape
+            chunks = (max(1, min(n, 256)), length) if n else None
+            g.create_dataset("wave", data=np.asarray(arm["wave"], dtype=np.float64), **kw)
+            for key, dtype in (("flux", np.float32), ("ivar", np.float32), ("mask", np.uint8)):
+                g.create_dataset(key, data=np.asarray(arm[key], dtype=dtype), chunks=chunks, **kw)
+    os.replace(tmp, path)
+
+
+def open_store(path: str | Path) -> h5py.File:
+    """Open a store for reading, with a one-line error if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise UserError(f"{path}: not an HDF5 file (or truncated)") from None
+    if "ids" not in f or "arms" not in f:
+        f.close()
+        raise UserError(f"{path}: not an mtopnet store (no /ids or /arms)")
+    return f
+
+
+def store_info(path: str | Path) -> dict:
+    """Number of objects, arms with their wavelengths, label names and root attributes."""
+    with open_store(path) as f:
+        return {
+            "n": int(f["ids"].shape[0]),
+            "arms": {a: np.asarray(f["arms"][a]["wave"]) for a in json.loads(f.attrs["arms"])},
+            "labels": list(f["labels"]) if "labels" in f else [],
+            "attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()},
+        }
+
+
+def read_store(path: str | Path, start: int = 0, stop: int | None = None,
+               labels: bool = True) -> SpectraBatch:
+    """Read rows [start, stop) of a store into memory."""
+    with open_store(path) as f:
+        n = f["ids"].shape[0]
+        stop = n if stop is None else min(stop, n)
+        sl = slice(start, stop)
+        arms = {}
+        for a in json.loads(f.attrs["arms"]):
+            g = f["arms"][a]
+            arms[a] = {"wave": np.asarray(g["wave"]), "flux": g["flux"][sl], "ivar": g["ivar"][sl],
+                       "mask": g["mask"][sl]}
+        lab = {k: f["labels"][k][sl] for k in f["labels"]} if labels and "labels" in f else {}
+        return SpectraBatch(ids=f["ids"][sl], arms=arms, labels=lab)
+
+
+def iter_store(path: str | Path, batch_size: int = 4096) -> Iterator[SpectraBatch]:
+    """Stream a store in batches of ``batch_size`` rows (memory flat in N)."""
+    n = store_info(path)["n"]
+    for start in range(0, n, batch_size):
+        yield read_store(path, start, start + batch_size)
