@@ -174,3 +174,51 @@ def iter_store(path: str | Path, batch_size: int = 4096) -> Iterator[SpectraBatc
     n = store_info(path)["n"]
     for start in range(0, n, batch_size):
         yield read_store(path, start, start + batch_size)
+
+
+def merge_stores(parts: list[str | Path], path: str | Path, attrs: dict | None = None,
+                 chunk_rows: int = 256) -> None:
+    """Concatenate store files into ``path`` (atomically), streaming: memory flat in N.
+
+    The parts must share arms, wavelengths and label names; their root attributes are
+    replaced by ``attrs``.
+    """
+    path = Path(path)
+    infos = [store_info(p) for p in parts]
+    first = infos[0]
+    for p, info in zip(parts, infos):
+        if list(info["arms"]) != list(first["arms"]) or info["labels"] != first["labels"]:
+            raise UserError(f"{p}: arms or labels differ from {parts[0]}")
+    n = sum(i["n"] for i in infos)
+    tmp = path.with_name(path.name + ".tmp")
+    kw = dict(track_times=False)
+    with h5py.File(tmp, "w", track_order=True) as out:
+        out.attrs["mtopnet_version"] = __version__
+        out.attrs["schema_version"] = SCHEMA_VERSION
+        out.attrs["arms"] = json.dumps(list(first["arms"]))
+        for key, value in (attrs or {}).items():
+            out.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
+        with h5py.File(parts[0], "r") as f0:
+            out.create_dataset("ids", shape=(n,), dtype=f0["ids"].dtype, **kw)
+            lab = out.create_group("labels", track_order=True)
+            for k in first["labels"]:
+                lab.create_dataset(k, shape=(n,), dtype=f0["labels"][k].dtype, **kw)
+            arms = out.create_group("arms", track_order=True)
+            for a, wave in first["arms"].items():
+                g = arms.create_group(a, track_order=True)
+                g.create_dataset("wave", data=wave, **kw)
+                for key, dtype in (("flux", np.float32), ("ivar", np.float32), ("mask", np.uint8)):
+                    g.create_dataset(key, shape=(n, len(wave)), dtype=dtype,
+                                     chunks=(max(1, min(n, chunk_rows)), len(wave)), **kw)
+        row = 0
+        for p, info in zip(parts, infos):
+            with h5py.File(p, "r") as f:
+                m = info["n"]
+                out["ids"][row:row + m] = f["ids"][:]
+                for k in first["labels"]:
+                    out["labels"][k][row:row + m] = f["labels"][k][:]
+                for a in first["arms"]:
+                    for key in ("flux", "ivar", "mask"):
+                        out["arms"][a][key][row:row + m] = f["arms"][a][key][:]
+            row += m
+    os.replace(tmp, path)
