@@ -39,10 +39,17 @@ def _register() -> None:
             SUBCOMMANDS[getattr(mod, "COMMAND", modname)] = (mod.add_arguments, mod.run_cli, mod.__doc__.splitlines()[0])
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     _register()
-    parser = argparse.ArgumentParser(prog="mtopnet", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="mtopnet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, (add, run, help_) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_)
         add(p)
@@ -54,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)  # argparse itself exits 2 on bad usage
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, one line already printed)
+        return int(exc.code or 0)
     try:
         return int(args._run(args) or 0)
     except (UserError, ConfigError) as exc:

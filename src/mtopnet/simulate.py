@@ -62,7 +62,9 @@ class SimulationSpec:
                             f"{inst.name} (from {wmin:.0f} A); the simulator has no IGM absorption")
 
     def provenance(self) -> dict:
-        return {"instrument": self.instrument, "exposure": self.exposure.as_dict(), "n": self.n,
+        source = load_instrument(self.instrument).config.source_path
+        return {"instrument": self.instrument,
+                "instrument_sha256": hashlib.sha256(Path(source).read_bytes()).hexdigest(), "exposure": self.exposure.as_dict(), "n": self.n,
                 "seed": self.seed, "hmag_range": list(self.hmag_range), "z_range": list(self.z_range),
                 "band": self.band, "shard_size": SHARD_SIZE, "mtopnet_version": __version__}
 

@@ -242,6 +242,12 @@ class GalaxyModel:
         with np.errstate(divide="ignore"):
             return -2.5 * np.log10(np.maximum(num / den, 1e-300)) - 48.6
 
+    def scale_to_magnitude(self, rest: RestFrame, z: np.ndarray, mag: np.ndarray | float,
+                           band: str = "twomass-H") -> RestFrame:
+        """Rescale each galaxy's mass (and so its light and SFR) to an AB magnitude in ``band``."""
+        current = self.ab_magnitude(rest, z, band)
+        return rest.scale(10 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - current)))
+
 
 @lru_cache(maxsize=8)
 def _filter_curve(band: str) -> tuple[np.ndarray, np.ndarray]:
