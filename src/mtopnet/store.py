@@ -3,6 +3,7 @@
 Layout (one file, N objects, one group per spectrograph arm)::
 
     /ids                      (N,) int64        object identifiers, unique in the file
+                                                (or fixed-length UTF-8 bytes for string ids)
     /labels/<name>            (N,)              per-object truth or metadata, e.g.
                                                 z, logmstar, logsfr, logsfr_inst, hmag,
                                                 halpha_flux, oiii_flux, type, ...
@@ -82,6 +83,19 @@ class SpectraBatch:
         )
 
 
+def encode_ids(ids: np.ndarray) -> np.ndarray:
+    """Ids as stored: int64 when integral, else fixed-length UTF-8 bytes."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind in "iu":
+        return ids.astype(np.int64)
+    return np.char.encode(ids.astype(str), "utf-8")
+
+
+def decode_ids(ids: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_ids`: int64 or str."""
+    return np.char.decode(ids, "utf-8") if ids.dtype.kind == "S" else ids
+
+
 def check_writable(path: str | Path, overwrite: bool) -> Path:
     """Refuse an existing output unless ``overwrite``; refuse an unwritable folder."""
     path = Path(path)
@@ -112,7 +126,7 @@ def write_store(path: str | Path, batch: SpectraBatch, attrs: dict | None = None
         f.attrs["arms"] = json.dumps(list(batch.arms))
         for key, value in (attrs or {}).items():
             f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
-        f.create_dataset("ids", data=np.asarray(batch.ids, dtype=np.int64), **kw)
+        f.create_dataset("ids", data=encode_ids(batch.ids), **kw)
         lab = f.create_group("labels", track_order=True)
         for key, value in batch.labels.items():
             lab.create_dataset(key, data=np.asarray(value), **kw)
@@ -166,7 +180,7 @@ def read_store(path: str | Path, start: int = 0, stop: int | None = None,
             arms[a] = {"wave": np.asarray(g["wave"]), "flux": g["flux"][sl], "ivar": g["ivar"][sl],
                        "mask": g["mask"][sl]}
         lab = {k: f["labels"][k][sl] for k in f["labels"]} if labels and "labels" in f else {}
-        return SpectraBatch(ids=f["ids"][sl], arms=arms, labels=lab)
+        return SpectraBatch(ids=decode_ids(f["ids"][sl]), arms=arms, labels=lab)
 
 
 def iter_store(path: str | Path, batch_size: int = 4096) -> Iterator[SpectraBatch]:
@@ -199,7 +213,10 @@ def merge_stores(parts: list[str | Path], path: str | Path, attrs: dict | None =
         for key, value in (attrs or {}).items():
             out.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
         with h5py.File(parts[0], "r") as f0:
-            out.create_dataset("ids", shape=(n,), dtype=f0["ids"].dtype, **kw)
+            id_dtype = f0["ids"].dtype
+            if id_dtype.kind == "S":  # the longest id of all parts
+                id_dtype = np.dtype(f"S{max(h5py.File(p, 'r')['ids'].dtype.itemsize for p in parts)}")
+            out.create_dataset("ids", shape=(n,), dtype=id_dtype, **kw)
             lab = out.create_group("labels", track_order=True)
             for k in first["labels"]:
                 lab.create_dataset(k, shape=(n,), dtype=f0["labels"][k].dtype, **kw)

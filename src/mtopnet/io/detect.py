@@ -1,0 +1,82 @@
+"""Telling a file's format from its content (never from its name alone)."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+from ._core import fail
+from ._fits import hdu_names, open_fits, table_columns
+from .desi import desi_arms
+from .generic_fits import arm_tables
+from .text import looks_like_text_spectrum
+
+FORMATS = ("moons1d", "desi", "sdss", "fits", "text", "hdf5")
+"""Names accepted by ``format=``: moons1d, desi, sdss, fits (generic), text, hdf5 (store)."""
+
+_FITS_MAGIC = b"SIMPLE  ="
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _head(path: str, size: int = 16) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(size)
+            if head.startswith(_GZIP_MAGIC):
+                handle.seek(0)
+                try:
+                    with gzip.open(handle) as inner:
+                        return b"gz:" + inner.read(size)
+                except (OSError, EOFError):
+                    return b"gz:"
+            return head
+    except FileNotFoundError:
+        raise fail(path, "no such file") from None
+    except IsADirectoryError:
+        raise fail(path, "is a directory") from None
+    except OSError as exc:
+        raise fail(path, f"cannot open ({exc.strerror or exc})") from None
+
+
+def sniff_format(path: str) -> str | None:
+    """The format of ``path`` (one of FORMATS), or None if it is none of them.
+
+    Raises UserError when the file is missing, unreadable, or a damaged FITS file.
+    """
+    head = _head(path)
+    body = head[3:] if head.startswith(b"gz:") else head
+    if body.startswith(_HDF5_MAGIC):
+        return "hdf5"
+    if body.startswith(_FITS_MAGIC):
+        return _sniff_fits(path)
+    if head.startswith(b"gz:"):
+        return None
+    if looks_like_text_spectrum(path):
+        return "text"
+    return None
+
+
+def _sniff_fits(path: str) -> str | None:
+    with open_fits(path) as hdul:
+        names = hdu_names(hdul)
+        if desi_arms(names):
+            return "desi"
+        if "COADD" in names and "LOGLAM" in table_columns(hdul, "COADD"):
+            return "sdss"
+        primary = hdul[0].header
+        if str(primary.get("INST", "")).strip().upper() == "MOONS_SIM":
+            return "moons1d"
+        if len(hdul) > 1 and str(hdul[1].header.get("NAME", "")).strip().upper().startswith("DATA_"):
+            return "moons1d"
+        if arm_tables(hdul):
+            return "fits"
+    return None
+
+
+def detect_format(path: str | Path) -> str:
+    """The format of one file; UserError (one line) if it is not a known spectrum format."""
+    fmt = sniff_format(str(path))
+    if fmt is None:
+        raise fail(path, "unknown format (not a moons1d, DESI, SDSS, generic FITS or text spectrum, "
+                         "nor an mtopnet store); pass format= to force one")
+    return fmt

@@ -1,0 +1,126 @@
+"""Files written by the MOONS consortium simulator ``moons1d`` (``Simulation.SavetoFits``).
+
+Layout (one file per object per arm, named ``<target>_<BAND>.fits`` by moons1d's
+``run_multi_obj``; ``<OB_name>_<BAND>.fits`` by ``run_1obj_1band``):
+
+* primary header: ``INST = 'MOONS_SIM'``, ``BAND`` (RI, YJ or H), ``R_MODE``, ``SKY_AP``
+  (fibre aperture, arcsec), template ``Z``/``MAG``;
+* HDU 1 ``NAME = 'DATA_<BAND>'``: flux-calibrated spectrum, unit in ``TUNIT2``
+  (erg/s/cm2/A; per arcsec2 for extended sources), wavelength grid
+  ``CRVAL1 + CDELT1 * (i + 1 - CRPIX1)`` in ``TUNIT1`` (Angstrom), vacuum (moons1d's sky
+  and grids are vacuum);
+* HDU 2 ``ERR_<BAND>``: 1-sigma noise, same unit;
+* HDU 3 ``QUAL_<BAND>``: 1 where moons1d's sigma-clipped sky flags a strong sky line;
+* HDU 4 sky spectrum (not read).
+
+The HDUs carry their name in a ``NAME`` keyword, not EXTNAME; they are found by NAME and
+else by position. Files of one object are grouped by their name stem (the name without
+``_<BAND>.fits``); the object's id is that stem. Surface brightness (extended sources) is
+multiplied by the fibre area ``pi (SKY_AP / 2)^2`` to give the flux in the fibre.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..instruments.instrument import MASK_SKYLINE
+from ..store import SpectraBatch
+from ._core import RawArm, build_block, fail, flux_factor, parse_unit, wave_to_angstrom
+from ._fits import open_fits, read_data
+
+_SUFFIXES = (".fits.gz", ".fit.gz", ".fits", ".fit", ".fts")
+
+
+def _bare_name(path: str) -> str:
+    name = Path(path).name
+    for suffix in _SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def moons_band(path: str) -> str:
+    """The arm (BAND keyword of the primary header, else the ``_<BAND>`` file suffix)."""
+    from astropy.io import fits
+
+    try:
+        band = fits.getheader(path, 0).get("BAND")
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        band = None
+    if band:
+        return str(band).strip()
+    bare = _bare_name(path)
+    return bare.rsplit("_", 1)[1] if "_" in bare else ""
+
+
+def moons_stem(path: str, band: str | None = None) -> str:
+    """Folder + file name without ``_<BAND>`` and extension: the object's grouping key."""
+    band = moons_band(path) if band is None else band
+    bare = _bare_name(path)
+    if band and bare.upper().endswith("_" + band.upper()):
+        bare = bare[: -len(band) - 1]
+    return str(Path(path).parent / bare)
+
+
+def _find_hdu(hdul, prefix: str, band: str, position: int):
+    wanted = f"{prefix}_{band}".upper()
+    for index, hdu in enumerate(hdul):
+        if index and str(hdu.header.get("NAME", "")).strip().upper() == wanted:
+            return index
+    if position < len(hdul) and str(hdul[position].header.get("NAME", "")).strip().upper().startswith(prefix):
+        return position
+    return None
+
+
+def read_moons1d(paths: Sequence[str]) -> Iterator[SpectraBatch]:
+    """One SpectraBatch with one row from the arm files of one moons1d object."""
+    paths = list(paths)
+    object_id = Path(moons_stem(paths[0])).name
+    arms: dict[str, RawArm] = {}
+    for path in paths:
+        with open_fits(path) as hdul:
+            header = hdul[0].header
+            band = str(header.get("BAND", "")).strip()
+            if not band:
+                first = str(hdul[1].header.get("NAME", "")) if len(hdul) > 1 else ""
+                band = first[5:] if first.upper().startswith("DATA_") else ""
+            if not band:
+                raise fail(path, "no BAND in the primary header and no DATA_<BAND> HDU; not a moons1d file")
+            data_at = _find_hdu(hdul, "DATA", band, 1)
+            if data_at is None:
+                raise fail(path, f"no DATA_{band} HDU (moons1d flux); not a moons1d file")
+            err_at = _find_hdu(hdul, "ERR", band, 2)
+            qual_at = _find_hdu(hdul, "QUAL", band, 3)
+            flux = np.asarray(read_data(hdul, data_at, path), dtype=np.float64)
+            if flux.ndim != 1:
+                raise fail(path, f"DATA_{band}: expected a 1-D spectrum, got shape {flux.shape}")
+            h = hdul[data_at].header
+            try:
+                crval, cdelt = float(h["CRVAL1"]), float(h["CDELT1"])
+                crpix = float(h.get("CRPIX1", 1.0))
+            except (KeyError, ValueError, TypeError):
+                raise fail(path, f"DATA_{band}: no wavelength solution (CRVAL1/CDELT1)") from None
+            wave = crval + cdelt * (np.arange(flux.size, dtype=np.float64) + 1.0 - crpix)
+            wave = wave_to_angstrom(wave, parse_unit(h.get("TUNIT1", "Angstrom"), path, "TUNIT1"), path)
+            aperture = None
+            if header.get("SKY_AP") is not None:
+                aperture = np.pi * (float(header["SKY_AP"]) / 2.0) ** 2
+            unit = parse_unit(h.get("TUNIT2", "erg/(s cm2 Angstrom)"), path, "TUNIT2")
+            factor = flux_factor(unit, wave, path, aperture_arcsec2=aperture)
+            error = None
+            if err_at is not None:
+                error = np.asarray(read_data(hdul, err_at, path), dtype=np.float64) * factor
+            mask = None
+            if qual_at is not None:
+                qual = np.asarray(read_data(hdul, qual_at, path))
+                mask = np.where(qual != 0, MASK_SKYLINE, 0).astype(np.uint8)
+            if band in arms:
+                raise fail(path, f"a second {band} arm for object {object_id}")
+            arms[band] = RawArm(wave=wave, flux=(flux * factor)[None, :],
+                                noise=None if error is None else error[None, :], noise_kind="error",
+                                mask=None if mask is None else mask[None, :])
+    order = {"RI": 0, "YJ": 1, "H": 2}
+    arms = dict(sorted(arms.items(), key=lambda kv: (order.get(kv[0].upper(), 99), kv[0])))
+    yield build_block(paths[0] if len(paths) == 1 else f"{moons_stem(paths[0])}_*", [object_id], arms)
