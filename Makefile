@@ -24,6 +24,22 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# The shipped MOONS LR model, from nothing: simulate the training and validation stores
+# (seeds 1001, 1002; never the test seeds), train, copy the inference checkpoint into the
+# package. Time on the 2-core machine: docs/model.md.
+MODEL_DIR := runs/moons-lr
+data/train.h5: | $(STAMP)
+	mkdir -p data
+	$(VENV)/bin/mtopnet simulate --instrument moons-lr --exposure 8h --n 100000 --seed 1001 --out $@ --workers 2
+
+data/val.h5: | $(STAMP)
+	mkdir -p data
+	$(VENV)/bin/mtopnet simulate --instrument moons-lr --exposure 8h --n 10000 --seed 1002 --out $@ --workers 2
+
+model: data/train.h5 data/val.h5
+	$(VENV)/bin/mtopnet train --train data/train.h5 --val data/val.h5 --out $(MODEL_DIR) --config configs/train-moons-lr.yaml
+	cp $(MODEL_DIR)/model.pt src/mtopnet/models/moons-lr.pt
+
 bench: $(STAMP)
 	$(PY) benchmarks/simulate.py
 

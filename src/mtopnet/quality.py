@@ -1,0 +1,265 @@
+"""Redshift-PDF statistics, the calibrated success probability ``p_dz01`` and QOP classes.
+
+Per PDF (N, K) over :class:`~mtopnet.model.ZBinning` bins, :func:`pdf_summary` gives:
+
+* ``z``: the point estimate -- the z maximising the PDF mass within +-``window`` (0.01), i.e.
+  the estimate most likely to satisfy the success criterion |dz| < 0.01, refined to the
+  PDF-weighted mean inside that window;
+* ``z_mean``, the 68/95% central intervals (``z_lo68`` ... ``z_hi95``), their widths;
+* ``p_window``: the PDF mass within +-window of ``z``; ``p_peak``: the largest bin mass;
+* ``n_peaks``: local maxima of the window mass holding >= 5% probability;
+* ``entropy`` of the PDF (nats).
+
+:func:`fit_calibration` (run on the VALIDATION set at the end of training) maps these
+statistics to ``p_dz01`` = P(|z - z_true| < 0.01) by a logistic regression followed by an
+isotonic regression on its score, and picks QOP thresholds on the score so that, on the
+validation set, the QOP 4 class holds >= 99% successes, QOP 3 >= 90% and QOP 2 >= 50%
+(each class's own purity, judged by its one-sigma Wilson lower bound); QOP 1 is the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.ndimage import maximum_filter1d
+
+SUCCESS_DZ = 0.01
+FEATURES = ("logit_p_window", "log_p_peak", "log_width68", "log_width95", "n_peaks", "entropy")
+_EPS = 1e-6
+
+
+def _interp_cdf(cdf: np.ndarray, edges: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """CDF (N, K+1) tabulated at ``edges`` (K+1,), evaluated at z (N, M) by linear interpolation."""
+    k = len(edges) - 1
+    zc = np.clip(z, edges[0], edges[-1])
+    j = np.clip(np.searchsorted(edges, zc, side="right") - 1, 0, k - 1)
+    frac = (zc - edges[j]) / (edges[j + 1] - edges[j])
+    lo = np.take_along_axis(cdf, j, axis=1)
+    hi = np.take_along_axis(cdf, j + 1, axis=1)
+    return lo + frac * (hi - lo)
+
+
+def _static_interp(cdf: np.ndarray, edges: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """CDF (N, K+1) at edges, evaluated at the same points z (M,) for every row: (N, M)."""
+    k = len(edges) - 1
+    zc = np.clip(z, edges[0], edges[-1])
+    j = np.clip(np.searchsorted(edges, zc, side="right") - 1, 0, k - 1)
+    frac = (zc - edges[j]) / (edges[j + 1] - edges[j])
+    return np.take(cdf, j, axis=1) * (1 - frac) + np.take(cdf, j + 1, axis=1) * frac
+
+
+def _quantile(cdf: np.ndarray, edges: np.ndarray, q: float) -> np.ndarray:
+    """z at which each CDF row (N, K+1) reaches q: (N,)."""
+    j = (cdf < q).sum(axis=1)  # first edge index with cdf >= q
+    j = np.clip(j, 1, len(edges) - 1)
+    c0 = np.take_along_axis(cdf, (j - 1)[:, None], 1)[:, 0]
+    c1 = np.take_along_axis(cdf, j[:, None], 1)[:, 0]
+    frac = np.divide(q - c0, c1 - c0, out=np.zeros_like(c0), where=c1 > c0)
+    return edges[j - 1] + np.clip(frac, 0, 1) * (edges[j] - edges[j - 1])
+
+
+def pdf_summary(pdf: np.ndarray, edges: np.ndarray, window: float = SUCCESS_DZ) -> dict[str, np.ndarray]:
+    """Statistics of redshift PDFs.
+
+    pdf: (N, K) probability per bin (rows are renormalised; an all-zero row becomes uniform);
+    edges: (K+1,) bin edges in z. Returns a dict of (N,) arrays (see the module docstring).
+    """
+    pdf = np.asarray(pdf, dtype=np.float64)
+    pdf = np.where(np.isfinite(pdf) & (pdf > 0), pdf, 0.0)
+    n, k = pdf.shape
+    total = pdf.sum(axis=1, keepdims=True)
+    pdf = np.where(total > 0, pdf / np.where(total > 0, total, 1), 1.0 / k)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    cdf = np.concatenate([np.zeros((n, 1)), np.cumsum(pdf, axis=1)], axis=1)
+    cdf /= cdf[:, -1:]
+    # mass within +-window of every bin centre: (N, K); the interpolation weights are the
+    # same for every row, so they are computed once
+    mass = _static_interp(cdf, edges, centres + window) - _static_interp(cdf, edges, centres - window)
+    best = np.argmax(mass, axis=1)
+    z_best = centres[best]
+    inside = np.abs(centres[None, :] - z_best[:, None]) <= window
+    w = pdf * inside
+    z = (w * centres).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-300)
+    p_window = (_interp_cdf(cdf, edges, (z + window)[:, None]) - _interp_cdf(cdf, edges, (z - window)[:, None]))[:, 0]
+    # significant peaks of the window mass, separated by at least ~one window
+    half = max(1, int(round(window / np.median(np.diff(edges)))))
+    local_max = (mass >= maximum_filter1d(mass, size=2 * half + 1, axis=1, mode="constant")) & (mass >= 0.05)
+    local_max[:, 1:] &= mass[:, 1:] > mass[:, :-1]  # count a plateau once
+    local_max[np.arange(n), best] = True
+    n_peaks = local_max.sum(axis=1)
+    out = {
+        "z": z,
+        "z_mean": (pdf * centres).sum(axis=1),
+        "z_lo68": _quantile(cdf, edges, 0.16), "z_hi68": _quantile(cdf, edges, 0.84),
+        "z_lo95": _quantile(cdf, edges, 0.025), "z_hi95": _quantile(cdf, edges, 0.975),
+        "p_window": np.clip(p_window, 0, 1),
+        "p_peak": pdf.max(axis=1),
+        "n_peaks": n_peaks.astype(np.int64),
+        "entropy": -(pdf * np.log(np.maximum(pdf, 1e-300))).sum(axis=1),
+    }
+    out["width68"] = out["z_hi68"] - out["z_lo68"]
+    out["width95"] = out["z_hi95"] - out["z_lo95"]
+    return out
+
+
+def quality_features(summary: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, len(FEATURES)) features of :func:`pdf_summary` output, finite by construction."""
+    p = np.clip(summary["p_window"], _EPS, 1 - _EPS)
+    feats = np.stack([
+        np.log(p / (1 - p)),
+        np.log(np.clip(summary["p_peak"], _EPS, 1)),
+        np.log(np.maximum(summary["width68"], 1e-4)),
+        np.log(np.maximum(summary["width95"], 1e-4)),
+        np.minimum(summary["n_peaks"], 10).astype(np.float64),
+        summary["entropy"],
+    ], axis=1)
+    return np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def wilson_lower(successes: np.ndarray, n: np.ndarray, z: float = 1.0) -> np.ndarray:
+    """One-sided Wilson lower bound of a binomial proportion (``z`` sigma); 0 where n == 0."""
+    n = np.asarray(n, dtype=np.float64)
+    s = np.asarray(successes, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = s / n
+        centre = p + z * z / (2 * n)
+        spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        out = (centre - spread) / (1 + z * z / n)
+    return np.where(n > 0, np.nan_to_num(out), 0.0)
+
+
+def choose_qop_thresholds(score: np.ndarray, success: np.ndarray,
+                          purities: tuple[float, ...] = (0.99, 0.90, 0.50),
+                          confidence_z: float = 1.0) -> list[float]:
+    """Score thresholds [t4, t3, t2] (descending) for QOP 4, 3, 2.
+
+    Objects are sorted by descending score; QOP 4 takes the longest top run whose success
+    fraction has a Wilson lower bound >= purities[0]; QOP 3 the longest following run with
+    bound >= purities[1]; QOP 2 likewise. Runs end only between distinct scores. An empty
+    class gets the threshold of the class above (+inf for QOP 4).
+    """
+    score = np.asarray(score, dtype=np.float64)
+    success = np.asarray(success, dtype=bool)
+    order = np.argsort(-score, kind="stable")
+    s_sorted, ok_sorted = score[order], success[order]
+    # boundaries allowed where the score changes (and at the end)
+    ends = np.flatnonzero(np.concatenate([s_sorted[1:] != s_sorted[:-1], [True]])) + 1 if len(score) else np.array([], int)
+    cum = np.concatenate([[0], np.cumsum(ok_sorted)])
+    thresholds: list[float] = []
+    start = 0
+    last = np.inf
+    for purity in purities:
+        cand = ends[ends > start]
+        if len(cand):
+            lower = wilson_lower(cum[cand] - cum[start], cand - start, confidence_z)
+            good = np.flatnonzero(lower >= purity)
+        else:
+            good = np.array([], int)
+        if len(good):
+            stop = int(cand[good[-1]])
+            last = float(s_sorted[stop - 1])
+            start = stop
+        thresholds.append(last)
+    return thresholds
+
+
+@dataclass(frozen=True)
+class QualityCalibration:
+    """The fitted map from PDF statistics to ``p_dz01`` and QOP, stored in checkpoints.
+
+    mean, std: feature standardisation (len(FEATURES),); coef, intercept: logistic regression;
+    iso_x, iso_y: isotonic map from the logistic score to probability (np.interp);
+    thresholds: score thresholds for QOP 4, 3, 2; purities: their targets;
+    report: purity/completeness per class measured on the validation set.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+    iso_x: tuple[float, ...]
+    iso_y: tuple[float, ...]
+    thresholds: tuple[float, float, float]
+    purities: tuple[float, float, float] = (0.99, 0.90, 0.50)
+    report: dict = field(default_factory=dict)
+
+    def score(self, summary: dict[str, np.ndarray]) -> np.ndarray:
+        """Logistic score (log-odds) of each object: (N,)."""
+        x = (quality_features(summary) - np.array(self.mean)) / np.array(self.std)
+        return x @ np.array(self.coef) + self.intercept
+
+    def apply(self, summary: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """p_dz01 (N,) float and qop (N,) int (4 best ... 1 unreliable)."""
+        s = self.score(summary)
+        p = np.interp(s, np.array(self.iso_x), np.array(self.iso_y)) if len(self.iso_x) else 1 / (1 + np.exp(-s))
+        t4, t3, t2 = self.thresholds
+        qop = np.where(s >= t4, 4, np.where(s >= t3, 3, np.where(s >= t2, 2, 1)))
+        return np.clip(p, 0, 1), qop.astype(np.int16)
+
+    def as_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std), "coef": list(self.coef),
+                "intercept": float(self.intercept), "iso_x": list(self.iso_x), "iso_y": list(self.iso_y),
+                "thresholds": [float(t) for t in self.thresholds], "purities": list(self.purities),
+                "report": dict(self.report)}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "QualityCalibration":
+        return cls(mean=tuple(raw["mean"]), std=tuple(raw["std"]), coef=tuple(raw["coef"]),
+                   intercept=float(raw["intercept"]), iso_x=tuple(raw["iso_x"]), iso_y=tuple(raw["iso_y"]),
+                   thresholds=tuple(float(t) for t in raw["thresholds"]),  # type: ignore[arg-type]
+                   purities=tuple(raw.get("purities", (0.99, 0.9, 0.5))),  # type: ignore[arg-type]
+                   report=dict(raw.get("report", {})))
+
+
+def qop_report(qop: np.ndarray, success: np.ndarray) -> dict:
+    """Per class (4, 3, 2, 1) and cumulative (>= 3): count, purity, completeness."""
+    success = np.asarray(success, dtype=bool)
+    n_success = max(int(success.sum()), 1)
+    out: dict = {}
+    for name, sel in [("qop4", qop == 4), ("qop3", qop == 3), ("qop2", qop == 2), ("qop1", qop == 1),
+                      ("qop>=3", qop >= 3)]:
+        k = int(sel.sum())
+        out[name] = {"n": k, "purity": float(success[sel].mean()) if k else float("nan"),
+                     "completeness": float((success & sel).sum() / n_success)}
+    return out
+
+
+def fit_calibration(summary: dict[str, np.ndarray], z_true: np.ndarray,
+                    purities: tuple[float, float, float] = (0.99, 0.90, 0.50),
+                    confidence_z: float = 1.0) -> QualityCalibration:
+    """Fit ``p_dz01`` and QOP thresholds on validation PDFs (never on the test set).
+
+    summary: :func:`pdf_summary` of the validation PDFs; z_true: (N,) true redshifts.
+    """
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+
+    success = np.abs(summary["z"] - np.asarray(z_true)) < SUCCESS_DZ
+    x = quality_features(summary)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    xs = (x - mean) / std
+    if 0 < success.sum() < len(success):
+        lr = LogisticRegression(C=10.0, max_iter=1000).fit(xs, success)
+        coef, intercept = lr.coef_[0], float(lr.intercept_[0])
+    else:  # one class only: a constant score
+        rate = float(np.clip(success.mean() if len(success) else 0.5, 1e-3, 1 - 1e-3))
+        coef, intercept = np.zeros(x.shape[1]), float(np.log(rate / (1 - rate)))
+    score = xs @ coef + intercept
+    if len(score) > 1 and np.ptp(score) > 0:
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(score, success.astype(float))
+        iso_x, iso_y = iso.X_thresholds_, iso.y_thresholds_
+    else:
+        iso_x, iso_y = np.array([]), np.array([])
+    thresholds = choose_qop_thresholds(score, success, purities, confidence_z)
+    cal = QualityCalibration(mean=tuple(map(float, mean)), std=tuple(map(float, std)), coef=tuple(map(float, coef)),
+                             intercept=intercept, iso_x=tuple(map(float, iso_x)), iso_y=tuple(map(float, iso_y)),
+                             thresholds=tuple(thresholds), purities=tuple(purities))  # type: ignore[arg-type]
+    _, qop = cal.apply(summary)
+    report = {"n_validation": int(len(success)), "success_fraction": float(success.mean()) if len(success) else 0.0,
+              **qop_report(qop, success)}
+    return QualityCalibration(**{**cal.__dict__, "report": report})
+
+
+__all__ = ["SUCCESS_DZ", "FEATURES", "pdf_summary", "quality_features", "wilson_lower", "choose_qop_thresholds",
+           "QualityCalibration", "qop_report", "fit_calibration"]

@@ -1,0 +1,550 @@
+"""train M-TOPnet on a simulated store (validation each epoch, resumable, calibrated)
+
+``train(train_store, val_store, out_dir, config)`` does the whole job:
+
+1. preprocess each store ONCE into a float16 cache under ``out_dir/cache/<key>/`` (key =
+   store fingerprint + preprocessing constants; a complete cache is reused, e.g. on resume);
+2. train with AdamW and a one-cycle schedule, batches prefetched by a thread from the
+   memory-mapped cache while torch uses ``num_threads`` cores; validate every epoch (loss and
+   the fraction with |dz| < 0.01); keep ``best.pt`` (lowest validation loss) and ``last.pt``
+   (full resume state, written after every epoch: a killed run loses at most one epoch);
+   stop early after ``patience`` epochs without improvement;
+3. fit the quality calibration (``p_dz01``, QOP) on the validation set with the best weights
+   and write ``model.pt``, the inference checkpoint (see :mod:`mtopnet.checkpoint`).
+
+Files in ``out_dir``: ``config.yaml`` (resolved), ``history.jsonl`` (one line per epoch),
+``last.pt``, ``best.pt``, ``model.pt``, ``summary.json``, ``cache/``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from . import __version__
+from .checkpoint import read_checkpoint, save_checkpoint
+from .config import ConfigError, UserError, load_yaml
+from .lines import LINES, line_waves, lines_as_records
+from .model import LossWeights, ModelConfig, MTopNet, ZBinning, count_parameters, multitask_loss
+from .model.line_head import line_target
+from .preprocess import PreprocessConfig, Preprocessor
+from .quality import SUCCESS_DZ, fit_calibration, pdf_summary
+from .store import iter_store, open_store, store_info
+from .typed import from_mapping, to_mapping
+
+COMMAND = "train"
+CACHE_VERSION = 1
+_DERIVED_MODEL_FIELDS = ("n_pix", "n_continuum_features", "n_z_bins", "wave_min", "dloglam", "z_min", "z_max",
+                         "line_waves")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimisation. ``lr`` is the one-cycle peak (after ``warmup_fraction`` of the steps),
+    annealed (cosine) to ``final_lr``; ``patience`` epochs without a lower validation loss
+    stop the run; ``grad_clip`` bounds the gradient norm."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 3e-3
+    final_lr: float = 1e-5
+    warmup_fraction: float = 0.1
+    weight_decay: float = 1e-4
+    patience: int = 5
+    grad_clip: float = 5.0
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"optim.{name}: must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.final_lr < self.lr:
+            raise ConfigError(f"optim.final_lr: must be within (0, lr={self.lr}), got {self.final_lr}")
+        if not 0 < self.warmup_fraction < 1:
+            raise ConfigError(f"optim.warmup_fraction: must be within (0, 1), got {self.warmup_fraction}")
+        if self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ConfigError("optim.weight_decay: must be >= 0 and optim.grad_clip > 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training recipe (``configs/train-moons-lr.yaml``); every field has a default.
+
+    instrument: name recorded in the checkpoint (default: the training store's ``instrument``
+        attribute); its arms' coverage and resolution tell predict what is in-domain.
+    seed: seeds weights, batch order and dropout.  num_threads: torch intra-op threads.
+    line_half_width: line-location target half-width, input pixels (paper: 5).
+    """
+
+    instrument: str | None = None
+    seed: int = 0
+    num_threads: int = 2
+    line_half_width: float = 5.0
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    redshift: ZBinning = field(default_factory=ZBinning)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_threads < 1:
+            raise ConfigError(f"num_threads: must be >= 1, got {self.num_threads}")
+        if not self.line_half_width > 0:
+            raise ConfigError(f"line_half_width: must be > 0, got {self.line_half_width}")
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str = "train") -> "TrainConfig":
+        if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+            for key in _DERIVED_MODEL_FIELDS:
+                if key in raw["model"]:
+                    raise ConfigError(f"{where}.model.{key}: is derived (from preprocess and redshift); remove it")
+        nested = {"preprocess": PreprocessConfig, "redshift": ZBinning, "model": ModelConfig,
+                  "loss_weights": LossWeights, "optim": OptimConfig}
+        return from_mapping(cls, raw, where, nested).resolved()
+
+    def resolved(self) -> "TrainConfig":
+        """This config with the model's derived fields filled in from preprocess, redshift and the line list."""
+        model = dataclasses.replace(self.model, n_pix=self.preprocess.n_pix,
+                                    n_continuum_features=self.preprocess.n_continuum_features,
+                                    n_z_bins=self.redshift.n_bins, wave_min=self.preprocess.wave_min,
+                                    dloglam=self.preprocess.dloglam, z_min=self.redshift.z_min,
+                                    z_max=self.redshift.z_max, line_waves=tuple(float(w) for w in line_waves(LINES)))
+        return dataclasses.replace(self, model=model)
+
+    def as_dict(self) -> dict:
+        return to_mapping(self)
+
+
+def load_train_config(path: str | Path | None) -> TrainConfig:
+    """The recipe in ``path`` (YAML), or the defaults; errors name the field and the file."""
+    if path is None:
+        return TrainConfig().resolved()
+    raw = load_yaml(path)
+    try:
+        return TrainConfig.from_dict(raw or {})
+    except ConfigError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def store_fingerprint(path: str | Path) -> str:
+    """A hash identifying a store's content without reading it all: size, ids, attributes,
+    every arm's wavelengths and its first and last spectra."""
+    h = hashlib.blake2b(digest_size=16)
+    with open_store(path) as f:
+        h.update(str(os.path.getsize(path)).encode())
+        h.update(np.asarray(f["ids"]).tobytes())
+        h.update(json.dumps({k: str(v) for k, v in sorted(f.attrs.items())}).encode())
+        for arm in sorted(f["arms"]):
+            g = f["arms"][arm]
+            h.update(arm.encode() + np.asarray(g["wave"]).tobytes())
+            if g["flux"].shape[0]:
+                h.update(g["flux"][0].tobytes() + g["flux"][-1].tobytes() + g["ivar"][-1].tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Cache:
+    """A preprocessed store on disk: float16 memmaps plus labels in memory.
+
+    spectrum: (N, 2, n_pix) float16; continuum: (N, n_features) float16; labels: name -> (N,)
+    float64 (z, logmstar, logsfr, type, hmag; NaN where the store has none); ids (N,);
+    valid_fraction (N,) float32.
+    """
+
+    path: Path
+    spectrum: np.ndarray
+    continuum: np.ndarray
+    labels: dict[str, np.ndarray]
+    ids: np.ndarray
+    valid_fraction: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+_CACHE_LABELS = ("z", "logmstar", "logsfr", "type", "hmag")
+
+
+def _open_cache(folder: Path) -> Cache:
+    lab = np.load(folder / "labels.npz")
+    return Cache(path=folder, spectrum=np.load(folder / "spectrum.npy", mmap_mode="r"),
+                 continuum=np.load(folder / "continuum.npy", mmap_mode="r"),
+                 labels={k: lab[k] for k in _CACHE_LABELS}, ids=lab["ids"], valid_fraction=lab["valid_fraction"])
+
+
+def build_cache(store: str | Path, preprocess: PreprocessConfig, root: str | Path, progress: bool = True,
+                chunk: int = 1024) -> Cache:
+    """Preprocess ``store`` into ``root/<key>/`` once; reuse it if complete (``meta.json`` present)."""
+    key = hashlib.blake2b(f"{store_fingerprint(store)}:{preprocess.key()}:{CACHE_VERSION}".encode(),
+                          digest_size=10).hexdigest()
+    folder = Path(root) / key
+    if (folder / "meta.json").is_file():
+        return _open_cache(folder)
+    if folder.exists():
+        shutil.rmtree(folder)  # an interrupted build
+    folder.mkdir(parents=True)
+    info = store_info(store)
+    n = info["n"]
+    if n == 0:
+        raise UserError(f"{store}: the store holds no objects")
+    spec = np.lib.format.open_memmap(folder / "spectrum.npy", mode="w+", dtype=np.float16,
+                                     shape=(n, 2, preprocess.n_pix))
+    cont = np.lib.format.open_memmap(folder / "continuum.npy", mode="w+", dtype=np.float16,
+                                     shape=(n, preprocess.n_continuum_features))
+    labels = {k: np.full(n, np.nan) for k in _CACHE_LABELS}
+    ids = np.zeros(n, dtype=np.int64)
+    valid = np.zeros(n, dtype=np.float32)
+    pre = Preprocessor(preprocess)
+    start = 0
+    with tqdm(total=n, desc=f"preprocess {Path(store).name}", unit="spec", disable=not progress,
+              file=sys.stderr) as bar:
+        for batch in iter_store(store, batch_size=chunk):
+            stop = start + len(batch)
+            x = pre(batch)
+            spec[start:stop] = np.clip(x.spectrum, -6e4, 6e4)
+            cont[start:stop] = np.clip(x.continuum, -6e4, 6e4)
+            for k in _CACHE_LABELS:
+                if k in batch.labels:
+                    labels[k][start:stop] = np.asarray(batch.labels[k], dtype=np.float64)
+            ids[start:stop] = batch.ids
+            valid[start:stop] = x.valid_fraction
+            start = stop
+            bar.update(len(batch))
+    spec.flush()
+    cont.flush()
+    del spec, cont
+    np.savez(folder / "labels.npz", ids=ids, valid_fraction=valid, **labels)
+    meta = {"store": str(store), "n": n, "preprocess": preprocess.as_dict(), "cache_version": CACHE_VERSION,
+            "arms": {a: [float(w[0]), float(w[-1]), len(w)] if len(w) else [] for a, w in info["arms"].items()},
+            "attrs": {k: str(v) for k, v in info["attrs"].items()}}
+    tmp = folder / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, folder / "meta.json")
+    return _open_cache(folder)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+@dataclass
+class LabelNorm:
+    """Standardisation of log M* and log SFR: (x - mean) / std."""
+
+    logmstar: tuple[float, float]
+    logsfr: tuple[float, float]
+
+    @classmethod
+    def fit(cls, labels: dict[str, np.ndarray]) -> "LabelNorm":
+        def stats(x: np.ndarray) -> tuple[float, float]:
+            x = x[np.isfinite(x)]
+            return (float(x.mean()), float(max(x.std(), 1e-3))) if len(x) else (0.0, 1.0)
+        return cls(logmstar=stats(labels["logmstar"]), logsfr=stats(labels["logsfr"]))
+
+    def as_dict(self) -> dict:
+        return {"logmstar": list(self.logmstar), "logsfr": list(self.logsfr)}
+
+
+def _load_batch(cache: Cache, idx: np.ndarray, norm: LabelNorm, zbins: ZBinning) -> dict[str, torch.Tensor]:
+    idx = np.sort(idx)
+    lab = cache.labels
+    return {
+        "spectrum": torch.from_numpy(cache.spectrum[idx].astype(np.float32)),
+        "continuum": torch.from_numpy(cache.continuum[idx].astype(np.float32)),
+        "z": torch.from_numpy(lab["z"][idx].astype(np.float32)),
+        "z_index": torch.from_numpy(zbins.index(lab["z"][idx])),
+        "logmstar": torch.from_numpy(((lab["logmstar"][idx] - norm.logmstar[0]) / norm.logmstar[1]).astype(np.float32)),
+        "logsfr": torch.from_numpy(((lab["logsfr"][idx] - norm.logsfr[0]) / norm.logsfr[1]).astype(np.float32)),
+    }
+
+
+def iterate_batches(cache: Cache, order: np.ndarray, batch_size: int, norm: LabelNorm,
+                    zbins: ZBinning) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches over ``order`` (indices into the cache), the next one loaded by a thread."""
+    starts = list(range(0, len(order), batch_size))
+    if not starts:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(_load_batch, cache, order[:batch_size], norm, zbins)
+        for i, s in enumerate(starts):
+            batch = future.result()
+            if i + 1 < len(starts):
+                nxt = starts[i + 1]
+                future = pool.submit(_load_batch, cache, order[nxt:nxt + batch_size], norm, zbins)
+            yield batch
+
+
+class _Task:
+    """What the loss needs besides the batch: line list, grid and z bins."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.rest = torch.as_tensor(line_waves(LINES), dtype=torch.float32)
+        self.pre = config.preprocess
+        self.factor = config.model.line_factor
+
+    def loss(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        target = line_target(batch["z"], self.rest, self.pre.wave_min, self.pre.dloglam, self.pre.n_pix,
+                             self.factor, self.config.line_half_width)
+        return multitask_loss(out, batch["z_index"], target, batch["logmstar"], batch["logsfr"],
+                              self.config.loss_weights)
+
+
+def evaluate_cache(net: MTopNet, cache: Cache, task: _Task, norm: LabelNorm, zbins: ZBinning,
+                   batch_size: int, keep_pdf: bool = False) -> dict[str, Any]:
+    """Mean losses, the fraction with |dz| < 0.01, and (optionally) the PDFs, over a cache."""
+    net.eval()
+    sums: dict[str, float] = {}
+    n_total = 0
+    z_hat, pdfs = [], []
+    with torch.inference_mode():
+        for batch in iterate_batches(cache, np.arange(len(cache)), batch_size, norm, zbins):
+            out = net(batch["spectrum"], batch["continuum"])
+            total, parts = task.loss(out, batch)
+            b = len(batch["z"])
+            for k, v in {"loss": float(total), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v * b
+            n_total += b
+            pdf = torch.softmax(out["z_logits"], dim=1).numpy()
+            z_hat.append(pdf_summary(pdf, zbins.edges)["z"])
+            if keep_pdf:
+                pdfs.append(pdf.astype(np.float32))
+    z_hat_all = np.concatenate(z_hat)
+    z_true = cache.labels["z"]
+    result: dict[str, Any] = {k: v / max(n_total, 1) for k, v in sums.items()}
+    result["frac_dz01"] = float(np.mean(np.abs(z_hat_all - z_true) < SUCCESS_DZ))
+    if keep_pdf:
+        result["pdf"] = np.concatenate(pdfs)
+    return result
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def instrument_info(name: str | None, arm_waves: dict[str, np.ndarray]) -> dict:
+    """Arms the model was trained on: name -> wavelength range, resolution (from the named
+    instrument if it loads, else None) and median log-wavelength step."""
+    inst = None
+    if name:
+        try:
+            from .instruments import load_instrument
+            inst = load_instrument(name)
+        except (UserError, ConfigError, ImportError, OSError):
+            inst = None
+    arms = []
+    for arm, wave in arm_waves.items():
+        wave = np.asarray(wave, dtype=np.float64)
+        res = None
+        if inst is not None and arm in inst.arm_names:
+            res = float(inst.arm(arm).config.resolution)
+        dll = float(np.median(np.diff(np.log(wave)))) if len(wave) > 1 else None
+        arms.append({"name": arm, "wave_min": float(wave[0]) if len(wave) else None,
+                     "wave_max": float(wave[-1]) if len(wave) else None, "resolution": res, "dloglam": dll})
+    return {"name": name, "arms": arms}
+
+
+def inference_payload(net: MTopNet, config: TrainConfig, norm: LabelNorm, info: dict, coverage: np.ndarray,
+                      calibration: dict | None, provenance: dict) -> dict:
+    """The inference checkpoint's content (see :mod:`mtopnet.checkpoint`) for ``net``.
+
+    info: training arms from :func:`instrument_info`; coverage: (n_pix,) bool grid pixels
+    those arms cover; calibration: :meth:`QualityCalibration.as_dict` or None.
+    """
+    return {
+        "kind": "inference",
+        "mtopnet_version": __version__,
+        "state_dict": {k: v.detach().clone() for k, v in net.state_dict().items()},
+        "model_config": config.model.as_dict(),
+        "train_config": config.as_dict(),
+        "preprocess": config.preprocess.as_dict(),
+        "z_bins": {"z_min": config.redshift.z_min, "z_max": config.redshift.z_max,
+                   "max_width": config.redshift.max_width, "n_bins": config.redshift.n_bins},
+        "lines": lines_as_records(LINES),
+        "label_norm": norm.as_dict(),
+        "instrument": info,
+        "coverage": torch.from_numpy(coverage.copy()),
+        "calibration": calibration,
+        "provenance": provenance,
+    }
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def train(train_store: str | Path, val_store: str | Path, out_dir: str | Path,
+          config: TrainConfig | None = None, *, epochs: int | None = None, seed: int | None = None,
+          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train, validate, calibrate; returns the summary (also written to ``out_dir/summary.json``).
+
+    ``epochs`` and ``seed`` override the config's. Without ``resume``, an ``out_dir`` that
+    already holds a run (``last.pt``) is refused; with it, training continues from ``last.pt``
+    (which must come from the same config and stores).
+    """
+    config = (config or TrainConfig()).resolved()
+    if epochs is not None:
+        config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, epochs=int(epochs)))
+    if seed is not None:
+        config = dataclasses.replace(config, seed=int(seed))
+    out = Path(out_dir)
+    last_path, best_path, model_path = out / "last.pt", out / "best.pt", out / "model.pt"
+    if last_path.exists() and not resume:
+        raise UserError(f"{out}: holds a training run (last.pt); pass --resume to continue it or choose another --out")
+    if resume and not last_path.exists():
+        raise UserError(f"{out}: nothing to resume (no last.pt)")
+    for path in (train_store, val_store):
+        open_store(path).close()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.num_threads)
+
+    train_cache = build_cache(train_store, config.preprocess, out / "cache", progress)
+    val_cache = build_cache(val_store, config.preprocess, out / "cache", progress)
+    info_train = store_info(train_store)
+    instrument = config.instrument or str(info_train["attrs"].get("instrument", "")) or None
+    inst_info = instrument_info(instrument, info_train["arms"])
+    coverage = Preprocessor(config.preprocess).coverage(info_train["arms"])
+    norm = LabelNorm.fit(train_cache.labels)
+    zbins = config.redshift
+    fingerprints = {"train": store_fingerprint(train_store), "val": store_fingerprint(val_store)}
+
+    torch.manual_seed(config.seed)
+    net = MTopNet(config.model)
+    task = _Task(config)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    steps_per_epoch = math.ceil(len(train_cache) / config.optim.batch_size)
+    total_steps = max(steps_per_epoch * config.optim.epochs, 4)
+    warmup = min(max(config.optim.warmup_fraction, 2.0 / total_steps), 0.5)  # >= 2 warm-up steps
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.optim.lr, total_steps=total_steps, pct_start=warmup,
+        div_factor=25.0, final_div_factor=config.optim.lr / 25.0 / config.optim.final_lr)
+    state = {"epoch": 0, "best": float("inf"), "best_epoch": -1, "patience_left": config.optim.patience,
+             "history": [], "stopped": False}
+    if resume:
+        ck = read_checkpoint(last_path)
+        if ck.get("train_config") != config.as_dict():
+            raise UserError(f"{last_path}: was written with a different config; resume with the same --config, "
+                            f"--epochs and --seed")
+        if ck.get("provenance", {}).get("fingerprints") != fingerprints:
+            raise UserError(f"{last_path}: was trained on different stores")
+        net.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        state.update(ck["train_state"])
+        torch.set_rng_state(ck["torch_rng"])
+    _write_text(out / "config.yaml", yaml.safe_dump(config.as_dict(), sort_keys=False))
+    provenance = {"train_store": str(train_store), "val_store": str(val_store), "fingerprints": fingerprints,
+                  "seed": config.seed, "n_train": len(train_cache), "n_val": len(val_cache),
+                  "n_parameters": count_parameters(net)}
+
+    while state["epoch"] < config.optim.epochs and not state["stopped"]:
+        epoch = state["epoch"]
+        net.train()
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(train_cache))
+        t0 = time.perf_counter()
+        run: dict[str, float] = {}
+        seen = 0
+        bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{config.optim.epochs}", unit="spec",
+                   disable=not progress, file=sys.stderr)
+        for batch in iterate_batches(train_cache, order, config.optim.batch_size, norm, zbins):
+            out_t = net(batch["spectrum"], batch["continuum"])
+            loss, parts = task.loss(out_t, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.optim.grad_clip)
+            opt.step()
+            if sched.last_epoch + 1 < total_steps:
+                sched.step()
+            b = len(batch["z"])
+            seen += b
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                run[k] = run.get(k, 0.0) + v * b
+            bar.update(b)
+            bar.set_postfix(loss=f"{run['loss'] / seen:.3f}", z=f"{run['z'] / seen:.2f}")
+        bar.close()
+        train_time = time.perf_counter() - t0
+        val = evaluate_cache(net, val_cache, task, norm, zbins, config.optim.eval_batch_size)
+        record = {"epoch": epoch + 1, "train": {k: v / max(seen, 1) for k, v in run.items()},
+                  "val": val, "lr": float(sched.get_last_lr()[0]), "train_seconds": train_time,
+                  "train_spectra_per_s": seen / max(train_time, 1e-9)}
+        improved = val["loss"] < state["best"]
+        if improved:
+            state.update(best=val["loss"], best_epoch=epoch + 1, patience_left=config.optim.patience)
+            save_checkpoint(best_path, inference_payload(net, config, norm, inst_info, coverage, None,
+                                                {**provenance, "epoch": epoch + 1, "val": val}))
+        else:
+            state["patience_left"] -= 1
+            state["stopped"] = state["patience_left"] <= 0
+        state["epoch"] = epoch + 1
+        state["history"].append(record)
+        if progress:
+            print(f"epoch {epoch + 1}: train loss {record['train']['loss']:.3f}, val loss {val['loss']:.3f}, "
+                  f"val |dz|<0.01 {val['frac_dz01']:.3f}, {record['train_spectra_per_s']:.0f} spectra/s"
+                  f"{' (best)' if improved else ''}", file=sys.stderr)
+        last = inference_payload(net, config, norm, inst_info, coverage, None, provenance)
+        last.update(kind="training", optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                    train_state=dict(state), torch_rng=torch.get_rng_state())
+        save_checkpoint(last_path, last)
+        _write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+
+    # calibration on the validation set with the best weights
+    best = read_checkpoint(best_path)
+    net.load_state_dict(best["state_dict"])
+    val = evaluate_cache(net, val_cache, task, norm, zbins, config.optim.eval_batch_size, keep_pdf=True)
+    summary = pdf_summary(val.pop("pdf"), zbins.edges)
+    calibration = fit_calibration(summary, val_cache.labels["z"])
+    payload = inference_payload(net, config, norm, inst_info, coverage, calibration.as_dict(),
+                       {**provenance, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "val": val})
+    save_checkpoint(model_path, payload)
+    result = {"model": str(model_path), "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+              "val": val, "calibration": calibration.report, "n_parameters": count_parameters(net),
+              "history": state["history"]}
+    _write_text(out / "summary.json", json.dumps(result, indent=1))
+    return result
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", required=True, help="training store (HDF5)")
+    p.add_argument("--val", required=True, help="validation store (HDF5); also calibrates p_dz01 and QOP")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, cache, history)")
+    p.add_argument("--config", default=None, help="training recipe YAML (default: built-in defaults)")
+    p.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
+    p.add_argument("--seed", type=int, default=None, help="override seed")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs: must be >= 1, got {args.epochs}")
+    config = load_train_config(args.config)
+    result = train(args.train, args.val, args.out, config, epochs=args.epochs, seed=args.seed,
+                   resume=args.resume, progress=not args.quiet)
+    print(f"model: {result['model']} (best epoch {result['best_epoch']}, validation |dz|<0.01: "
+          f"{result['val']['frac_dz01']:.3f})")
+    return 0
+
+
+__all__ = ["TrainConfig", "OptimConfig", "LabelNorm", "Cache", "load_train_config", "store_fingerprint", "inference_payload", "instrument_info",
+           "build_cache", "iterate_batches", "evaluate_cache", "train", "COMMAND", "add_arguments", "run_cli"]

@@ -1,0 +1,50 @@
+"""The train / predict / evaluate subcommands: happy path and one-line errors (exit 2)."""
+from __future__ import annotations
+
+import pytest
+
+from mtopnet.cli import main
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_predict_and_evaluate_end_to_end(tiny_model_path, toy_stores, tmp_path, capsys):
+    cat = tmp_path / "cat.fits"
+    code, out, err = _run(["predict", str(toy_stores[2]), "--model", str(tiny_model_path), "--out", str(cat),
+                           "--pdf", "--quiet"], capsys)
+    assert code == 0 and "40 rows" in out
+    report = tmp_path / "report"
+    code, out, err = _run(["evaluate", str(cat), "--truth", str(toy_stores[2]), "--report", str(report)], capsys)
+    assert code == 0
+    for name in ("metrics.json", "metrics.md", "success_vs_hmag.png", "dz_vs_z.png", "screening.png",
+                 "reliability.png", "coverage.png", "logmstar.png", "logsfr.png", "examples.png"):
+        assert (report / name).is_file(), name
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["predict", "{missing}", "--model", "{model}", "--out", "{tmp}/c.fits"], "no such file"),
+    (["predict", "{store}", "--model", "{model}", "--out", "{tmp}/c.txt"], "unknown catalogue format"),
+    (["predict", "{store}", "--model", "{tmp}/nothing.pt", "--out", "{tmp}/c.fits"], "no such model file"),
+    (["predict", "{store}", "--model", "{garbage}", "--out", "{tmp}/c.fits"], "not a readable mtopnet checkpoint"),
+    (["predict", "{store}", "--model", "{model}", "--out", "{tmp}/c.fits", "--batch-size", "0"], "batch-size"),
+    (["train", "--train", "{missing}", "--val", "{store}", "--out", "{tmp}/run"], "no such file"),
+    (["train", "--train", "{store}", "--val", "{store}", "--out", "{tmp}/run", "--config", "{badcfg}"],
+     "optim.epochs"),
+    (["evaluate", "{missing}", "--truth", "{store}", "--report", "{tmp}/r"], "no such file"),
+    (["evaluate", "{garbage}", "--truth", "{store}", "--report", "{tmp}/r"], "unknown catalogue format"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, tiny_model_path, toy_stores, tmp_path, capsys):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00\x01 not torch")
+    badcfg = tmp_path / "bad.yaml"
+    badcfg.write_text("optim: {epochs: 0}\n")
+    fill = {"missing": tmp_path / "missing.h5", "model": tiny_model_path, "tmp": tmp_path, "store": toy_stores[2],
+            "garbage": garbage, "badcfg": badcfg}
+    code, out, err = _run([a.format(**fill) for a in argv], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err

@@ -1,0 +1,33 @@
+"""Metrics against the truth: matching by id and numbers that could be wrong."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mtopnet.evaluate import compute_metrics, match_ids, metrics_markdown
+
+
+def test_match_ids_handles_order_missing_and_strings():
+    assert list(match_ids(np.array([5, 3, 9]), np.array([3, 4, 5]))) == [2, 0, -1]
+    assert list(match_ids(np.array(["b", "x"]), np.array(["a", "b"]))) == [1, -1]
+
+
+def test_metrics_on_a_known_catalogue():
+    n = 100
+    truth = {"id": np.arange(n), "z": np.full(n, 1.0), "hmag": np.linspace(20.5, 25.4, n),
+             "logmstar": np.full(n, 10.0), "logsfr": np.full(n, 1.0), "type": np.r_[np.zeros(50), np.ones(50)]}
+    z = np.full(n, 1.0)
+    z[:10] = 1.2  # 10% catastrophic failures
+    cat = {"id": np.arange(n)[::-1].copy(), "z": z[::-1].copy(), "z_lo68": np.full(n, 0.99), "z_hi68": np.full(n, 1.01),
+           "z_lo95": np.full(n, 0.9), "z_hi95": np.full(n, 1.1), "qop": np.where(z[::-1] == 1.0, 4, 1),
+           "p_dz01": np.where(z[::-1] == 1.0, 0.95, 0.05), "logmstar": np.full(n, 10.1), "logmstar_err": np.full(n, 0.2),
+           "logsfr": np.full(n, 1.0), "logsfr_err": np.full(n, 0.1)}
+    m = compute_metrics(cat, truth)
+    r = m["redshift"]["all"]
+    assert r["frac_dz01"] == pytest.approx(0.9) and r["catastrophic"] == pytest.approx(0.1)
+    assert r["qop4"]["purity"] == 1.0 and r["qop4"]["completeness"] == 1.0
+    assert r["coverage68"] == 1.0 and r["coverage95"] == 1.0  # the intervals all bracket z_true = 1
+    assert m["logmstar"]["all"]["bias"] == pytest.approx(0.1) and m["logmstar"]["all"]["coverage68"] == 1.0
+    assert m["logsfr"]["star-forming"]["n"] == 50
+    assert sum(b["n"] for b in m["redshift_by_hmag"].values()) == n
+    assert "| all | 100 |" in metrics_markdown(m)

@@ -1,0 +1,146 @@
+"""Checkpoints, inference, zwarn bits and the catalogue writers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mtopnet.config import UserError
+from mtopnet.evaluate import read_catalogue, read_zbin_centres
+from mtopnet.predict import (CATALOGUE_COLUMNS, ZWarn, load_model, predict_batches, predict_store,
+                             write_catalogue)
+from mtopnet.store import SpectraBatch, read_store
+from mtopnet.toy import toy_batch
+
+
+def test_checkpoint_round_trip_rebuilds_the_model(tiny_model_path, toy_stores):
+    payload = torch.load(tiny_model_path, weights_only=True)  # safe loading works
+    for key in ("state_dict", "model_config", "train_config", "preprocess", "z_bins", "lines", "label_norm",
+                "instrument", "calibration", "mtopnet_version", "coverage"):
+        assert key in payload, key
+    model = load_model(tiny_model_path)
+    assert model.calibration is not None and model.zbins.n_bins == payload["z_bins"]["n_bins"]
+    for name, param in model.network.state_dict().items():
+        assert torch.equal(param, payload["state_dict"][name])
+    b = read_store(toy_stores[2], 0, 5)
+    a1 = next(predict_batches(model, [b]))
+    a2 = next(predict_batches(load_model(tiny_model_path), [b]))
+    assert np.allclose(a1["z"], a2["z"]) and np.allclose(a1["logmstar"], a2["logmstar"])
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated zip"])
+def test_corrupt_or_foreign_checkpoint_is_one_line_user_error(tmp_path, content):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_truncated_and_foreign_torch_files(tmp_path, tiny_model_path):
+    data = tiny_model_path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError):
+        load_model(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(UserError, match="not an mtopnet checkpoint"):
+        load_model(tmp_path / "foreign.pt")
+    with pytest.raises(UserError, match="not shipped"):
+        load_model("no-such-model")
+
+
+def test_predictions_columns_and_zwarn_bits(tiny_model_path, toy_waves):
+    model = load_model(tiny_model_path)
+    b = toy_batch(5, toy_waves, seed=11)
+    for arm in b.arms.values():
+        arm["ivar"][1] = 0  # all masked
+    b.arms["A"]["flux"][2, :10] = np.nan  # bad input
+    b.arms["B"]["ivar"][3, 5] = -1.0
+    b.labels["noise_estimated"] = np.array([0, 0, 0, 0, 1], bool)
+    rows = next(predict_batches(model, [b], with_pdf=True))
+    assert set(CATALOGUE_COLUMNS) <= set(rows)
+    for k in CATALOGUE_COLUMNS[1:]:
+        assert np.all(np.isfinite(rows[k])), k
+    zw = rows["zwarn"]
+    assert zw[1] & ZWarn.ALL_MASKED and zw[1] & ZWarn.LITTLE_COVERAGE and rows["qop"][1] == 1
+    assert rows["p_dz01"][1] == 0
+    assert zw[2] & ZWarn.BAD_INPUT and zw[3] & ZWarn.BAD_INPUT and not zw[0] & ZWarn.BAD_INPUT
+    assert zw[4] & ZWarn.NOISE_ESTIMATED
+    assert not np.any(zw & ZWarn.OUT_OF_DOMAIN)
+    assert np.allclose(rows["z_pdf"].sum(axis=1), 1, atol=1e-4)
+    assert np.all(rows["z_lo95"] <= rows["z_lo68"]) and np.all(rows["z_hi68"] <= rows["z_hi95"])
+    assert ZWarn.names(int(zw[1]))[:2] == ["LITTLE_COVERAGE", "ALL_MASKED"]
+
+
+def test_other_coverage_is_out_of_domain(tiny_model_path, toy_waves):
+    model = load_model(tiny_model_path)
+    b = toy_batch(2, {"A": toy_waves["A"]}, seed=1)
+    rows = next(predict_batches(model, [b]))
+    assert np.all(rows["zwarn"] & ZWarn.OUT_OF_DOMAIN)
+    finer = {a: np.linspace(w[0], w[-1], 5 * len(w)) for a, w in toy_waves.items()}
+    rows = next(predict_batches(model, [toy_batch(2, finer, seed=1)]))
+    assert np.all(rows["zwarn"] & ZWarn.OUT_OF_DOMAIN)
+
+
+def _rows(n, with_pdf, string_ids=False):
+    rng = np.random.default_rng(0)
+    ids = np.array([f"obj-{i}" for i in range(n)]) if string_ids else np.arange(n, dtype=np.int64) + 7
+    rows = {"id": ids, "z": rng.uniform(0.6, 3, n), "z_mean": rng.uniform(0.6, 3, n), "z_lo68": np.zeros(n),
+            "z_hi68": np.ones(n), "z_lo95": np.zeros(n), "z_hi95": np.ones(n),
+            "p_dz01": rng.random(n).astype(np.float32), "qop": rng.integers(1, 5, n).astype(np.int16),
+            "zwarn": rng.integers(0, 512, n).astype(np.int32), "logmstar": rng.random(n).astype(np.float32),
+            "logmstar_err": rng.random(n).astype(np.float32), "logsfr": rng.random(n).astype(np.float32),
+            "logsfr_err": rng.random(n).astype(np.float32)}
+    if with_pdf:
+        rows["z_pdf"] = rng.random((n, 6)).astype(np.float32)
+    return rows
+
+
+@pytest.mark.parametrize("ext", ["fits", "parquet", "csv"])
+@pytest.mark.parametrize("with_pdf", [False, True])
+@pytest.mark.parametrize("string_ids", [False, True])
+def test_writers_round_trip(tmp_path, ext, with_pdf, string_ids):
+    a, b = _rows(5, with_pdf, string_ids), _rows(3, with_pdf, string_ids)
+    path = tmp_path / f"cat.{ext}"
+    centres = np.linspace(1, 2, 6)
+    assert write_catalogue(path, [a, b], centres, {"model": "x"}) == 8
+    assert not (tmp_path / f"cat.{ext}.tmp").exists()
+    back = read_catalogue(path)
+    assert list(back)[: len(CATALOGUE_COLUMNS)] == list(CATALOGUE_COLUMNS)
+    for k in CATALOGUE_COLUMNS:
+        expect = np.concatenate([a[k], b[k]])
+        if k == "id":
+            assert [str(x) for x in back[k]] == [str(x) for x in expect]
+        else:
+            assert np.allclose(back[k], expect, rtol=1e-6), k
+    if with_pdf:
+        assert np.allclose(back["z_pdf"], np.concatenate([a["z_pdf"], b["z_pdf"]]), rtol=1e-6)
+        assert np.allclose(read_zbin_centres(path), centres, atol=1e-6)
+    else:
+        assert read_zbin_centres(path) is None
+    if ext == "fits" and with_pdf:
+        from astropy.io import fits
+        with fits.open(path) as hdul:
+            hdul.verify("exception")
+            assert np.allclose(hdul["ZBINS"].data, centres)
+
+
+def test_predict_store_streams_and_refuses_overwrite(tiny_model_path, toy_stores, tmp_path):
+    model = load_model(tiny_model_path)
+    out = tmp_path / "cat.parquet"
+    n = predict_store(model, [toy_stores[2], toy_stores[1]], out, batch_size=16)
+    cat = read_catalogue(out)
+    ids = np.concatenate([read_store(toy_stores[2]).ids, read_store(toy_stores[1]).ids])
+    assert n == len(ids) and np.array_equal(cat["id"], ids)
+    with pytest.raises(UserError, match="exists"):
+        predict_store(model, [toy_stores[2]], out)
+    with pytest.raises(UserError, match="format"):
+        predict_store(model, [toy_stores[2]], tmp_path / "cat.txt")
+
+
+def test_empty_batches_give_an_empty_catalogue(tiny_model_path, tmp_path, toy_waves):
+    model = load_model(tiny_model_path)
+    empty = toy_batch(0, toy_waves)
+    assert isinstance(empty, SpectraBatch)
+    assert write_catalogue(tmp_path / "e.fits", predict_batches(model, [empty])) == 0
+    assert len(read_catalogue(tmp_path / "e.fits")["id"]) == 0
