@@ -1,11 +1,13 @@
-"""End-to-end inference speed and memory: HDF5 store -> catalogue.
+"""End-to-end inference speed and memory: HDF5 store -> catalogue, with and without refinement.
 
     python benchmarks/predict.py [--store FILE.h5] [--model NAME_OR_PATH] [--sizes 2000 8000]
-                                 [--batch-size 1024] [--format parquet]
+                                 [--batch-size 1024] [--format parquet] [--threads 2]
 
-Each size runs in a fresh process (so the peak RSS is that run's own): it streams the first
-N objects of the store through ``predict_batches`` into a catalogue and prints spectra/s and
-the peak resident memory. Equal peaks for different N show memory flat in N.
+Each size runs in a fresh process (so the peak RSS is that run's own), once with the template
+refinement of z (``mtopnet predict``'s default, mtopnet.refine) and once without
+(``--no-refine``): it streams the first N objects of the store through ``predict_batches``
+into a catalogue and prints spectra/s and the peak resident memory. Equal peaks for
+different N show memory flat in N.
 
 Defaults: the shipped model if present, else an untrained network of the shipped recipe
 (same cost); the store ``data/test.h5`` if present, else a toy store on the MOONS LR pixel
@@ -59,23 +61,27 @@ def _toy_store(path: Path, n: int) -> Path:
     return path
 
 
-def _worker(store: str, model: str, n: int, batch_size: int, out: str) -> dict:
+def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: bool, threads: int) -> dict:
     import torch
 
     from mtopnet.predict import load_model, predict_batches, write_catalogue
     from mtopnet.store import read_store
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     m = load_model(model)
+    refiner = False
+    if refine:
+        from mtopnet.refine import Refiner
+        refiner = Refiner.from_model(m)  # built once per run, as predict_store does
 
     def batches():
         for start in range(0, n, batch_size):
             yield read_store(store, start, min(n, start + batch_size))
 
     # warm up (first-call allocations, rebinning matrices) on a small batch, not timed
-    list(predict_batches(m, [read_store(store, 0, 64)]))
+    list(predict_batches(m, [read_store(store, 0, 64)], refine=refiner))
     t0 = time.perf_counter()
-    rows = write_catalogue(out, predict_batches(m, batches(), batch_size=batch_size))
+    rows = write_catalogue(out, predict_batches(m, batches(), batch_size=batch_size, refine=refiner))
     dt = time.perf_counter() - t0
     return {"n": rows, "seconds": dt, "spectra_per_s": rows / dt,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -88,14 +94,15 @@ def main() -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000])
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--format", default="parquet", choices=["fits", "parquet", "csv"])
-    p.add_argument("--worker", nargs=3, metavar=("STORE", "MODEL", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--worker", nargs=4, metavar=("STORE", "MODEL", "N", "REFINE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         if args.worker:
-            store, model, n = args.worker
-            print(json.dumps(_worker(store, model, int(n), args.batch_size,
-                                     str(tmp_path / f"cat.{args.format}"))))
+            store, model, n, refine = args.worker
+            print(json.dumps(_worker(store, model, int(n), args.batch_size, str(tmp_path / f"cat.{args.format}"),
+                                     refine == "refine", args.threads)))
             return 0
         from mtopnet.predict import shipped_model_path
         from mtopnet.store import store_info
@@ -106,14 +113,17 @@ def main() -> int:
         available = store_info(store)["n"]
         print(f"store {store} ({available} objects), model {model}, batch {args.batch_size}, "
               f"{os.cpu_count()} CPUs")
-        print(f"{'N':>8} {'seconds':>8} {'spectra/s':>10} {'peak RSS MB':>12}")
+        print(f"{'refine':>9} {'N':>8} {'seconds':>8} {'spectra/s':>10} {'peak RSS MB':>12}")
         for n in args.sizes:
             n = min(n, available)
-            res = subprocess.run([sys.executable, __file__, "--worker", store, model, str(n),
-                                  "--batch-size", str(args.batch_size), "--format", args.format],
-                                 capture_output=True, text=True, check=True)
-            r = json.loads(res.stdout.strip().splitlines()[-1])
-            print(f"{r['n']:>8} {r['seconds']:>8.1f} {r['spectra_per_s']:>10.0f} {r['peak_rss_mb']:>12.0f}")
+            for mode in ("refine", "no-refine"):
+                res = subprocess.run([sys.executable, __file__, "--worker", store, model, str(n), mode,
+                                      "--batch-size", str(args.batch_size), "--format", args.format,
+                                      "--threads", str(args.threads)],
+                                     capture_output=True, text=True, check=True)
+                r = json.loads(res.stdout.strip().splitlines()[-1])
+                print(f"{mode:>9} {r['n']:>8} {r['seconds']:>8.1f} {r['spectra_per_s']:>10.0f} "
+                      f"{r['peak_rss_mb']:>12.0f}")
     return 0
 
 

@@ -7,7 +7,7 @@ import torch
 
 from mtopnet.config import UserError
 from mtopnet.evaluate import read_catalogue, read_zbin_centres
-from mtopnet.predict import (CATALOGUE_COLUMNS, ZWarn, load_model, predict_batches, predict_store,
+from mtopnet.predict import (CATALOGUE_COLUMNS, DomainWarning, ZWarn, load_model, predict_batches, predict_store,
                              write_catalogue)
 from mtopnet.store import SpectraBatch, read_store
 from mtopnet.toy import toy_batch
@@ -75,11 +75,25 @@ def test_predictions_columns_and_zwarn_bits(tiny_model_path, toy_waves):
 def test_other_coverage_is_out_of_domain(tiny_model_path, toy_waves):
     model = load_model(tiny_model_path)
     b = toy_batch(2, {"A": toy_waves["A"]}, seed=1)
-    rows = next(predict_batches(model, [b]))
+    a_lo, a_hi = toy_waves["A"][0], toy_waves["A"][-1]
+    # the warning names the object's arms and the model's expected arms and grid
+    with pytest.warns(DomainWarning, match=rf"arms A {a_lo:.0f}-{a_hi:.0f} A .*covers \d+% of the model's "
+                                           rf"wavelengths.*expects .*A {a_lo:.0f}-{a_hi:.0f} A.*read on 6400-18100 A"):
+        rows = next(predict_batches(model, [b]))
     assert np.all(rows["zwarn"] & ZWarn.OUT_OF_DOMAIN)
     finer = {a: np.linspace(w[0], w[-1], 5 * len(w)) for a, w in toy_waves.items()}
-    rows = next(predict_batches(model, [toy_batch(2, finer, seed=1)]))
+    with pytest.warns(DomainWarning, match="pixels are 0.20 x the width"):
+        rows = next(predict_batches(model, [toy_batch(2, finer, seed=1)]))
     assert np.all(rows["zwarn"] & ZWarn.OUT_OF_DOMAIN)
+
+
+def test_in_domain_spectra_raise_no_domain_warning(tiny_model_path, toy_waves):
+    import warnings
+    model = load_model(tiny_model_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DomainWarning)
+        rows = next(predict_batches(model, [toy_batch(3, toy_waves, seed=2)]))
+    assert not np.any(rows["zwarn"] & ZWarn.OUT_OF_DOMAIN)
 
 
 def _rows(n, with_pdf, string_ids=False):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .config import ConfigError, UserError
 
@@ -65,8 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, one line already printed)
         return int(exc.code or 0)
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        """Warnings (e.g. predict's DomainWarning) as one line each, like the errors."""
+        print(f"mtopnet {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning
+            return int(args._run(args) or 0)
     except (UserError, ConfigError) as exc:
         print(f"mtopnet {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,10 @@ from typing import Any
 import yaml
 
 
+SKY_MODELS = ("skycalc-paranal", "sdss-apo", "none")
+"""Sky models an instrument's ``sky_model`` may name (see mtopnet.instruments.sky)."""
+
+
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the field."""
 
@@ -75,13 +79,25 @@ class CurveSpec:
                    scale=_number(raw.get("scale", 1.0), f"{where}.scale", positive=True))
 
 
+def _check_keys(raw: dict, known: set[str], where: str) -> None:
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown field (known: {', '.join(sorted(known))})")
+
+
+PIXEL_GRIDS = ("linear", "log")
+
+
 @dataclass(frozen=True)
 class ArmConfig:
     """One spectrograph arm. Wavelengths in vacuum Angstrom.
 
-    The pixel grid is linear with ``dispersion = central_wave / (resolution * sampling)``
-    and the line-spread function a Gaussian of constant FWHM ``central_wave / resolution``
-    across the arm (the convention of the MOONS consortium simulator).
+    ``pixel_grid: linear`` (default; the convention of the MOONS consortium simulator and of
+    DESI): pixels of constant width ``dispersion = central_wave / (resolution * sampling)``
+    and a Gaussian line-spread function of constant FWHM ``central_wave / resolution``
+    across the arm. ``pixel_grid: log`` (SDSS/BOSS): pixels of constant width in
+    log-wavelength, ``d ln(lambda) = 1 / (resolution * sampling)``, and a Gaussian LSF of
+    constant velocity width, FWHM ``lambda / resolution`` at every wavelength.
     """
 
     name: str
@@ -93,12 +109,18 @@ class ArmConfig:
     dark: float  # e- per pixel per hour
     throughput: CurveSpec
     qe: CurveSpec
+    pixel_grid: str = "linear"
 
     @classmethod
     def from_yaml(cls, name: str, raw: dict, where: str) -> "ArmConfig":
         w = f"{where}.{name}"
         if not isinstance(raw, dict):
             raise ConfigError(f"{w}: expected a mapping")
+        _check_keys(raw, {"wave_min", "wave_max", "resolution", "sampling", "read_noise", "dark", "throughput",
+                          "qe", "pixel_grid"}, w)
+        grid = raw.get("pixel_grid", "linear")
+        if grid not in PIXEL_GRIDS:
+            raise ConfigError(f"{w}.pixel_grid: must be one of {', '.join(PIXEL_GRIDS)}, got {grid!r}")
         wmin = _number(_require(raw, "wave_min", w), f"{w}.wave_min", positive=True)
         wmax = _number(_require(raw, "wave_max", w), f"{w}.wave_max", positive=True)
         if wmax <= wmin:
@@ -113,6 +135,7 @@ class ArmConfig:
             dark=_number(raw.get("dark", 0.0), f"{w}.dark", nonneg=True),
             throughput=CurveSpec.from_yaml(raw.get("throughput", 1.0), f"{w}.throughput"),
             qe=CurveSpec.from_yaml(raw.get("qe", 1.0), f"{w}.qe"),
+            pixel_grid=grid,
         )
 
 
@@ -139,19 +162,32 @@ class InstrumentConfig:
     site: str
     observing: ObservingConfig
     arms: tuple[ArmConfig, ...]
+    telescope_obscuration: float = 0.0  # m, diameter of the central obstruction
     source_path: str = ""
 
     @classmethod
     def from_yaml(cls, raw: Any, source_path: str = "") -> "InstrumentConfig":
         if not isinstance(raw, dict):
             raise ConfigError("instrument: the file must hold a mapping")
+        _check_keys(raw, {"name", "description", "site", "sky_model", "fibre_diameter", "telescope", "observing",
+                          "arms"}, "instrument")
         name = str(_require(raw, "name", "instrument"))
         tel = _require(raw, "telescope", "instrument")
+        if not isinstance(tel, dict):
+            raise ConfigError("telescope: expected a mapping with 'diameter'")
+        _check_keys(tel, {"diameter", "obscuration", "efficiency"}, "telescope")
+        diameter = _number(_require(tel, "diameter", "telescope"), "telescope.diameter", positive=True)
+        obscuration = _number(tel.get("obscuration", 0.0), "telescope.obscuration", nonneg=True)
+        if obscuration >= diameter:
+            raise ConfigError(f"telescope.obscuration: must be smaller than the diameter ({diameter} m), "
+                              f"got {obscuration}")
         arms_raw = _require(raw, "arms", "instrument")
         if not isinstance(arms_raw, dict) or not arms_raw:
             raise ConfigError("instrument.arms: expected a non-empty mapping of arm name -> arm")
         arms = tuple(ArmConfig.from_yaml(str(k), v, "arms") for k, v in arms_raw.items())
         obs_raw = raw.get("observing", {}) or {}
+        if not isinstance(obs_raw, dict):
+            raise ConfigError("observing: expected a mapping")
         obs_known = {f.name for f in fields(ObservingConfig)}
         for key in obs_raw:
             if key not in obs_known:
@@ -160,18 +196,19 @@ class InstrumentConfig:
         if not 1.0 <= obs.airmass <= 3.0:
             raise ConfigError(f"observing.airmass: must be within 1-3, got {obs.airmass}")
         sky = raw.get("sky_model", "skycalc-paranal")
-        if sky not in ("skycalc-paranal", "none"):
-            raise ConfigError(f"sky_model: unknown sky model {sky!r} (known: skycalc-paranal, none)")
+        if sky not in SKY_MODELS:
+            raise ConfigError(f"sky_model: unknown sky model {sky!r} (known: {', '.join(SKY_MODELS)})")
         return cls(
             name=name,
             description=str(raw.get("description", "")),
-            telescope_diameter=_number(_require(tel, "diameter", "telescope"), "telescope.diameter", positive=True),
+            telescope_diameter=diameter,
             telescope_efficiency=CurveSpec.from_yaml(tel.get("efficiency", 1.0), "telescope.efficiency"),
             fibre_diameter=_number(raw.get("fibre_diameter", 1.1), "fibre_diameter", positive=True),
             sky_model=sky,
             site=str(raw.get("site", "")),
             observing=obs,
             arms=arms,
+            telescope_obscuration=obscuration,
             source_path=source_path,
         )
 
@@ -236,5 +273,5 @@ class Exposure:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-__all__ = ["ConfigError", "UserError", "CurveSpec", "ArmConfig", "ObservingConfig",
+__all__ = ["SKY_MODELS", "PIXEL_GRIDS", "ConfigError", "UserError", "CurveSpec", "ArmConfig", "ObservingConfig",
            "InstrumentConfig", "Exposure", "load_yaml", "parse_duration"]

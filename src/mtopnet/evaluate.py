@@ -1,7 +1,9 @@
 """evaluate a catalogue against the truth store: metrics.json, metrics.md and plots
 
 ``evaluate(catalogue, truth_store, report_dir)`` matches catalogue rows to the store's
-objects by ``id`` and reports, overall and per H-band magnitude bin:
+objects by ``id`` and reports, overall and per bin of the selection magnitude (H for
+stores simulated in 2MASS H, ``labels/hmag``; the band of ``simulate --band`` otherwise,
+``labels/mag``, in 0.5 mag bins; the metrics' ``selection_band`` names it):
 
 * redshift: fraction with |dz| < 0.01 (also 0.0025, 0.005, 0.1), catastrophic fraction
   (|dz| / (1 + z) > 0.05), sigma_NMAD of dz / (1 + z) among |dz| < 0.01, coverage of the
@@ -10,7 +12,8 @@ objects by ``id`` and reports, overall and per H-band magnitude bin:
 * log M*: bias (median of predicted - true), robust scatter (1.4826 x MAD), coverage of
   +-1 sigma and +-2 sigma; log SFR: the same for star-forming objects (``type == 0``).
 
-Plots (PNG, matplotlib Agg): success fraction vs H with the paper's prototype curve,
+Plots (PNG, matplotlib Agg): success fraction vs H with the paper's prototype curve
+(``success_vs_hmag.png``; ``success_vs_mag.png`` without the curve for another band),
 dz vs z, purity vs completeness of the p_dz01 screening, p_dz01 reliability, interval
 coverage, predicted vs true log M* and log SFR, and example spectra with their PDFs.
 """
@@ -108,6 +111,39 @@ def read_truth(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
+def read_band(path: str | Path) -> str | None:
+    """The selection band a simulated store records in its provenance (None if absent)."""
+    with open_store(path) as f:
+        raw = f.attrs.get("provenance")
+    try:
+        return json.loads(raw).get("band") if raw is not None else None
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def selection_magnitude(truth: dict[str, np.ndarray], band: str | None = None
+                        ) -> tuple[np.ndarray, str, list[tuple[str, float, float]], list[tuple[str, float, float]]]:
+    """The selection magnitude of the matched truth rows and how to bin it.
+
+    Returns (mag (N,), short band name, bins [(name, lo, hi)], issue bins [(name, lo, hi)]):
+    H with :data:`HMAG_EDGES` and :data:`ISSUE_BINS` for ``hmag``; for ``mag`` (another band)
+    0.5 mag bins over its range and no issue bins.
+    """
+    n = len(truth["z"])
+    if "hmag" in truth or "mag" not in truth:
+        mag = np.asarray(truth.get("hmag", np.full(n, np.nan)), dtype=np.float64)
+        bins = [(f"{lo:g}<H<={hi:g}", lo, hi) for lo, hi in zip(HMAG_EDGES[:-1], HMAG_EDGES[1:])]
+        return mag, "H", bins, list(ISSUE_BINS)
+    mag = np.asarray(truth["mag"], dtype=np.float64)
+    short = (band or "mag").split("-")[-1]
+    finite = mag[np.isfinite(mag)]
+    if not len(finite):
+        return mag, short, [], []
+    edges = np.arange(np.floor(finite.min() * 2) / 2, np.ceil(finite.max() * 2) / 2 + 0.25, 0.5)
+    bins = [(f"{lo:g}<{short}<={hi:g}", float(lo), float(hi)) for lo, hi in zip(edges[:-1], edges[1:])]
+    return mag, short, bins, []
+
+
 def match_ids(cat_ids: np.ndarray, truth_ids: np.ndarray) -> np.ndarray:
     """Index into ``truth_ids`` of each catalogue id (-1 if absent): (N_cat,) int64."""
     cat_ids = np.asarray(cat_ids)
@@ -178,13 +214,10 @@ def property_metrics(pred: np.ndarray, err: np.ndarray, true: np.ndarray, sel: n
             "coverage95": float(np.mean(pull <= 2.0)), "median_err": float(np.median(err[sel]))}
 
 
-def _hmag_bins(hmag: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    bins = [(f"{lo:g}<H<={hi:g}", (hmag > lo) & (hmag <= hi)) for lo, hi in zip(HMAG_EDGES[:-1], HMAG_EDGES[1:])]
-    return bins
+def compute_metrics(cat: dict[str, np.ndarray], truth: dict[str, np.ndarray], band: str | None = None) -> dict:
+    """All metrics of catalogue ``cat`` against ``truth`` (both dicts of column arrays).
 
-
-def compute_metrics(cat: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict:
-    """All metrics of catalogue ``cat`` against ``truth`` (both dicts of column arrays)."""
+    band: the selection band of a ``labels/mag`` store (for naming its bins)."""
     idx = match_ids(cat["id"], truth["id"])
     matched = idx >= 0
     if not matched.any():
@@ -194,22 +227,24 @@ def compute_metrics(cat: dict[str, np.ndarray], truth: dict[str, np.ndarray]) ->
     z_true = t["z"].astype(np.float64)
     z = c["z"].astype(np.float64)
     everyone = np.ones(len(z), dtype=bool)
-    hmag = t.get("hmag", np.full(len(z), np.nan)).astype(np.float64)
+    hmag, band_name, mag_bins, issue_bins = selection_magnitude(t, band)
     sf = t["type"] == 0 if "type" in t else everyone
     out: dict[str, Any] = {"n_catalogue": int(len(cat["id"])), "n_matched": int(matched.sum()),
+                           "selection_band": band_name,
                            "redshift": {"all": redshift_metrics(z, z_true, c, everyone)}}
-    for name, lo, hi in ISSUE_BINS:
+    for name, lo, hi in issue_bins:
         out["redshift"][name] = redshift_metrics(z, z_true, c, (hmag > lo) & (hmag <= hi))
-    out["redshift_by_hmag"] = {name: redshift_metrics(z, z_true, c, sel) for name, sel in _hmag_bins(hmag)}
+    out["redshift_by_hmag"] = {name: redshift_metrics(z, z_true, c, (hmag > lo) & (hmag <= hi))
+                               for name, lo, hi in mag_bins}
     if "logmstar" in c and "logmstar" in t:
         pm = {"all": property_metrics(c["logmstar"], c["logmstar_err"], t["logmstar"].astype(float), everyone)}
-        for name, lo, hi in ISSUE_BINS:
+        for name, lo, hi in issue_bins:
             pm[name] = property_metrics(c["logmstar"], c["logmstar_err"], t["logmstar"].astype(float),
                                         (hmag > lo) & (hmag <= hi))
         out["logmstar"] = pm
     if "logsfr" in c and "logsfr" in t:
         ps = {"star-forming": property_metrics(c["logsfr"], c["logsfr_err"], t["logsfr"].astype(float), sf)}
-        for name, lo, hi in ISSUE_BINS:
+        for name, lo, hi in issue_bins:
             ps[name] = property_metrics(c["logsfr"], c["logsfr_err"], t["logsfr"].astype(float),
                                         sf & (hmag > lo) & (hmag <= hi))
         out["logsfr"] = ps
@@ -273,14 +308,15 @@ def metrics_markdown(m: dict) -> str:
 
 
 def _plots(cat: dict[str, np.ndarray], truth: dict[str, np.ndarray], truth_path: Path, out: Path,
-           zbin_centres: np.ndarray | None = None, max_points: int = 20000) -> list[Path]:
+           zbin_centres: np.ndarray | None = None, max_points: int = 20000, band: str | None = None) -> list[Path]:
     idx = match_ids(cat["id"], truth["id"])
     m = idx >= 0
     c = {k: v[m] for k, v in cat.items()}
     t = {k: np.asarray(v)[idx[m]] for k, v in truth.items()}
     z, zt = c["z"].astype(float), t["z"].astype(float)
     ok = np.abs(z - zt) < SUCCESS_DZ
-    hmag = t.get("hmag", np.full(len(z), np.nan)).astype(float)
+    hmag, band_name, _, _ = selection_magnitude(t, band)
+    is_h = band_name == "H"
     qop = c.get("qop", np.ones(len(z), int))
     files = []
 
@@ -303,11 +339,12 @@ def _plots(cat: dict[str, np.ndarray], truth: dict[str, np.ndarray], truth_path:
                       for i in range(len(centres))]
             ax.plot(centres, frac, "o-", label="M-TOPnet (all)")
             ax.plot(centres, frac_q, "s--", label="M-TOPnet (qop >= 3)")
-    ax.plot(PAPER_CURVE_H, PAPER_CURVE_FRAC, "k:", lw=2, label="paper prototype")
-    ax.fill_between([20.0, 23.9], 0.91, 0.95, color="k", alpha=0.1)
-    ax.set(xlabel="H (AB)", ylabel="fraction |dz| < 0.01", ylim=(0, 1.02))
+    if is_h:
+        ax.plot(PAPER_CURVE_H, PAPER_CURVE_FRAC, "k:", lw=2, label="paper prototype")
+        ax.fill_between([20.0, 23.9], 0.91, 0.95, color="k", alpha=0.1)
+    ax.set(xlabel=f"{band_name} (AB)", ylabel="fraction |dz| < 0.01", ylim=(0, 1.02))
     ax.legend(fontsize=8)
-    save(fig, "success_vs_hmag.png")
+    save(fig, "success_vs_hmag.png" if is_h else "success_vs_mag.png")
 
     # dz vs z
     sub = np.random.default_rng(0).permutation(len(z))[:max_points]
@@ -388,7 +425,7 @@ def _plots(cat: dict[str, np.ndarray], truth: dict[str, np.ndarray], truth_path:
             save(fig, f"{key}.png")
 
     # example spectra with their PDFs
-    picks = _example_rows(ok, qop, hmag)
+    picks = _example_rows(ok, qop, hmag, band_name)
     if picks:
         fig, axes = plt.subplots(len(picks), 2, figsize=(11, 2.3 * len(picks)), squeeze=False,
                                  gridspec_kw={"width_ratios": [3, 1]})
@@ -408,7 +445,7 @@ def _plots(cat: dict[str, np.ndarray], truth: dict[str, np.ndarray], truth_path:
                 w = line.wave * (1 + z[i])
                 if lo < w < hi:
                     ax.axvline(w, color="tab:red" if line.kind == "emission" else "tab:blue", lw=0.4, alpha=0.6)
-            ax.set_title(f"{title}: id {c['id'][i]}, H={hmag[i]:.1f}, z={zt[i]:.4f}, z_pred={z[i]:.4f}, "
+            ax.set_title(f"{title}: id {c['id'][i]}, {band_name}={hmag[i]:.1f}, z={zt[i]:.4f}, z_pred={z[i]:.4f}, "
                          f"qop {qop[i]}", fontsize=8)
             ax.set_ylabel("flux [1e-17]", fontsize=7)
             ax2 = axes[row, 1]
@@ -427,10 +464,14 @@ def _plots(cat: dict[str, np.ndarray], truth: dict[str, np.ndarray], truth_path:
     return files
 
 
-def _example_rows(ok: np.ndarray, qop: np.ndarray, hmag: np.ndarray) -> list[tuple[int, str]]:
+def _example_rows(ok: np.ndarray, qop: np.ndarray, hmag: np.ndarray, band_name: str = "H") -> list[tuple[int, str]]:
     picks = []
-    for title, sel in (("qop 4 success", ok & (qop == 4)), ("qop 3", qop == 3), ("failure", ~ok),
-                       ("faint (H > 25)", hmag > 25)):
+    if band_name == "H":
+        faint = ("faint (H > 25)", hmag > 25)
+    else:
+        cut = np.nanpercentile(hmag, 90) if np.isfinite(hmag).any() else np.inf
+        faint = (f"faint ({band_name} > {cut:.1f})", hmag > cut)
+    for title, sel in (("qop 4 success", ok & (qop == 4)), ("qop 3", qop == 3), ("failure", ~ok), faint):
         cand = np.flatnonzero(sel)
         if len(cand):
             picks.append((int(cand[len(cand) // 2]), title))
@@ -444,17 +485,19 @@ def evaluate(catalogue: str | Path, truth: str | Path, report_dir: str | Path, p
         if col not in cat:
             raise UserError(f"{catalogue}: no column {col!r}")
     tr = read_truth(truth)
+    band = read_band(truth)
     out = Path(report_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    metrics = compute_metrics(cat, tr)
+    metrics = compute_metrics(cat, tr, band)
     metrics["catalogue"] = str(catalogue)
     metrics["truth"] = str(truth)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "metrics.md").write_text(metrics_markdown(metrics))
     if plots:
-        metrics["plots"] = [str(p) for p in _plots(cat, tr, Path(truth), out, read_zbin_centres(catalogue))]
+        metrics["plots"] = [str(p) for p in _plots(cat, tr, Path(truth), out, read_zbin_centres(catalogue),
+                                                   band=band)]
     return metrics
 
 
@@ -473,6 +516,6 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["HMAG_EDGES", "ISSUE_BINS", "PAPER_CURVE_H", "PAPER_CURVE_FRAC", "read_catalogue", "read_zbin_centres", "read_truth",
+__all__ = ["HMAG_EDGES", "ISSUE_BINS", "PAPER_CURVE_H", "PAPER_CURVE_FRAC", "read_catalogue", "read_zbin_centres", "read_truth", "read_band", "selection_magnitude",
            "match_ids", "redshift_metrics", "property_metrics", "compute_metrics", "metrics_markdown", "evaluate",
            "COMMAND", "add_arguments", "run_cli"]

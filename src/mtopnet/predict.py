@@ -10,15 +10,25 @@ Library use::
 Catalogue columns (one row per input spectrum, input order)::
 
     id            input identifier
-    z             point estimate: the z maximising the PDF mass within +-0.01, refined to the
-                  PDF mean inside that window (see mtopnet.quality)
+    z             the redshift: the template fit within the PDF's peaks (mtopnet.refine);
+                  with --no-refine the PDF point estimate (the z maximising the PDF mass
+                  within +-0.01, refined to the PDF mean inside that window, mtopnet.quality)
     z_mean        PDF mean
     z_lo68, z_hi68, z_lo95, z_hi95   central 68% / 95% intervals
-    p_dz01        calibrated probability that |z - z_true| < 0.01
+    p_dz01        calibrated probability that |z - z_true| < 0.01 (from the PDF mass within
+                  +-0.01 of the reported z)
     qop           4 (>= 99% reliable on validation), 3 (>= 90%), 2 (>= 50%), 1 (unreliable)
     zwarn         ZWarn bitmask (0 = no warning)
     logmstar, logmstar_err   log10 M*/Msun and its 1-sigma error
     logsfr, logsfr_err       log10 SFR/(Msun/yr) and its 1-sigma error
+
+With refinement (the default) also, after those (mtopnet.refine, docs/refine.md)::
+
+    z_net         the network's point estimate (the ``z`` of --no-refine)
+    z_err         1-sigma error of z (chi2 curvature; half the 68% interval if not refined)
+    delta_chi2    chi2 of the next-best PDF peak minus the best (NaN: one peak fitted)
+    rchi2         reduced chi2 of the best template fit (NaN if not refined)
+    refined       which PDF peak was reported (0 = the main one), -1 if not refined
 
 With ``--pdf`` the PDF is added (FITS: a vector column ``z_pdf`` plus an HDU ``ZBINS`` with
 the bin centres; Parquet: a fixed-size-list column ``z_pdf`` and the centres in the schema
@@ -28,14 +38,16 @@ metadata; CSV: one column per bin named ``pdf_z<centre>``). Files are written as
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import enum
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -49,6 +61,9 @@ from .model import MTopNet, ZBinning
 from .preprocess import PreprocessConfig, Preprocessor
 from .quality import QualityCalibration, pdf_summary
 from .store import SpectraBatch, check_writable
+
+if TYPE_CHECKING:
+    from .refine import Refiner
 
 COMMAND = "predict"
 DEFAULT_MODEL = "moons-lr"
@@ -67,7 +82,7 @@ class ZWarn(enum.IntFlag):
     OUT_OF_DOMAIN = 1 << 5  # wavelength coverage, sampling or resolution differs from the training data
     MULTI_PEAK = 1 << 6  # the PDF has more than one peak holding >= 5% probability within +-0.01
     LOW_PEAK_PROB = 1 << 7  # p_dz01 < 0.5
-    REFINE_DISAGREE = 1 << 8  # reserved: a template refinement disagrees with the network
+    REFINE_DISAGREE = 1 << 8  # template fit vs PDF: a weakly-supported peak fits best, or no peak fits (rchi2 > 3)
 
     @classmethod
     def names(cls, value: int) -> list[str]:
@@ -81,6 +96,15 @@ _DTYPES = {"z": np.float64, "z_mean": np.float64, "z_lo68": np.float64, "z_hi68"
            "z_lo95": np.float64, "z_hi95": np.float64, "p_dz01": np.float32, "qop": np.int16,
            "zwarn": np.int32, "logmstar": np.float32, "logmstar_err": np.float32, "logsfr": np.float32,
            "logsfr_err": np.float32}
+REFINE_COLUMNS = ("z_net", "z_err", "delta_chi2", "rchi2", "refined")
+_REFINE_DTYPES = {"z_net": np.float64, "z_err": np.float64, "delta_chi2": np.float32, "rchi2": np.float32,
+                  "refined": np.int16}
+"""Columns added by the refinement (mtopnet.refine), after CATALOGUE_COLUMNS."""
+
+
+def _columns(rows: dict) -> dict[str, Any]:
+    """Column name -> dtype of a catalogue chunk (without id and z_pdf), in catalogue order."""
+    return {**_DTYPES, **{k: dt for k, dt in _REFINE_DTYPES.items() if k in rows}}
 
 
 @dataclass
@@ -143,9 +167,28 @@ def load_model(name_or_path: str | os.PathLike | None = None) -> TrainedModel:
                         source=str(path), meta=meta)
 
 
-def domain_check(model: TrainedModel, batch: SpectraBatch, arm_resolution: dict[str, float] | None = None,
-                 tolerance: float = 0.05) -> bool:
-    """True if ``batch``'s arms match what the model was trained on.
+class DomainWarning(UserWarning):
+    """Spectra unlike the model's training data (their zwarn has OUT_OF_DOMAIN); the message
+    names the model's expected arms, coverage and resolution."""
+
+
+def expected_domain(model: TrainedModel) -> str:
+    """What the model was trained on, in words: instrument, arms (range, R) and grid range."""
+    info = model.instrument or {}
+    arms = []
+    for tarm in info.get("arms", []):
+        if tarm.get("wave_min") is None:
+            continue
+        res = f", R {tarm['resolution']:.0f}" if tarm.get("resolution") else ""
+        arms.append(f"{tarm['name']} {tarm['wave_min']:.0f}-{tarm['wave_max']:.0f} A{res}")
+    pre = model.preprocessor.config
+    name = Path(str(info["name"])).stem if info.get("name") else "its training data"
+    return (f"{name} ({'; '.join(arms) or 'arms unknown'}), read on {pre.wave_min:.0f}-{pre.wave_max:.0f} A")
+
+
+def domain_problem(model: TrainedModel, batch: SpectraBatch, arm_resolution: dict[str, float] | None = None,
+                   tolerance: float = 0.05) -> str | None:
+    """Why ``batch``'s arms differ from what the model was trained on (None if they match).
 
     Out of domain if the covered grid pixels differ from the training coverage by more than
     ``tolerance`` (of the training coverage), if an arm's log-wavelength sampling differs from
@@ -156,8 +199,11 @@ def domain_check(model: TrainedModel, batch: SpectraBatch, arm_resolution: dict[
     cov = model.preprocessor.coverage(waves)
     train = model.coverage
     n_train = max(int(train.sum()), 1)
-    if (train & ~cov).sum() / n_train > tolerance or (cov & ~train).sum() / n_train > tolerance:
-        return False
+    missing, extra = (train & ~cov).sum() / n_train, (cov & ~train).sum() / n_train
+    if missing > tolerance:
+        return f"covers {100 * (1 - missing):.0f}% of the model's wavelengths"
+    if extra > tolerance:
+        return f"{100 * extra:.0f}% of its coverage is where the model saw no data"
     for name, wave in waves.items():
         w = wave[np.isfinite(wave)]
         if len(w) < 2:
@@ -167,11 +213,27 @@ def domain_check(model: TrainedModel, batch: SpectraBatch, arm_resolution: dict[
             if tarm.get("wave_min") is None or tarm["wave_max"] < w[0] or tarm["wave_min"] > w[-1]:
                 continue
             if tarm.get("dloglam") and not 0.5 <= dll / tarm["dloglam"] <= 2.0:
-                return False
+                return (f"arm {name}'s pixels are {dll / tarm['dloglam']:.2f} x the width of the training "
+                        f"arm {tarm['name']}'s")
             res = (arm_resolution or {}).get(name)
             if res and tarm.get("resolution") and abs(res / tarm["resolution"] - 1) > 0.25:
-                return False
-    return True
+                return f"arm {name} has R {res:.0f}, the training arm {tarm['name']} R {tarm['resolution']:.0f}"
+    return None
+
+
+def domain_check(model: TrainedModel, batch: SpectraBatch, arm_resolution: dict[str, float] | None = None,
+                 tolerance: float = 0.05) -> bool:
+    """True if ``batch``'s arms match what the model was trained on (see :func:`domain_problem`)."""
+    return domain_problem(model, batch, arm_resolution, tolerance) is None
+
+
+def _describe_arms(batch: SpectraBatch) -> str:
+    parts = []
+    for name, arm in batch.arms.items():
+        w = np.asarray(arm["wave"], dtype=np.float64)
+        w = w[np.isfinite(w)]
+        parts.append(f"{name} {w[0]:.0f}-{w[-1]:.0f} A" if len(w) else f"{name} (empty)")
+    return ", ".join(parts)
 
 
 def _chunks(batches: Iterable[SpectraBatch], size: int | None) -> Iterator[SpectraBatch]:
@@ -185,14 +247,24 @@ def _chunks(batches: Iterable[SpectraBatch], size: int | None) -> Iterator[Spect
 
 def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, with_pdf: bool = False,
                     batch_size: int | None = 1024, arm_resolution: dict[str, float] | None = None,
-                    min_valid_fraction: float = MIN_VALID_FRACTION) -> Iterator[dict[str, np.ndarray]]:
+                    min_valid_fraction: float = MIN_VALID_FRACTION,
+                    refine: "bool | Refiner" = True) -> Iterator[dict[str, np.ndarray]]:
     """Catalogue rows for each batch (input order): dict column -> (n,) array.
 
-    Columns are :data:`CATALOGUE_COLUMNS`; with ``with_pdf`` also ``z_pdf`` (n, n_bins)
-    float32. Batches longer than ``batch_size`` are split. ``arm_resolution`` (arm -> R),
-    when known, is checked against the training arms (ZWarn.OUT_OF_DOMAIN).
+    Columns are :data:`CATALOGUE_COLUMNS`, then (with ``refine``) :data:`REFINE_COLUMNS`;
+    with ``with_pdf`` also ``z_pdf`` (n, n_bins) float32. Batches longer than
+    ``batch_size`` are split. ``arm_resolution`` (arm -> R), when known, is checked against
+    the training arms (ZWarn.OUT_OF_DOMAIN). ``refine``: True refines z with the shipped
+    templates (:mod:`mtopnet.refine`), a :class:`~mtopnet.refine.Refiner` with its own
+    basis or settings, False gives the network's estimates alone.
     """
     net, pre, zb = model.network, model.preprocessor, model.zbins
+    refiner = None
+    if refine is True:
+        from .refine import Refiner
+        refiner = Refiner.from_model(model)
+    elif refine is not False and refine is not None:
+        refiner = refine
     m_mu, m_sd = model.label_norm["logmstar"]
     s_mu, s_sd = model.label_norm["logsfr"]
     domain_cache: dict[bytes, bool] = {}
@@ -205,6 +277,15 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             out = net(torch.from_numpy(x.spectrum), torch.from_numpy(x.continuum))
             pdf = torch.softmax(out["z_logits"].double(), dim=1).numpy()
         summ = pdf_summary(pdf, zb.edges)
+        unusable = (x.valid_fraction < min_valid_fraction) | (x.valid_fraction <= 0)
+        fit = None
+        if refiner is not None:
+            from .refine import window_mass
+            flux, ivar, _ = pre.rebin(batch)
+            fit = refiner.refine(flux, ivar, pdf, summ["z"], skip=unusable,
+                                 z_err_net=0.5 * (summ["z_hi68"] - summ["z_lo68"]))
+            # p_dz01 and QOP describe the reported z: the PDF mass within +-0.01 of it
+            summ = {**summ, "z": fit.z, "p_window": window_mass(pdf, zb.edges, fit.z, refiner.config.window)}
         if model.calibration is not None:
             p_dz01, qop = model.calibration.apply(summ)
         else:
@@ -212,7 +293,14 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         key = b"".join(a.encode() + np.asarray(d["wave"]).tobytes()[:64] + str(len(d["wave"])).encode()
                        for a, d in batch.arms.items())
         if key not in domain_cache:
-            domain_cache[key] = domain_check(model, batch, arm_resolution)
+            problem = domain_problem(model, batch, arm_resolution)
+            domain_cache[key] = problem is None
+            if problem is not None:
+                first = str(np.asarray(batch.ids)[0])
+                warnings.warn(DomainWarning(
+                    f"spectra with arms {_describe_arms(batch)} (first id {first}) are out of the model's domain: "
+                    f"{problem}; the model expects {expected_domain(model)}; zwarn bit OUT_OF_DOMAIN "
+                    f"({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
         zwarn = np.zeros(n, dtype=np.int32)
         zwarn |= np.where(x.valid_fraction < min_valid_fraction, int(ZWarn.LITTLE_COVERAGE), 0).astype(np.int32)
         all_masked = x.valid_fraction <= 0
@@ -226,7 +314,8 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             zwarn |= int(ZWarn.OUT_OF_DOMAIN)
         zwarn |= np.where(summ["n_peaks"] > 1, int(ZWarn.MULTI_PEAK), 0).astype(np.int32)
         zwarn |= np.where(p_dz01 < 0.5, int(ZWarn.LOW_PEAK_PROB), 0).astype(np.int32)
-        unusable = (x.valid_fraction < min_valid_fraction) | all_masked
+        if fit is not None:
+            zwarn |= np.where(fit.disagree, int(ZWarn.REFINE_DISAGREE), 0).astype(np.int32)
         qop = np.where(unusable, 1, qop).astype(np.int16)
         p_dz01 = np.where(all_masked, 0.0, p_dz01)
         rows: dict[str, np.ndarray] = {"id": np.asarray(batch.ids)}
@@ -241,6 +330,11 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         rows["logsfr_err"] = np.exp(out["logsfr_logsigma"].numpy()) * s_sd
         for k, dt in _DTYPES.items():
             rows[k] = np.nan_to_num(np.asarray(rows[k]).astype(dt))
+        if fit is not None:
+            rows.update(z_net=fit.z_net, z_err=fit.z_err, delta_chi2=fit.delta_chi2, rchi2=fit.rchi2,
+                        refined=fit.refined)
+            for k, dt in _REFINE_DTYPES.items():
+                rows[k] = np.asarray(rows[k]).astype(dt)
         if with_pdf:
             rows["z_pdf"] = pdf.astype(np.float32)
         yield rows
@@ -326,7 +420,8 @@ class _FitsSink:
         ids = np.asarray(first["id"])
         self.id_width = None if ids.dtype.kind in "iu" else max(64, max((len(str(i)) for i in ids), default=1))
         fields = [("id", ">i8" if self.id_width is None else f"S{self.id_width}")]
-        fields += [(k, np.dtype(dt).newbyteorder(">").str) for k, dt in _DTYPES.items()]
+        self.columns = _columns(first)
+        fields += [(k, np.dtype(dt).newbyteorder(">").str) for k, dt in self.columns.items()]
         self.pdf = "z_pdf" in first
         if self.pdf:
             fields.append(("z_pdf", ">f4", (first["z_pdf"].shape[1],)))
@@ -352,7 +447,7 @@ class _FitsSink:
         if self.id_width is not None and ids.dtype.itemsize > self.id_width:
             raise UserError(f"id longer than {self.id_width} characters cannot be written to FITS; use .parquet")
         rec["id"] = ids
-        for k in _DTYPES:
+        for k in self.columns:
             rec[k] = rows[k]
         if self.pdf:
             rec["z_pdf"] = rows["z_pdf"]
@@ -386,7 +481,8 @@ class _ParquetSink:
         self.pa = pa
         ids = np.asarray(first["id"])
         fields = [pa.field("id", pa.int64() if ids.dtype.kind in "iu" else pa.string())]
-        fields += [pa.field(k, pa.from_numpy_dtype(np.dtype(dt))) for k, dt in _DTYPES.items()]
+        self.columns = _columns(first)
+        fields += [pa.field(k, pa.from_numpy_dtype(np.dtype(dt))) for k, dt in self.columns.items()]
         self.nbins = first["z_pdf"].shape[1] if "z_pdf" in first else 0
         if self.nbins:
             fields.append(pa.field("z_pdf", pa.list_(pa.float32(), self.nbins)))
@@ -400,7 +496,7 @@ class _ParquetSink:
         pa = self.pa
         ids = np.asarray(rows["id"])
         cols = [pa.array(ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str))]
-        cols += [pa.array(np.asarray(rows[k])) for k in _DTYPES]
+        cols += [pa.array(np.asarray(rows[k])) for k in self.columns]
         if self.nbins:
             flat = pa.array(np.ascontiguousarray(rows["z_pdf"], dtype=np.float32).ravel())
             cols.append(pa.FixedSizeListArray.from_arrays(flat, self.nbins))
@@ -417,7 +513,8 @@ class _CsvSink:
         self.pa = pa
         ids = np.asarray(first["id"])
         fields = [pa.field("id", pa.int64() if ids.dtype.kind in "iu" else pa.string())]
-        fields += [pa.field(k, pa.from_numpy_dtype(np.dtype(dt))) for k, dt in _DTYPES.items()]
+        self.columns = _columns(first)
+        fields += [pa.field(k, pa.from_numpy_dtype(np.dtype(dt))) for k, dt in self.columns.items()]
         self.nbins = first["z_pdf"].shape[1] if "z_pdf" in first else 0
         if self.nbins:
             centres = centres if centres is not None else np.arange(self.nbins, dtype=float)
@@ -429,7 +526,7 @@ class _CsvSink:
         pa = self.pa
         ids = np.asarray(rows["id"])
         cols = [pa.array(ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str))]
-        cols += [pa.array(np.asarray(rows[k])) for k in _DTYPES]
+        cols += [pa.array(np.asarray(rows[k])) for k in self.columns]
         if self.nbins:
             cols += [pa.array(np.ascontiguousarray(rows["z_pdf"][:, j])) for j in range(self.nbins)]
         self.writer.write_table(pa.Table.from_arrays(cols, schema=self.schema))
@@ -450,13 +547,25 @@ def write_catalogue(path: str | Path, chunks: Iterable[dict[str, np.ndarray]], z
 # ----------------------------------------------------------------------------- files
 
 
+_INTEGER_ID_FORMATS = ("desi", "hdf5")
+"""Input formats whose ids are integers (DESI TARGETID, store ids); the others' are text."""
+
+
 def _input_batches(inputs: list[str | Path], batch_size: int, format: str | None) -> Iterator[SpectraBatch]:
     try:
-        from .io import read_spectra
+        from .io import plan_inputs, read_spectra
     except ImportError:
         read_spectra = None
     if read_spectra is not None:
-        yield from read_spectra([str(p) for p in inputs], format=format, batch_size=batch_size)
+        paths = [str(p) for p in inputs]
+        with warnings.catch_warnings():  # read_spectra repeats any warning of the plan
+            warnings.simplefilter("ignore")
+            kinds = {unit.fmt in _INTEGER_ID_FORMATS for unit in plan_inputs(paths, format)}
+        as_text = len(kinds) > 1  # integer and text ids mixed (DESI + SDSS): one text id column
+        for batch in read_spectra(paths, format=format, batch_size=batch_size):
+            if as_text:
+                batch = dataclasses.replace(batch, ids=np.asarray(batch.ids).astype(str))
+            yield batch
         return
     from .store import iter_store
     for path in inputs:
@@ -483,10 +592,11 @@ def _store_resolution(inputs: list[str | Path]) -> dict[str, float] | None:
 
 def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, out: str | Path, *,
                   batch_size: int = 1024, with_pdf: bool = False, overwrite: bool = False,
-                  progress: bool = False, format: str | None = None) -> int:
+                  progress: bool = False, format: str | None = None, refine: "bool | Refiner" = True) -> int:
     """Predict for every spectrum of ``inputs`` (stores or files mtopnet.io reads) into catalogue ``out``.
 
     Streams: memory stays flat in the number of objects. Returns the number of rows written.
+    ``refine``: as in :func:`predict_batches` (True: template refinement of z, the default).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -498,8 +608,13 @@ def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, ou
         if not Path(path).exists() and not any(ch in str(path) for ch in "*?["):
             raise UserError(f"{path}: no such file")
     meta = {"model": Path(model.source).name, "modelver": model.meta.get("mtopnet_version")}
+    if refine is True:
+        from .refine import Refiner
+        refine = Refiner.from_model(model)
+    if refine is not False and refine is not None:
+        meta["refine"] = Path(refine.basis.meta.get("templates", "")).name
     rows = predict_batches(model, _input_batches(list(inputs), batch_size, format), with_pdf=with_pdf,
-                           batch_size=batch_size, arm_resolution=_store_resolution(list(inputs)))
+                           batch_size=batch_size, arm_resolution=_store_resolution(list(inputs)), refine=refine)
     bar = tqdm(desc="predict", unit="spec", disable=not progress, file=sys.stderr)
     with CatalogueWriter(out, model.zbins.centres if with_pdf else None, meta) as writer:
         for chunk in rows:
@@ -517,6 +632,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pdf", action="store_true", help="also write the full redshift PDF and the bin centres")
     p.add_argument("--format", default=None, help="input format (default: detected)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing catalogue")
+    p.add_argument("--no-refine", action="store_true",
+                   help="report the network's z alone (no template refinement, see docs/refine.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -527,11 +644,13 @@ def run_cli(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size: must be >= 1, got {args.batch_size}")
     model = load_model(args.model)
     n = predict_store(model, args.inputs, args.out, batch_size=args.batch_size, with_pdf=args.pdf,
-                      overwrite=args.overwrite, progress=not args.quiet, format=args.format)
+                      overwrite=args.overwrite, progress=not args.quiet, format=args.format,
+                      refine=not args.no_refine)
     print(f"{args.out}: {n} rows")
     return 0
 
 
-__all__ = ["ZWarn", "CATALOGUE_COLUMNS", "TrainedModel", "load_model", "predict_batches", "domain_check",
+__all__ = ["ZWarn", "CATALOGUE_COLUMNS", "REFINE_COLUMNS", "TrainedModel", "load_model", "predict_batches", "domain_check",
+           "domain_problem", "expected_domain", "DomainWarning",
            "CatalogueWriter", "write_catalogue", "catalogue_format", "predict_store", "COMMAND",
            "add_arguments", "run_cli", "shipped_model_path"]

@@ -27,6 +27,9 @@ from .store import SpectraBatch, check_writable, merge_stores, store_info, write
 
 SHARD_SIZE = 500
 SUB_BATCH = 128
+DEFAULT_BAND = "twomass-H"
+"""Selection band of the magnitude range; its magnitude is stored as ``labels/hmag``. Any
+other band's magnitude is stored as ``labels/mag`` (the band is in the provenance)."""
 HMAG_LIMITS = (14.0, 30.0)
 Z_LIMITS = (0.0, 4.0)
 LYA = 1215.67
@@ -42,7 +45,12 @@ class SimulationSpec:
     seed: int
     hmag_range: tuple[float, float] = (20.0, 25.5)
     z_range: tuple[float, float] = (0.6, 3.0)
-    band: str = "twomass-H"
+    band: str = DEFAULT_BAND
+
+    @property
+    def mag_label(self) -> str:
+        """Name of the selection magnitude's label: ``hmag`` for 2MASS H, else ``mag``."""
+        return "hmag" if self.band == DEFAULT_BAND else "mag"
 
     def validate(self, inst: Instrument) -> None:
         if self.n <= 0:
@@ -52,10 +60,17 @@ class SimulationSpec:
         lo, hi = self.hmag_range
         if not (HMAG_LIMITS[0] <= lo < hi <= HMAG_LIMITS[1]):
             raise UserError(f"--hmag-range: need {HMAG_LIMITS[0]} <= LO < HI <= {HMAG_LIMITS[1]}, got {lo} {hi}")
+        try:
+            filter_range(self.band)
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise UserError(f"--band: {self.band!r} is not a speclite filter name (e.g. sdss2010-r, "
+                            f"twomass-H, decam2014-i): {str(exc).splitlines()[0]}") from None
         zlo, zhi = self.z_range
         if not (Z_LIMITS[0] <= zlo < zhi <= Z_LIMITS[1]):
             raise UserError(f"--z-range: the population priors cover {Z_LIMITS[0]}-{Z_LIMITS[1]}; "
                             f"need LO < HI inside it, got {zlo} {zhi}")
+        for arm in inst.arms:  # sky coverage, curve files: fail now, not inside a worker
+            arm.response(self.exposure.airmass, self.exposure.seeing, self.exposure.total / self.exposure.n_sub)
         wmin = inst.wave_range[0]
         if LYA * (1 + zhi) > wmin:
             raise UserError(f"--z-range: at z={zhi} Lyman-alpha falls at {LYA * (1 + zhi):.0f} A, inside "
@@ -132,14 +147,16 @@ def observe_galaxies(inst: Instrument, model: GalaxyModel, params: GalaxyParams,
             for a, d in arms.items()}
 
 
-def labels_for(model: GalaxyModel, params: GalaxyParams, rest, hmag: np.ndarray) -> dict[str, np.ndarray]:
+def labels_for(model: GalaxyModel, params: GalaxyParams, rest, hmag: np.ndarray,
+               mag_label: str = "hmag") -> dict[str, np.ndarray]:
+    """Truth labels; the selection magnitude ``hmag`` (AB) is stored under ``mag_label``."""
     g = model.grids
     fluxes = model.line_fluxes(rest, params.z)
     ha = int(np.argmin(np.abs(g.line_wave - 6564.61)))
     oiii = int(np.argmin(np.abs(g.line_wave - 5008.24)))
     return {
         "z": params.z, "logmstar": rest.logmstar, "logsfr": rest.logsfr, "logsfr_inst": rest.logsfr_inst,
-        "hmag": hmag, "halpha_flux": fluxes[:, ha], "oiii_flux": fluxes[:, oiii],
+        mag_label: hmag, "halpha_flux": fluxes[:, ha], "oiii_flux": fluxes[:, oiii],
         "type": params.quiescent.astype(np.int8), "av": params.av, "eta": params.eta,
         "log_zsol": params.log_zsol, "log_u": params.log_u, "sigma_v": params.sigma_v, "r_e": params.r_e,
     }
@@ -155,7 +172,7 @@ def simulate_shard(spec: SimulationSpec, shard: int) -> SpectraBatch:
     arms = observe_galaxies(inst, model, params, rest, spec.exposure, rng)
     ids = shard * SHARD_SIZE + np.arange(n, dtype=np.int64)
     labels = {k: np.asarray(v, dtype=np.float32 if v.dtype.kind == "f" else v.dtype)
-              for k, v in labels_for(model, params, rest, hmag).items()}
+              for k, v in labels_for(model, params, rest, hmag, spec.mag_label).items()}
     labels["z"] = params.z.astype(np.float64)
     return SpectraBatch(ids=ids, arms=arms, labels=labels)
 
@@ -224,7 +241,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="output HDF5 store")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--hmag-range", type=float, nargs=2, default=(20.0, 25.5), metavar=("LO", "HI"))
+    p.add_argument("--hmag-range", "--mag-range", dest="hmag_range", type=float, nargs=2, default=(20.0, 25.5),
+                   metavar=("LO", "HI"), help="AB magnitude range in --band (default 20 25.5)")
+    p.add_argument("--band", default=DEFAULT_BAND,
+                   help=f"speclite filter of the magnitude selection (default {DEFAULT_BAND}; e.g. sdss2010-r "
+                        f"for optical instruments); stored as labels/hmag for {DEFAULT_BAND}, else labels/mag")
     p.add_argument("--z-range", type=float, nargs=2, default=(0.6, 3.0), metavar=("LO", "HI"))
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -244,7 +265,8 @@ def exposure_from_args(inst: Instrument, args: argparse.Namespace) -> Exposure:
 def run_cli(args: argparse.Namespace) -> int:
     inst = load_instrument(args.instrument)
     spec = SimulationSpec(instrument=args.instrument, exposure=exposure_from_args(inst, args), n=args.n,
-                          seed=args.seed, hmag_range=tuple(args.hmag_range), z_range=tuple(args.z_range))
+                          seed=args.seed, hmag_range=tuple(args.hmag_range), z_range=tuple(args.z_range),
+                          band=args.band)
     out = simulate(spec, args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {spec.n} spectra to {out}")
     return 0

@@ -190,6 +190,7 @@ class GalaxyModel:
                   edges: np.ndarray) -> np.ndarray:
         """Add Gaussian emission lines to ``flux`` (N, L) on bins with ``edges`` (L+1,), in place.
 
+        ``edges`` may be uniform (linear grids) or any increasing sequence (log grids).
         Each line is integrated exactly over each bin (difference of error functions), so a
         line's flux is conserved whatever its width relative to the bins.
         """
@@ -203,15 +204,28 @@ class GalaxyModel:
             return flux
         gi, li = np.nonzero(sel)
         mu, sg, f = centre[gi, li], sigma[gi, li], fl[gi, li]
-        half = int(np.ceil(6 * sg.max() / step)) + 1
-        c = np.floor((mu - edges[0]) / step).astype(np.int64)
-        offsets = np.arange(-half, half + 1)
-        idx = c[:, None] + offsets[None, :]  # (P, W) bin index
-        lo = edges[0] + idx * step
-        frac = 0.5 * (erf((lo + step - mu[:, None]) / (np.sqrt(2) * sg[:, None]))
-                      - erf((lo - mu[:, None]) / (np.sqrt(2) * sg[:, None])))
-        valid = (idx >= 0) & (idx < length)
-        contrib = np.where(valid, frac * (f / step)[:, None], 0.0)
+        widths = np.diff(edges)
+        if np.allclose(widths, step, rtol=1e-9, atol=0.0):  # uniform bins (linear pixel grids)
+            half = int(np.ceil(6 * sg.max() / step)) + 1
+            c = np.floor((mu - edges[0]) / step).astype(np.int64)
+            offsets = np.arange(-half, half + 1)
+            idx = c[:, None] + offsets[None, :]  # (P, W) bin index
+            lo = edges[0] + idx * step
+            frac = 0.5 * (erf((lo + step - mu[:, None]) / (np.sqrt(2) * sg[:, None]))
+                          - erf((lo - mu[:, None]) / (np.sqrt(2) * sg[:, None])))
+            valid = (idx >= 0) & (idx < length)
+            contrib = np.where(valid, frac * (f / step)[:, None], 0.0)
+        else:  # any increasing edges (log-lambda pixel grids)
+            half = int(np.ceil(6 * sg.max() / widths.min())) + 1
+            c = np.searchsorted(edges, mu, side="right") - 1
+            offsets = np.arange(-half, half + 1)
+            idx = c[:, None] + offsets[None, :]  # (P, W) bin index
+            safe = np.clip(idx, 0, length - 1)
+            lo, hi = edges[safe], edges[safe + 1]
+            frac = 0.5 * (erf((hi - mu[:, None]) / (np.sqrt(2) * sg[:, None]))
+                          - erf((lo - mu[:, None]) / (np.sqrt(2) * sg[:, None])))
+            valid = (idx >= 0) & (idx < length)
+            contrib = np.where(valid, frac * f[:, None] / (hi - lo), 0.0)
         flat = gi[:, None] * length + np.clip(idx, 0, length - 1)
         flux += np.bincount(flat.ravel(), weights=contrib.ravel(), minlength=n * length).reshape(n, length)
         return flux
@@ -220,7 +234,7 @@ class GalaxyModel:
                  edges: np.ndarray) -> np.ndarray:
         """Full observed spectrum (continuum + lines), (N, L) in 1e-17 erg/s/cm2/A.
 
-        wave: (L,) bin centres; edges: (L+1,) uniformly spaced bin edges.
+        wave: (L,) bin centres; edges: (L+1,) increasing bin edges (linear or log-spaced).
         """
         flux = self.observed_continuum(rest, p.z, wave).astype(np.float64)
         return self.add_lines(flux, rest, p.z, p.sigma_v, edges)

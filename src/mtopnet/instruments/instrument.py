@@ -8,7 +8,11 @@ Conventions
 -----------
 * Wavelengths are vacuum Angstrom; flux densities are in units of 1e-17 erg/s/cm2/A.
 * Each arm has a linear pixel grid, ``dispersion = central_wave / (R * sampling)``, and a
-  Gaussian line-spread function of FWHM ``central_wave / R`` (constant across the arm).
+  Gaussian line-spread function of FWHM ``central_wave / R`` (constant across the arm), or
+  (``pixel_grid: log``) a grid of constant ``d ln(lambda) = 1 / (R * sampling)`` and an LSF
+  of FWHM ``lambda / R`` (constant in velocity).
+* The collecting area is that of the primary mirror less the central obstruction
+  (``telescope.obscuration``, a diameter in m).
 * Sources are handed to :meth:`Arm.observe_expected` on the arm's *fine grid*
   (``FINE_PER_PIXEL`` sub-pixels per detector pixel, padded on both sides for the LSF):
   the atmosphere's transmission is applied there, at full resolution, before the LSF.
@@ -124,6 +128,14 @@ class Arm:
         self.name = config.name
         self.instrument = instrument
         self.central_wave = 0.5 * (config.wave_min + config.wave_max)
+        self.pixel_grid = config.pixel_grid
+        if config.pixel_grid == "log":
+            self._init_log_grid(config)
+        else:
+            self._init_linear_grid(config)
+        self._responses: dict[tuple, ArmResponse] = {}
+
+    def _init_linear_grid(self, config: ArmConfig) -> None:
         self.dispersion = self.central_wave / (config.resolution * config.sampling)  # A/pixel
         self.lsf_fwhm = self.central_wave / config.resolution  # A
         self.lsf_sigma = self.lsf_fwhm / (2.0 * np.sqrt(2.0 * np.log(2.0)))  # A
@@ -137,7 +149,27 @@ class Arm:
         self.fine_wave = config.wave_min + (idx + 0.5) * self.fine_step
         self.fine_edges = config.wave_min + np.arange(-self.fine_pad, npix * FINE_PER_PIXEL
                                                       + self.fine_pad + 1) * self.fine_step
-        self._responses: dict[tuple, ArmResponse] = {}
+
+    def _init_log_grid(self, config: ArmConfig) -> None:
+        """Pixels of constant width ``dloglam`` in ln(lambda); LSF of constant velocity width.
+
+        ``dispersion``, ``lsf_fwhm``, ``lsf_sigma`` and ``fine_step`` are then (L,) or (Lf,)
+        arrays in A; ``lsf_sigma_fine`` (fine pixels) is a constant.
+        """
+        self.dloglam = 1.0 / (config.resolution * config.sampling)  # ln(lambda) per pixel
+        npix = int(np.floor(np.log(config.wave_max / config.wave_min) / self.dloglam))
+        self.wave_edges = config.wave_min * np.exp(self.dloglam * np.arange(npix + 1))
+        self.wave = np.sqrt(self.wave_edges[1:] * self.wave_edges[:-1])
+        self.dispersion = np.diff(self.wave_edges)  # (L,) A/pixel
+        self.lsf_fwhm = self.wave / config.resolution  # (L,) A
+        self.lsf_sigma = self.lsf_fwhm / (2.0 * np.sqrt(2.0 * np.log(2.0)))  # (L,) A
+        fine_dloglam = self.dloglam / FINE_PER_PIXEL
+        self.lsf_sigma_fine = 1.0 / config.resolution / (2.0 * np.sqrt(2.0 * np.log(2.0))) / fine_dloglam
+        self.fine_pad = int(np.ceil(5 * self.lsf_sigma_fine)) + FINE_PER_PIXEL
+        self.fine_edges = config.wave_min * np.exp(
+            fine_dloglam * np.arange(-self.fine_pad, npix * FINE_PER_PIXEL + self.fine_pad + 1))
+        self.fine_wave = np.sqrt(self.fine_edges[1:] * self.fine_edges[:-1])
+        self.fine_step = np.diff(self.fine_edges)  # (Lf,) A
 
     @property
     def npix(self) -> int:
@@ -183,6 +215,8 @@ class Arm:
             return self._responses[key]
         inst = self.instrument
         area_cm2 = np.pi * (50.0 * inst.config.telescope_diameter) ** 2
+        if inst.config.telescope_obscuration > 0:
+            area_cm2 *= 1.0 - (inst.config.telescope_obscuration / inst.config.telescope_diameter) ** 2
         photons_per_flux = FLUX_UNIT * self.wave / H_PLANCK_C  # photons/s/cm2/A per flux unit
         eff = self.efficiency
         electrons_per_flux = photons_per_flux * area_cm2 * eff * self.dispersion * t_sub
