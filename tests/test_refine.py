@@ -101,7 +101,7 @@ def test_two_peak_pdf_picks_the_peak_the_data_support(basis):
     assert res.refined[0] == 0 and abs(res.z[0] - z_wrong) < 2e-5 and not res.disagree[0]
 
 
-def test_refining_n_objects_calls_each_chi2_kernel_once_per_batch(basis, monkeypatch):
+def test_refining_n_objects_calls_the_chi2_kernels_a_fixed_number_of_times(basis, monkeypatch):
     calls = {"coarse": 0, "fine": 0}
     coarse, fine = refine.coarse_chi2, refine.fine_chi2
 
@@ -115,15 +115,20 @@ def test_refining_n_objects_calls_each_chi2_kernel_once_per_batch(basis, monkeyp
     monkeypatch.setattr(refine, "fine_chi2", count("fine", fine))
     rng = np.random.default_rng(1)
     ref = refiner(basis, chunk_rows=1024)
+    counts = []
     for n in (3, 17):
         z = rng.uniform(0.7, 2.9, n)
         flux = np.stack([noiseless_spectrum(zi, halpha=1.0) for zi in z])
-        pdf = np.concatenate([gaussian_pdf((1.0, zi + 0.002, 0.004), (0.3, zi + 0.2, 0.004)) for zi in z])
+        pdf = np.concatenate([gaussian_pdf((1.0, zi + 0.0045, 0.004), (0.3, zi + 0.2, 0.004)) for zi in z])
         calls.update(coarse=0, fine=0)
         res = ref.refine(flux.astype(np.float32), np.full(flux.shape, 100.0, np.float32), pdf,
                          pdf_summary(pdf, ZB.edges)["z"])
-        assert calls == {"coarse": 1, "fine": 1}, (n, calls)  # all objects and peaks in one call each
+        # all objects and peaks in one call each (fine: at most twice more, for the few fits whose
+        # minimum sat at an end of the scan, and for fits that moved far from their peak)
+        assert calls["coarse"] == 1 and 1 <= calls["fine"] <= 3, (n, calls)
+        counts.append(calls["fine"])
         assert np.all(np.abs(res.z - z) < 5e-5)
+    assert counts[0] == counts[1]
 
 
 def test_objects_without_data_are_not_refined(basis):
