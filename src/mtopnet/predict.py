@@ -474,16 +474,21 @@ class _FitsSink:
         self.fh.close()
 
 
+def _arrow_fields(pa, first: dict) -> tuple[list, dict, int]:
+    """Arrow fields of the id and scalar columns, the scalar columns' dtypes, PDF bin count."""
+    ids = np.asarray(first["id"])
+    fields = [pa.field("id", pa.int64() if ids.dtype.kind in "iu" else pa.string())]
+    columns = _columns(first)
+    fields += [pa.field(k, pa.from_numpy_dtype(np.dtype(dt))) for k, dt in columns.items()]
+    return fields, columns, (first["z_pdf"].shape[1] if "z_pdf" in first else 0)
+
+
 class _ParquetSink:
     def __init__(self, tmp: Path, first: dict, centres: np.ndarray | None, meta: dict):
         import pyarrow as pa
         import pyarrow.parquet as pq
         self.pa = pa
-        ids = np.asarray(first["id"])
-        fields = [pa.field("id", pa.int64() if ids.dtype.kind in "iu" else pa.string())]
-        self.columns = _columns(first)
-        fields += [pa.field(k, pa.from_numpy_dtype(np.dtype(dt))) for k, dt in self.columns.items()]
-        self.nbins = first["z_pdf"].shape[1] if "z_pdf" in first else 0
+        fields, self.columns, self.nbins = _arrow_fields(pa, first)
         if self.nbins:
             fields.append(pa.field("z_pdf", pa.list_(pa.float32(), self.nbins)))
         md = {"mtopnet_version": __version__, **{k: str(v) for k, v in meta.items()}}
@@ -511,11 +516,7 @@ class _CsvSink:
         import pyarrow as pa
         import pyarrow.csv as pcsv
         self.pa = pa
-        ids = np.asarray(first["id"])
-        fields = [pa.field("id", pa.int64() if ids.dtype.kind in "iu" else pa.string())]
-        self.columns = _columns(first)
-        fields += [pa.field(k, pa.from_numpy_dtype(np.dtype(dt))) for k, dt in self.columns.items()]
-        self.nbins = first["z_pdf"].shape[1] if "z_pdf" in first else 0
+        fields, self.columns, self.nbins = _arrow_fields(pa, first)
         if self.nbins:
             centres = centres if centres is not None else np.arange(self.nbins, dtype=float)
             fields += [pa.field(f"pdf_z{c:.6f}", pa.float32()) for c in centres]
