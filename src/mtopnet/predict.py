@@ -483,6 +483,13 @@ def _arrow_fields(pa, first: dict) -> tuple[list, dict, int]:
     return fields, columns, (first["z_pdf"].shape[1] if "z_pdf" in first else 0)
 
 
+def _arrow_arrays(pa, rows: dict, columns: dict) -> list:
+    """Arrow arrays of the id and scalar columns of a chunk of catalogue rows."""
+    ids = np.asarray(rows["id"])
+    cols = [pa.array(ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str))]
+    return cols + [pa.array(np.asarray(rows[k])) for k in columns]
+
+
 class _ParquetSink:
     def __init__(self, tmp: Path, first: dict, centres: np.ndarray | None, meta: dict):
         import pyarrow as pa
@@ -499,9 +506,7 @@ class _ParquetSink:
 
     def write(self, rows: dict) -> None:
         pa = self.pa
-        ids = np.asarray(rows["id"])
-        cols = [pa.array(ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str))]
-        cols += [pa.array(np.asarray(rows[k])) for k in self.columns]
+        cols = _arrow_arrays(pa, rows, self.columns)
         if self.nbins:
             flat = pa.array(np.ascontiguousarray(rows["z_pdf"], dtype=np.float32).ravel())
             cols.append(pa.FixedSizeListArray.from_arrays(flat, self.nbins))
@@ -525,9 +530,7 @@ class _CsvSink:
 
     def write(self, rows: dict) -> None:
         pa = self.pa
-        ids = np.asarray(rows["id"])
-        cols = [pa.array(ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str))]
-        cols += [pa.array(np.asarray(rows[k])) for k in self.columns]
+        cols = _arrow_arrays(pa, rows, self.columns)
         if self.nbins:
             cols += [pa.array(np.ascontiguousarray(rows["z_pdf"][:, j])) for j in range(self.nbins)]
         self.writer.write_table(pa.Table.from_arrays(cols, schema=self.schema))

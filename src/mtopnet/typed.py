@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, TypeVar
 
 from .config import ConfigError
+from .config import _number as parse_number
 
 T = TypeVar("T")
 
@@ -35,14 +36,7 @@ def _convert(value: Any, typ: str, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     if typ in ("int", "float"):
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if number != number:
-            raise ConfigError(f"{where}: is NaN")
+        number = parse_number(value, where)
         if typ == "int":
             if number != int(number):
                 raise ConfigError(f"{where}: expected an integer, got {value!r}")
