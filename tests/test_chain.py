@@ -17,8 +17,7 @@ import torch
 import yaml
 
 from mtopnet.cli import main
-from mtopnet.evaluate import read_catalogue
-from mtopnet.predict import CATALOGUE_COLUMNS, ZWarn
+from mtopnet.catalogue import CATALOGUE_COLUMNS, ZWarn, read_catalogue
 
 DATA = Path(__file__).parent / "data"
 SDSS_FILES = sorted(str(p) for p in (DATA / "sdss").glob("spec-*.fits"))

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mtopnet.config import UserError
-from mtopnet.evaluate import read_catalogue, read_zbin_centres
-from mtopnet.predict import (CATALOGUE_COLUMNS, DomainWarning, ZWarn, load_model, predict_batches, predict_store,
-                             write_catalogue)
+from mtopnet.catalogue import CATALOGUE_COLUMNS, ZWarn, read_catalogue, read_zbin_centres, write_catalogue
+from mtopnet.predict import DomainWarning, predict_batches, predict_store
+from mtopnet.trained import load_model
 from mtopnet.store import SpectraBatch, read_store
 from mtopnet.toy import toy_batch
 

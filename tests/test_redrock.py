@@ -14,6 +14,7 @@ from mtopnet.baselines import redrock as rr  # noqa: E402
 from mtopnet.cli import main  # noqa: E402
 from mtopnet.config import Exposure  # noqa: E402
 from mtopnet.instruments import load_instrument, observe_arm  # noqa: E402
+from mtopnet.templates import TEMPLATE_FILE, default_template_path  # noqa: E402
 from mtopnet.simulate import galaxy_model  # noqa: E402
 from mtopnet.store import SpectraBatch, write_store  # noqa: E402
 
@@ -63,7 +64,7 @@ def held_out(inst):
 # --- the template file ------------------------------------------------------------------
 
 def test_shipped_template_is_redrock_format(template):
-    path = mt.default_template_path()
+    path = default_template_path()
     assert path.stat().st_size < 5e6
     assert template.template_type == "GALAXY" and template.sub_type == mt.SUBTYPE
     assert template.method == "PCA" and template.nbasis == mt.N_COMPONENTS
@@ -198,7 +199,7 @@ def test_redrock_finds_noiseless_redshifts(held_out, tmp_path):
     cat = _check_redshifts(held_out, 4, 24.0, tmp_path, ".fits")
     from astropy.io import fits
     hdr = fits.getheader(tmp_path / "rr.fits", "REDSHIFTS")
-    assert hdr["TEMFIL00"] == mt.TEMPLATE_FILE and len(hdr["TEMSHA00"]) == 64 and hdr["RRVER"]
+    assert hdr["TEMFIL00"] == TEMPLATE_FILE and len(hdr["TEMSHA00"]) == 64 and hdr["RRVER"]
     assert set(cat) >= {"id", "z", "zerr", "zwarn", "deltachi2"}
 
 
@@ -215,7 +216,7 @@ def test_catalogue_round_trip(tmp_path, suffix, rng):
     cat = rr.RedrockCatalogue(ids=np.arange(7, 7 + n), z=rng.uniform(0.6, 3, n), zerr=rng.uniform(0, 1e-4, n),
                               zwarn=np.array([0, 4, 0, 32, 0]), deltachi2=rng.uniform(0, 100, n),
                               chi2=rng.uniform(1e3, 1e4, n), npixels=np.full(n, 12000),
-                              meta={"RRVER": "0.21.0", "TEMFIL00": mt.TEMPLATE_FILE})
+                              meta={"RRVER": "0.21.0", "TEMFIL00": TEMPLATE_FILE})
     path = rr.write_catalogue(cat, tmp_path / f"cat{suffix}")
     assert not (tmp_path / f"cat{suffix}.tmp").exists()
     back = rr.read_catalogue(path)

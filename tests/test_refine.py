@@ -8,15 +8,22 @@ import pytest
 from scipy.ndimage import gaussian_filter1d
 from scipy.special import erf
 
-import mtopnet.refine as refine
+import mtopnet.refine.fit as refine_fit
 from mtopnet.config import ConfigError
 from mtopnet.model import ZBinning
 from mtopnet.preprocess import PreprocessConfig
-from mtopnet.quality import pdf_summary
-from mtopnet.refine import (LINE_GROUPS, RefineConfig, Refiner, build_basis, pdf_peaks, read_templates,
-                            window_mass)
+from mtopnet.calibrate import recalibrate
+from mtopnet.catalogue import CATALOGUE_COLUMNS, REFINE_COLUMNS, ZWarn, read_catalogue
+from mtopnet.checkpoint import read_checkpoint
+from mtopnet.cli import main
+from mtopnet.constants import C_KMS
+from mtopnet.lines import LINE_GROUPS
+from mtopnet.predict import predict_store
+from mtopnet.quality import pdf_peaks, pdf_summary, window_mass
+from mtopnet.refine import RefineConfig, Refiner, build_basis
+from mtopnet.templates import read_templates
+from mtopnet.trained import load_model
 
-C_KMS = 299792.458
 LSF_KMS = 30.0
 PRE = PreprocessConfig()  # the MOONS LR grid of the shipped model: 4096 pixels, 6470-18000 A
 ZB = ZBinning()
@@ -103,7 +110,7 @@ def test_two_peak_pdf_picks_the_peak_the_data_support(basis):
 
 def test_refining_n_objects_calls_the_chi2_kernels_a_fixed_number_of_times(basis, monkeypatch):
     calls = {"coarse": 0, "fine": 0}
-    coarse, fine = refine.coarse_chi2, refine.fine_chi2
+    coarse, fine = refine_fit.coarse_chi2, refine_fit.fine_chi2
 
     def count(name, fn):
         def wrapped(*args, **kwargs):
@@ -111,8 +118,8 @@ def test_refining_n_objects_calls_the_chi2_kernels_a_fixed_number_of_times(basis
             return fn(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(refine, "coarse_chi2", count("coarse", coarse))
-    monkeypatch.setattr(refine, "fine_chi2", count("fine", fine))
+    monkeypatch.setattr(refine_fit, "coarse_chi2", count("coarse", coarse))
+    monkeypatch.setattr(refine_fit, "fine_chi2", count("fine", fine))
     rng = np.random.default_rng(1)
     ref = refiner(basis, chunk_rows=1024)
     counts = []
@@ -176,8 +183,6 @@ def test_config_errors_name_the_field():
 
 
 def test_predict_refines_by_default_and_no_refine_keeps_the_network(tiny_model_path, toy_stores, tmp_path):
-    from mtopnet.evaluate import read_catalogue
-    from mtopnet.predict import CATALOGUE_COLUMNS, REFINE_COLUMNS, ZWarn, load_model, predict_store
     model = load_model(tiny_model_path)
     a, b = tmp_path / "ref.fits", tmp_path / "net.parquet"
     predict_store(model, [toy_stores[2]], a)
@@ -195,10 +200,8 @@ def test_predict_refines_by_default_and_no_refine_keeps_the_network(tiny_model_p
 
 
 def test_recalibrate_writes_a_refined_calibration(tiny_model_path, toy_stores, tmp_path):
-    from mtopnet.checkpoint import read_checkpoint
-    from mtopnet.predict import load_model
     out = tmp_path / "recal.pt"
-    report = refine.recalibrate(tiny_model_path, toy_stores[1], out)
+    report = recalibrate(tiny_model_path, toy_stores[1], out)
     payload = read_checkpoint(out)
     assert payload["provenance"]["calibration"]["refined"] is True
     assert payload["calibration"]["report"]["n_validation"] == 120
@@ -207,6 +210,6 @@ def test_recalibrate_writes_a_refined_calibration(tiny_model_path, toy_stores, t
 
 
 def test_recalibrate_cli_errors_are_one_line(tmp_path, capsys):
-    code = refine.main(["recalibrate", str(tmp_path / "none.pt"), str(tmp_path / "none.h5")])
+    code = main(["calibrate", str(tmp_path / "none.pt"), str(tmp_path / "none.h5")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no such file" in err

@@ -8,11 +8,13 @@ import argparse
 import sys
 import warnings
 
+from . import calibrate, evaluate, predict, simulate, train
+from .baselines import redrock
 from .config import ConfigError, UserError
+from .instruments import available_instruments, load_instrument
 
 
 def _cmd_instruments(args: argparse.Namespace) -> int:
-    from .instruments import available_instruments, load_instrument
     for name in available_instruments():
         inst = load_instrument(name)
         arms = ", ".join(f"{a.name} {a.config.wave_min:.0f}-{a.config.wave_max:.0f} A R={a.config.resolution:.0f}"
@@ -26,18 +28,10 @@ SUBCOMMANDS: dict[str, tuple] = {}
 
 
 def _register() -> None:
-    from . import simulate
     SUBCOMMANDS["simulate"] = (simulate.add_arguments, simulate.run_cli, "simulate a spectrum store")
     SUBCOMMANDS["instruments"] = (lambda p: None, _cmd_instruments, "list the shipped instruments")
-    for modname in ("train", "predict", "evaluate", "baselines.redrock"):
-        try:
-            mod = __import__(f"mtopnet.{modname}", fromlist=["add_arguments"])
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("mtopnet"):
-                continue
-            raise
-        if hasattr(mod, "add_arguments"):
-            SUBCOMMANDS[getattr(mod, "COMMAND", modname)] = (mod.add_arguments, mod.run_cli, mod.__doc__.splitlines()[0])
+    for mod in (train, predict, evaluate, calibrate, redrock):
+        SUBCOMMANDS[mod.COMMAND] = (mod.add_arguments, mod.run_cli, mod.__doc__.splitlines()[0])
 
 
 class OneLineParser(argparse.ArgumentParser):

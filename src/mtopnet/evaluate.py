@@ -33,7 +33,8 @@ import numpy as np  # noqa: E402
 
 from .config import UserError  # noqa: E402
 from .lines import LINES  # noqa: E402
-from .quality import SUCCESS_DZ  # noqa: E402
+from .catalogue import match_ids, read_catalogue, read_truth, read_zbin_centres  # noqa: E402
+from .constants import SUCCESS_DZ  # noqa: E402
 from .store import open_store, read_store  # noqa: E402
 
 COMMAND = "evaluate"
@@ -43,72 +44,6 @@ PAPER_CURVE_H = np.array([20.0, 23.9, 24.1, 24.3, 24.5, 24.7, 24.9, 25.1, 25.3, 
 PAPER_CURVE_FRAC = np.array([0.93, 0.93, 0.91, 0.88, 0.84, 0.79, 0.74, 0.66, 0.59, 0.51, 0.43, 0.38])
 """The prototype's success fraction (|dz| < 0.01, before screening) vs H AB (PAPER.md);
 0.91-0.95 for H 20-23.9, drawn as 0.93 with a band."""
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def read_catalogue(path: str | Path) -> dict[str, np.ndarray]:
-    """A catalogue written by ``mtopnet predict`` (FITS, Parquet or CSV) as column arrays."""
-    from .predict import catalogue_format
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    fmt = catalogue_format(path)
-    try:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-            table = pq.read_table(path)
-            out = {}
-            for name in table.column_names:
-                col = table.column(name)
-                out[name] = (np.asarray(col.combine_chunks().flatten()).reshape(len(col), -1)
-                             if name == "z_pdf" else col.to_numpy())
-            return out
-        from astropy.table import Table
-        table = Table.read(path, format="fits" if fmt == "fits" else "ascii.csv")
-        out = {name: np.asarray(table[name]) for name in table.colnames if not name.startswith("pdf_z")}
-        pdf_cols = [n for n in table.colnames if n.startswith("pdf_z")]
-        if pdf_cols:
-            out["z_pdf"] = np.stack([np.asarray(table[n]) for n in pdf_cols], axis=1)
-        if "id" in out and out["id"].dtype.kind == "S":
-            out["id"] = out["id"].astype(str)
-        return out
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{path}: cannot read the catalogue ({str(exc).splitlines()[0]})") from None
-
-
-def read_zbin_centres(path: str | Path) -> np.ndarray | None:
-    """Redshift-bin centres of a catalogue written with ``--pdf`` (None without a PDF)."""
-    from .predict import catalogue_format
-    fmt = catalogue_format(path)
-    try:
-        if fmt == "fits":
-            from astropy.io import fits
-            with fits.open(path) as hdul:
-                return np.asarray(hdul["ZBINS"].data, dtype=np.float64) if "ZBINS" in hdul else None
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-            md = pq.read_schema(path).metadata or {}
-            raw = md.get(b"z_bin_centres")
-            return np.asarray(json.loads(raw), dtype=np.float64) if raw else None
-        with open(path) as fh:
-            names = fh.readline().strip().split(",")
-        centres = [float(n.strip('"')[len("pdf_z"):]) for n in names if n.strip('"').startswith("pdf_z")]
-        return np.asarray(centres) if centres else None
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def read_truth(path: str | Path) -> dict[str, np.ndarray]:
-    """ids and labels of a store (no spectra)."""
-    with open_store(path) as f:
-        out = {"id": np.asarray(f["ids"])}
-        if "labels" in f:
-            out.update({k: np.asarray(f["labels"][k]) for k in f["labels"]})
-    if "z" not in out:
-        raise UserError(f"{path}: the store has no labels/z to compare with")
-    return out
 
 
 def read_band(path: str | Path) -> str | None:
@@ -142,19 +77,6 @@ def selection_magnitude(truth: dict[str, np.ndarray], band: str | None = None
     edges = np.arange(np.floor(finite.min() * 2) / 2, np.ceil(finite.max() * 2) / 2 + 0.25, 0.5)
     bins = [(f"{lo:g}<{short}<={hi:g}", float(lo), float(hi)) for lo, hi in zip(edges[:-1], edges[1:])]
     return mag, short, bins, []
-
-
-def match_ids(cat_ids: np.ndarray, truth_ids: np.ndarray) -> np.ndarray:
-    """Index into ``truth_ids`` of each catalogue id (-1 if absent): (N_cat,) int64."""
-    cat_ids = np.asarray(cat_ids)
-    truth_ids = np.asarray(truth_ids)
-    if cat_ids.dtype.kind != truth_ids.dtype.kind:
-        cat_ids, truth_ids = cat_ids.astype(str), truth_ids.astype(str)
-    order = np.argsort(truth_ids, kind="stable")
-    pos = np.searchsorted(truth_ids[order], cat_ids)
-    pos = np.clip(pos, 0, max(len(order) - 1, 0))
-    found = (len(order) > 0) & (truth_ids[order][pos] == cat_ids) if len(order) else np.zeros(len(cat_ids), bool)
-    return np.where(found, order[pos] if len(order) else -1, -1).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -102,4 +102,31 @@ def air_to_vacuum(wave_air: np.ndarray | float) -> np.ndarray:
     return wave_air * (1.0 + 6.4328e-5 + 2.94981e-2 / (146.0 - sigma2) + 2.5540e-4 / (41.0 - sigma2))
 
 
-__all__ = ["Line", "LINES", "line_waves", "lines_as_records", "lines_from_records", "air_to_vacuum"]
+LINE_GROUPS: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = (
+    ("CIII]", ((1906.68, 1.0), (1908.73, 0.7))),
+    ("[OII]", ((3727.09, 0.74), (3729.88, 1.0))),  # ratio of a low-density HII region
+    ("[NeIII]", ((3869.86, 1.0),)),
+    ("Hdelta", ((4102.89, 1.0),)),
+    ("Hgamma", ((4341.68, 1.0),)),
+    ("Hbeta", ((4862.68, 1.0),)),
+    ("[OIII]", ((4960.30, 1.0), (5008.24, 2.98))),  # fixed by atomic physics
+    ("Halpha", ((6564.61, 1.0),)),
+    ("[NII]", ((6549.86, 1.0), (6585.27, 2.94))),  # fixed by atomic physics
+    ("HeI5877", ((5877.25, 1.0),)),
+    ("[OI]", ((6302.05, 1.0), (6365.54, 0.33))),  # fixed by atomic physics
+    ("[SII]", ((6718.29, 1.0), (6732.67, 0.75))),  # low density
+    ("[ArIII]", ((7137.77, 1.0),)),
+    ("[SIII]", ((9071.1, 1.0), (9533.2, 2.47))),  # fixed by atomic physics
+    ("HeI", ((10833.31, 1.0),)),
+    ("Paschen", ((10052.13, 0.33), (10941.09, 0.55), (12821.59, 1.0))),  # case B
+)
+"""Emission-line basis vectors: name, ((vacuum A, relative flux), ...). Lines closer than a
+few resolution elements share one vector (fixed ratios), so their free amplitudes cannot
+trade against the redshift; resolved lines whose ratios vary across the population (Halpha
+and [NII], Hbeta and [OIII]) get separate vectors. The PCA templates carry lines too, tied
+to each other and to the continuum in the population's average ratios (a dusty galaxy's
+CIII] is far weaker than average); a free-signed line vector can add to or cancel each one,
+while the PCA's lines keep the shapes of the population's line widths."""
+
+
+__all__ = ["Line", "LINES", "LINE_GROUPS", "line_waves", "lines_as_records", "lines_from_records", "air_to_vacuum"]

@@ -39,10 +39,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from .config import ConfigError, UserError
+from .constants import C_KMS, MASK_ALL
 from .store import SpectraBatch
 from .typed import from_mapping
 
-C_KMS = 299792.458
 FLUX_MAX = 1e12  # |flux| above this (1e-17 erg/s/cm2/A) is treated as corrupt
 IVAR_MAX = 1e12  # so that float32 sums of ivar^2 cannot overflow
 SCALE_MIN = 1e-6  # 1e-17 erg/s/cm2/A
@@ -65,7 +65,7 @@ class PreprocessConfig:
     wave_min: float = 6470.0
     wave_max: float = 18000.0
     n_pix: int = 4096
-    mask_bits: int = 7
+    mask_bits: int = MASK_ALL
     continuum_window_kms: float = 5000.0
     n_continuum: int = 128
     residual_clip: float = 200.0

@@ -23,29 +23,50 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import maximum_filter1d
 
-SUCCESS_DZ = 0.01
+from .constants import SUCCESS_DZ
+
 FEATURES = ("logit_p_window", "log_p_peak", "log_width68", "log_width95", "n_peaks", "entropy")
 _EPS = 1e-6
+PEAK_MIN_MASS = 0.05
+"""A PDF peak counts (``n_peaks``, MULTI_PEAK, refined peaks) if it holds this mass within +-window."""
 
 
-def _interp_cdf(cdf: np.ndarray, edges: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """CDF (N, K+1) tabulated at ``edges`` (K+1,), evaluated at z (N, M) by linear interpolation."""
+def _cdf(pdf: np.ndarray) -> np.ndarray:
+    """(N, K+1) CDF at the bin edges of PDFs (N, K) that are already normalised."""
+    n = len(pdf)
+    return np.concatenate([np.zeros((n, 1)), np.cumsum(pdf, axis=1)], axis=1)
+
+
+def cdf_at(cdf: np.ndarray, edges: np.ndarray, z: np.ndarray, form: str = "weights") -> np.ndarray:
+    """A CDF (N, K+1) tabulated at ``edges`` (K+1,), interpolated linearly inside bins.
+
+    ``z``: (N, M) a row of points per CDF row, or (M,) the same points for every row (the
+    weights are then computed once). Returns (N, M). The one CDF interpolation of the
+    package; ``form`` only picks how the two bracketing values are combined, as each caller
+    always did (identical in exact arithmetic, not in the last bit): "weights" ``lo (1 - f) +
+    hi f`` or "increment" ``lo + f (hi - lo)``.
+    """
     k = len(edges) - 1
     zc = np.clip(z, edges[0], edges[-1])
     j = np.clip(np.searchsorted(edges, zc, side="right") - 1, 0, k - 1)
     frac = (zc - edges[j]) / (edges[j + 1] - edges[j])
-    lo = np.take_along_axis(cdf, j, axis=1)
-    hi = np.take_along_axis(cdf, j + 1, axis=1)
-    return lo + frac * (hi - lo)
+    if np.ndim(z) == 1:
+        lo, hi = np.take(cdf, j, axis=1), np.take(cdf, j + 1, axis=1)
+    else:
+        lo, hi = np.take_along_axis(cdf, j, axis=1), np.take_along_axis(cdf, j + 1, axis=1)
+    if form == "increment":
+        return lo + frac * (hi - lo)
+    return lo * (1 - frac) + hi * frac
 
 
-def _static_interp(cdf: np.ndarray, edges: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """CDF (N, K+1) at edges, evaluated at the same points z (M,) for every row: (N, M)."""
-    k = len(edges) - 1
-    zc = np.clip(z, edges[0], edges[-1])
-    j = np.clip(np.searchsorted(edges, zc, side="right") - 1, 0, k - 1)
-    frac = (zc - edges[j]) / (edges[j + 1] - edges[j])
-    return np.take(cdf, j, axis=1) * (1 - frac) + np.take(cdf, j + 1, axis=1) * frac
+def local_maxima(mass: np.ndarray, edges: np.ndarray, window: float, min_mass: float) -> np.ndarray:
+    """(N, K) bool: bins where the window mass ``mass`` (N, K) has a local maximum holding
+    >= ``min_mass``, maxima at least ~``window`` apart (a plateau counts once). The one peak
+    finder of the package (:func:`pdf_summary`'s ``n_peaks``, :func:`pdf_peaks`)."""
+    half = max(1, int(round(window / np.median(np.diff(edges)))))
+    is_max = (mass >= maximum_filter1d(mass, size=2 * half + 1, axis=1, mode="constant")) & (mass >= min_mass)
+    is_max[:, 1:] &= mass[:, 1:] > mass[:, :-1]  # count a plateau once
+    return is_max
 
 
 def _quantile(cdf: np.ndarray, edges: np.ndarray, q: float) -> np.ndarray:
@@ -70,21 +91,20 @@ def pdf_summary(pdf: np.ndarray, edges: np.ndarray, window: float = SUCCESS_DZ) 
     total = pdf.sum(axis=1, keepdims=True)
     pdf = np.where(total > 0, pdf / np.where(total > 0, total, 1), 1.0 / k)
     centres = 0.5 * (edges[1:] + edges[:-1])
-    cdf = np.concatenate([np.zeros((n, 1)), np.cumsum(pdf, axis=1)], axis=1)
+    cdf = _cdf(pdf)
     cdf /= cdf[:, -1:]
     # mass within +-window of every bin centre: (N, K); the interpolation weights are the
     # same for every row, so they are computed once
-    mass = _static_interp(cdf, edges, centres + window) - _static_interp(cdf, edges, centres - window)
+    mass = cdf_at(cdf, edges, centres + window) - cdf_at(cdf, edges, centres - window)
     best = np.argmax(mass, axis=1)
     z_best = centres[best]
     inside = np.abs(centres[None, :] - z_best[:, None]) <= window
     w = pdf * inside
     z = (w * centres).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-300)
-    p_window = (_interp_cdf(cdf, edges, (z + window)[:, None]) - _interp_cdf(cdf, edges, (z - window)[:, None]))[:, 0]
+    p_window = (cdf_at(cdf, edges, (z + window)[:, None], "increment")
+                - cdf_at(cdf, edges, (z - window)[:, None], "increment"))[:, 0]
     # significant peaks of the window mass, separated by at least ~one window
-    half = max(1, int(round(window / np.median(np.diff(edges)))))
-    local_max = (mass >= maximum_filter1d(mass, size=2 * half + 1, axis=1, mode="constant")) & (mass >= 0.05)
-    local_max[:, 1:] &= mass[:, 1:] > mass[:, :-1]  # count a plateau once
+    local_max = local_maxima(mass, edges, window, PEAK_MIN_MASS)
     local_max[np.arange(n), best] = True
     n_peaks = local_max.sum(axis=1)
     out = {
@@ -100,6 +120,67 @@ def pdf_summary(pdf: np.ndarray, edges: np.ndarray, window: float = SUCCESS_DZ) 
     out["width68"] = out["z_hi68"] - out["z_lo68"]
     out["width95"] = out["z_hi95"] - out["z_lo95"]
     return out
+
+
+def pdf_peaks(pdf: np.ndarray, edges: np.ndarray, z_main: np.ndarray | None = None, max_peaks: int = 3,
+              min_mass: float = PEAK_MIN_MASS, window: float = SUCCESS_DZ) -> tuple[np.ndarray, np.ndarray]:
+    """The PDF's significant peaks: z (N, P) and mass within +-window (N, P), NaN / 0 where absent.
+
+    Column 0 is the main peak (``z_main`` if given, e.g. ``pdf_summary(...)["z"]``, else the
+    PDF mean within +-window of the window-mass maximum); the others are further local
+    maxima of the window mass holding >= ``min_mass``, at least ``window`` apart, by
+    decreasing mass, each refined to the PDF mean within +-window.
+    """
+    pdf = np.asarray(pdf, dtype=np.float64)
+    n, k = pdf.shape
+    pdf = pdf / np.maximum(pdf.sum(axis=1, keepdims=True), 1e-300)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    cum = _cdf(pdf)
+    cumz = _cdf(pdf * centres)
+    lo = np.searchsorted(centres, centres - window, side="left")
+    hi = np.searchsorted(centres, centres + window, side="right")
+    mass = cum[:, hi] - cum[:, lo]  # (N, K) mass of the whole bins within +-window of each centre
+    is_max = local_maxima(mass, edges, window, min_mass)
+    best = np.argmax(mass, axis=1)
+    rows = np.arange(n)
+    is_max[rows, best] = False
+    score = np.where(is_max, mass, -1.0)
+    n_more = max_peaks - 1
+    order = np.argsort(-score, axis=1, kind="stable")[:, :n_more] if n_more else np.zeros((n, 0), int)
+    idx = np.concatenate([best[:, None], order], axis=1)  # (N, P) bin index of each peak
+    ok = np.concatenate([np.ones((n, 1), bool), np.take_along_axis(score, order, 1) > 0], axis=1)
+    lo_i, hi_i = lo[idx], hi[idx]
+    m = np.take_along_axis(cum, hi_i, 1) - np.take_along_axis(cum, lo_i, 1)
+    zp = (np.take_along_axis(cumz, hi_i, 1) - np.take_along_axis(cumz, lo_i, 1)) / np.maximum(m, 1e-300)
+    if z_main is not None:
+        zp[:, 0] = z_main
+    # a secondary maximum inside the window of a stronger peak is the same peak (a flat top)
+    for p in range(1, idx.shape[1]):
+        near = (np.abs(zp[:, :p] - zp[:, p:p + 1]) <= window) & ok[:, :p]
+        ok[:, p] &= ~near.any(axis=1)
+    return np.where(ok, zp, np.nan), np.where(ok, m, 0.0)
+
+
+def window_mass(pdf: np.ndarray, edges: np.ndarray, z: np.ndarray, window: float = SUCCESS_DZ) -> np.ndarray:
+    """PDF mass within +-window of z: pdf (N, K), z (N,) or (N, P) -> same shape as z.
+
+    The CDF is interpolated linearly inside bins, as :func:`pdf_summary` does (:func:`cdf_at`).
+    """
+    pdf = np.asarray(pdf, dtype=np.float64)
+    n = len(pdf)
+    cdf = _cdf(pdf)
+    cdf /= np.maximum(cdf[:, -1:], 1e-300)
+    z2 = np.atleast_2d(np.asarray(z, dtype=np.float64).T).T.reshape(n, -1)
+    z2 = np.nan_to_num(z2, nan=-10.0)
+    out = np.clip(cdf_at(cdf, edges, z2 + window) - cdf_at(cdf, edges, z2 - window), 0, 1)
+    return out.reshape(np.shape(z))
+
+
+def refined_summary(pdf: np.ndarray, edges: np.ndarray, z: np.ndarray, window: float = SUCCESS_DZ) -> dict:
+    """:func:`pdf_summary` of ``pdf`` (N, K) for a reported ``z`` (N,): ``z`` and
+    ``p_window`` (the PDF mass within +-window of z) replaced, the other statistics kept."""
+    summ = pdf_summary(pdf, edges, window)
+    return {**summ, "z": np.asarray(z, dtype=np.float64), "p_window": window_mass(pdf, edges, z, window)}
 
 
 def quality_features(summary: dict[str, np.ndarray]) -> np.ndarray:
@@ -224,6 +305,18 @@ def qop_report(qop: np.ndarray, success: np.ndarray) -> dict:
     return out
 
 
+def reliability(p: np.ndarray, success: np.ndarray, n_bins: int = 10) -> list[dict]:
+    """Mean p_dz01 and observed success fraction in ``n_bins`` equal bins of p_dz01."""
+    which = np.clip((np.asarray(p) * n_bins).astype(int), 0, n_bins - 1)
+    out = []
+    for i in range(n_bins):
+        sel = which == i
+        out.append({"p_lo": i / n_bins, "p_hi": (i + 1) / n_bins, "n": int(sel.sum()),
+                    "p_mean": float(np.mean(p[sel])) if sel.any() else None,
+                    "success": float(np.mean(success[sel])) if sel.any() else None})
+    return out
+
+
 def fit_calibration(summary: dict[str, np.ndarray], z_true: np.ndarray,
                     purities: tuple[float, float, float] = (0.99, 0.90, 0.50),
                     confidence_z: float = 1.0) -> QualityCalibration:
@@ -261,5 +354,6 @@ def fit_calibration(summary: dict[str, np.ndarray], z_true: np.ndarray,
     return QualityCalibration(**{**cal.__dict__, "report": report})
 
 
-__all__ = ["SUCCESS_DZ", "FEATURES", "pdf_summary", "quality_features", "wilson_lower", "choose_qop_thresholds",
+__all__ = ["FEATURES", "PEAK_MIN_MASS", "cdf_at", "local_maxima", "pdf_summary", "pdf_peaks", "window_mass",
+           "refined_summary", "reliability", "quality_features", "wilson_lower", "choose_qop_thresholds",
            "QualityCalibration", "qop_report", "fit_calibration"]

@@ -35,14 +35,10 @@ from scipy.special import erf
 
 from .. import __version__
 from ..config import UserError
+from ..constants import C_KMS
+from ..templates import SPECTYPE, SUBTYPE, TEMPLATE_FILE, VERSION
 
-C_KMS = 299792.458
 
-SPECTYPE = "GALAXY"
-SUBTYPE = "MOONS"
-VERSION = "1.0"
-TEMPLATE_FILE = f"rrtemplate-{SPECTYPE}-{SUBTYPE}-v{VERSION}.fits"
-"""File name in Redrock's convention rrtemplate-SPECTYPE-SUBTYPE-vVERSION.fits."""
 
 REST_RANGE = (1560.0, 11900.0)
 """Rest-frame span (vacuum A): 6470 A at z = 3.0003 is 1617 A, 18000 A at z = 0.6 is 11250 A."""
@@ -267,16 +263,6 @@ def write_template(path: str | Path, basis: TemplateBasis, z_scan: np.ndarray | 
     fits.HDUList([primary, zhdu, shdu]).writeto(tmp, overwrite=True, output_verify="exception")
     os.replace(tmp, path)
     return path
-
-
-def default_template_dir() -> Path:
-    """The package's shipped template folder (``mtopnet/data/templates``)."""
-    from importlib import resources
-    return Path(str(resources.files("mtopnet") / "data" / "templates"))
-
-
-def default_template_path() -> Path:
-    return default_template_dir() / TEMPLATE_FILE
 
 
 def main(argv: list[str] | None = None) -> int:

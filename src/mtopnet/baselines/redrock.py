@@ -141,7 +141,8 @@ def load_template(path: str | Path | None = None, z_range: tuple[float, float] =
     _import_redrock()
     from redrock.templates import Template
 
-    from .make_templates import DLOG10Z, default_template_path, redshift_grid
+    from ..templates import default_template_path
+    from .make_templates import DLOG10Z, redshift_grid
     path = Path(path) if path is not None else default_template_path()
     if not path.is_file():
         raise UserError(f"{path}: no such template file (build it with "

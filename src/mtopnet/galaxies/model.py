@@ -18,11 +18,11 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import erf
 
+from ..constants import C_KMS
 from .population import N_OLD_BINS, GalaxyParams, age_of_universe, luminosity_distance_cm
 from .sps import T_BC, SPSGrids, interp_weights
 
 L_SUN = 3.826e33  # erg/s, Bagpipes' value
-C_KMS = 299792.458
 FLUX_UNIT = 1e-17
 SFR_TIMESCALE = 1e8  # yr, the "SFR" label is averaged over this
 

@@ -25,6 +25,7 @@ from functools import cached_property
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from ..constants import MASK_BAD, MASK_SKYLINE, MASK_TELLURIC  # noqa: F401 (re-exported)
 from ..config import ArmConfig, ConfigError, CurveSpec, InstrumentConfig
 from .sky import SkySpectrum, load_sky, moons1d_path
 
@@ -37,13 +38,6 @@ H_PLANCK_C = 1.98644586e-8
 FLUX_UNIT = 1e-17
 """The package's flux density unit, erg/s/cm2/A."""
 
-# Mask bits (per pixel). Documented in docs/store.md.
-MASK_BAD = 1
-"""No usable signal: outside the throughput curve, or the atmosphere is opaque."""
-MASK_SKYLINE = 2
-"""A strong sky emission line: sky more than SKYLINE_CONTRAST x the local sky continuum."""
-MASK_TELLURIC = 4
-"""A deep telluric band: LSF-convolved atmospheric transmission below TELLURIC_DEEP."""
 
 SKYLINE_CONTRAST = 5.0
 SKYLINE_WINDOW = 151  # pixels, running median for the sky continuum

@@ -1,0 +1,99 @@
+"""The constants of the refinement (:class:`RefineConfig`)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..config import ConfigError
+from ..constants import SUCCESS_DZ
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Constants of the refinement.
+
+    max_peaks: PDF peaks refined per object (the main one always).
+    min_peak_mass: a secondary peak is refined if its +-``window`` PDF mass is at least this.
+    window: half-width in z of the coarse scan around each peak (and of the PDF mass windows).
+    oversample: table sub-steps per model pixel (the fine redshift step).
+    fine_half, fine_step: fine trials every ``fine_step`` sub-steps within +-``fine_half``
+        sub-steps of the coarse minimum (a parabola through the best three gives z).
+    coarse_templates: continuum vectors used by the coarse scan (the first, largest ones).
+    near_dchi2: within a peak, the chi2 minimum nearest the PDF's peak is kept unless the
+        best one elsewhere in the +-window scan fits better by at least this.
+    lines: add :data:`LINE_GROUPS` to the basis of the fine stage.
+    line_sigma_kms: intrinsic Gaussian sigma of the line vectors (the population's median).
+    z_err_scale: ``z_err`` is the chi2-curvature error (chi2_min + 1) times this. On
+        data/val.h5 the pulls (z - z_true) / curvature error of successes had a robust
+        scatter of 3.1 (3.7 at H < 22, 2.6 at H 25-25.5), with both models: template
+        mismatch, the one-LSF approximation and the noise correlated between adjacent
+        pixels by the rebinning are not in the formal error.
+    lsf_sigma_kms: line-spread function sigma; None = from the model's training arms.
+    switch_dchi2, switch_mass_ratio: a secondary peak replaces the PDF's main peak only if
+        its chi2 is lower by at least ``switch_dchi2`` and it holds at least
+        ``switch_mass_ratio`` times the main peak's PDF mass. The default (1.0) keeps the
+        main peak unless a secondary one is as probable: on validation data the chi2 alone
+        picked the wrong peak more often than the right one (docs/refine.md).
+    disagree_dchi2: a secondary peak fitting better than the reported one by at least this
+        sets REFINE_DISAGREE.
+    max_rchi2: above this reduced chi2 of the best fit, no peak fits well (REFINE_DISAGREE).
+    min_density_ratio: a fit is rejected (the network's z reported, REFINE_DISAGREE) if its
+        fine scan holds no chi2 minimum, or if it lands where the PDF density is below this
+        fraction of its value at the starting peak (off by default: the trained model's
+        PDFs are sharper than its errors, and 1e-3 rejected 4% of good fits),
+    max_shift, move_dchi2: ... or if it moves z by more than ``max_shift`` in dz/(1+z)
+        (300 km/s, 4x the network's sigma_NMAD) from the peak it started from while the
+        chi2 there is higher by less than ``move_dchi2`` (unambiguous data may move z
+        anywhere in the scan).
+    min_valid_pixels: objects with fewer valid pixels are not refined.
+    chunk_rows: (object, peak) rows per batched product (memory ~ chunk_rows x 60 MB / 64).
+    threads: torch threads while refining (restored after); None keeps torch's setting.
+        Refinement is many medium-size products: with 2 threads on 2 busy cores they ran
+        3.5x slower than with 1 (OpenMP threads spinning), so 1 is the default.
+    """
+
+    max_peaks: int = 3
+    min_peak_mass: float = 0.05
+    window: float = SUCCESS_DZ
+    oversample: int = 16
+    fine_half: int = 12
+    fine_step: int = 3
+    coarse_templates: int = 10
+    near_dchi2: float = 100.0
+    lines: bool = True
+    line_sigma_kms: float = 100.0
+    z_err_scale: float = 3.0
+    lsf_sigma_kms: float | None = None
+    switch_dchi2: float = 100.0
+    switch_mass_ratio: float = 1.0
+    disagree_dchi2: float = 25.0
+    max_rchi2: float = 3.0
+    min_density_ratio: float = 0.0
+    max_shift: float = 1e-3
+    move_dchi2: float = 1000.0
+    min_valid_pixels: int = 100
+    chunk_rows: int = 64
+    threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        checks = [("max_peaks", self.max_peaks >= 1), ("min_peak_mass", 0 <= self.min_peak_mass <= 1),
+                  ("window", self.window > 0), ("oversample", 1 <= self.oversample <= 64),
+                  ("fine_half", self.fine_half >= 1), ("fine_step", 1 <= self.fine_step <= self.fine_half),
+                  ("coarse_templates", self.coarse_templates >= 1), ("near_dchi2", self.near_dchi2 >= 0),
+                  ("line_sigma_kms", self.line_sigma_kms > 0), ("z_err_scale", self.z_err_scale > 0),
+                  ("lsf_sigma_kms", self.lsf_sigma_kms is None or self.lsf_sigma_kms >= 0),
+                  ("switch_dchi2", self.switch_dchi2 >= 0), ("switch_mass_ratio", self.switch_mass_ratio >= 0),
+                  ("disagree_dchi2", self.disagree_dchi2 >= 0),
+                  ("max_rchi2", self.max_rchi2 > 0), ("min_density_ratio", 0 <= self.min_density_ratio < 1),
+                  ("max_shift", self.max_shift > 0), ("move_dchi2", self.move_dchi2 >= 0),
+                  ("min_valid_pixels", self.min_valid_pixels >= 1),
+                  ("chunk_rows", self.chunk_rows >= 1), ("threads", self.threads is None or self.threads >= 1)]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"refine.{name}: invalid value {getattr(self, name)!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+__all__ = ["RefineConfig"]
