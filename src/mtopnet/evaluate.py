@@ -25,25 +25,18 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .config import UserError  # noqa: E402
-from .lines import LINES  # noqa: E402
-from .catalogue import match_ids, read_catalogue, read_truth, read_zbin_centres  # noqa: E402
-from .constants import SUCCESS_DZ  # noqa: E402
-from .store import open_store, read_store  # noqa: E402
+from .config import UserError
+from .catalogue import match_ids, read_catalogue, read_truth, read_zbin_centres
+from .constants import SUCCESS_DZ
+from .plots import evaluation as figures
+from .plots.evaluation import PAPER_CURVE_FRAC, PAPER_CURVE_H
+from .store import open_store
 
 COMMAND = "evaluate"
 HMAG_EDGES = (20.0, 21.0, 22.0, 23.0, 24.0, 24.5, 25.0, 25.5, 26.0)
 ISSUE_BINS = (("H<=24", -math.inf, 24.0), ("24<H<=25", 24.0, 25.0), ("25<H<=25.5", 25.0, 25.5))
-PAPER_CURVE_H = np.array([20.0, 23.9, 24.1, 24.3, 24.5, 24.7, 24.9, 25.1, 25.3, 25.5, 25.7, 25.9])
-PAPER_CURVE_FRAC = np.array([0.93, 0.93, 0.91, 0.88, 0.84, 0.79, 0.74, 0.66, 0.59, 0.51, 0.43, 0.38])
-"""The prototype's success fraction (|dz| < 0.01, before screening) vs H AB (PAPER.md);
-0.91-0.95 for H 20-23.9, drawn as 0.93 with a band."""
 
 
 def read_band(path: str | Path) -> str | None:
@@ -231,158 +224,25 @@ def metrics_markdown(m: dict) -> str:
 
 def _plots(cat: dict[str, np.ndarray], truth: dict[str, np.ndarray], truth_path: Path, out: Path,
            zbin_centres: np.ndarray | None = None, max_points: int = 20000, band: str | None = None) -> list[Path]:
+    """Every figure of the report (:mod:`mtopnet.plots.evaluation`), on the matched rows."""
     idx = match_ids(cat["id"], truth["id"])
     m = idx >= 0
     c = {k: v[m] for k, v in cat.items()}
     t = {k: np.asarray(v)[idx[m]] for k, v in truth.items()}
     z, zt = c["z"].astype(float), t["z"].astype(float)
     ok = np.abs(z - zt) < SUCCESS_DZ
-    hmag, band_name, _, _ = selection_magnitude(t, band)
-    is_h = band_name == "H"
+    mag, band_name, _, _ = selection_magnitude(t, band)
     qop = c.get("qop", np.ones(len(z), int))
-    files = []
-
-    def save(fig: plt.Figure, name: str) -> None:
-        path = out / name
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        files.append(path)
-
-    # success fraction vs H
-    fig, ax = plt.subplots(figsize=(6, 4))
-    finite = np.isfinite(hmag)
-    if finite.any():
-        edges = np.arange(np.floor(np.nanmin(hmag[finite]) * 4) / 4, np.nanmax(hmag[finite]) + 0.25, 0.25)
-        if len(edges) >= 2:
-            which = np.digitize(hmag, edges) - 1
-            centres = 0.5 * (edges[1:] + edges[:-1])
-            frac = [ok[which == i].mean() if (which == i).sum() >= 5 else np.nan for i in range(len(centres))]
-            frac_q = [ok[(which == i) & (qop >= 3)].mean() if ((which == i) & (qop >= 3)).sum() >= 5 else np.nan
-                      for i in range(len(centres))]
-            ax.plot(centres, frac, "o-", label="M-TOPnet (all)")
-            ax.plot(centres, frac_q, "s--", label="M-TOPnet (qop >= 3)")
-    if is_h:
-        ax.plot(PAPER_CURVE_H, PAPER_CURVE_FRAC, "k:", lw=2, label="paper prototype")
-        ax.fill_between([20.0, 23.9], 0.91, 0.95, color="k", alpha=0.1)
-    ax.set(xlabel=f"{band_name} (AB)", ylabel="fraction |dz| < 0.01", ylim=(0, 1.02))
-    ax.legend(fontsize=8)
-    save(fig, "success_vs_hmag.png" if is_h else "success_vs_mag.png")
-
-    # dz vs z
-    sub = np.random.default_rng(0).permutation(len(z))[:max_points]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    sc = ax.scatter(zt[sub], (z - zt)[sub], c=qop[sub], s=3, cmap="viridis", vmin=1, vmax=4)
-    ax.axhline(SUCCESS_DZ, color="r", lw=0.5)
-    ax.axhline(-SUCCESS_DZ, color="r", lw=0.5)
-    ax.set(xlabel="z true", ylabel="z - z true", yscale="symlog")
-    ax.set_yscale("symlog", linthresh=0.01)
-    fig.colorbar(sc, label="qop")
-    save(fig, "dz_vs_z.png")
-
-    # purity vs completeness of the p_dz01 screening
+    sf = t["type"] == 0 if "type" in t else np.ones(len(z), bool)
+    files = [figures.success_vs_mag(ok, qop, mag, band_name, out), figures.dz_vs_z(z, zt, qop, out, max_points)]
     if "p_dz01" in c:
         p = c["p_dz01"].astype(float)
-        order = np.argsort(-p)
-        cum = np.cumsum(ok[order])
-        purity = cum / np.arange(1, len(p) + 1)
-        completeness = cum / max(ok.sum(), 1)
-        fig, ax = plt.subplots(figsize=(5, 4))
-        ax.plot(completeness, purity, label="p_dz01 threshold")
-        for name, sel, mk in (("qop >= 3", qop >= 3, "o"), ("qop 4", qop == 4, "s")):
-            if sel.any():
-                ax.plot([(ok & sel).sum() / max(ok.sum(), 1)], [ok[sel].mean()], mk, label=name)
-        ax.set(xlabel="completeness (of successes)", ylabel="purity (|dz| < 0.01)", ylim=(0, 1.02))
-        ax.legend(fontsize=8)
-        save(fig, "screening.png")
-
-        edges = np.linspace(0, 1, 11)
-        which = np.clip(np.digitize(p, edges) - 1, 0, 9)
-        pm = [p[which == i].mean() if (which == i).any() else np.nan for i in range(10)]
-        ob = [ok[which == i].mean() if (which == i).any() else np.nan for i in range(10)]
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.plot([0, 1], [0, 1], "k:")
-        ax.plot(pm, ob, "o-")
-        ax.set(xlabel="predicted p_dz01", ylabel="observed fraction |dz| < 0.01", xlim=(0, 1), ylim=(0, 1))
-        save(fig, "reliability.png")
-
-    # interval coverage
-    labels, nominal, observed = [], [], []
-    for lv, nom in (("68", 0.68), ("95", 0.95)):
-        if f"z_lo{lv}" in c:
-            labels.append(f"z {lv}%")
-            nominal.append(nom)
-            observed.append(np.mean((c[f"z_lo{lv}"] <= zt) & (zt <= c[f"z_hi{lv}"])))
-    sf = t["type"] == 0 if "type" in t else np.ones(len(z), bool)
-    for key, sel in (("logmstar", np.ones(len(z), bool)), ("logsfr", sf)):
-        if key in c and key in t:
-            tt = t[key].astype(float)
-            s = sel & np.isfinite(tt)
-            if s.any():
-                pull = np.abs(c[key][s] - tt[s]) / np.maximum(c[f"{key}_err"][s], 1e-6)
-                for k, nom in ((1.0, 0.6827), (2.0, 0.9545)):
-                    labels.append(f"{key} {int(k)}s")
-                    nominal.append(nom)
-                    observed.append(np.mean(pull <= k))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    x = np.arange(len(labels))
-    ax.bar(x - 0.2, nominal, 0.4, label="nominal")
-    ax.bar(x + 0.2, observed, 0.4, label="observed")
-    ax.set_xticks(x, labels, rotation=30, fontsize=8)
-    ax.set(ylabel="coverage", ylim=(0, 1.05))
-    ax.legend(fontsize=8)
-    save(fig, "coverage.png")
-
-    # predicted vs true properties
-    for key, sel, label in (("logmstar", np.ones(len(z), bool), "log M* [Msun]"),
-                            ("logsfr", sf, "log SFR [Msun/yr] (star-forming)")):
-        if key in c and key in t:
-            tt = t[key].astype(float)
-            s = sel & np.isfinite(tt)
-            fig, ax = plt.subplots(figsize=(4.5, 4.5))
-            if s.any():
-                ax.hexbin(tt[s], c[key][s], gridsize=50, mincnt=1, bins="log", cmap="Blues")
-                lo, hi = np.percentile(np.concatenate([tt[s], c[key][s]]), [0.5, 99.5])
-                ax.plot([lo, hi], [lo, hi], "k:")
-            ax.set(xlabel=f"true {label}", ylabel=f"predicted {label}")
-            save(fig, f"{key}.png")
-
-    # example spectra with their PDFs
-    picks = _example_rows(ok, qop, hmag, band_name)
+        files += [figures.screening(p, ok, qop, out), figures.reliability(p, ok, out)]
+    files.append(figures.coverage(c, t, sf, out))
+    files += figures.properties(c, t, sf, out)
+    picks = _example_rows(ok, qop, mag, band_name)
     if picks:
-        fig, axes = plt.subplots(len(picks), 2, figsize=(11, 2.3 * len(picks)), squeeze=False,
-                                 gridspec_kw={"width_ratios": [3, 1]})
-        for row, (i, title) in enumerate(picks):
-            store_row = int(idx[m][i])
-            b = read_store(truth_path, store_row, store_row + 1)
-            ax = axes[row, 0]
-            for arm in b.arms.values():
-                f, iv, mk = arm["flux"][0], arm["ivar"][0], arm["mask"][0]
-                good = (iv > 0) & (mk == 0) & np.isfinite(f)
-                ff = np.where(good, f, np.nan)
-                k = 5
-                smooth = np.convolve(np.nan_to_num(ff), np.ones(k) / k, mode="same")
-                ax.plot(arm["wave"], np.where(good, smooth, np.nan), lw=0.5, color="k")
-            lo, hi = ax.get_xlim()
-            for line in LINES:
-                w = line.wave * (1 + z[i])
-                if lo < w < hi:
-                    ax.axvline(w, color="tab:red" if line.kind == "emission" else "tab:blue", lw=0.4, alpha=0.6)
-            ax.set_title(f"{title}: id {c['id'][i]}, {band_name}={hmag[i]:.1f}, z={zt[i]:.4f}, z_pred={z[i]:.4f}, "
-                         f"qop {qop[i]}", fontsize=8)
-            ax.set_ylabel("flux [1e-17]", fontsize=7)
-            ax2 = axes[row, 1]
-            if "z_pdf" in c and zbin_centres is not None and len(zbin_centres) == c["z_pdf"].shape[1]:
-                ax2.plot(zbin_centres, c["z_pdf"][i], lw=0.8)
-                ax2.set_ylabel("p per bin", fontsize=7)
-            else:
-                ax2.axvspan(c["z_lo95"][i], c["z_hi95"][i], alpha=0.2, label="95%")
-                ax2.axvspan(c["z_lo68"][i], c["z_hi68"][i], alpha=0.3, label="68%")
-            ax2.axvline(zt[i], color="g", lw=1, label="true")
-            ax2.axvline(z[i], color="r", lw=1, ls="--", label="pred")
-            ax2.set_xlabel("z", fontsize=7)
-            ax2.legend(fontsize=6)
-        axes[-1, 0].set_xlabel("wavelength [A]")
-        save(fig, "examples.png")
+        files.append(figures.examples(picks, c, zt, mag, band_name, idx[m], truth_path, zbin_centres, out))
     return files
 
 

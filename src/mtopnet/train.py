@@ -14,6 +14,9 @@
 
 Files in ``out_dir``: ``config.yaml`` (resolved), ``history.jsonl`` (one line per epoch),
 ``last.pt``, ``best.pt``, ``model.pt``, ``summary.json``, ``cache/``.
+
+Over 500 lines: the cache, the loop and the resume state are one workflow whose parts share
+the run folder's layout; split, each part would have to re-derive it.
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .config import Exposure  # noqa: E402
-from .instruments import MASK_BAD, MASK_SKYLINE, MASK_TELLURIC, Instrument, observe_arm  # noqa: E402
+from ..config import Exposure  # noqa: E402
+from ..instruments import MASK_BAD, MASK_SKYLINE, MASK_TELLURIC, Instrument, observe_arm  # noqa: E402
 
 MAIN_LINES = {  # vacuum rest wavelengths, A
     "[OII]": 3728.5, "CaII K": 3934.8, "CaII H": 3969.6, "Hb": 4862.7, "[OIII]": 5008.2,
