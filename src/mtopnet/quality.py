@@ -37,14 +37,11 @@ def _cdf(pdf: np.ndarray) -> np.ndarray:
     return np.concatenate([np.zeros((n, 1)), np.cumsum(pdf, axis=1)], axis=1)
 
 
-def cdf_at(cdf: np.ndarray, edges: np.ndarray, z: np.ndarray, form: str = "weights") -> np.ndarray:
+def cdf_at(cdf: np.ndarray, edges: np.ndarray, z: np.ndarray) -> np.ndarray:
     """A CDF (N, K+1) tabulated at ``edges`` (K+1,), interpolated linearly inside bins.
 
     ``z``: (N, M) a row of points per CDF row, or (M,) the same points for every row (the
-    weights are then computed once). Returns (N, M). The one CDF interpolation of the
-    package; ``form`` only picks how the two bracketing values are combined, as each caller
-    always did (identical in exact arithmetic, not in the last bit): "weights" ``lo (1 - f) +
-    hi f`` or "increment" ``lo + f (hi - lo)``.
+    weights are then computed once). Returns (N, M). The one CDF interpolation of the package.
     """
     k = len(edges) - 1
     zc = np.clip(z, edges[0], edges[-1])
@@ -54,8 +51,6 @@ def cdf_at(cdf: np.ndarray, edges: np.ndarray, z: np.ndarray, form: str = "weigh
         lo, hi = np.take(cdf, j, axis=1), np.take(cdf, j + 1, axis=1)
     else:
         lo, hi = np.take_along_axis(cdf, j, axis=1), np.take_along_axis(cdf, j + 1, axis=1)
-    if form == "increment":
-        return lo + frac * (hi - lo)
     return lo * (1 - frac) + hi * frac
 
 
@@ -101,8 +96,8 @@ def pdf_summary(pdf: np.ndarray, edges: np.ndarray, window: float = SUCCESS_DZ) 
     inside = np.abs(centres[None, :] - z_best[:, None]) <= window
     w = pdf * inside
     z = (w * centres).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-300)
-    p_window = (cdf_at(cdf, edges, (z + window)[:, None], "increment")
-                - cdf_at(cdf, edges, (z - window)[:, None], "increment"))[:, 0]
+    p_window = (cdf_at(cdf, edges, (z + window)[:, None])
+                - cdf_at(cdf, edges, (z - window)[:, None]))[:, 0]
     # significant peaks of the window mass, separated by at least ~one window
     local_max = local_maxima(mass, edges, window, PEAK_MIN_MASS)
     local_max[np.arange(n), best] = True
