@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m mtopnet.demo --out demo-output
+	$(VENV)/bin/mtopnet demo --out demo-output
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -88,6 +88,7 @@ from moons1d import spectra as m1d_spectra  # noqa: E402
 from moons1d import utils as m1d_utils  # noqa: E402
 
 from mtopnet.config import Exposure  # noqa: E402
+from mtopnet.constants import C_AA_PER_S, C_KMS  # noqa: E402
 from mtopnet.instruments import load_instrument, observe_arm  # noqa: E402
 from mtopnet.instruments.noise import expected_pixel_flux  # noqa: E402
 
@@ -97,7 +98,6 @@ from mtopnet.instruments.noise import expected_pixel_flux  # noqa: E402
 AIRMASS, SEEING, T_SUB, N_SUB = 1.2, 0.8, 1800.0, 16
 SKY_RESIDUAL = 0.01  # mtopnet's default (Exposure.sky_residual)
 SKY_RESIDUAL_SCAN = (0.0025, 0.005)  # extra mtopnet runs for Table 7
-C_KMS = 299792.458
 # z = 1.40 puts [OIII]5008, Halpha and [NII] on OH lines; z = 1.43 puts them between OH lines.
 ELG_REDSHIFTS = (1.40, 1.43)
 SIGMA_KMS = 100.0
@@ -116,7 +116,7 @@ WINDOW_NSIGMA = 3.0
 
 def flat_fnu(mag: float):
     def flam(wave):  # erg/s/cm2/A
-        return 10 ** (-0.4 * (mag + 48.6)) * 2.99792458e18 / wave ** 2
+        return 10 ** (-0.4 * (mag + 48.6)) * C_AA_PER_S / wave ** 2
     return flam
 
 

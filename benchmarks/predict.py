@@ -53,7 +53,7 @@ def _untrained_model(path: Path) -> Path:
 def _toy_store(path: Path, n: int) -> Path:
     from mtopnet.instruments import load_instrument
     from mtopnet.store import SpectraBatch, write_store
-    from mtopnet.toy import toy_batch
+    from mtopnet.testing import toy_batch
 
     waves = {a.name: a.wave for a in load_instrument("moons-lr").arms}
     parts = [toy_batch(min(2000, n - s), waves, seed=s, start_id=s) for s in range(0, n, 2000)]
@@ -64,7 +64,9 @@ def _toy_store(path: Path, n: int) -> Path:
 def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: bool, threads: int) -> dict:
     import torch
 
-    from mtopnet.predict import load_model, predict_batches, write_catalogue
+    from mtopnet.catalogue import write_catalogue
+    from mtopnet.predict import predict_batches
+    from mtopnet.trained import load_model
     from mtopnet.store import read_store
 
     torch.set_num_threads(threads)
@@ -104,7 +106,7 @@ def main() -> int:
             print(json.dumps(_worker(store, model, int(n), args.batch_size, str(tmp_path / f"cat.{args.format}"),
                                      refine == "refine", args.threads)))
             return 0
-        from mtopnet.predict import shipped_model_path
+        from mtopnet.trained import shipped_model_path
         from mtopnet.store import store_info
         model = args.model or (str(shipped_model_path("moons-lr")) if shipped_model_path("moons-lr").is_file()
                                else str(_untrained_model(tmp_path / "untrained.pt")))

@@ -3,6 +3,8 @@
     python benchmarks/vs_redrock.py --n 1000 --seed 3001 [--out DIR] [--model NAME_OR_PATH]
                                     [--ncpu 2] [--rr-z-step 3e-4] [--docs docs/benchmarks_redrock.md]
 
+The tables go where ``--out`` says; docs/ is written only when ``--docs FILE`` asks for it.
+
 1. simulates N MOONS LR spectra (8 h, H 20-25.5, 0.6 <= z <= 3) with a seed never used in
    training (default 3001), or reuses DIR's store if it was made with the same arguments;
 2. runs M-TOPnet (``mtopnet.predict``, the shipped ``moons-lr`` model unless ``--model``);
@@ -11,8 +13,8 @@
    (|dz| / (1 + z) > 0.05), sigma_NMAD of dz / (1 + z), purity of each tool's own confident
    set at its completeness (Redrock: ZWARN == 0 and DELTACHI2 > 9; M-TOPnet: qop >= 3), and
    CPU seconds per spectrum (user + system time of the process and its children, setup
-   included, measured in this run), and writes it to DIR/vs_redrock.md and to
-   docs/benchmarks_redrock.md (``--docs ''`` to skip), with per-object values in
+   included, measured in this run), and writes it to DIR/vs_redrock.md (and, with
+   ``--docs FILE``, to FILE, e.g. docs/benchmarks_redrock.md), with per-object values in
    DIR/objects.csv.
 
 If the network model does not exist yet, Redrock's columns are still produced and the
@@ -30,15 +32,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
+import torch
 
 from mtopnet.baselines.redrock import cpu_seconds, reap_children, run_store
 from mtopnet.config import Exposure, UserError
+from mtopnet.constants import SUCCESS_DZ
 from mtopnet.instruments import load_instrument
+from mtopnet.predict import predict_store
 from mtopnet.simulate import SimulationSpec, simulate
 from mtopnet.store import read_store, store_info
+from mtopnet.trained import load_model
 
 H_BINS = ((20.0, 22.0), (22.0, 23.0), (23.0, 24.0), (24.0, 25.0), (25.0, 25.5))
-SUCCESS_DZ = 0.01
 CATASTROPHIC = 0.05
 RR_DELTACHI2 = 9.0
 QOP_CONFIDENT = 3
@@ -89,12 +95,6 @@ def simulate_store(out_dir: Path, n: int, seed: int, workers: int) -> Path:
 
 def run_network(store: Path, out_dir: Path, model_name: str | None, ncpu: int):
     """(catalogue columns, CPU s, note): M-TOPnet on the store, or (None, None, reason)."""
-    try:
-        import torch
-
-        from mtopnet.predict import load_model, predict_store
-    except ImportError as exc:
-        return None, None, f"mtopnet.predict unavailable ({exc})"
     torch.set_num_threads(ncpu)
     cat_path = out_dir / "mtopnet.parquet"
     c0 = cpu_seconds()
@@ -105,7 +105,6 @@ def run_network(store: Path, out_dir: Path, model_name: str | None, ncpu: int):
         return None, None, str(exc)
     reap_children()
     cpu = cpu_seconds() - c0
-    import pyarrow.parquet as pq
     table = pq.read_table(cat_path)
     cols = {c: table[c].to_numpy() for c in ("id", "z", "qop") if c in table.column_names}
     return cols, cpu, f"model {Path(model.source).name}"
@@ -156,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="simulation workers")
     ap.add_argument("--rr-z-step", type=float, default=None,
                     help="Redrock scan step in log10(1 + z) (default: Redrock's galaxy step, 3e-4)")
-    ap.add_argument("--docs", default=str(REPO / "docs" / "benchmarks_redrock.md"),
-                    help="also write the section here ('' to skip)")
+    ap.add_argument("--docs", default=None,
+                    help="also write the section to this file (e.g. docs/benchmarks_redrock.md); default: not")
     args = ap.parse_args(argv)
     command = "python benchmarks/vs_redrock.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     try:

@@ -12,7 +12,7 @@ import torch
 from mtopnet.model import ModelConfig, ZBinning
 from mtopnet.preprocess import PreprocessConfig
 from mtopnet.store import write_store
-from mtopnet.toy import toy_arm_waves, toy_batch
+from mtopnet.testing import toy_arm_waves, toy_batch
 from mtopnet.train import OptimConfig, TrainConfig
 
 TINY_PRE = PreprocessConfig(wave_min=6400.0, wave_max=18100.0, n_pix=256, n_continuum=16, continuum_window_kms=9000.0)

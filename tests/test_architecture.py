@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mtopnet"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     # 0: facts and errors, importing nothing of mtopnet
-    ("mtopnet", "mtopnet.constants", "mtopnet.config", "mtopnet.typed"),
+    ("mtopnet", "mtopnet.constants", "mtopnet.config"),
     # 1: data descriptions
     ("mtopnet.lines", "mtopnet.templates", "mtopnet.instruments", "mtopnet.store"),
     # 2: physics and readers
@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 4: a trained model
     ("mtopnet.trained",),
     # 5: workflows
-    ("mtopnet.predict", "mtopnet.train", "mtopnet.baselines", "mtopnet.testing", "mtopnet.toy"),
+    ("mtopnet.predict", "mtopnet.train", "mtopnet.baselines", "mtopnet.testing", "mtopnet.testing"),
     # 6: workflows on workflows
     ("mtopnet.evaluate", "mtopnet.calibrate"),
     # 7: entry points

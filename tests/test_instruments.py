@@ -15,6 +15,7 @@ from mtopnet.config import ConfigError, Exposure, InstrumentConfig, UserError
 from mtopnet.galaxies.population import sample_params
 from mtopnet.instruments import available_instruments, load_instrument, observe_arm
 from mtopnet.instruments.sky import kpno_transmission, load_sky, sdss_apo_skycalc_scale
+from mtopnet.constants import C_AA_PER_S
 
 TINY_YAML = {
     "name": "tiny-optical",
@@ -42,7 +43,7 @@ def _point_source_snr2(arm, mag_fibre: float, lo: float, hi: float, hours: float
                         seeing=cfg.seeing, sky_residual=0.0)
     n_sub = exposure.n_sub
     resp = arm.response(exposure.airmass, exposure.seeing, exposure.total / n_sub)
-    flam = 10 ** (-0.4 * (mag_fibre + 48.6)) * 2.99792458e18 / arm.wave ** 2 / 1e-17
+    flam = 10 ** (-0.4 * (mag_fibre + 48.6)) * C_AA_PER_S / arm.wave ** 2 / 1e-17
     obj = flam * resp.telluric_pixel * resp.electrons_per_flux
     var = n_sub * (obj + resp.sky_electrons + resp.dark_electrons + resp.read_noise ** 2)
     good = (arm.wave > lo) & (arm.wave < hi) & (resp.mask == 0)

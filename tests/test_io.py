@@ -20,6 +20,7 @@ from mtopnet.io import (FORMATS, NoiseEstimatedWarning, ReaderWarning, detect_fo
                         from_specutils, read_file, read_spectra, sanitize, write_fits, write_text)
 from mtopnet.io._core import RawArm, build_block
 from mtopnet.store import SpectraBatch, write_store
+from mtopnet.constants import C_AA_PER_S
 
 DATA = Path(__file__).parent / "data"
 SDSS = sorted((DATA / "sdss").glob("spec-*.fits"))
@@ -341,7 +342,7 @@ def test_specutils_spectrum_fnu_with_uncertainty_and_mask(tmp_path):
                     uncertainty=StdDevUncertainty(np.full((2, 200), 1e-4) * u.Jy), mask=mask)
     batch = from_specutils(spec, ids=["a", "b"])
     # f_lambda = f_nu c / lambda^2; 1 Jy = 1e-23 erg/s/cm2/Hz.
-    expected = 1e-3 * 1e-23 * 2.99792458e18 / wave ** 2 / 1e-17
+    expected = 1e-3 * 1e-23 * C_AA_PER_S / wave ** 2 / 1e-17
     arm = batch.arms["ALL"]
     np.testing.assert_allclose(arm["flux"][0], expected, rtol=1e-6)
     np.testing.assert_allclose(arm["ivar"][0], 1.0 / (0.1 * expected) ** 2, rtol=1e-5)

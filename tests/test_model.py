@@ -12,7 +12,7 @@ from mtopnet.lines import line_waves
 from mtopnet.model import LossWeights, ModelConfig, MTopNet, ZBinning, count_parameters, multitask_loss
 from mtopnet.model.line_head import line_target
 from mtopnet.preprocess import PreprocessConfig, Preprocessor
-from mtopnet.toy import toy_batch
+from mtopnet.testing import toy_batch
 
 from conftest import TINY_MODEL, TINY_PRE, TINY_Z
 

@@ -10,7 +10,7 @@ from mtopnet.catalogue import CATALOGUE_COLUMNS, ZWarn, read_catalogue, read_zbi
 from mtopnet.predict import DomainWarning, predict_batches, predict_store
 from mtopnet.trained import load_model
 from mtopnet.store import SpectraBatch, read_store
-from mtopnet.toy import toy_batch
+from mtopnet.testing import toy_batch
 
 
 def test_checkpoint_round_trip_rebuilds_the_model(tiny_model_path, toy_stores):

@@ -11,7 +11,7 @@ from mtopnet.config import ConfigError, UserError
 from mtopnet.lines import LINES
 from mtopnet.preprocess import PreprocessConfig, Preprocessor, rebin_matrix
 from mtopnet.store import SpectraBatch
-from mtopnet.toy import _EMISSION, toy_batch
+from mtopnet.testing import _EMISSION, toy_batch
 
 from conftest import TINY_PRE
 

@@ -15,6 +15,7 @@ from mtopnet.config import Exposure
 from mtopnet.galaxies import GalaxyModel, load_grids
 from mtopnet.galaxies.population import N_OLD_BINS, GalaxyParams, age_of_universe, sample_params
 from mtopnet.instruments import MASK_SKYLINE, load_instrument, observe_arm
+from mtopnet.constants import C_AA_PER_S
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def _one_galaxy(z: float, sigma_v: float = 80.0, logz: float = np.log10(0.4)) ->
 def _flat_fnu(arm, mag: float, n: int = 1) -> np.ndarray:
     """A flat f_nu source of AB magnitude ``mag`` on the arm's fine grid, 1e-17 erg/s/cm2/A."""
     fnu = 10 ** (-0.4 * (mag + 48.6))
-    return np.tile(fnu * 2.99792458e18 / arm.fine_wave ** 2 / 1e-17, (n, 1))
+    return np.tile(fnu * C_AA_PER_S / arm.fine_wave ** 2 / 1e-17, (n, 1))
 
 
 # --- instrument -------------------------------------------------------------------------

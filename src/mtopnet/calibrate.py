@@ -1,4 +1,4 @@
-"""calibrate: refit a model's p_dz01 / QOP calibration with template refinement applied
+"""refit a model's p_dz01 / QOP calibration with template refinement applied
 
 ``mtopnet calibrate MODEL.pt VAL_STORE.h5 [--out NEW.pt]`` runs the model with refinement
 over a VALIDATION store (never the test or held-out set), fits

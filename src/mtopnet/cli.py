@@ -8,8 +8,8 @@ import argparse
 import sys
 import warnings
 
-from . import calibrate, evaluate, predict, simulate, train
-from .baselines import redrock
+from . import calibrate, demo, evaluate, predict, simulate, train
+from .baselines import make_templates, redrock
 from .config import ConfigError, UserError
 from .instruments import available_instruments, load_instrument
 
@@ -30,7 +30,7 @@ SUBCOMMANDS: dict[str, tuple] = {}
 def _register() -> None:
     SUBCOMMANDS["simulate"] = (simulate.add_arguments, simulate.run_cli, "simulate a spectrum store")
     SUBCOMMANDS["instruments"] = (lambda p: None, _cmd_instruments, "list the shipped instruments")
-    for mod in (train, predict, evaluate, calibrate, redrock):
+    for mod in (train, predict, evaluate, calibrate, redrock, make_templates, demo):
         SUBCOMMANDS[mod.COMMAND] = (mod.add_arguments, mod.run_cli, mod.__doc__.splitlines()[0])
 
 
@@ -54,7 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
+def _os_message(exc: OSError) -> str:
+    """One line for an OSError: ``PATH: reason`` when the error names a file."""
+    reason = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``mtopnet ARGV``; the one place where user errors become one line and exit code 2
+    (UserError, ConfigError, OSError) and warnings one line each. Returns the exit code."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -71,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             return int(args._run(args) or 0)
     except (UserError, ConfigError) as exc:
         print(f"mtopnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the user named cannot be read or written
+        print(f"mtopnet {args.command}: error: {_os_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mtopnet {args.command}: interrupted", file=sys.stderr)

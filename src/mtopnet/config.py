@@ -1,14 +1,23 @@
-"""Typed, frozen configuration objects loaded from YAML.
+"""Typed, frozen configuration objects loaded from YAML, and the errors a user can cause.
 
-Every loader validates on construction and raises :class:`ConfigError` whose
-message names the offending field (``arms.RI.resolution: must be > 0``).
+One mechanism: a configuration is a frozen dataclass; :func:`from_mapping` builds it from a
+YAML/checkpoint mapping, converting each value to the field's annotation (resolved with
+``typing.get_type_hints``, so ``from __future__ import annotations`` is fine): int, float,
+bool, str, ``Literal[...]``, ``X | None``, tuples (``tuple[int, ...]`` or fixed length),
+nested dataclasses; :func:`load_config` does the same from a YAML file. Every problem is a
+:class:`ConfigError` whose message names the field (``train.optim.lr: expected a number``)
+and, from a file, the file (``bad.yaml: redshift.z_max: ...``). The instrument files, whose
+curves may be a number or a table, have their own ``from_yaml`` on the same errors.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
+import types
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
@@ -17,12 +26,12 @@ SKY_MODELS = ("skycalc-paranal", "sdss-apo", "none")
 """Sky models an instrument's ``sky_model`` may name (see mtopnet.instruments.sky)."""
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid; the message names the field."""
-
-
 class UserError(ValueError):
     """An error a user can cause (bad path, bad range); the CLI prints it as one line, exit 2."""
+
+
+class ConfigError(UserError):
+    """A configuration value is missing or invalid; the message names the field (and the file)."""
 
 
 def _require(mapping: dict, key: str, where: str) -> Any:
@@ -224,6 +233,112 @@ def load_yaml(path: str | Path) -> Any:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
+T = TypeVar("T")
+
+
+def _convert(value: Any, typ: Any, where: str) -> Any:
+    """``value`` as an instance of annotation ``typ`` (see the module docstring); ConfigError otherwise."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if typ is Any:
+        return value
+    if dataclasses.is_dataclass(typ):
+        return from_mapping(typ, value, where)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _convert(value, options[0], where)
+        for option in options:
+            try:
+                return _convert(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} is none of {', '.join(getattr(o, '__name__', str(o)) for o in options)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is tuple or typ is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if not args:
+            return tuple(value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if typ in (int, float):
+        number = _number(value, where)
+        if typ is int:
+            if number != int(number):
+                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            return int(number)
+        return number
+    if origin is dict or typ is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def from_mapping(cls: type[T], raw: Any, where: str) -> T:
+    """Instantiate frozen dataclass ``cls`` from mapping ``raw``; ``where`` prefixes error messages.
+
+    Every key must be a field; values are converted to the fields' annotations (nested
+    dataclasses recursively); missing fields take their defaults. ``TypeError``/``ValueError``
+    raised by ``__post_init__`` become ConfigError naming ``where``.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key not in known:
+            raise ConfigError(f"{name}: unknown field (known: {', '.join(sorted(known))})")
+        kwargs[key] = _convert(value, hints[key], name)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+
+
+def to_mapping(obj: Any) -> dict[str, Any]:
+    """Dataclass -> plain dict of builtins (tuples become lists), safe for YAML and torch.save."""
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    return plain(obj)
+
+
+def load_config(cls: type[T], path: str | Path, where: str = "") -> T:
+    """``cls`` from the YAML file ``path`` (an empty file gives the defaults); errors name the
+    file and the field (``bad.yaml: redshift.z_max: ...``)."""
+    raw = load_yaml(path)
+    try:
+        return from_mapping(cls, raw or {}, where)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(s|sec|min|m|h|hr)?\s*$")
 
 
@@ -273,5 +388,5 @@ class Exposure:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-__all__ = ["SKY_MODELS", "PIXEL_GRIDS", "ConfigError", "UserError", "CurveSpec", "ArmConfig", "ObservingConfig",
+__all__ = ["from_mapping", "to_mapping", "load_config", "SKY_MODELS", "PIXEL_GRIDS", "ConfigError", "UserError", "CurveSpec", "ArmConfig", "ObservingConfig",
            "InstrumentConfig", "Exposure", "load_yaml", "parse_duration"]

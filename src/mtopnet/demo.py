@@ -1,27 +1,30 @@
-"""The main job on the shipped defaults (`make demo`).
+"""the main job on the shipped defaults: simulate, figures, predict and evaluate (`make demo`)
 
 1. simulate a fresh, seeded test set of MOONS LR 8-hour spectra (H 20-25.5, z 0.6-3.0);
 2. figures of the simulator: example spectra at H = 21, 23, 25 and continuum S/N vs H;
 3. if a trained model is shipped: predict with it, evaluate, and print where the report is.
 
-    python -m mtopnet.demo --out demo-output [--n 2000] [--seed 424242]
+    mtopnet demo --out demo-output [--n 2000] [--seed 424242]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .config import Exposure, UserError
+from .evaluate import evaluate
 from .galaxies.population import N_OLD_BINS, GalaxyParams
 from .instruments import load_instrument, observe_arm
+from .predict import predict_store
 from .plots import continuum_snr, flat_fnu_snr, plot_examples, plot_snr_vs_mag
 from .simulate import SimulationSpec, galaxy_model, simulate
 from .store import read_store
+from .trained import load_model
 
+COMMAND = "demo"
 DEMO_SEED = 424242
 """Seed of the demo's test set; never used for training (training uses 1001/1002)."""
 
@@ -70,26 +73,23 @@ def simulator_figures(out: Path, instrument: str = "moons-lr", exposure: Exposur
     return [ex_path, snr_path]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="demo-output")
-    ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=DEMO_SEED)
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args(argv)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    p.add_argument("--n", type=int, default=2000, help="spectra to simulate (default 2000)")
+    p.add_argument("--seed", type=int, default=DEMO_SEED, help=f"simulation seed (default {DEMO_SEED})")
+    p.add_argument("--workers", type=int, default=2, help="simulation workers (default 2)")
+
+
+def run_cli(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    try:
-        store = out / "test.h5"
-        spec = SimulationSpec(instrument="moons-lr", exposure=Exposure(8 * 3600), n=args.n, seed=args.seed)
-        if not store.exists():
-            simulate(spec, store, workers=args.workers)
-        figures = simulator_figures(out, store=store, seed=args.seed)
-        report = _network_report(out, store)
-    except UserError as exc:
-        print(f"mtopnet demo: error: {exc}", file=sys.stderr)
-        return 2
+    store = out / "test.h5"
+    spec = SimulationSpec(instrument="moons-lr", exposure=Exposure(8 * 3600), n=args.n, seed=args.seed)
+    if not store.exists():
+        simulate(spec, store, workers=args.workers)
+    figures = simulator_figures(out, store=store, seed=args.seed)
+    report = _network_report(out, store)
     print(f"\nsimulated {args.n} MOONS LR 8 h spectra: {store}")
     for f in figures:
         print(f"figure: {f}")
@@ -100,12 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _network_report(out: Path, store: Path) -> Path | None:
-    """Predict with the shipped model and evaluate, if the model and the modules exist."""
-    try:
-        from .evaluate import evaluate
-        from .predict import load_model, predict_store
-    except ImportError:
-        return None
+    """Predict with the shipped model and evaluate, if the model is shipped."""
     try:
         model = load_model(None)
     except UserError as exc:
@@ -117,6 +112,3 @@ def _network_report(out: Path, store: Path) -> Path | None:
     evaluate(catalogue, store, report)
     return report / "metrics.md"
 
-
-if __name__ == "__main__":
-    sys.exit(main())

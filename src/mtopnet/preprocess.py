@@ -38,10 +38,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .config import ConfigError, UserError
+from .config import ConfigError, UserError, from_mapping
 from .constants import C_KMS, MASK_ALL
 from .store import SpectraBatch
-from .typed import from_mapping
 
 FLUX_MAX = 1e12  # |flux| above this (1e-17 erg/s/cm2/A) is treated as corrupt
 IVAR_MAX = 1e12  # so that float32 sums of ivar^2 cannot overflow

@@ -41,14 +41,13 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import read_checkpoint, save_checkpoint
-from .config import ConfigError, UserError, load_yaml
+from .config import ConfigError, UserError, from_mapping, load_yaml, to_mapping
 from .lines import LINES, line_waves, lines_as_records
 from .model import LossWeights, ModelConfig, MTopNet, ZBinning, count_parameters, multitask_loss
 from .model.line_head import line_target
 from .preprocess import PreprocessConfig, Preprocessor
 from .quality import SUCCESS_DZ, fit_calibration, pdf_summary
 from .store import iter_store, open_store, store_info
-from .typed import from_mapping, to_mapping
 
 COMMAND = "train"
 CACHE_VERSION = 1
@@ -116,9 +115,7 @@ class TrainConfig:
             for key in _DERIVED_MODEL_FIELDS:
                 if key in raw["model"]:
                     raise ConfigError(f"{where}.model.{key}: is derived (from preprocess and redshift); remove it")
-        nested = {"preprocess": PreprocessConfig, "redshift": ZBinning, "model": ModelConfig,
-                  "loss_weights": LossWeights, "optim": OptimConfig}
-        return from_mapping(cls, raw, where, nested).resolved()
+        return from_mapping(cls, raw, where).resolved()
 
     def resolved(self) -> "TrainConfig":
         """This config with the model's derived fields filled in from preprocess, redshift and the line list."""
@@ -141,7 +138,7 @@ def load_train_config(path: str | Path | None) -> TrainConfig:
     try:
         return TrainConfig.from_dict(raw or {})
     except ConfigError as exc:
-        raise UserError(f"{path}: {exc}") from None
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- cache

@@ -1,4 +1,4 @@
-"""Build Redrock galaxy templates from the simulator's own galaxy population.
+"""build Redrock galaxy templates from the simulator's own galaxy population
 
 Redrock ships no templates. This module makes a PCA basis (the ``PCA`` method of Redrock:
 unconstrained linear least squares over the basis) from rest-frame spectra of the same
@@ -17,7 +17,7 @@ the same physics:
 
 Run::
 
-    python -m mtopnet.baselines.make_templates --out src/mtopnet/data/templates/ --seed 5151
+    mtopnet make-templates --out src/mtopnet/data/templates/ --seed 5151
 
 The seed is a training seed: it must differ from those of the test and benchmark stores.
 """
@@ -39,6 +39,8 @@ from ..constants import C_KMS
 from ..templates import SPECTYPE, SUBTYPE, TEMPLATE_FILE, VERSION
 
 
+
+COMMAND = "make-templates"
 
 REST_RANGE = (1560.0, 11900.0)
 """Rest-frame span (vacuum A): 6470 A at z = 3.0003 is 1617 A, 18000 A at z = 0.6 is 11250 A."""
@@ -265,33 +267,26 @@ def write_template(path: str | Path, basis: TemplateBasis, z_scan: np.ndarray | 
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mtopnet.baselines.make_templates",
-                                description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (the template file and templates-default.txt)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"population seed (default {DEFAULT_SEED})")
-    p.add_argument("--n-galaxies", type=int, default=N_GALAXIES)
-    p.add_argument("--n-components", type=int, default=N_COMPONENTS)
-    p.add_argument("--dlnlam", type=float, default=DLNLAM, help="template step in ln(lambda)")
-    args = p.parse_args(argv)
-    try:
-        out = Path(args.out)
-        if not out.is_dir():
-            raise UserError(f"--out: {out} is not a folder")
-        basis = build_basis(args.n_galaxies, args.seed, args.n_components, args.dlnlam, progress=True)
-        path = write_template(out / TEMPLATE_FILE, basis)
-        listing = out / "templates-default.txt"
-        tmp = listing.with_name(listing.name + ".tmp")
-        tmp.write_text("# Redrock templates of mtopnet (RR_TEMPLATE_DIR may point here)\n"
-                       f"{TEMPLATE_FILE}\n")
-        os.replace(tmp, listing)
-    except UserError as exc:
-        print(f"make_templates: error: {exc}", file=sys.stderr)
-        return 2
+    p.add_argument("--n-galaxies", type=int, default=N_GALAXIES, help=f"galaxies drawn (default {N_GALAXIES})")
+    p.add_argument("--n-components", type=int, default=N_COMPONENTS,
+                   help=f"PCA components kept (default {N_COMPONENTS})")
+    p.add_argument("--dlnlam", type=float, default=DLNLAM, help=f"template step in ln(lambda) (default {DLNLAM:g})")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if not out.is_dir():
+        raise UserError(f"--out: {out} is not a folder")
+    basis = build_basis(args.n_galaxies, args.seed, args.n_components, args.dlnlam, progress=True)
+    path = write_template(out / TEMPLATE_FILE, basis)
+    listing = out / "templates-default.txt"
+    tmp = listing.with_name(listing.name + ".tmp")
+    tmp.write_text("# Redrock templates of mtopnet (RR_TEMPLATE_DIR may point here)\n"
+                   f"{TEMPLATE_FILE}\n")
+    os.replace(tmp, listing)
     print(f"wrote {path} ({basis.flux.shape[0]} components x {basis.flux.shape[1]} pixels, "
           f"{basis.meta['frac_sq']:.6f} of the sum of squares)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

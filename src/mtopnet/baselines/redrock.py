@@ -146,7 +146,7 @@ def load_template(path: str | Path | None = None, z_range: tuple[float, float] =
     path = Path(path) if path is not None else default_template_path()
     if not path.is_file():
         raise UserError(f"{path}: no such template file (build it with "
-                        "`python -m mtopnet.baselines.make_templates --out DIR`)")
+                        "`mtopnet make-templates --out DIR`)")
     if not z_range[0] < z_range[1]:
         raise UserError(f"--z-range: need LO < HI, got {z_range[0]} {z_range[1]}")
     with contextlib.redirect_stdout(io.StringIO()):

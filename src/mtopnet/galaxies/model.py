@@ -18,7 +18,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import erf
 
-from ..constants import C_KMS
+from ..constants import C_AA_PER_S, C_KMS
 from .population import N_OLD_BINS, GalaxyParams, age_of_universe, luminosity_distance_cm
 from .sps import T_BC, SPSGrids, interp_weights
 
@@ -252,7 +252,7 @@ class GalaxyModel:
         centre = self.grids.line_wave[None, :] * (1 + z)[:, None]
         t_line = np.interp(centre, wave, resp, left=0.0, right=0.0)
         num = num + (self.line_fluxes(rest, z) * FLUX_UNIT * t_line * centre).sum(axis=1)
-        den = np.trapezoid(resp * 2.99792458e18 / wave, wave)
+        den = np.trapezoid(resp * C_AA_PER_S / wave, wave)
         with np.errstate(divide="ignore"):
             return -2.5 * np.log10(np.maximum(num / den, 1e-300)) - 48.6
 

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ConfigError
-from ..typed import from_mapping, to_mapping
+from ..config import ConfigError, from_mapping, to_mapping
 from .blocks import ResBlock1d, Stem, mlp
 from .line_head import LineLocationHead
 from .property_head import GaussianHead
 from .redshift_head import RedshiftHead
 from .template_head import LineTemplateHead
+from .zbins import log_bin_centres
 
 
 @dataclass(frozen=True)
@@ -142,8 +142,7 @@ class MTopNet(nn.Module):
         self.template: LineTemplateHead | None = None
         if c.template_stage is not None and c.line_waves:
             factor = c.stem_stride * 2 ** (c.template_stage + 1)
-            dlog = np.log((1 + c.z_max) / (1 + c.z_min)) / c.n_z_bins
-            centres = (1 + c.z_min) * np.exp(dlog * (np.arange(c.n_z_bins) + 0.5)) - 1
+            centres = log_bin_centres(c.z_min, c.z_max, c.n_z_bins)
             self.template = LineTemplateHead(c.stage_channels[c.template_stage], c.template_hidden,
                                              np.asarray(c.line_waves), centres, c.wave_min, c.dloglam, factor,
                                              c.n_pix // factor)

@@ -9,6 +9,13 @@ import numpy as np
 from ..config import ConfigError
 
 
+def log_bin_centres(z_min: float, z_max: float, n_bins: int) -> np.ndarray:
+    """(n_bins,) centres in z of ``n_bins`` bins uniform in ln(1 + z) over ``z_min``-``z_max``
+    (geometric in 1 + z): the one formula, for :class:`ZBinning` and the network's heads."""
+    dlog = math.log((1 + z_max) / (1 + z_min)) / n_bins
+    return (1 + z_min) * np.exp(dlog * (np.arange(n_bins) + 0.5)) - 1
+
+
 @dataclass(frozen=True)
 class ZBinning:
     """Redshift classification bins covering ``z_min <= z <= z_max``.
@@ -47,7 +54,7 @@ class ZBinning:
     @property
     def centres(self) -> np.ndarray:
         """(n_bins,) bin centres in z (geometric in 1 + z)."""
-        return (1 + self.z_min) * np.exp(self.dlog * (np.arange(self.n_bins) + 0.5)) - 1
+        return log_bin_centres(self.z_min, self.z_max, self.n_bins)
 
     def index(self, z: np.ndarray) -> np.ndarray:
         """Bin index of each z: (N,) int64, -1 outside [z_min, z_max] or not finite."""
@@ -58,4 +65,4 @@ class ZBinning:
         return np.where(inside, np.clip(np.nan_to_num(idx), 0, self.n_bins - 1), -1).astype(np.int64)
 
 
-__all__ = ["ZBinning"]
+__all__ = ["ZBinning", "log_bin_centres"]

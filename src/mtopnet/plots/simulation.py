@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..config import Exposure  # noqa: E402
+from ..constants import C_AA_PER_S  # noqa: E402
 from ..instruments import MASK_BAD, MASK_SKYLINE, MASK_TELLURIC, Instrument, observe_arm  # noqa: E402
 
 MAIN_LINES = {  # vacuum rest wavelengths, A
@@ -31,7 +32,7 @@ def flat_fnu_snr(inst: Instrument, mags: np.ndarray, exposure: Exposure, n: int 
         vals = []
         for mag in mags:
             fnu = 10 ** (-0.4 * (mag + 48.6))
-            src = np.tile(fnu * 2.99792458e18 / arm.fine_wave ** 2 / 1e-17, (n, 1))
+            src = np.tile(fnu * C_AA_PER_S / arm.fine_wave ** 2 / 1e-17, (n, 1))
             s = observe_arm(arm, src, exposure, rng)
             expected = arm.convolve_and_bin(src[:1] * resp.telluric_fine)[0] / resp.telluric_pixel
             good = s.mask[0] == 0

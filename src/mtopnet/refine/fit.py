@@ -69,6 +69,8 @@ class Refiner:
     def __init__(self, basis: RefineBasis, edges: np.ndarray, config: RefineConfig | None = None):
         self.basis = basis
         self.edges = np.asarray(edges, dtype=np.float64)
+        self.midpoints = 0.5 * (self.edges[1:] + self.edges[:-1])
+        """(K,) arithmetic mid-points of the bins in z: the nodes of the PDF density interpolation."""
         self.config = config or RefineConfig()
 
     @classmethod
@@ -168,7 +170,7 @@ class Refiner:
         z_coarse = np.expm1(basis.lnz1(shifts * os_))
         score = coarse
         if log_density is not None and r:
-            centres = 0.5 * (self.edges[1:] + self.edges[:-1])
+            centres = self.midpoints
             j = np.clip(np.searchsorted(centres, z_coarse) - 1, 0, len(centres) - 2)
             frac = np.clip((z_coarse - centres[j]) / (centres[j + 1] - centres[j]), 0.0, 1.0)
             dens = log_density[obj]
@@ -284,7 +286,7 @@ class Refiner:
         peak_z[obj, peak], peak_err[obj, peak], peak_chi2[obj, peak] = zf, ze, chi
         n_basis = self.basis.table.shape[1]
         # the PDF density at each refined z, relative to that at the peak the scan started from
-        centres = 0.5 * (self.edges[1:] + self.edges[:-1])
+        centres = self.midpoints
 
         def log_density_at(z: np.ndarray) -> np.ndarray:
             zz = np.nan_to_num(z, nan=centres[0])

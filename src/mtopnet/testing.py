@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .constants import C_KMS
 from .lines import LINES
 from .store import SpectraBatch
 
@@ -62,12 +63,12 @@ def toy_batch(n: int, arm_waves: dict[str, np.ndarray] | None = None, *, z_range
         flux = cont.copy()
         for line, ratio in _EMISSION.items():
             centre = names[line] * (1.0 + z)
-            sig = centre * 100.0 / 299792.458
+            sig = centre * 100.0 / C_KMS
             amp = np.where(typ == 0, ratio * line_flux, 0.0) / (np.sqrt(2 * np.pi) * sig)
             flux += amp[:, None] * np.exp(-0.5 * ((wave[None, :] - centre[:, None]) / sig[:, None]) ** 2)
         for line, depth in _ABSORPTION.items():
             centre = names[line] * (1.0 + z)
-            sig = centre * 150.0 / 299792.458
+            sig = centre * 150.0 / C_KMS
             d = np.where(typ == 1, depth, 0.3 * depth)
             flux -= (d * 1.0)[:, None] * cont * np.exp(-0.5 * ((wave[None, :] - centre[:, None]) / sig[:, None]) ** 2)
         sky = rng.random(wave.shape) < sky_fraction
