@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   create .venv, install, run the main job
-#   make test   create .venv if needed, run the tests
+#   make test   create .venv if needed, lint (ruff), run the tests
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/mtopnet demo --out demo-output
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q -m "not slow"
 
 # The shipped MOONS LR model, from nothing: simulate the training and validation stores

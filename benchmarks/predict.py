@@ -66,8 +66,8 @@ def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: b
 
     from mtopnet.catalogue import write_catalogue
     from mtopnet.predict import predict_batches
-    from mtopnet.trained import load_model
     from mtopnet.store import read_store
+    from mtopnet.trained import load_model
 
     torch.set_num_threads(threads)
     m = load_model(model)
@@ -106,8 +106,8 @@ def main() -> int:
             print(json.dumps(_worker(store, model, int(n), args.batch_size, str(tmp_path / f"cat.{args.format}"),
                                      refine == "refine", args.threads)))
             return 0
-        from mtopnet.trained import shipped_model_path
         from mtopnet.store import store_info
+        from mtopnet.trained import shipped_model_path
         model = args.model or (str(shipped_model_path("moons-lr")) if shipped_model_path("moons-lr").is_file()
                                else str(_untrained_model(tmp_path / "untrained.pt")))
         store = args.store or (str(ROOT / "data" / "test.h5") if (ROOT / "data" / "test.h5").is_file()

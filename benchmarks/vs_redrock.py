@@ -128,11 +128,11 @@ def build_table(truth: dict, ours: dict | None, rr: dict, cpu_ours: float | None
         m_rr = metrics(truth["z"][sel], rr["z"][sel], rr["confident"][sel])
         m_us = metrics(truth["z"][sel], ours["z"][sel], ours["confident"][sel]) if ours else None
 
-        def pair(key, digits=3, sci=False):
+        def pair(key, digits=3, sci=False, m_us=m_us, m_rr=m_rr):
             us = fmt(m_us[key], digits, sci) if m_us else "not run"
             return f"{us} / {fmt(m_rr[key], digits, sci)}"
 
-        def pur():
+        def pur(m_us=m_us, m_rr=m_rr):
             us = f"{fmt(m_us['purity'])} ({fmt(m_us['completeness'], 2)})" if m_us else "not run"
             return f"{us} / {fmt(m_rr['purity'])} ({fmt(m_rr['completeness'], 2)})"
 
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", default=None,
                     help="also write the section to this file (e.g. docs/benchmarks_redrock.md); default: not")
     args = ap.parse_args(argv)
-    command = "python benchmarks/vs_redrock.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    command = "python benchmarks/vs_redrock.py " + " ".join(shlex.quote(a) for a in given)
     try:
         if args.n < 1:
             raise UserError(f"--n: must be >= 1, got {args.n}")
@@ -225,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"M-TOPnet: {note}. Redrock {meta.get('RRVER')}, templates {meta.get('TEMFIL00')} "
         f"(sha256 {str(meta.get('TEMSHA00'))[:12]}), z {meta.get('ZMIN'):.3f}-{meta.get('ZMAX'):.3f} "
-        f"({meta.get('NZSCAN')} steps of {meta.get('ZSTEP'):g} in log10(1+z)). Machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}.",
+        f"({meta.get('NZSCAN')} steps of {meta.get('ZSTEP'):g} in log10(1+z)). "
+        f"Machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}.",
         "",
         table,
         "",

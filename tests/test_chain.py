@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from mtopnet.cli import main
 from mtopnet.catalogue import CATALOGUE_COLUMNS, ZWarn, read_catalogue
+from mtopnet.cli import main
 
 DATA = Path(__file__).parent / "data"
 SDSS_FILES = sorted(str(p) for p in (DATA / "sdss").glob("spec-*.fits"))

@@ -20,7 +20,8 @@ def test_metrics_on_a_known_catalogue():
     z[:10] = 1.2  # 10% catastrophic failures
     cat = {"id": np.arange(n)[::-1].copy(), "z": z[::-1].copy(), "z_lo68": np.full(n, 0.99), "z_hi68": np.full(n, 1.01),
            "z_lo95": np.full(n, 0.9), "z_hi95": np.full(n, 1.1), "qop": np.where(z[::-1] == 1.0, 4, 1),
-           "p_dz01": np.where(z[::-1] == 1.0, 0.95, 0.05), "logmstar": np.full(n, 10.1), "logmstar_err": np.full(n, 0.2),
+           "p_dz01": np.where(z[::-1] == 1.0, 0.95, 0.05), "logmstar": np.full(n, 10.1),
+           "logmstar_err": np.full(n, 0.2),
            "logsfr": np.full(n, 1.0), "logsfr_err": np.full(n, 0.1)}
     m = compute_metrics(cat, truth)
     r = m["redshift"]["all"]

@@ -12,10 +12,10 @@ import yaml
 from mtopnet import simulate as sim
 from mtopnet.cli import main
 from mtopnet.config import ConfigError, Exposure, InstrumentConfig, UserError
+from mtopnet.constants import C_AA_PER_S
 from mtopnet.galaxies.population import sample_params
 from mtopnet.instruments import available_instruments, load_instrument, observe_arm
 from mtopnet.instruments.sky import kpno_transmission, load_sky, sdss_apo_skycalc_scale
-from mtopnet.constants import C_AA_PER_S
 
 TINY_YAML = {
     "name": "tiny-optical",

@@ -15,12 +15,23 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mtopnet.config import UserError
+from mtopnet.constants import C_AA_PER_S
 from mtopnet.instruments.instrument import MASK_BAD, MASK_SKYLINE
-from mtopnet.io import (FORMATS, NoiseEstimatedWarning, ReaderWarning, detect_format, estimate_noise,
-                        from_specutils, read_file, read_spectra, sanitize, write_fits, write_text)
+from mtopnet.io import (
+    FORMATS,
+    NoiseEstimatedWarning,
+    ReaderWarning,
+    detect_format,
+    estimate_noise,
+    from_specutils,
+    read_file,
+    read_spectra,
+    sanitize,
+    write_fits,
+    write_text,
+)
 from mtopnet.io._core import RawArm, build_block
 from mtopnet.store import SpectraBatch, write_store
-from mtopnet.constants import C_AA_PER_S
 
 DATA = Path(__file__).parent / "data"
 SDSS = sorted((DATA / "sdss").glob("spec-*.fits"))
@@ -59,7 +70,7 @@ def _line_centroid(wave, flux, center):
 def test_sdss_spectra_ids_wavelengths_units_masks():
     batches = list(read_spectra([str(p) for p in SDSS]))
     assert [b.ids[0] for b in batches] == ["0280-51612-0117", "0295-51585-0596", "1599-53089-0469"]
-    for path, batch in zip(SDSS, batches):
+    for path, batch in zip(SDSS, batches, strict=False):
         with fits.open(path) as hdul:
             coadd = hdul["COADD"].data
             specobj = hdul["SPECOBJ"].data
@@ -322,7 +333,7 @@ def test_air_wavelengths_are_converted_to_vacuum(tmp_path, rng):
     np.testing.assert_allclose(wave[:3], [4862.683, 5008.240, 6564.614], atol=0.01)
     # Text: the same through a comment.
     text = tmp_path / "air.txt"
-    text.write_text("# airorvac: air\n" + "\n".join(f"{w} {f}" for w, f in zip(air, flux)))
+    text.write_text("# airorvac: air\n" + "\n".join(f"{w} {f}" for w, f in zip(air, flux, strict=False)))
     with pytest.warns(NoiseEstimatedWarning):
         np.testing.assert_allclose(read_file(text).arms["ALL"]["wave"], wave, rtol=1e-12)
 

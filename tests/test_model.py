@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_MODEL, TINY_PRE, TINY_Z
 from mtopnet.config import ConfigError
 from mtopnet.lines import line_waves
 from mtopnet.model import LossWeights, ModelConfig, MTopNet, ZBinning, count_parameters, multitask_loss
 from mtopnet.model.line_head import line_target
 from mtopnet.preprocess import PreprocessConfig, Preprocessor
 from mtopnet.testing import toy_batch
-
-from conftest import TINY_MODEL, TINY_PRE, TINY_Z
 
 
 @pytest.mark.parametrize("z_min,z_max,width", [(0.6, 3.0, 0.003), (0.0, 1.5, 0.002), (0.6, 3.0, 0.01)])

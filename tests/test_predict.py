@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from mtopnet.config import UserError
 from mtopnet.catalogue import CATALOGUE_COLUMNS, ZWarn, read_catalogue, read_zbin_centres, write_catalogue
+from mtopnet.config import UserError
 from mtopnet.predict import DomainWarning, predict_batches, predict_store
-from mtopnet.trained import load_model
 from mtopnet.store import SpectraBatch, read_store
 from mtopnet.testing import toy_batch
+from mtopnet.trained import load_model
 
 
 def test_checkpoint_round_trip_rebuilds_the_model(tiny_model_path, toy_stores):

@@ -7,13 +7,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from conftest import TINY_PRE
 from mtopnet.config import ConfigError, UserError
 from mtopnet.lines import LINES
 from mtopnet.preprocess import PreprocessConfig, Preprocessor, rebin_matrix
 from mtopnet.store import SpectraBatch
 from mtopnet.testing import _EMISSION, toy_batch
-
-from conftest import TINY_PRE
 
 
 def _flat_batch(n, waves, value=2.0, ivar=4.0):

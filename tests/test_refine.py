@@ -9,16 +9,16 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.special import erf
 
 import mtopnet.refine.fit as refine_fit
-from mtopnet.config import ConfigError
-from mtopnet.model import ZBinning
-from mtopnet.preprocess import PreprocessConfig
 from mtopnet.calibrate import recalibrate
 from mtopnet.catalogue import CATALOGUE_COLUMNS, REFINE_COLUMNS, ZWarn, read_catalogue
 from mtopnet.checkpoint import read_checkpoint
 from mtopnet.cli import main
+from mtopnet.config import ConfigError
 from mtopnet.constants import C_KMS
 from mtopnet.lines import LINE_GROUPS
+from mtopnet.model import ZBinning
 from mtopnet.predict import predict_store
+from mtopnet.preprocess import PreprocessConfig
 from mtopnet.quality import pdf_peaks, pdf_summary, window_mass
 from mtopnet.refine import RefineConfig, Refiner, build_basis
 from mtopnet.templates import read_templates

@@ -6,10 +6,9 @@ import json
 import pytest
 import torch
 
+from conftest import TINY_PRE, tiny_train_config
 from mtopnet.config import ConfigError, UserError
 from mtopnet.train import TrainConfig, build_cache, load_train_config, train
-
-from conftest import TINY_PRE, tiny_train_config
 
 
 def test_shipped_recipe_loads_and_resolves():

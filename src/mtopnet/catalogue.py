@@ -30,6 +30,7 @@ metadata; CSV: one column per bin named ``pdf_z<centre>``). Files are written as
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -130,10 +131,8 @@ class CatalogueWriter:
 
     def abort(self) -> None:
         if self._impl is not None:
-            try:
+            with contextlib.suppress(Exception):  # best effort cleanup
                 self._impl.close()
-            except Exception:  # noqa: BLE001 - best effort cleanup
-                pass
         self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "CatalogueWriter":
@@ -175,7 +174,7 @@ class _FitsSink:
         for key, value in meta.items():
             primary.header[key[:8].upper()] = str(value)[:68]
         self.centres = centres
-        self.fh = open(tmp, "wb")
+        self.fh = open(tmp, "wb")  # noqa: SIM115 - the sink streams rows into it until close()
         self.fh.write(primary.header.tostring().encode("ascii"))
         self.header_at = self.fh.tell()
         self.header_bytes = self.header.tostring().encode("ascii")

@@ -21,7 +21,6 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-
 SKY_MODELS = ("skycalc-paranal", "sdss-apo", "none")
 """Sky models an instrument's ``sky_model`` may name (see mtopnet.instruments.sky)."""
 
@@ -268,7 +267,7 @@ def _convert(value: Any, typ: Any, where: str) -> Any:
             return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_convert(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
+        return tuple(_convert(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, args, strict=False)))
     if typ is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
@@ -388,5 +387,5 @@ class Exposure:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-__all__ = ["from_mapping", "to_mapping", "load_config", "SKY_MODELS", "PIXEL_GRIDS", "ConfigError", "UserError", "CurveSpec", "ArmConfig", "ObservingConfig",
-           "InstrumentConfig", "Exposure", "load_yaml", "parse_duration"]
+__all__ = ["from_mapping", "to_mapping", "load_config", "SKY_MODELS", "PIXEL_GRIDS", "ConfigError", "UserError",
+           "CurveSpec", "ArmConfig", "ObservingConfig", "InstrumentConfig", "Exposure", "load_yaml", "parse_duration"]

@@ -18,8 +18,8 @@ from .config import Exposure, UserError
 from .evaluate import evaluate
 from .galaxies.population import N_OLD_BINS, GalaxyParams
 from .instruments import load_instrument, observe_arm
-from .predict import predict_store
 from .plots import continuum_snr, flat_fnu_snr, plot_examples, plot_snr_vs_mag
+from .predict import predict_store
 from .simulate import SimulationSpec, galaxy_model, simulate
 from .store import read_store
 from .trained import load_model

@@ -27,11 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import UserError
 from .catalogue import match_ids, read_catalogue, read_truth, read_zbin_centres
+from .config import UserError
 from .constants import SUCCESS_DZ
 from .plots import evaluation as figures
-from .plots.evaluation import PAPER_CURVE_FRAC, PAPER_CURVE_H
 from .store import open_store
 
 COMMAND = "evaluate"
@@ -60,7 +59,7 @@ def selection_magnitude(truth: dict[str, np.ndarray], band: str | None = None
     n = len(truth["z"])
     if "hmag" in truth or "mag" not in truth:
         mag = np.asarray(truth.get("hmag", np.full(n, np.nan)), dtype=np.float64)
-        bins = [(f"{lo:g}<H<={hi:g}", lo, hi) for lo, hi in zip(HMAG_EDGES[:-1], HMAG_EDGES[1:])]
+        bins = [(f"{lo:g}<H<={hi:g}", lo, hi) for lo, hi in zip(HMAG_EDGES[:-1], HMAG_EDGES[1:], strict=False)]
         return mag, "H", bins, list(ISSUE_BINS)
     mag = np.asarray(truth["mag"], dtype=np.float64)
     short = (band or "mag").split("-")[-1]
@@ -68,7 +67,7 @@ def selection_magnitude(truth: dict[str, np.ndarray], band: str | None = None
     if not len(finite):
         return mag, short, [], []
     edges = np.arange(np.floor(finite.min() * 2) / 2, np.ceil(finite.max() * 2) / 2 + 0.25, 0.5)
-    bins = [(f"{lo:g}<{short}<={hi:g}", float(lo), float(hi)) for lo, hi in zip(edges[:-1], edges[1:])]
+    bins = [(f"{lo:g}<{short}<={hi:g}", float(lo), float(hi)) for lo, hi in zip(edges[:-1], edges[1:], strict=False)]
     return mag, short, bins, []
 
 
@@ -187,7 +186,8 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 def metrics_markdown(m: dict) -> str:
     """The metrics as Markdown tables."""
-    lines = ["# M-TOPnet evaluation", "", f"{m['n_matched']} of {m['n_catalogue']} catalogue rows matched to the truth.",
+    lines = ["# M-TOPnet evaluation", "",
+             f"{m['n_matched']} of {m['n_catalogue']} catalogue rows matched to the truth.",
              "", "## Redshift", "",
              "| selection | n | \\|dz\\|<0.01 | \\|dz\\|<0.005 | catastrophic | sigma_NMAD | cov68 | cov95 | "
              "qop>=3 frac | qop>=3 purity | qop>=3 compl. | qop4 frac | qop4 purity | qop4 compl. |",
@@ -298,6 +298,5 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["HMAG_EDGES", "ISSUE_BINS", "PAPER_CURVE_H", "PAPER_CURVE_FRAC", "read_catalogue", "read_zbin_centres", "read_truth", "read_band", "selection_magnitude",
-           "match_ids", "redshift_metrics", "property_metrics", "compute_metrics", "metrics_markdown", "evaluate",
-           "COMMAND", "add_arguments", "run_cli"]
+__all__ = ["HMAG_EDGES", "ISSUE_BINS", "read_band", "selection_magnitude", "redshift_metrics", "property_metrics",
+           "compute_metrics", "metrics_markdown", "evaluate", "COMMAND", "add_arguments", "run_cli"]

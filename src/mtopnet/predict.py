@@ -50,8 +50,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .catalogue import (CATALOGUE_DTYPES, MIN_VALID_FRACTION, REFINE_DTYPES, CatalogueWriter, ZWarn,
-                        catalogue_format)
+from .catalogue import CATALOGUE_DTYPES, MIN_VALID_FRACTION, REFINE_DTYPES, CatalogueWriter, ZWarn, catalogue_format
 from .config import ConfigError, UserError
 from .instruments import load_instrument
 from .io import plan_inputs, read_spectra
@@ -304,7 +303,8 @@ def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, ou
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="spectrum stores or files (see mtopnet.io)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"shipped model name or checkpoint path (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"shipped model name or checkpoint path (default {DEFAULT_MODEL})")
     p.add_argument("--out", required=True, help="catalogue: .fits, .parquet or .csv")
     p.add_argument("--batch-size", type=int, default=1024, help="spectra per batch (default 1024)")
     p.add_argument("--pdf", action="store_true", help="also write the full redshift PDF and the bin centres")

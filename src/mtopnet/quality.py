@@ -219,7 +219,10 @@ def choose_qop_thresholds(score: np.ndarray, success: np.ndarray,
     order = np.argsort(-score, kind="stable")
     s_sorted, ok_sorted = score[order], success[order]
     # boundaries allowed where the score changes (and at the end)
-    ends = np.flatnonzero(np.concatenate([s_sorted[1:] != s_sorted[:-1], [True]])) + 1 if len(score) else np.array([], int)
+    if len(score):
+        ends = np.flatnonzero(np.concatenate([s_sorted[1:] != s_sorted[:-1], [True]])) + 1
+    else:
+        ends = np.array([], int)
     cum = np.concatenate([[0], np.cumsum(ok_sorted)])
     thresholds: list[float] = []
     start = 0

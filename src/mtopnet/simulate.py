@@ -79,7 +79,8 @@ class SimulationSpec:
     def provenance(self) -> dict:
         source = load_instrument(self.instrument).config.source_path
         return {"instrument": self.instrument,
-                "instrument_sha256": hashlib.sha256(Path(source).read_bytes()).hexdigest(), "exposure": self.exposure.as_dict(), "n": self.n,
+                "instrument_sha256": hashlib.sha256(Path(source).read_bytes()).hexdigest(),
+                "exposure": self.exposure.as_dict(), "n": self.n,
                 "seed": self.seed, "hmag_range": list(self.hmag_range), "z_range": list(self.z_range),
                 "band": self.band, "shard_size": SHARD_SIZE, "mtopnet_version": __version__}
 

@@ -200,7 +200,7 @@ def merge_stores(parts: list[str | Path], path: str | Path, attrs: dict | None =
     path = Path(path)
     infos = [store_info(p) for p in parts]
     first = infos[0]
-    for p, info in zip(parts, infos):
+    for p, info in zip(parts, infos, strict=False):
         if list(info["arms"]) != list(first["arms"]) or info["labels"] != first["labels"]:
             raise UserError(f"{p}: arms or labels differ from {parts[0]}")
     n = sum(i["n"] for i in infos)
@@ -228,7 +228,7 @@ def merge_stores(parts: list[str | Path], path: str | Path, attrs: dict | None =
                     g.create_dataset(key, shape=(n, len(wave)), dtype=dtype,
                                      chunks=(max(1, min(n, chunk_rows)), len(wave)), **kw)
         row = 0
-        for p, info in zip(parts, infos):
+        for p, info in zip(parts, infos, strict=False):
             with h5py.File(p, "r") as f:
                 m = info["n"]
                 out["ids"][row:row + m] = f["ids"][:]

@@ -283,7 +283,7 @@ def iterate_batches(cache: Cache, order: np.ndarray, batch_size: int, norm: Labe
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(_load_batch, cache, order[:batch_size], norm, zbins)
-        for i, s in enumerate(starts):
+        for i in range(len(starts)):
             batch = future.result()
             if i + 1 < len(starts):
                 nxt = starts[i + 1]
@@ -546,5 +546,6 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["TrainConfig", "OptimConfig", "LabelNorm", "Cache", "load_train_config", "store_fingerprint", "inference_payload", "instrument_info",
-           "build_cache", "iterate_batches", "evaluate_cache", "train", "COMMAND", "add_arguments", "run_cli"]
+__all__ = ["TrainConfig", "OptimConfig", "LabelNorm", "Cache", "load_train_config", "store_fingerprint",
+           "inference_payload", "instrument_info", "build_cache", "iterate_batches", "evaluate_cache", "train",
+           "COMMAND", "add_arguments", "run_cli"]

@@ -25,7 +25,8 @@ DEFAULT_MODEL = "moons-lr"
 
 
 def lsf_sigma_kms(instrument: dict) -> float:
-    """One LSF sigma (km/s) for the model grid, from a checkpoint's ``instrument`` record: each training arm's resolution (FWHM = c/R)
+    """One LSF sigma (km/s) for the model grid, from a checkpoint's ``instrument`` record:
+    each training arm's resolution (FWHM = c/R)
     and native pixel (a box: sigma = width / sqrt(12)) in quadrature, weighted by the arm's
     span in log-wavelength. 30 km/s for MOONS LR; 0 without resolution information."""
     total, weight = 0.0, 0.0

@@ -38,8 +38,6 @@ from ..config import UserError
 from ..constants import C_KMS
 from ..templates import SPECTYPE, SUBTYPE, TEMPLATE_FILE, VERSION
 
-
-
 COMMAND = "make-templates"
 
 REST_RANGE = (1560.0, 11900.0)

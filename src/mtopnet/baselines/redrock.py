@@ -315,7 +315,8 @@ def instrument_arms(instrument: str, arm_names: list[str] | None = None) -> dict
         try:
             arm = inst.arm(name)
         except KeyError:
-            raise UserError(f"instrument {instrument} has no arm {name!r} (arms: {', '.join(inst.arm_names)})") from None
+            raise UserError(f"instrument {instrument} has no arm {name!r} "
+                            f"(arms: {', '.join(inst.arm_names)})") from None
         out[name] = (arm.wave, arm.lsf_sigma)
     return out
 
@@ -338,7 +339,7 @@ def run_store(inputs: list[str | Path], out: str | Path | None = None, instrumen
             raise UserError(f"inputs come from different instruments ({', '.join(sorted(names))}); pass --instrument")
         instrument = names.pop()
     arm_names = list(infos[0]["arms"])
-    for p, info in zip(inputs, infos):
+    for p, info in zip(inputs, infos, strict=False):
         if list(info["arms"]) != arm_names:
             raise UserError(f"{p}: arms {list(info['arms'])} differ from {inputs[0]}'s {arm_names}")
     runner = RedrockRunner(instrument_arms(instrument, arm_names), template_path, z_range, ncpu, verbose, z_step)
@@ -399,7 +400,7 @@ def write_catalogue(cat: RedrockCatalogue, path: str | Path) -> Path:
     else:
         with open(tmp, "w") as fh:
             fh.write(",".join(cols) + "\n")
-            for row in zip(*cols.values()):
+            for row in zip(*cols.values(), strict=False):
                 fh.write(",".join(_csv_value(v) for v in row) + "\n")
     os.replace(tmp, path)
     return path

@@ -106,7 +106,8 @@ class GalaxyModel:
         too_young = live_recent > 0.5 * target
         shrink = np.where(too_young, 0.5 * target / np.maximum(live_recent, 1e-30), 1.0)
         sfr0, sfr1 = sfr0 * shrink, sfr1 * shrink
-        recent_old, young_mass, live_recent = recent_old * shrink[:, None], young_mass * shrink[:, None], live_recent * shrink
+        recent_old, young_mass = recent_old * shrink[:, None], young_mass * shrink[:, None]
+        live_recent = live_recent * shrink
         scale = (target - live_recent) / (unit_old * live).sum(axis=1)
         old = recent_old + unit_old * scale[:, None]
         logsfr100 = np.log10((sfr0 * T_BC + sfr1 * (SFR_TIMESCALE - T_BC)) / SFR_TIMESCALE)

@@ -10,8 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..config import ConfigError, InstrumentConfig, UserError, load_yaml
-from .instrument import (MASK_BAD, MASK_SKYLINE, MASK_TELLURIC, Arm, Instrument, bin_mean,
-                         image_quality)
+from .instrument import MASK_BAD, MASK_SKYLINE, MASK_TELLURIC, Arm, Instrument, bin_mean, image_quality
 from .noise import ArmSpectra, observe_arm
 
 __all__ = ["Instrument", "Arm", "ArmSpectra", "observe_arm", "load_instrument",

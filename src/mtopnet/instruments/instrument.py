@@ -25,8 +25,8 @@ from functools import cached_property
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from ..constants import MASK_BAD, MASK_SKYLINE, MASK_TELLURIC  # noqa: F401 (re-exported)
 from ..config import ArmConfig, ConfigError, CurveSpec, InstrumentConfig
+from ..constants import MASK_BAD, MASK_SKYLINE, MASK_TELLURIC  # noqa: F401 (re-exported)
 from .sky import SkySpectrum, load_sky, moons1d_path
 
 FINE_PER_PIXEL = 3

@@ -26,9 +26,9 @@ Like ``skycalc-paranal`` it needs the ``moons1d`` package's SkyCalc files (``mak
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
-import importlib.util
 from importlib import resources
 from pathlib import Path
 

@@ -13,8 +13,15 @@ plus specutils ``Spectrum`` objects (:func:`from_specutils`, or mixed into
 :func:`read_spectra`'s inputs). Everything comes out in vacuum Angstrom and
 1e-17 erg/s/cm2/A with sanitised ivar and mask bits; see docs/readers.md.
 """
-from ._core import (FLUX_UNIT_CGS, NoiseEstimatedWarning, ReaderWarning, air_to_vacuum, estimate_noise,
-                    map_mask, sanitize)
+from ._core import (
+                    FLUX_UNIT_CGS,
+                    NoiseEstimatedWarning,
+                    ReaderWarning,
+                    air_to_vacuum,
+                    estimate_noise,
+                    map_mask,
+                    sanitize,
+)
 from .detect import FORMATS, detect_format, sniff_format
 from .generic_fits import write_fits
 from .spectrum_objects import from_specutils

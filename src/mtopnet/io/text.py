@@ -141,13 +141,13 @@ def read_text(path: str) -> Iterator[SpectraBatch]:
             and len(last_comment) == len(rows[0]):
         header = last_comment
     width = len(header) if header is not None else len(rows[0])
-    for fields, number in zip(rows, row_lines):
+    for fields, number in zip(rows, row_lines, strict=False):
         if len(fields) != width:
             raise fail(path, f"line {number}: {len(fields)} columns, expected {width} (mismatched lengths)")
     try:
         table = np.array(rows, dtype=np.float64)
     except ValueError:
-        for fields, number in zip(rows, row_lines):
+        for fields, number in zip(rows, row_lines, strict=False):
             for tok in fields:
                 if not _is_number(tok):
                     raise fail(path, f"line {number}: cannot read {tok!r} as a number") from None
@@ -170,10 +170,7 @@ def read_text(path: str) -> Iterator[SpectraBatch]:
             roles["error"] = 2
         if width == 4:
             roles["mask"] = 3
-    if "wave" in roles:
-        wave = table[:, roles["wave"]]
-    else:
-        wave = 10.0 ** table[:, roles["loglam"]]
+    wave = table[:, roles["wave"]] if "wave" in roles else 10.0 ** table[:, roles["loglam"]]
     wave_unit = units.get("wave") or meta.get("wave_unit") or meta.get("wavelength_unit")
     wave = wave_to_angstrom(wave, parse_unit(wave_unit, path, "wavelength unit") if wave_unit else None, path)
     flux_unit = units.get("flux") or meta.get("flux_unit")
@@ -239,7 +236,7 @@ def write_text(path: str | Path, batch: SpectraBatch, row: int = 0, arm: str | N
         f"# noise_estimated: {'true' if estimated else 'false'}",
         "wavelength flux ivar mask",
     ]
-    lines += [" ".join(fields) for fields in zip(*columns)]
+    lines += [" ".join(fields) for fields in zip(*columns, strict=False)]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     os.replace(tmp, path)

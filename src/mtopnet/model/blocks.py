@@ -65,7 +65,7 @@ class Stem(nn.Module):
 def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
     """Linear -> GELU (-> Dropout) stack over ``sizes``; the last layer is linear only."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.GELU())

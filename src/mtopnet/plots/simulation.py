@@ -56,7 +56,7 @@ def plot_examples(examples: list[dict], inst: Instrument, path: str | Path) -> N
     examples: dicts with 'z', 'hmag', 'arms' (arm -> dict(wave, flux, ivar, mask)), 'label'.
     """
     fig, axes = plt.subplots(len(examples), 1, figsize=(13, 3.2 * len(examples)), squeeze=False)
-    for ax, ex in zip(axes[:, 0], examples):
+    for ax, ex in zip(axes[:, 0], examples, strict=False):
         top = 0.0
         for arm in inst.arms:
             d = ex["arms"][arm.name]
@@ -71,7 +71,8 @@ def plot_examples(examples: list[dict], inst: Instrument, path: str | Path) -> N
             ax.plot(w, np.where(good, f, np.nan), lw=0.4, color="k")
             ax.plot(w, sig, lw=0.4, color="tab:orange", label="1-sigma noise" if arm is inst.arms[0] else None)
             ax.plot(w, -np.where(good, residual, np.nan), lw=0.4, color="tab:blue",
-                    label=f"sky residual ({ex['exposure'].sky_residual:.0%} of sky, 1 sigma)" if arm is inst.arms[0] else None)
+                    label=(f"sky residual ({ex['exposure'].sky_residual:.0%} of sky, 1 sigma)"
+                           if arm is inst.arms[0] else None))
             flagged = (m & (MASK_SKYLINE | MASK_TELLURIC)) > 0
             ax.fill_between(w, -1e3, 1e3, where=flagged, color="0.9", lw=0, step="mid")
             clean = (m == 0)

@@ -51,7 +51,7 @@ Recalibration of a model's p_dz01 / QOP with refinement applied is ``mtopnet cal
 from __future__ import annotations
 
 from .basis import RefineBasis, build_basis
-from .fit import SEPARATION_KMS, RefineResult, Refiner, combine, parabola_vertex
+from .fit import SEPARATION_KMS, Refiner, RefineResult, combine, parabola_vertex
 from .kernels import coarse_chi2, fine_chi2
 from .settings import RefineConfig
 

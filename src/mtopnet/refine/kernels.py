@@ -50,7 +50,7 @@ def coarse_chi2(basis: RefineBasis, w: torch.Tensor, wf: torch.Tensor, shift0: t
     window = t0.as_strided((top + 1, length, t0.shape[1]), (t0.shape[1], t0.shape[1], 1))[shift0.clamp(0, top)]
     out_a = torch.empty(r, n_shift, q)
     out_b = torch.empty(r, n_shift, k)
-    for name, data, cols, out in (("a", w, slice(0, q), out_a), ("b", wf, slice(q, q + k), out_b)):
+    for data, cols, out in ((w, slice(0, q), out_a), (wf, slice(q, q + k), out_b)):
         padded = torch.nn.functional.pad(data, (n_shift - 1, n_shift - 1))
         toeplitz = padded.as_strided((r, n_shift, length), (padded.shape[1], 1, 1))  # [r, s', u] = data[u - S+1 + s']
         if torch.get_num_threads() > 1:  # multi-threaded bmm on this overlapping view is ~30x slower than a copy
