@@ -22,9 +22,10 @@ TINY_MODEL = ModelConfig(stem_channels=8, stem_kernel=4, stem_stride=2, stage_ch
                          property_hidden=16, dropout=0.0)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def seed() -> int:
-    """Seed numpy's legacy global state and torch for one test."""
+    """Every test starts from the same global random state (numpy's legacy generator, torch);
+    a test that needs the seed's value asks for ``seed``."""
     np.random.seed(0)
     torch.manual_seed(0)
     return 0
