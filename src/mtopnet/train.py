@@ -42,6 +42,7 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import ConfigError, UserError, from_mapping, load_yaml, to_mapping
+from .instruments import load_instrument
 from .lines import LINES, line_waves, lines_as_records
 from .model import LossWeights, ModelConfig, MTopNet, ZBinning, count_parameters, multitask_loss
 from .model.line_head import line_target
@@ -344,8 +345,7 @@ def instrument_info(name: str | None, arm_waves: dict[str, np.ndarray]) -> dict:
     inst = None
     if name:
         try:
-            from .instruments import load_instrument
-            inst = load_instrument(name)
+                    inst = load_instrument(name)
         except (UserError, ConfigError, ImportError, OSError):
             inst = None
     arms = []

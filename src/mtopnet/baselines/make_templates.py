@@ -34,8 +34,10 @@ import numpy as np
 from scipy.special import erf
 
 from .. import __version__
-from ..config import UserError
+from ..config import Exposure, UserError
 from ..constants import C_KMS
+from ..instruments import load_instrument
+from ..simulate import SimulationSpec, draw_population, galaxy_model
 from ..templates import SPECTYPE, SUBTYPE, TEMPLATE_FILE, VERSION
 
 COMMAND = "make-templates"
@@ -122,8 +124,6 @@ def rest_spectra(model, rest, sigma_v: np.ndarray, edges: np.ndarray) -> np.ndar
 def draw_training_population(model, n: int, seed: int, z_range: tuple[float, float] = Z_SCAN,
                              hmag_range: tuple[float, float] = HMAG_RANGE, band: str = BAND):
     """N galaxies from the priors inside ``hmag_range``: (params, rest-frame model, H mag)."""
-    from ..config import Exposure
-    from ..simulate import SimulationSpec, draw_population
     spec = SimulationSpec(instrument=INSTRUMENT, exposure=Exposure(total=8 * 3600.0), n=n, seed=seed,
                           hmag_range=hmag_range, z_range=z_range, band=band)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xBA5E]))
@@ -165,8 +165,6 @@ def build_basis(n_galaxies: int = N_GALAXIES, seed: int = DEFAULT_SEED,
                 n_components: int = N_COMPONENTS, dlnlam: float = DLNLAM,
                 rest_range: tuple[float, float] = REST_RANGE, progress: bool = False) -> TemplateBasis:
     """Draw the population, build its rest-frame spectra and return their PCA basis."""
-    from ..instruments import load_instrument
-    from ..simulate import galaxy_model
     if seed in RESERVED_SEEDS:
         raise UserError(f"--seed: {seed} is reserved for test/benchmark stores ({RESERVED_SEEDS}); choose another")
     if n_components < 1 or n_galaxies < n_components:

@@ -38,6 +38,10 @@ import numpy as np
 
 from .. import __version__
 from ..config import UserError
+from ..instruments import load_instrument
+from ..store import check_writable, iter_store, store_info
+from ..templates import default_template_path
+from .make_templates import DLOG10Z, redshift_grid
 
 COMMAND = "baseline"
 
@@ -141,8 +145,6 @@ def load_template(path: str | Path | None = None, z_range: tuple[float, float] =
     _import_redrock()
     from redrock.templates import Template
 
-    from ..templates import default_template_path
-    from .make_templates import DLOG10Z, redshift_grid
     path = Path(path) if path is not None else default_template_path()
     if not path.is_file():
         raise UserError(f"{path}: no such template file (build it with "
@@ -307,7 +309,6 @@ class RedrockRunner:
 
 def instrument_arms(instrument: str, arm_names: list[str] | None = None) -> dict:
     """arm name -> (pixel centres, LSF sigma in A) of a shipped or YAML instrument."""
-    from ..instruments import load_instrument
     inst = load_instrument(instrument)
     names = arm_names or inst.arm_names
     out = {}
@@ -328,7 +329,6 @@ def run_store(inputs: list[str | Path], out: str | Path | None = None, instrumen
     """Run Redrock on every object of the stores ``inputs`` and write ``out`` (if given)."""
     import json
 
-    from ..store import check_writable, iter_store, store_info
     if out is not None:
         out = check_writable(out, overwrite)
         _format_of(out)

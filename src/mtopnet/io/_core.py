@@ -23,13 +23,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..config import UserError
-from ..instruments.instrument import MASK_BAD, MASK_SKYLINE, MASK_TELLURIC
+from ..constants import MASK_ALL, MASK_BAD
 from ..store import SpectraBatch
 
 FLUX_UNIT_CGS = 1e-17
 """The package's flux density unit: 1e-17 erg/s/cm2/A (ivar in its inverse square)."""
 
-MASK_KNOWN = MASK_BAD | MASK_SKYLINE | MASK_TELLURIC
+MASK_KNOWN = MASK_ALL
 _F32_MAX = float(np.finfo(np.float32).max)
 
 NOISE_WINDOW = 201
