@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .config import ConfigError, UserError
+from .model import ModelConfig, MTopNet
 
 FORMAT = "mtopnet-checkpoint"
 FORMAT_VERSION = 1
@@ -64,7 +65,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def build_network(payload: dict[str, Any], path: str | Path = "checkpoint") -> torch.nn.Module:
     """The network described by a checkpoint, with its weights loaded, in eval mode."""
-    from .model import ModelConfig, MTopNet
     try:
         net = MTopNet(ModelConfig.from_dict(dict(payload["model_config"])))
         net.load_state_dict(payload["state_dict"])

@@ -102,23 +102,33 @@ def air_to_vacuum(wave_air: np.ndarray | float) -> np.ndarray:
     return wave_air * (1.0 + 6.4328e-5 + 2.94981e-2 / (146.0 - sigma2) + 2.5540e-4 / (41.0 - sigma2))
 
 
+def _wave(name: str) -> float:
+    """Vacuum wavelength of the line ``name`` of :data:`LINES`."""
+    return next(line.wave for line in LINES if line.name == name)
+
+
+CIII_1907 = 1906.68
+"""[CIII] 1906.68 A (vacuum), the forbidden partner of CIII] 1908.73: not a line the network
+locates (it is blended with CIII] at the network's resolution), but a member of the CIII]
+group of the refinement."""
+
 LINE_GROUPS: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = (
-    ("CIII]", ((1906.68, 1.0), (1908.73, 0.7))),
-    ("[OII]", ((3727.09, 0.74), (3729.88, 1.0))),  # ratio of a low-density HII region
-    ("[NeIII]", ((3869.86, 1.0),)),
-    ("Hdelta", ((4102.89, 1.0),)),
-    ("Hgamma", ((4341.68, 1.0),)),
-    ("Hbeta", ((4862.68, 1.0),)),
-    ("[OIII]", ((4960.30, 1.0), (5008.24, 2.98))),  # fixed by atomic physics
-    ("Halpha", ((6564.61, 1.0),)),
-    ("[NII]", ((6549.86, 1.0), (6585.27, 2.94))),  # fixed by atomic physics
-    ("HeI5877", ((5877.25, 1.0),)),
-    ("[OI]", ((6302.05, 1.0), (6365.54, 0.33))),  # fixed by atomic physics
-    ("[SII]", ((6718.29, 1.0), (6732.67, 0.75))),  # low density
-    ("[ArIII]", ((7137.77, 1.0),)),
-    ("[SIII]", ((9071.1, 1.0), (9533.2, 2.47))),  # fixed by atomic physics
-    ("HeI", ((10833.31, 1.0),)),
-    ("Paschen", ((10052.13, 0.33), (10941.09, 0.55), (12821.59, 1.0))),  # case B
+    ("CIII]", ((CIII_1907, 1.0), (_wave("CIII]_1909"), 0.7))),
+    ("[OII]", ((_wave("[OII]_3727"), 0.74), (_wave("[OII]_3730"), 1.0))),  # ratio of a low-density HII region
+    ("[NeIII]", ((_wave("[NeIII]_3870"), 1.0),)),
+    ("Hdelta", ((_wave("Hdelta"), 1.0),)),
+    ("Hgamma", ((_wave("Hgamma"), 1.0),)),
+    ("Hbeta", ((_wave("Hbeta"), 1.0),)),
+    ("[OIII]", ((_wave("[OIII]_4960"), 1.0), (_wave("[OIII]_5008"), 2.98))),  # fixed by atomic physics
+    ("Halpha", ((_wave("Halpha"), 1.0),)),
+    ("[NII]", ((_wave("[NII]_6550"), 1.0), (_wave("[NII]_6585"), 2.94))),  # fixed by atomic physics
+    ("HeI5877", ((_wave("HeI_5877"), 1.0),)),
+    ("[OI]", ((_wave("[OI]_6302"), 1.0), (_wave("[OI]_6366"), 0.33))),  # fixed by atomic physics
+    ("[SII]", ((_wave("[SII]_6718"), 1.0), (_wave("[SII]_6733"), 0.75))),  # low density
+    ("[ArIII]", ((_wave("[ArIII]_7138"), 1.0),)),
+    ("[SIII]", ((_wave("[SIII]_9071"), 1.0), (_wave("[SIII]_9533"), 2.47))),  # fixed by atomic physics
+    ("HeI", ((_wave("HeI_10833"), 1.0),)),
+    ("Paschen", ((_wave("Pa_delta"), 0.33), (_wave("Pa_gamma"), 0.55), (_wave("Pa_beta"), 1.0))),  # case B
 )
 """Emission-line basis vectors: name, ((vacuum A, relative flux), ...). Lines closer than a
 few resolution elements share one vector (fixed ratios), so their free amplitudes cannot
@@ -129,4 +139,5 @@ CIII] is far weaker than average); a free-signed line vector can add to or cance
 while the PCA's lines keep the shapes of the population's line widths."""
 
 
-__all__ = ["Line", "LINES", "LINE_GROUPS", "line_waves", "lines_as_records", "lines_from_records", "air_to_vacuum"]
+__all__ = ["Line", "LINES", "LINE_GROUPS", "CIII_1907", "line_waves", "lines_as_records", "lines_from_records",
+           "air_to_vacuum"]
