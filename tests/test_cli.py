@@ -48,3 +48,18 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tiny_model_path, toy_st
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], err
+
+
+@pytest.mark.parametrize("error,message", [
+    (FileNotFoundError(2, "No such file or directory", "/data/x.h5"), "/data/x.h5: No such file or directory"),
+    (PermissionError(13, "Permission denied", "/out"), "/out: Permission denied"),
+])
+def test_os_errors_are_one_line_too(monkeypatch, capsys, error, message):
+    import mtopnet.cli as cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_cmd_instruments", fail)  # the parser is built on each call
+    code, out, err = _run(["instruments"], capsys)
+    assert code == 2 and err == f"mtopnet instruments: error: {message}\n"

@@ -10,7 +10,7 @@ import warnings
 
 from . import calibrate, demo, evaluate, predict, simulate, train
 from .baselines import make_templates, redrock
-from .config import ConfigError, UserError
+from .config import UserError
 from .instruments import available_instruments, load_instrument
 
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warning
             return int(args._run(args) or 0)
-    except (UserError, ConfigError) as exc:
+    except UserError as exc:  # ConfigError included
         print(f"mtopnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file the user named cannot be read or written
