@@ -94,12 +94,9 @@ def single_thread_blas():
 
     Redrock's scan is many small matrix products; a multi-threaded BLAS spends ~10x more
     CPU on them (measured: 14 vs 1.1 CPU s per MOONS spectrum). Forked workers inherit the
-    limit. Needs threadpoolctl (installed with bagpipes); without it this does nothing.
+    limit. threadpoolctl comes with the ``redrock`` extra (and with scikit-learn).
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
     return threadpool_limits(limits=1, user_api="blas")
 
 

@@ -183,11 +183,8 @@ def air_to_vacuum(wave_air: np.ndarray) -> np.ndarray:
     specutils' default: the inverse of the refractive index of standard air of
     Morton (2000, ApJS 130, 403), as used by the IAU and SDSS.
     """
-    try:
-        import astropy.units as u
-        from specutils.utils.wcs_utils import air_to_vac
-    except ImportError:  # pragma: no cover - specutils is a dependency
-        raise UserError("air wavelengths: converting them needs specutils (pip install specutils)") from None
+    import astropy.units as u
+    from specutils.utils.wcs_utils import air_to_vac
     return np.asarray(air_to_vac(np.asarray(wave_air, dtype=np.float64) * u.AA).to_value(u.AA))
 
 
