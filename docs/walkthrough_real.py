@@ -20,9 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from astropy.io import fits  # noqa: E402
 
-from mtopnet.evaluate import read_catalogue, read_zbin_centres  # noqa: E402
+from mtopnet.catalogue import ZWarn, read_catalogue, read_zbin_centres  # noqa: E402
 from mtopnet.io import read_spectra  # noqa: E402
-from mtopnet.predict import ZWarn  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 
