@@ -56,6 +56,7 @@ def _cli(argv: list[str], capsys) -> tuple[str, str]:
     return captured.out, captured.err
 
 
+@pytest.mark.slow  # simulates, trains and predicts: ~50 s on two cores
 def test_simulate_train_predict_evaluate_on_a_users_instrument(tmp_path, capsys):
     torch.set_num_threads(2)
     inst = tmp_path / "tiny-optical.yaml"

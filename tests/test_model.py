@@ -73,6 +73,7 @@ def test_model_config_errors_name_the_field():
         ModelConfig(n_pix=4000)
 
 
+@pytest.mark.slow  # 120 optimiser steps: ~20-75 s on two cores
 def test_tiny_network_overfits_tiny_set(toy_waves, seed):
     b = toy_batch(24, toy_waves, seed=7, sky_fraction=0.0)
     x = Preprocessor(TINY_PRE)(b)

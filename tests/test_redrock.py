@@ -195,6 +195,7 @@ def _check_redshifts(held_out, n, hmax, tmp_path, suffix):
     return cat
 
 
+@pytest.mark.slow  # ~30-80 s: numba compiles Redrock's scan on first use
 def test_redrock_finds_noiseless_redshifts(held_out, tmp_path):
     cat = _check_redshifts(held_out, 4, 24.0, tmp_path, ".fits")
     from astropy.io import fits

@@ -40,6 +40,7 @@ def test_cache_is_built_once(toy_stores, tmp_path):
     assert a.spectrum.dtype.name == "float16" and a.spectrum.shape == (40, 2, TINY_PRE.n_pix)
 
 
+@pytest.mark.slow  # three short training runs: ~12 s on two busy cores
 def test_resume_continues_and_refuses_a_fresh_start(toy_stores, tmp_path):
     cfg = tiny_train_config(epochs=2)
     out = tmp_path / "run"
