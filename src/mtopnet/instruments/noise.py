@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import Exposure
-from .instrument import MASK_BAD, Arm
+from ..constants import MASK_BAD
+from .instrument import Arm
 
 
 @dataclass

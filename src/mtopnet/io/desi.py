@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..instruments.instrument import MASK_BAD, MASK_SKYLINE
+from ..constants import MASK_BAD, MASK_SKYLINE
 from ..store import SpectraBatch
 from ._core import RawArm, build_block, fail, flux_factor, parse_unit, wave_to_angstrom
 from ._fits import column, hdu_names, open_fits, read_data, table_columns

@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..instruments.instrument import MASK_SKYLINE
+from ..constants import MASK_SKYLINE
 from ..store import SpectraBatch
 from ._core import RawArm, build_block, fail, flux_factor, parse_unit, wave_to_angstrom
 from ._fits import open_fits, read_data

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..instruments.instrument import MASK_BAD, MASK_SKYLINE
+from ..constants import MASK_BAD, MASK_SKYLINE
 from ..store import SpectraBatch
 from ._core import RawArm, build_block, fail, flux_factor, parse_unit
 from ._fits import column, hdu_names, open_fits, read_data, table_columns

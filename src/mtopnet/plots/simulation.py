@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..config import Exposure  # noqa: E402
-from ..constants import C_AA_PER_S  # noqa: E402
-from ..instruments import MASK_BAD, MASK_SKYLINE, MASK_TELLURIC, Instrument, observe_arm  # noqa: E402
+from ..constants import C_AA_PER_S, MASK_BAD, MASK_SKYLINE, MASK_TELLURIC  # noqa: E402
+from ..instruments import Instrument, observe_arm  # noqa: E402
 
 MAIN_LINES = {  # vacuum rest wavelengths, A
     "[OII]": 3728.5, "CaII K": 3934.8, "CaII H": 3969.6, "Hb": 4862.7, "[OIII]": 5008.2,
