@@ -57,7 +57,10 @@ def cdf_at(cdf: np.ndarray, edges: np.ndarray, z: np.ndarray) -> np.ndarray:
 def local_maxima(mass: np.ndarray, edges: np.ndarray, window: float, min_mass: float) -> np.ndarray:
     """(N, K) bool: bins where the window mass ``mass`` (N, K) has a local maximum holding
     >= ``min_mass``, maxima at least ~``window`` apart (a plateau counts once). The one peak
-    finder of the package (:func:`pdf_summary`'s ``n_peaks``, :func:`pdf_peaks`)."""
+    finder of the package (:func:`pdf_summary`'s ``n_peaks``, :func:`pdf_peaks`). The two feed it
+    different window masses: ``pdf_summary`` the CDF interpolated at +-window (as its ``z`` and
+    ``p_window``), ``pdf_peaks`` the mass of the whole bins within +-window (whose mean z the
+    refinement starts from); each is what the shipped model was calibrated and measured with."""
     half = max(1, int(round(window / np.median(np.diff(edges)))))
     is_max = (mass >= maximum_filter1d(mass, size=2 * half + 1, axis=1, mode="constant")) & (mass >= min_mass)
     is_max[:, 1:] &= mass[:, 1:] > mass[:, :-1]  # count a plateau once

@@ -83,6 +83,16 @@ class Refiner:
         basis = build_basis(model.preprocessor.config, (zb.z_min, zb.z_max), lsf, cfg, templates)
         return cls(basis, zb.edges, cfg)
 
+    def log_density_at(self, log_density: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """ln PDF density (R, K) at the bins' mid-points, interpolated linearly at z (R, M)
+        (clamped to the first and last mid-point; NaN z read as the first): (R, M)."""
+        centres = self.midpoints
+        zz = np.nan_to_num(z, nan=centres[0])
+        j = np.clip(np.searchsorted(centres, zz) - 1, 0, len(centres) - 2)
+        frac = np.clip((zz - centres[j]) / (centres[j + 1] - centres[j]), 0.0, 1.0)
+        lo, hi = np.take_along_axis(log_density, j, 1), np.take_along_axis(log_density, j + 1, 1)
+        return lo * (1 - frac) + hi * frac
+
     def line_pixels(self, o_mid: np.ndarray, reach: int) -> np.ndarray | None:
         """(R, P) int64 pixels where a line vector can be non-zero for trial offsets within
         +-``reach`` sub-steps of ``o_mid`` (R,), padded with -1; None without line vectors."""
@@ -170,12 +180,7 @@ class Refiner:
         z_coarse = np.expm1(basis.lnz1(shifts * os_))
         score = coarse
         if log_density is not None and r:
-            centres = self.midpoints
-            j = np.clip(np.searchsorted(centres, z_coarse) - 1, 0, len(centres) - 2)
-            frac = np.clip((z_coarse - centres[j]) / (centres[j + 1] - centres[j]), 0.0, 1.0)
-            dens = log_density[obj]
-            lp = np.take_along_axis(dens, j, 1) * (1 - frac) + np.take_along_axis(dens, j + 1, 1) * frac
-            score = coarse - 2.0 * lp
+            score = coarse - 2.0 * self.log_density_at(log_density[obj], z_coarse)
         # candidate fine centres: the best coarse trial, and the coarse local minimum of chi2
         # nearest to the peak (the coarse basis ties every line to the continuum as the PCA
         # does; the fine basis frees them, and decides between the two)
@@ -286,18 +291,9 @@ class Refiner:
         peak_z[obj, peak], peak_err[obj, peak], peak_chi2[obj, peak] = zf, ze, chi
         n_basis = self.basis.table.shape[1]
         # the PDF density at each refined z, relative to that at the peak the scan started from
-        centres = self.midpoints
-
-        def log_density_at(z: np.ndarray) -> np.ndarray:
-            zz = np.nan_to_num(z, nan=centres[0])
-            j = np.clip(np.searchsorted(centres, zz) - 1, 0, len(centres) - 2)
-            frac = np.clip((zz - centres[j]) / (centres[j + 1] - centres[j]), 0.0, 1.0)
-            lo, hi = np.take_along_axis(log_density, j, 1), np.take_along_axis(log_density, j + 1, 1)
-            return lo * (1 - frac) + hi * frac
-
         with np.errstate(invalid="ignore", divide="ignore"):
             floor = math.log(max(cfg.min_density_ratio, 1e-300))
-            supported = log_density_at(peak_z) - log_density_at(z_peak) >= floor
+            supported = self.log_density_at(log_density, peak_z) - self.log_density_at(log_density, z_peak) >= floor
             far = np.abs(peak_z - z_peak) > cfg.max_shift * (1 + z_peak)
         # a move beyond max_shift needs overwhelming evidence: chi2 at the starting peak worse by move_dchi2
         fo, fp = np.nonzero(far & np.isfinite(peak_chi2))
