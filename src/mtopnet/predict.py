@@ -7,33 +7,10 @@ Library use::
         ...                                         # dict column -> (n,) array per batch
     predict_store(model, ["a.h5"], "cat.fits")      # files -> catalogue, streaming
 
-Catalogue columns (one row per input spectrum, input order)::
-
-    id            input identifier
-    z             the redshift: the template fit within the PDF's peaks (mtopnet.refine);
-                  with --no-refine the PDF point estimate (the z maximising the PDF mass
-                  within +-0.01, refined to the PDF mean inside that window, mtopnet.quality)
-    z_mean        PDF mean
-    z_lo68, z_hi68, z_lo95, z_hi95   central 68% / 95% intervals
-    p_dz01        calibrated probability that |z - z_true| < 0.01 (from the PDF mass within
-                  +-0.01 of the reported z)
-    qop           4 (>= 99% reliable on validation), 3 (>= 90%), 2 (>= 50%), 1 (unreliable)
-    zwarn         ZWarn bitmask (0 = no warning)
-    logmstar, logmstar_err   log10 M*/Msun and its 1-sigma error
-    logsfr, logsfr_err       log10 SFR/(Msun/yr) and its 1-sigma error
-
-With refinement (the default) also, after those (mtopnet.refine, docs/refine.md)::
-
-    z_net         the network's point estimate (the ``z`` of --no-refine)
-    z_err         1-sigma error of z (chi2 curvature; half the 68% interval if not refined)
-    delta_chi2    chi2 of the next-best PDF peak minus the best (NaN: one peak fitted)
-    rchi2         reduced chi2 of the best template fit (NaN if not refined)
-    refined       which PDF peak was reported (0 = the main one), -1 if not refined
-
-With ``--pdf`` the PDF is added (FITS: a vector column ``z_pdf`` plus an HDU ``ZBINS`` with
-the bin centres; Parquet: a fixed-size-list column ``z_pdf`` and the centres in the schema
-metadata; CSV: one column per bin named ``pdf_z<centre>``). Files are written as
-``NAME.tmp`` and renamed when complete.
+One catalogue row per input spectrum, in input order; the columns, the ZWarn bits and the
+file formats are :mod:`mtopnet.catalogue`'s. The model comes from :mod:`mtopnet.trained`,
+the PDF statistics from :mod:`mtopnet.quality`, the template refinement of z (the default;
+``--no-refine`` skips it) from :mod:`mtopnet.refine`.
 """
 from __future__ import annotations
 
