@@ -41,5 +41,5 @@ def load_instrument(name_or_path: str) -> Instrument:
     raw = load_yaml(source)
     try:
         return Instrument(InstrumentConfig.from_yaml(raw, str(source)))
-    except ConfigError as exc:
-        raise UserError(f"{source}: {exc}") from None
+    except ConfigError as exc:  # the file and the field, as every config file's errors
+        raise ConfigError(f"{source}: {exc}") from None
