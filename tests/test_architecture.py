@@ -106,7 +106,8 @@ def layer_of(module: str) -> int:
     best, depth = None, -1
     for i, layer in enumerate(LAYERS):
         for entry in layer:
-            if (module == entry or module.startswith(entry + ".")) and entry.count(".") > depth:
+            inside = module == entry or ("." in entry and module.startswith(entry + "."))  # root: itself only
+            if inside and entry.count(".") > depth:
                 best, depth = i, entry.count(".")
     if best is None:
         raise KeyError(f"{module}: in no layer of LAYERS (add it, and to docs/architecture.md)")
@@ -141,6 +142,8 @@ def test_no_import_circle():
 def test_every_module_has_a_layer():
     for mod in import_graph():
         layer_of(mod)
+    with pytest.raises(KeyError, match="mtopnet.newmodule: in no layer"):
+        layer_of("mtopnet.newmodule")
 
 
 def test_no_import_points_upward():
