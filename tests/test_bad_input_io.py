@@ -135,3 +135,64 @@ def test_merged_table_preprocesses_like_separate_arms():
     assert (diff > 2e-4).sum(axis=(1, 2)).max() <= 6  # only the grid pixels at the two junctions
     assert diff.max() < 0.05
     np.testing.assert_allclose(b.scale, a.scale, rtol=1e-4)
+
+
+# --- issue 13 item 3: damaged model weights ------------------------------------------------------
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "src" / "mtopnet" / "models" / "moons-lr.pt"
+
+
+def _flip_bytes_in_largest_member(src: Path, dst: Path, n_values: int = 1000) -> None:
+    """Flip an exponent bit of ``n_values`` float32 values inside the largest zip member (a tensor),
+    as the bug case corrupt-checkpoint-weights does; the zip's CRC no longer matches."""
+    import struct
+    import zipfile
+    with zipfile.ZipFile(src) as z:
+        big = max(z.infolist(), key=lambda i: i.file_size)
+    data = bytearray(src.read_bytes())
+    n, e = struct.unpack("<HH", data[big.header_offset + 26: big.header_offset + 30])
+    start = big.header_offset + 30 + n + e
+    for k in range(0, 4 * n_values, 4):
+        data[start + 1000 + k + 3] ^= 0x40
+    dst.write_bytes(bytes(data))
+
+
+def _rezip_without_crc_error(src: Path, dst: Path) -> None:
+    """Rewrite a damaged archive with fresh CRCs: only a hash of the weights can tell."""
+    import zipfile
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            with zin.open(info) as handle:
+                handle._expected_crc = None  # read past the CRC check
+                zout.writestr(info, handle.read())
+
+
+def test_shipped_checkpoint_with_flipped_weight_bytes_is_refused(tmp_path):
+    """Issue 13 item 3 (bug case corrupt-checkpoint-weights): bytes flipped inside a tensor of a
+    checkpoint without a stored hash are found by the archive's CRCs: one-line UserError."""
+    from mtopnet.checkpoint import read_checkpoint
+    bad = tmp_path / "weights_flip.pt"
+    _flip_bytes_in_largest_member(SHIPPED_MODEL, bad)
+    with pytest.raises(UserError, match="damaged") as info:
+        read_checkpoint(bad)
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
+    read_checkpoint(SHIPPED_MODEL)  # the intact shipped model still loads
+
+
+def test_weights_hash_is_stored_and_verified(tmp_path):
+    """Issue 13 item 3: a saved checkpoint stores a SHA-256 of its weights; weights changed
+    behind the archive's back (fresh CRCs) are refused with a one-line UserError."""
+    import torch
+    from mtopnet.checkpoint import read_checkpoint, save_checkpoint, weights_sha256
+    state = {"a.weight": torch.arange(4096, dtype=torch.float32).reshape(64, 64), "a.bias": torch.zeros(64),
+             "n": torch.tensor(3)}
+    payload = {"state_dict": state, "model_config": {}, "preprocess": {}, "z_bins": {}, "label_norm": {}}
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, payload)
+    loaded = read_checkpoint(good)
+    assert loaded["weights_sha256"] == weights_sha256(state)
+    flipped, rezipped = tmp_path / "flip.pt", tmp_path / "rezip.pt"
+    _flip_bytes_in_largest_member(good, flipped, n_values=10)
+    _rezip_without_crc_error(flipped, rezipped)
+    with pytest.raises(UserError, match="rezip.pt: model weights are damaged"):
+        read_checkpoint(rezipped)
