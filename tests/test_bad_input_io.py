@@ -196,3 +196,43 @@ def test_weights_hash_is_stored_and_verified(tmp_path):
     _rezip_without_crc_error(flipped, rezipped)
     with pytest.raises(UserError, match="rezip.pt: model weights are damaged"):
         read_checkpoint(rezipped)
+
+
+# --- issue 13 item 5: damaged compressed files ---------------------------------------------------
+
+def _three_arm_fits_gz(tmp_path: Path) -> Path:
+    """A generic three-arm FITS spectrum, gzip-compressed (built in code)."""
+    import gzip
+    from mtopnet.io import write_fits
+    rng = np.random.default_rng(5)
+    arms = {}
+    for name, (lo, hi, step) in {"RI": (6470, 9340, 0.7), "YJ": (9340.5, 13500, 0.98),
+                                 "H": (14520, 18000, 0.9)}.items():
+        w = np.arange(lo, hi, step)
+        arms[name] = {"wave": w, "flux": (1 + 0.2 * rng.standard_normal((1, w.size))).astype(np.float32),
+                      "ivar": np.full((1, w.size), 25.0, np.float32), "mask": np.zeros((1, w.size), np.uint8)}
+    plain = write_fits(tmp_path / "spec.fits", SpectraBatch(ids=np.array([7]), arms=arms))
+    packed = tmp_path / "spec.fits.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes(), mtime=0))
+    return packed
+
+
+@pytest.mark.parametrize("damage", ["cut30", "cut60", "cut95", "flip"])
+def test_truncated_or_damaged_fits_gz_is_refused(tmp_path, damage):
+    """Issue 13 item 5: a .fits.gz cut short (or with a damaged byte) is refused with one line,
+    like the plain .fits cut the same way (was: read as far as it went, a confident row)."""
+    from mtopnet.io import read_file, read_spectra
+    packed = _three_arm_fits_gz(tmp_path)
+    assert len(read_file(packed).arms) == 3
+    data = bytearray(packed.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = data[: int(len(data) * int(damage[3:]) / 100)]
+    bad = tmp_path / "cut.fits.gz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="truncated or damaged") as info:
+        list(read_spectra([str(bad)]))
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(UserError, match="truncated or damaged"):
+        list(read_spectra([str(bad)], format="fits"))
