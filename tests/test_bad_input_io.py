@@ -236,3 +236,61 @@ def test_truncated_or_damaged_fits_gz_is_refused(tmp_path, damage):
     assert str(bad) in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(UserError, match="truncated or damaged"):
         list(read_spectra([str(bad)], format="fits"))
+
+
+# --- issue 13 item 7: BAD_INPUT never set ---------------------------------------------------------
+
+def _text_spectrum(path: Path, flux: np.ndarray, ivar: np.ndarray) -> Path:
+    wave = np.linspace(8000.0, 9000.0, flux.size)
+    lines = ["wavelength flux ivar"] + [f"{float(w)!r} {float(f)!r} {float(i)!r}" for w, f, i in zip(wave, flux, ivar)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_readers_count_the_pixels_they_clean(tmp_path):
+    """Issue 13 item 7: NaN/inf flux, inf ivar and negative ivar cleaned by a reader are counted
+    per object in ``SpectraBatch.n_bad_pixels`` and make ``bad_input`` (zwarn BAD_INPUT) true;
+    a clean file counts zero. (Before: the readers cleaned them silently, so the bit was never set.)"""
+    from mtopnet.io import read_file, read_spectra
+    rng = np.random.default_rng(2)
+    flux = 1 + 0.1 * rng.standard_normal(400)
+    ivar = np.full(400, 100.0)
+    clean = read_file(_text_spectrum(tmp_path / "clean.txt", flux, ivar))
+    assert clean.n_bad_pixels.tolist() == [0]
+    flux[[3, 50]] = [np.nan, np.inf]
+    ivar[[7, 8, 9]] = [-1.0, np.inf, np.nan]
+    dirty = read_file(_text_spectrum(tmp_path / "dirty.txt", flux, ivar))
+    assert dirty.n_bad_pixels.tolist() == [5]
+    both = list(read_spectra([str(tmp_path / "clean.txt"), str(tmp_path / "dirty.txt")]))
+    assert len(both) == 1 and both[0].n_bad_pixels.tolist() == [0, 5]
+    x = Preprocessor(PreprocessConfig())(both[0])
+    assert x.bad_input.tolist() == [False, True]
+    assert both[0].subset(slice(1, 2)).n_bad_pixels.tolist() == [5]
+
+
+def test_store_reader_counts_cleaned_pixels(tmp_path):
+    """Issue 13 item 7: NaN in an HDF5 store is counted too; a batch built in code counts zeros."""
+    from mtopnet.io import read_spectra
+    from mtopnet.store import write_store
+    wave = np.linspace(8000.0, 9000.0, 100)
+    flux = np.ones((3, 100), np.float32)
+    flux[1, :10] = np.nan
+    batch = _one_arm(wave, flux, np.ones((3, 100)))
+    assert batch.n_bad_pixels.tolist() == [0, 0, 0]
+    write_store(tmp_path / "s.h5", batch)
+    read = list(read_spectra([str(tmp_path / "s.h5")]))[0]
+    assert read.n_bad_pixels.tolist() == [0, 10, 0]
+
+
+@pytest.mark.skipif(not (BUGCASES / "bad-input-bit-never-set").is_dir(), reason="shared bug cases not present")
+def test_bugcase_bad_input_bit_is_set():
+    """Issue 13 item 7 (bug case bad-input-bit-never-set): 10% NaN flux and 20 inf ivar -> BAD_INPUT."""
+    import warnings
+    from mtopnet.io import read_spectra
+    from mtopnet.predict import ZWarn, load_model, predict_batches
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch = list(read_spectra([str(BUGCASES / "bad-input-bit-never-set" / "moons-nan10pct.fits")]))[0]
+        assert batch.n_bad_pixels[0] > 1000
+        rows = list(predict_batches(load_model("moons-lr"), [batch]))[0]
+    assert rows["zwarn"][0] & int(ZWarn.BAD_INPUT)

@@ -143,7 +143,8 @@ class NetInputs:
     valid_fraction: (N,) float32 -- fraction of grid pixels with valid data.
     scale: (N,) float64 -- normalisation, 1e-17 erg/s/cm2/A.
     noise: (N,) float64 -- typical per-grid-pixel sigma, 1e-17 erg/s/cm2/A (0 if none).
-    bad_input: (N,) bool -- NaN/inf flux or ivar, or negative ivar, seen in unmasked pixels.
+    bad_input: (N,) bool -- NaN/inf flux or ivar, or negative ivar, seen in unmasked pixels
+        here or counted by the reader that cleaned them (``SpectraBatch.n_bad_pixels``).
     continuum_detected: (N,) bool -- the median continuum exceeds the noise floor of ``scale``.
     implausible_flux: (N,) bool -- the flux scale is physically impossible for a galaxy: the
         continuum is brighter than SCALE_MAX, or detected below LEVEL_MIN (fainter than a
@@ -325,13 +326,15 @@ class Preprocessor:
         """Inverse-variance rebinning of all arms.
 
         Returns flux (N, n_pix) float32 [1e-17 erg/s/cm2/A], ivar (N, n_pix) float32
-        (0 = no valid data) and bad_input (N,) bool.
+        (0 = no valid data) and bad_input (N,) bool: corrupt values in unmasked pixels, or
+        pixels that a reader cleaned (``batch.n_bad_pixels > 0``).
         """
         n, g = len(batch), self.config.n_pix
         num = np.zeros((n, g), dtype=np.float32)
         den = np.zeros((n, g), dtype=np.float32)
         den2 = np.zeros((n, g), dtype=np.float32)
-        bad = np.zeros(n, dtype=bool)
+        counted = getattr(batch, "n_bad_pixels", None)
+        bad = np.zeros(n, dtype=bool) if counted is None else np.asarray(counted).reshape(n) > 0
         for name, arm in batch.arms.items():
             wave = np.asarray(arm["wave"])
             if wave.ndim != 1:

@@ -42,11 +42,19 @@ class SpectraBatch:
 
     ids: (N,) int64; labels: name -> (N,) array; arms: arm name -> dict with
     ``wave`` (L,), ``flux``/``ivar`` (N, L) float32 and ``mask`` (N, L) uint8.
+    n_bad_pixels: (N,) int64, pixels per object that a reader found corrupt and cleaned (NaN or
+    inf flux, NaN/inf/negative ivar or error, outside any bad-pixel mask the file gave); zeros
+    when not given. Prediction sets zwarn BAD_INPUT where it is > 0. Not stored in the HDF5 file.
     """
 
     ids: np.ndarray
     arms: dict[str, dict[str, np.ndarray]]
     labels: dict[str, np.ndarray] = field(default_factory=dict)
+    n_bad_pixels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_bad_pixels is None:
+            self.n_bad_pixels = np.zeros(len(self.ids), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -62,6 +70,8 @@ class SpectraBatch:
         for key, value in self.labels.items():
             if len(value) != n:
                 raise UserError(f"label {key}: has {len(value)} rows, expected {n}")
+        if len(self.n_bad_pixels) != n:
+            raise UserError(f"n_bad_pixels: has {len(self.n_bad_pixels)} rows, expected {n}")
 
     def subset(self, index: np.ndarray | slice) -> "SpectraBatch":
         return SpectraBatch(
@@ -69,6 +79,7 @@ class SpectraBatch:
             arms={a: {"wave": d["wave"], "flux": d["flux"][index], "ivar": d["ivar"][index],
                       "mask": d["mask"][index]} for a, d in self.arms.items()},
             labels={k: v[index] for k, v in self.labels.items()},
+            n_bad_pixels=np.asarray(self.n_bad_pixels)[index],
         )
 
     @staticmethod
@@ -80,6 +91,7 @@ class SpectraBatch:
                       **{k: np.concatenate([p.arms[a][k] for p in parts]) for k in ("flux", "ivar", "mask")}}
                   for a in first.arms},
             labels={k: np.concatenate([p.labels[k] for p in parts]) for k in first.labels},
+            n_bad_pixels=np.concatenate([np.asarray(p.n_bad_pixels) for p in parts]),
         )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..config import UserError
 from ..store import SpectraBatch, iter_store
-from ._core import NoiseEstimatedWarning, ReaderWarning, fail, first_line, sanitize
+from ._core import NoiseEstimatedWarning, ReaderWarning, count_corrupt, fail, first_line, sanitize
 from .desi import read_desi
 from .detect import FORMATS, detect_format, sniff_format
 from .generic_fits import read_generic_fits
@@ -39,6 +39,7 @@ def read_hdf5(path: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Spect
     """Stream an mtopnet store (int64 ids, labels kept) through the same sanitising rules."""
     for batch in iter_store(path, batch_size=batch_size):
         for arm in batch.arms.values():
+            batch.n_bad_pixels = batch.n_bad_pixels + count_corrupt(arm["flux"], arm["ivar"], arm["mask"])
             arm["flux"], arm["ivar"], arm["mask"] = sanitize(arm["flux"], arm["ivar"], arm["mask"])
         batch.labels.setdefault("noise_estimated", np.zeros(len(batch), dtype=bool))
         yield batch
