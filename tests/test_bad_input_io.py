@@ -294,3 +294,47 @@ def test_bugcase_bad_input_bit_is_set():
         assert batch.n_bad_pixels[0] > 1000
         rows = list(predict_batches(load_model("moons-lr"), [batch]))[0]
     assert rows["zwarn"][0] & int(ZWarn.BAD_INPUT)
+
+
+# --- issue 13 item 11: a silent misread of plain text ---------------------------------------------
+
+def _columns_file(path: Path, *columns: np.ndarray, header: str | None = None) -> Path:
+    lines = [header] if header else []
+    lines += [" ".join(repr(float(v)) for v in row) for row in zip(*columns)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _noisy_spectrum(n: int = 600, sigma: float = 0.1):
+    rng = np.random.default_rng(11)
+    wave = np.linspace(8000.0, 9000.0, n)
+    flux = 1.0 + 0.3 * np.sin(wave / 80.0) + sigma * rng.standard_normal(n)
+    return wave, flux, rng
+
+
+@pytest.mark.parametrize("third", ["mask01", "zeros", "unrelated"])
+def test_unnamed_third_column_that_is_not_an_error_is_refused(tmp_path, third):
+    """Issue 13 item 11: wave, flux and an unnamed third column holding a 0/1 mask, zeros, or values
+    unrelated to the flux scatter (100x it: a sky or continuum column) are refused with a message
+    that says how to name the columns (was: read as wave, flux, error without a warning)."""
+    from mtopnet.io import read_file
+    wave, flux, rng = _noisy_spectrum()
+    column = {"mask01": (rng.random(wave.size) < 0.1).astype(float), "zeros": np.zeros(wave.size),
+              "unrelated": np.full(wave.size, 10.0) + rng.random(wave.size)}[third]
+    path = _columns_file(tmp_path / "three.txt", wave, flux, column)
+    with pytest.raises(UserError, match="wave flux err") as info:
+        read_file(path)
+    assert "column 3" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unnamed_error_column_and_named_mask_column_are_read(tmp_path):
+    """Issue 13 item 11: a true 1-sigma error as the unnamed third column is read as such; the
+    same file with a header ``wave flux mask`` reads the 0/1 column as a mask."""
+    from mtopnet.io import read_file
+    wave, flux, rng = _noisy_spectrum()
+    good = read_file(_columns_file(tmp_path / "err.txt", wave, flux, np.full(wave.size, 0.1)))
+    np.testing.assert_allclose(good.arms["ALL"]["ivar"][0], 100.0, rtol=1e-5)
+    mask = (rng.random(wave.size) < 0.1).astype(float)
+    named = read_file(_columns_file(tmp_path / "mask.txt", wave, flux, mask, header="wave flux mask"))
+    assert ((named.arms["ALL"]["mask"][0] & 1) != 0).sum() >= mask.sum()
+    assert named.labels["noise_estimated"][0]
