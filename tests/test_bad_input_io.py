@@ -338,3 +338,36 @@ def test_unnamed_error_column_and_named_mask_column_are_read(tmp_path):
     named = read_file(_columns_file(tmp_path / "mask.txt", wave, flux, mask, header="wave flux mask"))
     assert ((named.arms["ALL"]["mask"][0] & 1) != 0).sum() >= mask.sum()
     assert named.labels["noise_estimated"][0]
+
+
+# --- issue 13 item 10: error wording --------------------------------------------------------------
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("empty.txt", b"", "file is empty"),
+    ("header_only.txt", b"wavelength flux ivar\n", "no data rows"),
+    ("comments_only.txt", b"# id: 3\n# just a comment\n\n", "no data rows"),
+    ("damaged.fits", b"SIMPL\x00\x17\xff" + bytes(range(256)) * 4, "not a spectrum file"),
+    ("words.txt", b"hello world\nthis is prose\n", "no numeric columns"),
+])
+def test_unreadable_files_say_what_is_wrong(tmp_path, name, content, expected):
+    """Issue 13 item 10: empty, header-only and damaged files get a line saying what is wrong with
+    the file, and the option is named as the CLI spells it (--format), not 'pass format='."""
+    from mtopnet.io import read_spectra
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=expected) as info:
+        read_spectra([str(path)])
+    message = str(info.value)
+    assert "\n" not in message and "pass format=" not in message and str(path) in message
+
+
+def test_bom_prefixed_text_is_read(tmp_path):
+    """Issue 13 item 10: a UTF-8 text spectrum that starts with a byte-order mark is simply read."""
+    from mtopnet.io import read_file
+    wave, flux, _ = _noisy_spectrum()
+    plain = _columns_file(tmp_path / "plain.txt", wave, flux, np.full(wave.size, 0.1), header="wave flux err")
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    a, b = read_file(plain), read_file(bom)
+    np.testing.assert_array_equal(a.arms["ALL"]["flux"], b.arms["ALL"]["flux"])
+    np.testing.assert_array_equal(a.arms["ALL"]["ivar"], b.arms["ALL"]["ivar"])

@@ -87,11 +87,11 @@ def looks_like_text_spectrum(path: str, max_bytes: int = 65536) -> bool:
     if b"\x00" in head:
         return False
     try:
-        text = head.decode("utf-8")
+        text = head.decode("utf-8-sig")
     except UnicodeDecodeError:
         # A multi-byte character cut at the end of the sample is fine.
         try:
-            text = head[:-4].decode("utf-8")
+            text = head[:-4].decode("utf-8-sig")
         except UnicodeDecodeError:
             return False
     lines = [ln.strip() for ln in text.splitlines()]
@@ -145,7 +145,7 @@ def check_unnamed_error(path: str, flux: np.ndarray, error: np.ndarray, position
 def read_text(path: str) -> Iterator[SpectraBatch]:
     """One SpectraBatch with one row from a text spectrum."""
     try:
-        with open(path, "r", encoding="utf-8") as handle:
+        with open(path, "r", encoding="utf-8-sig") as handle:  # a byte-order mark is skipped
             lines = handle.read().splitlines()
     except FileNotFoundError:
         raise fail(path, "no such file") from None
