@@ -371,3 +371,43 @@ def test_bom_prefixed_text_is_read(tmp_path):
     a, b = read_file(plain), read_file(bom)
     np.testing.assert_array_equal(a.arms["ALL"]["flux"], b.arms["ALL"]["flux"])
     np.testing.assert_array_equal(a.arms["ALL"]["ivar"], b.arms["ALL"]["ivar"])
+
+
+# --- issue 13 item 9: memory grows with the number of targets in one file --------------------------
+
+def _synthetic_desi_coadd(path: Path, n: int, n_pix: int = 300) -> Path:
+    """A DESI-like coadd (B and R arms, FIBERMAP) with ``n`` targets, built in code."""
+    from astropy.io import fits
+    rng = np.random.default_rng(9)
+    hdus = [fits.PrimaryHDU(),
+            fits.BinTableHDU.from_columns([fits.Column("TARGETID", "K", array=np.arange(n) + 1000)],
+                                          name="FIBERMAP")]
+    for arm, lo in (("B", 3600.0), ("R", 5760.0)):
+        wave = lo + 0.8 * np.arange(n_pix)
+        flux = (1 + 0.1 * rng.standard_normal((n, n_pix))).astype(np.float32)
+        hdus += [fits.ImageHDU(wave, name=f"{arm}_WAVELENGTH"),
+                 fits.ImageHDU(flux, name=f"{arm}_FLUX"),
+                 fits.ImageHDU(np.full((n, n_pix), 100.0, np.float32), name=f"{arm}_IVAR"),
+                 fits.ImageHDU(np.zeros((n, n_pix), np.int32), name=f"{arm}_MASK")]
+        hdus[-3].header["BUNIT"] = "10**-17 erg/(s cm2 Angstrom)"
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+def test_multi_target_desi_coadd_is_read_in_chunks(tmp_path):
+    """Issue 13 item 9: a DESI coadd with many targets is read in chunks of targets (so memory stays
+    flat in the number of targets), and the chunks together equal the whole file."""
+    from mtopnet.io import read_spectra
+    from mtopnet.io.desi import read_desi
+    path = _synthetic_desi_coadd(tmp_path / "coadd-many.fits", 50)
+    blocks = list(read_desi(str(path), chunk_rows=16))
+    assert [len(b) for b in blocks] == [16, 16, 16, 2]
+    batches = read_spectra([str(path)], batch_size=16)
+    first = next(batches)
+    assert len(first) == 16
+    rest = list(batches)
+    assert [len(b) for b in rest] == [16, 16, 2]
+    whole = list(read_spectra([str(path)], batch_size=1000))[0]
+    np.testing.assert_array_equal(np.concatenate([b.ids for b in [first] + rest]), whole.ids)
+    np.testing.assert_array_equal(np.concatenate([b.arms["R"]["flux"] for b in [first] + rest]),
+                                  whole.arms["R"]["flux"])

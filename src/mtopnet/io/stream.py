@@ -46,7 +46,6 @@ def read_hdf5(path: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Spect
 
 
 _READERS: dict[str, Callable[[str], Iterator[SpectraBatch]]] = {
-    "desi": read_desi,
     "sdss": read_sdss,
     "fits": read_generic_fits,
     "text": read_text,
@@ -138,6 +137,8 @@ def _guarded(unit: _Unit, batch_size: int) -> Iterator[SpectraBatch]:
             yield from read_moons1d(unit.paths)
         elif unit.fmt == "hdf5":
             yield from read_hdf5(unit.paths[0], batch_size)
+        elif unit.fmt == "desi":  # many targets per file: read in chunks
+            yield from read_desi(unit.paths[0], chunk_rows=batch_size)
         else:
             yield from _READERS[unit.fmt](unit.paths[0])
     except UserError:
@@ -197,19 +198,23 @@ def _blocks(units: list[_Unit], batch_size: int) -> Iterator[SpectraBatch]:
         if unit.fmt == "hdf5":  # streamed in chunks; a store always carries its ivar
             yield from _guarded(unit, batch_size)
             continue
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            blocks = list(_guarded(unit, batch_size))  # one file (or moons1d object) at a time
-        for record in caught:
-            if issubclass(record.category, NoiseEstimatedWarning):
-                if warned:
-                    continue
-                warned = True
-                message = f"{record.message} (further cases in this stream are not reported)"
-                warnings.warn(NoiseEstimatedWarning(message), stacklevel=2)
-            else:
-                warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
-        yield from blocks
+        blocks = _guarded(unit, batch_size)
+        while True:  # one block at a time (a DESI coadd is read in chunks of targets)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                block = next(blocks, None)
+            for record in caught:
+                if issubclass(record.category, NoiseEstimatedWarning):
+                    if warned:
+                        continue
+                    warned = True
+                    message = f"{record.message} (further cases in this stream are not reported)"
+                    warnings.warn(NoiseEstimatedWarning(message), stacklevel=2)
+                else:
+                    warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+            if block is None:
+                break
+            yield block
 
 
 def read_spectra(inputs: Iterable[Any] | str | os.PathLike, format: str | None = None,
