@@ -411,3 +411,82 @@ def test_multi_target_desi_coadd_is_read_in_chunks(tmp_path):
     np.testing.assert_array_equal(np.concatenate([b.ids for b in [first] + rest]), whole.ids)
     np.testing.assert_array_equal(np.concatenate([b.arms["R"]["flux"] for b in [first] + rest]),
                                   whole.arms["R"]["flux"])
+
+
+# --- issue 13 item 8: orphaned workers ----------------------------------------------------------
+
+_POOL_SCRIPT = """
+import multiprocessing as mp, sys, time
+from mtopnet.simulate import _init_worker
+
+def work(i):
+    time.sleep(120)
+    return i
+
+if __name__ == "__main__":
+    with mp.get_context("fork").Pool(2, initializer=_init_worker) as pool:
+        result = pool.map_async(work, range(2))
+        print("ready", flush=True)
+        result.get()
+"""
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_simulate_workers_die_with_their_parent(tmp_path):
+    """Issue 13 item 8: SIGKILL of the parent of simulate's worker pool (its worker initializer)
+    ends the workers within seconds, silently (was: they ran to the end, with broken-pipe
+    tracebacks)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    script = tmp_path / "pool.py"
+    script.write_text(_POOL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)
+    workers: list[int] = []
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.time() + 20
+        while len(workers) < 2 and time.time() < deadline:
+            workers = [p for p in _children(proc.pid) if _alive(p)]
+            time.sleep(0.1)
+        assert len(workers) >= 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.time() + 10
+        while any(_alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in workers)
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        for p in workers + _children(proc.pid):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        if proc.poll() is None:
+            proc.kill()

@@ -12,7 +12,12 @@ import argparse
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +182,37 @@ def simulate_shard(spec: SimulationSpec, shard: int) -> SpectraBatch:
     return SpectraBatch(ids=ids, arms=arms, labels=labels)
 
 
+def _init_worker(parent: int | None = None) -> None:
+    """Pool initializer: a worker dies with the process that started it, and leaves Ctrl-C to it.
+
+    On Linux the kernel sends the worker SIGTERM when its parent dies (``prctl`` with
+    ``PR_SET_PDEATHSIG``); elsewhere a daemon thread polls ``os.getppid()`` once a second.
+    SIGTERM ends the worker at once and silently (``os._exit``), so a killed run leaves no
+    workers running on and no broken-pipe tracebacks; SIGINT is ignored (the parent stops
+    the pool). ``parent``: the pid of the process that started the pool (default: the current
+    parent).
+    """
+    parent = os.getppid() if parent is None else parent
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(1))
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        os._exit(1)
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+        threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def _run_shard(args: tuple[SimulationSpec, int, str]) -> int:
     spec, shard, path = args
     batch = simulate_shard(spec, shard)
@@ -217,7 +253,7 @@ def simulate(spec: SimulationSpec, out: str | Path, workers: int = 1, overwrite:
             bar.update(_run_shard(task))
     else:
         ctx = mp.get_context("fork")
-        with ctx.Pool(workers) as pool:
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
             for count in pool.imap_unordered(_run_shard, todo):
                 bar.update(count)
     bar.close()
