@@ -490,3 +490,103 @@ def test_simulate_workers_die_with_their_parent(tmp_path):
                 pass
         if proc.poll() is None:
             proc.kill()
+
+
+# --- issue 13 item 4: full disk ----------------------------------------------------------------
+
+def _disk_full_after(monkeypatch, n_bytes: int) -> list[Path]:
+    """Make the store writer's file writes fail with ENOSPC after ``n_bytes`` bytes (the partial
+    file stays, as on a real full disk). Returns the list of paths it was asked to write."""
+    import errno
+    import mtopnet.store as store
+    seen: list[Path] = []
+
+    def full(path, data):
+        seen.append(Path(path))
+        with open(path, "wb") as handle:
+            handle.write(bytes(data[:n_bytes]))
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(store, "_write_bytes", full)
+    return seen
+
+
+def test_store_writer_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch):
+    """Issue 13 item 4: a full disk while writing a store ends in one-line UserError naming the
+    file and the reason, and leaves neither the store nor its partial temporary file."""
+    from mtopnet.store import write_store
+    wave = np.linspace(8000.0, 9000.0, 50)
+    batch = _one_arm(wave, np.ones((4, 50)), np.ones((4, 50)))
+    seen = _disk_full_after(monkeypatch, 1000)
+    with pytest.raises(UserError, match="No space left on device") as info:
+        write_store(tmp_path / "s.h5", batch)
+    assert "s.h5" in str(info.value) and "\n" not in str(info.value)
+    assert seen and list(tmp_path.iterdir()) == []
+
+
+def test_simulate_on_a_full_disk_exits_cleanly_and_resumes(tmp_path, monkeypatch):
+    """Issue 13 item 4: simulate on a full disk: one-line UserError (CLI exit 2), no partial shard
+    left, and the re-run (disk freed) completes with the same content as an uninterrupted run."""
+    import mtopnet.simulate as sim
+    from mtopnet.config import Exposure
+    from mtopnet.store import read_store
+    from mtopnet.toy import toy_arm_waves, toy_batch
+
+    waves = toy_arm_waves(50)
+
+    def tiny_shard(spec, shard):
+        n = min(sim.SHARD_SIZE, spec.n - shard * sim.SHARD_SIZE)
+        return toy_batch(n, waves, seed=spec.seed * 1000 + shard, start_id=shard * sim.SHARD_SIZE)
+
+    monkeypatch.setattr(sim, "simulate_shard", tiny_shard)
+    monkeypatch.setattr(sim, "SHARD_SIZE", 5)
+    spec = sim.SimulationSpec(instrument="moons-lr", exposure=Exposure(total=3600.0, sub_exposure=600.0,
+                                                                        airmass=1.2, seeing=0.8,
+                                                                        sky_residual=0.01), n=12, seed=4)
+    reference = sim.simulate(spec, tmp_path / "ref.h5", progress=False)
+    with monkeypatch.context() as m:
+        _disk_full_after(m, 500)
+        with pytest.raises(UserError, match="No space left on device"):
+            sim.simulate(spec, tmp_path / "out.h5", progress=False)
+    shards = tmp_path / "out.h5.shards"
+    assert not (tmp_path / "out.h5").exists()
+    assert not any(p.name.endswith(".tmp") for p in shards.iterdir()) if shards.exists() else True
+    assert not any(p.name.endswith(".h5") for p in shards.iterdir()) if shards.exists() else True
+    out = sim.simulate(spec, tmp_path / "out.h5", progress=False)
+    a, b = read_store(reference), read_store(out)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.arms["RI"]["flux"] if "RI" in a.arms else next(iter(a.arms.values()))["flux"],
+                                  b.arms["RI"]["flux"] if "RI" in b.arms else next(iter(b.arms.values()))["flux"])
+
+
+def test_simulate_ignores_a_truncated_shard(tmp_path, monkeypatch):
+    """Issue 13 item 4: a shard file cut short (a copy interrupted, a disk that filled) is not taken
+    for finished work: the re-run simulates it again."""
+    import mtopnet.simulate as sim
+    from mtopnet.config import Exposure
+    from mtopnet.store import read_store
+    from mtopnet.toy import toy_arm_waves, toy_batch
+    waves = toy_arm_waves(50)
+    calls: list[int] = []
+
+    def tiny_shard(spec, shard):
+        calls.append(shard)
+        n = min(sim.SHARD_SIZE, spec.n - shard * sim.SHARD_SIZE)
+        return toy_batch(n, waves, seed=shard, start_id=shard * sim.SHARD_SIZE)
+
+    monkeypatch.setattr(sim, "simulate_shard", tiny_shard)
+    monkeypatch.setattr(sim, "SHARD_SIZE", 5)
+    spec = sim.SimulationSpec(instrument="moons-lr", exposure=Exposure(total=3600.0, sub_exposure=600.0,
+                                                                        airmass=1.2, seeing=0.8,
+                                                                        sky_residual=0.01), n=10, seed=4)
+    shard_dir = tmp_path / "out.h5.shards"
+    shard_dir.mkdir()
+    good = tmp_path / "good.h5"
+    from mtopnet.store import write_store
+    write_store(good, tiny_shard(spec, 0), {"run_key": spec.key(), "shard": 0})
+    data = good.read_bytes()
+    (shard_dir / "shard_00000.h5").write_bytes(data[: len(data) // 2])
+    calls.clear()
+    sim.simulate(spec, tmp_path / "out.h5", progress=False)
+    assert sorted(calls) == [0, 1]
+    assert len(read_store(tmp_path / "out.h5")) == 10

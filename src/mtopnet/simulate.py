@@ -28,7 +28,8 @@ from .config import Exposure, UserError, parse_duration
 from .galaxies import GalaxyModel, GalaxyParams, filter_range, load_grids, sample_params
 from .galaxies.sps import DLOGLAM_REST
 from .instruments import Instrument, load_instrument, observe_arm
-from .store import SpectraBatch, check_writable, merge_stores, store_info, write_store
+from .store import (SpectraBatch, check_writable, merge_stores, remove_partial, store_info, write_error,
+                    write_store)
 
 SHARD_SIZE = 500
 SUB_BATCH = 128
@@ -231,7 +232,10 @@ def simulate(spec: SimulationSpec, out: str | Path, workers: int = 1, overwrite:
     shard_dir = out.with_name(out.name + ".shards")
     n_shards = (spec.n + SHARD_SIZE - 1) // SHARD_SIZE
     todo = []
-    shard_dir.mkdir(exist_ok=True)
+    try:
+        shard_dir.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise write_error(shard_dir, exc) from None
     for i in range(n_shards):
         path = shard_dir / f"shard_{i:05d}.h5"
         if path.exists():
@@ -248,15 +252,21 @@ def simulate(spec: SimulationSpec, out: str | Path, workers: int = 1, overwrite:
     done_n = sum(min(SHARD_SIZE, spec.n - i * SHARD_SIZE) for i in range(n_shards)) - \
         sum(min(SHARD_SIZE, spec.n - t[1] * SHARD_SIZE) for t in todo)
     bar = tqdm(total=spec.n, initial=done_n, unit="spec", desc=f"simulate {out.name}", disable=not progress)
-    if workers == 1 or len(todo) <= 1:
-        for task in todo:
-            bar.update(_run_shard(task))
-    else:
-        ctx = mp.get_context("fork")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
-            for count in pool.imap_unordered(_run_shard, todo):
-                bar.update(count)
-    bar.close()
+    try:
+        if workers == 1 or len(todo) <= 1:
+            for task in todo:
+                bar.update(_run_shard(task))
+        else:
+            ctx = mp.get_context("fork")
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+                for count in pool.imap_unordered(_run_shard, todo):
+                    bar.update(count)
+    except BaseException:
+        for partial in shard_dir.glob("*.tmp"):  # a worker stopped mid-write; finished shards stay
+            remove_partial(partial)
+        raise
+    finally:
+        bar.close()
     parts = [shard_dir / f"shard_{i:05d}.h5" for i in range(n_shards)]
     merge_stores(parts, out, {"instrument": spec.instrument, "provenance": spec.provenance()})
     shutil.rmtree(shard_dir)
