@@ -7,7 +7,9 @@ M-TOPnet reads, on one logarithmic wavelength grid spanning the model's range:
    sparse overlap matrix (the fraction of each native pixel that falls in each grid pixel).
    A native pixel gets zero weight if any of ``mask_bits`` is set, if ``ivar <= 0``, or if
    flux or ivar are not finite (or absurd: ``|flux| >= 1e12``, ``ivar >= 1e12``). Overlapping
-   arms combine by the same weighting; grid pixels no arm covers (arm gaps) stay empty.
+   arms combine by the same weighting; grid pixels no arm covers (arm gaps) stay empty, and so
+   do gaps inside an arm or a merged table (pixels dropped): a native pixel reaches at most one
+   typical local spacing from its centre (:func:`_native_bounds`).
 2. **Continuum.** Per object, medians of the valid grid pixels in blocks of
    ``continuum_window_kms`` (half-overlapping), linearly interpolated between block centres.
    A block median ignores lines narrower than about half a block, so emission and absorption
@@ -180,33 +182,35 @@ GAP_WINDOW = 15
 
 
 def _native_bounds(wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper edges, each (L,), of native pixels with (L,) increasing centres.
+    """Lower and upper edges, each (L,), of native pixels with (L,) increasing centres (A).
 
     An edge lies half-way to the neighbouring centre, but a pixel reaches at most one typical
-    local spacing (the running median of ``GAP_WINDOW`` neighbouring spacings in log-wavelength,
-    capped at four times the spectrum's median) from its centre. So where pixels were dropped
-    (a gap inside an arm, or the gaps between arms of one merged table) the pixels next to the
-    gap keep their own width and the gap stays without data; a single dropped pixel (twice the
-    typical spacing) still closes up. End pixels mirror their one neighbour's spacing.
+    local spacing from its centre (the running median of ``GAP_WINDOW`` neighbouring
+    spacings, itself capped at four times the spectrum's median relative spacing). So where
+    pixels were dropped (a gap inside an arm, or the gaps between the arms of one merged table)
+    the pixels next to the gap keep about their own width and the gap stays without data; a
+    single dropped pixel (twice the typical spacing) still closes up. End pixels mirror their
+    one neighbour's spacing. Without gaps the edges are exactly the half-way points.
     """
     n = len(wave)
     if n == 1:
         return np.array([wave[0] * (1 - 1e-4)]), np.array([wave[0] * (1 + 1e-4)])
-    log_wave = np.log(wave)
-    step = np.diff(log_wave)  # (L - 1,) > 0
+    step = np.diff(wave)  # (L - 1,) > 0
     if n > 2:
         from scipy.ndimage import median_filter
         typical = median_filter(step, size=min(GAP_WINDOW, len(step) | 1), mode="nearest")
-        typical = np.minimum(typical, 4.0 * np.median(step))
+        typical = np.minimum(typical, 4.0 * np.median(step / wave[:-1]) * wave[:-1])
     else:
         typical = step.copy()
-    # half-widths towards the next (right) and previous (left) neighbour, log-wavelength
-    right = np.empty(n)
-    left = np.empty(n)
-    right[:-1] = np.minimum(0.5 * step, typical)
-    left[1:] = np.minimum(0.5 * step, typical)
-    left[0], right[-1] = left[1], right[-2]  # ends mirror their neighbour's spacing
-    return np.exp(log_wave - left), np.exp(log_wave + right)
+    mid = 0.5 * (wave[1:] + wave[:-1])
+    gap = 0.5 * step > typical
+    upper = np.empty(n)
+    lower = np.empty(n)
+    upper[:-1] = np.where(gap, wave[:-1] + typical, mid)
+    lower[1:] = np.where(gap, wave[1:] - typical, mid)
+    lower[0] = 2 * wave[0] - upper[0]  # ends mirror their neighbour's spacing
+    upper[-1] = 2 * wave[-1] - lower[-1]
+    return lower, upper
 
 
 def rebin_matrix(wave: np.ndarray, edges: np.ndarray) -> sp.csr_matrix:
