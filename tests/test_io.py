@@ -447,7 +447,7 @@ def test_unknown_format_and_missing_files(tmp_path):
     notes = tmp_path / "README.md"
     notes.write_text("# Notes\nThese are spectra.\n")
     for path in (junk, notes):
-        with pytest.raises(UserError, match="unknown format") as exc:
+        with pytest.raises(UserError, match="not a moons1d, DESI, SDSS, generic FITS or text spectrum") as exc:
             read_spectra([str(path)])
         _one_line(exc, path.name)
     with pytest.raises(UserError, match="no such file") as exc:

@@ -7,7 +7,9 @@ M-TOPnet reads, on one logarithmic wavelength grid spanning the model's range:
    sparse overlap matrix (the fraction of each native pixel that falls in each grid pixel).
    A native pixel gets zero weight if any of ``mask_bits`` is set, if ``ivar <= 0``, or if
    flux or ivar are not finite (or absurd: ``|flux| >= 1e12``, ``ivar >= 1e12``). Overlapping
-   arms combine by the same weighting; grid pixels no arm covers (arm gaps) stay empty.
+   arms combine by the same weighting; grid pixels no arm covers (arm gaps) stay empty, and so
+   do gaps inside an arm or a merged table (pixels dropped): a native pixel reaches at most one
+   typical local spacing from its centre (:func:`_native_bounds`).
 2. **Continuum.** Per object, medians of the valid grid pixels in blocks of
    ``continuum_window_kms`` (half-overlapping), linearly interpolated between block centres.
    A block median ignores lines narrower than about half a block, so emission and absorption
@@ -45,6 +47,10 @@ from .store import SpectraBatch
 FLUX_MAX = 1e12  # |flux| above this (1e-17 erg/s/cm2/A) is treated as corrupt
 IVAR_MAX = 1e12  # so that float32 sums of ivar^2 cannot overflow
 SCALE_MIN = 1e-6  # 1e-17 erg/s/cm2/A
+SCALE_MAX = 1e5
+"""A continuum above this (1e-17 erg/s/cm2/A; ~1e-12 cgs, AB ~ 8 at 1 micron) is brighter than
+any galaxy through a fibre, even a nearby bulge: the flux unit is wrong, or the data are not a
+galaxy's. See :attr:`NetInputs.implausible_flux`."""
 
 
 @dataclass(frozen=True)
@@ -138,8 +144,15 @@ class NetInputs:
     valid_fraction: (N,) float32 -- fraction of grid pixels with valid data.
     scale: (N,) float64 -- normalisation, 1e-17 erg/s/cm2/A.
     noise: (N,) float64 -- typical per-grid-pixel sigma, 1e-17 erg/s/cm2/A (0 if none).
-    bad_input: (N,) bool -- NaN/inf flux or ivar, or negative ivar, seen in unmasked pixels.
+    bad_input: (N,) bool -- NaN/inf flux or ivar, or negative ivar, seen in unmasked pixels
+        here or counted by the reader that cleaned them (``SpectraBatch.n_bad_pixels``).
     continuum_detected: (N,) bool -- the median continuum exceeds the noise floor of ``scale``.
+    implausible_flux: (N,) bool -- the flux scale is physically impossible for a galaxy: the
+        continuum is brighter than SCALE_MAX, or detected below LEVEL_MIN (fainter than a
+        10^6 M_sun galaxy): the flux unit is wrong, and masses and SFRs are meaningless.
+        (Fluxes so small that their ivar exceeds IVAR_MAX are void pixels: ALL_MASKED. A
+        negative continuum is not flagged: sky over-subtraction makes it common for faint
+        galaxies.)
     """
 
     spectrum: np.ndarray
@@ -149,25 +162,63 @@ class NetInputs:
     noise: np.ndarray
     bad_input: np.ndarray
     continuum_detected: np.ndarray
+    implausible_flux: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.implausible_flux is None:
+            self.implausible_flux = np.zeros(len(self.valid_fraction), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.valid_fraction)
 
 
-def _native_edges(wave: np.ndarray) -> np.ndarray:
-    """(L + 1,) pixel edges from (L,) increasing centres (half-way points, ends mirrored)."""
-    if len(wave) == 1:
-        return np.array([wave[0] * (1 - 1e-4), wave[0] * (1 + 1e-4)])
+LEVEL_MIN = 1e-5
+"""A continuum detected below this (1e-17 erg/s/cm2/A, 1e-22 cgs, AB ~ 31 at 1.6 micron) is
+fainter than a 10^6 M_sun galaxy at z = 0.6 (~4e-6) and beyond any telescope's continuum
+detection: the flux unit is wrong. See :attr:`NetInputs.implausible_flux`."""
+GAP_WINDOW = 15
+"""Native spacings in the running median that gives a pixel's typical local spacing."""
+
+
+def _native_bounds(wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper edges, each (L,), of native pixels with (L,) increasing centres (A).
+
+    An edge lies half-way to the neighbouring centre, but a pixel reaches at most one typical
+    local spacing from its centre (the running median of ``GAP_WINDOW`` neighbouring
+    spacings, itself capped at four times the spectrum's median relative spacing). So where
+    pixels were dropped (a gap inside an arm, or the gaps between the arms of one merged table)
+    the pixels next to the gap keep about their own width and the gap stays without data; a
+    single dropped pixel (twice the typical spacing) still closes up. End pixels mirror their
+    one neighbour's spacing. Without gaps the edges are exactly the half-way points.
+    """
+    n = len(wave)
+    if n == 1:
+        return np.array([wave[0] * (1 - 1e-4)]), np.array([wave[0] * (1 + 1e-4)])
+    step = np.diff(wave)  # (L - 1,) > 0
+    if n > 2:
+        from scipy.ndimage import median_filter
+        typical = median_filter(step, size=min(GAP_WINDOW, len(step) | 1), mode="nearest")
+        typical = np.minimum(typical, 4.0 * np.median(step / wave[:-1]) * wave[:-1])
+    else:
+        typical = step.copy()
     mid = 0.5 * (wave[1:] + wave[:-1])
-    return np.concatenate([[2 * wave[0] - mid[0]], mid, [2 * wave[-1] - mid[-1]]])
+    gap = 0.5 * step > typical
+    upper = np.empty(n)
+    lower = np.empty(n)
+    upper[:-1] = np.where(gap, wave[:-1] + typical, mid)
+    lower[1:] = np.where(gap, wave[1:] - typical, mid)
+    lower[0] = 2 * wave[0] - upper[0]  # ends mirror their neighbour's spacing
+    upper[-1] = 2 * wave[-1] - lower[-1]
+    return lower, upper
 
 
 def rebin_matrix(wave: np.ndarray, edges: np.ndarray) -> sp.csr_matrix:
     """Overlap matrix from native pixels (centres ``wave`` (L,)) to grid bins (``edges`` (G+1,)).
 
     Returns (G, L) CSR: entry [k, p] is the fraction of native pixel p lying in grid pixel k.
-    Native pixels with non-finite centres get no weight. Raises :class:`UserError` if the
-    finite centres are not strictly increasing.
+    Native pixels with non-finite centres get no weight; gaps in the native sampling stay
+    without data (see :func:`_native_bounds`). Raises :class:`UserError` if the finite
+    centres are not strictly increasing.
     """
     wave = np.asarray(wave, dtype=np.float64)
     n_grid, n_native = len(edges) - 1, len(wave)
@@ -177,7 +228,16 @@ def rebin_matrix(wave: np.ndarray, edges: np.ndarray) -> sp.csr_matrix:
     w = wave[good]
     if np.any(np.diff(w) <= 0):
         raise UserError("arm wavelengths must be strictly increasing")
-    nat = _native_edges(w)
+    lower, upper = _native_bounds(w)
+    # one edge sequence with a placeholder piece (owner -1) for every hole between pixels
+    hole = lower[1:] > upper[:-1]
+    owners = np.repeat(np.arange(len(w)), np.where(np.append(hole, False), 2, 1))
+    owners[np.flatnonzero(np.append(hole, False)) + np.arange(1, hole.sum() + 1)] = -1
+    nat = np.empty(len(owners) + 1)
+    nat[0] = lower[0]
+    nat[1:] = np.where(owners >= 0, upper[np.maximum(owners, 0)], 0.0)
+    holes = np.flatnonzero(owners < 0)
+    nat[holes + 1] = lower[owners[holes + 1]]
     lo, hi = max(nat[0], edges[0]), min(nat[-1], edges[-1])
     if not hi > lo:
         return sp.csr_matrix((n_grid, n_native))
@@ -185,10 +245,11 @@ def rebin_matrix(wave: np.ndarray, edges: np.ndarray) -> sp.csr_matrix:
     cuts = np.concatenate([[lo], cuts, [hi]])
     length = np.diff(cuts)
     mid = 0.5 * (cuts[1:] + cuts[:-1])
-    p = np.clip(np.searchsorted(nat, mid) - 1, 0, len(w) - 1)
+    piece = np.clip(np.searchsorted(nat, mid) - 1, 0, len(owners) - 1)
     k = np.clip(np.searchsorted(edges, mid) - 1, 0, n_grid - 1)
-    frac = length / np.diff(nat)[p]
-    keep = frac > 0
+    p = owners[piece]
+    frac = length / (upper - lower)[np.maximum(p, 0)]
+    keep = (frac > 0) & (p >= 0)
     return sp.csr_matrix((frac[keep], (k[keep], good[p[keep]])), shape=(n_grid, n_native))
 
 
@@ -268,13 +329,15 @@ class Preprocessor:
         """Inverse-variance rebinning of all arms.
 
         Returns flux (N, n_pix) float32 [1e-17 erg/s/cm2/A], ivar (N, n_pix) float32
-        (0 = no valid data) and bad_input (N,) bool.
+        (0 = no valid data) and bad_input (N,) bool: corrupt values in unmasked pixels, or
+        pixels that a reader cleaned (``batch.n_bad_pixels > 0``).
         """
         n, g = len(batch), self.config.n_pix
         num = np.zeros((n, g), dtype=np.float32)
         den = np.zeros((n, g), dtype=np.float32)
         den2 = np.zeros((n, g), dtype=np.float32)
-        bad = np.zeros(n, dtype=bool)
+        counted = getattr(batch, "n_bad_pixels", None)
+        bad = np.zeros(n, dtype=bool) if counted is None else np.asarray(counted).reshape(n) > 0
         for name, arm in batch.arms.items():
             wave = np.asarray(arm["wave"])
             if wave.ndim != 1:
@@ -338,12 +401,14 @@ class Preprocessor:
         floor = np.maximum(1.25 * noise / np.sqrt(block), SCALE_MIN)
         scale = floor.copy()
         detected = np.zeros(n, dtype=bool)
+        implausible = np.zeros(n, dtype=bool)
         for i in np.flatnonzero(usable.any(axis=1)):
             use = usable[i]
             continuum[i] = np.interp(pix, centres[use], med[i, use])
             level = float(np.median(med[i, use]))
             detected[i] = level > floor[i]
             scale[i] = max(level, floor[i])
+            implausible[i] = level > SCALE_MAX or (detected[i] and level < LEVEL_MIN)
 
         inv = (1.0 / scale).astype(np.float32)[:, None]
         spectrum = np.zeros((n, 2, g), dtype=np.float32)
@@ -364,7 +429,8 @@ class Preprocessor:
         np.nan_to_num(spectrum, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         np.nan_to_num(feats, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return NetInputs(spectrum=spectrum, continuum=feats, valid_fraction=valid_fraction,
-                         scale=scale, noise=noise, bad_input=bad, continuum_detected=detected)
+                         scale=scale, noise=noise, bad_input=bad, continuum_detected=detected,
+                         implausible_flux=implausible)
 
 
 def preprocess(batch: SpectraBatch, config: PreprocessConfig | None = None) -> NetInputs:

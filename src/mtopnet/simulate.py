@@ -12,7 +12,12 @@ import argparse
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +28,8 @@ from .config import Exposure, UserError, parse_duration
 from .galaxies import GalaxyModel, GalaxyParams, filter_range, load_grids, sample_params
 from .galaxies.sps import DLOGLAM_REST
 from .instruments import Instrument, load_instrument, observe_arm
-from .store import SpectraBatch, check_writable, merge_stores, store_info, write_store
+from .store import (SpectraBatch, check_writable, merge_stores, remove_partial, store_info, write_error,
+                    write_store)
 
 SHARD_SIZE = 500
 SUB_BATCH = 128
@@ -178,6 +184,37 @@ def simulate_shard(spec: SimulationSpec, shard: int) -> SpectraBatch:
     return SpectraBatch(ids=ids, arms=arms, labels=labels)
 
 
+def _init_worker(parent: int | None = None) -> None:
+    """Pool initializer: a worker dies with the process that started it, and leaves Ctrl-C to it.
+
+    On Linux the kernel sends the worker SIGTERM when its parent dies (``prctl`` with
+    ``PR_SET_PDEATHSIG``); elsewhere a daemon thread polls ``os.getppid()`` once a second.
+    SIGTERM ends the worker at once and silently (``os._exit``), so a killed run leaves no
+    workers running on and no broken-pipe tracebacks; SIGINT is ignored (the parent stops
+    the pool). ``parent``: the pid of the process that started the pool (default: the current
+    parent).
+    """
+    parent = os.getppid() if parent is None else parent
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(1))
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        os._exit(1)
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+        threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def _run_shard(args: tuple[SimulationSpec, int, str]) -> int:
     spec, shard, path = args
     batch = simulate_shard(spec, shard)
@@ -196,7 +233,10 @@ def simulate(spec: SimulationSpec, out: str | Path, workers: int = 1, overwrite:
     shard_dir = out.with_name(out.name + ".shards")
     n_shards = (spec.n + SHARD_SIZE - 1) // SHARD_SIZE
     todo = []
-    shard_dir.mkdir(exist_ok=True)
+    try:
+        shard_dir.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise write_error(shard_dir, exc) from None
     for i in range(n_shards):
         path = shard_dir / f"shard_{i:05d}.h5"
         if path.exists():
@@ -213,15 +253,21 @@ def simulate(spec: SimulationSpec, out: str | Path, workers: int = 1, overwrite:
     done_n = sum(min(SHARD_SIZE, spec.n - i * SHARD_SIZE) for i in range(n_shards)) - \
         sum(min(SHARD_SIZE, spec.n - t[1] * SHARD_SIZE) for t in todo)
     bar = tqdm(total=spec.n, initial=done_n, unit="spec", desc=f"simulate {out.name}", disable=not progress)
-    if workers == 1 or len(todo) <= 1:
-        for task in todo:
-            bar.update(_run_shard(task))
-    else:
-        ctx = mp.get_context("fork")
-        with ctx.Pool(workers) as pool:
-            for count in pool.imap_unordered(_run_shard, todo):
-                bar.update(count)
-    bar.close()
+    try:
+        if workers == 1 or len(todo) <= 1:
+            for task in todo:
+                bar.update(_run_shard(task))
+        else:
+            ctx = mp.get_context("fork")
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+                for count in pool.imap_unordered(_run_shard, todo):
+                    bar.update(count)
+    except BaseException:
+        for partial in shard_dir.glob("*.tmp"):  # a worker stopped mid-write; finished shards stay
+            remove_partial(partial)
+        raise
+    finally:
+        bar.close()
     parts = [shard_dir / f"shard_{i:05d}.h5" for i in range(n_shards)]
     merge_stores(parts, out, {"instrument": spec.instrument, "provenance": spec.provenance()})
     shutil.rmtree(shard_dir)

@@ -17,12 +17,19 @@ Layout (one file, N objects, one group per spectrograph arm)::
 
 Files are written under a temporary name and renamed when complete (:func:`write_store`),
 so a reader never sees a half-written store. Writing is deterministic: the same content
-gives the same bytes (no timestamps).
+gives the same bytes (no timestamps). :func:`write_store` builds the file in memory and
+writes its bytes with plain file I/O, so a full disk, a read-only folder or a missing
+permission ends as one-line :class:`UserError` (:func:`write_error`) with the temporary file
+removed, never inside the HDF5 library (which, failing mid-write, can crash the process).
 """
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -42,11 +49,19 @@ class SpectraBatch:
 
     ids: (N,) int64; labels: name -> (N,) array; arms: arm name -> dict with
     ``wave`` (L,), ``flux``/``ivar`` (N, L) float32 and ``mask`` (N, L) uint8.
+    n_bad_pixels: (N,) int64, pixels per object that a reader found corrupt and cleaned (NaN or
+    inf flux, NaN/inf/negative ivar or error, outside any bad-pixel mask the file gave); zeros
+    when not given. Prediction sets zwarn BAD_INPUT where it is > 0. Not stored in the HDF5 file.
     """
 
     ids: np.ndarray
     arms: dict[str, dict[str, np.ndarray]]
     labels: dict[str, np.ndarray] = field(default_factory=dict)
+    n_bad_pixels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_bad_pixels is None:
+            self.n_bad_pixels = np.zeros(len(self.ids), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -62,6 +77,8 @@ class SpectraBatch:
         for key, value in self.labels.items():
             if len(value) != n:
                 raise UserError(f"label {key}: has {len(value)} rows, expected {n}")
+        if len(self.n_bad_pixels) != n:
+            raise UserError(f"n_bad_pixels: has {len(self.n_bad_pixels)} rows, expected {n}")
 
     def subset(self, index: np.ndarray | slice) -> "SpectraBatch":
         return SpectraBatch(
@@ -69,6 +86,7 @@ class SpectraBatch:
             arms={a: {"wave": d["wave"], "flux": d["flux"][index], "ivar": d["ivar"][index],
                       "mask": d["mask"][index]} for a, d in self.arms.items()},
             labels={k: v[index] for k, v in self.labels.items()},
+            n_bad_pixels=np.asarray(self.n_bad_pixels)[index],
         )
 
     @staticmethod
@@ -80,6 +98,7 @@ class SpectraBatch:
                       **{k: np.concatenate([p.arms[a][k] for p in parts]) for k in ("flux", "ivar", "mask")}}
                   for a in first.arms},
             labels={k: np.concatenate([p.labels[k] for p in parts]) for k in first.labels},
+            n_bad_pixels=np.concatenate([np.asarray(p.n_bad_pixels) for p in parts]),
         )
 
 
@@ -111,16 +130,55 @@ def check_writable(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
+_WRITE_HINTS = {errno.ENOSPC: "the disk is full; free space and run again",
+                errno.EDQUOT: "the disk quota is exceeded; free space and run again",
+                errno.EROFS: "the file system is read-only; choose another output",
+                errno.EACCES: "no permission to write there; choose another output",
+                errno.EPERM: "no permission to write there; choose another output"}
+
+
+def write_error(path: str | Path, exc: BaseException) -> UserError:
+    """One-line :class:`UserError` for a failed write of ``path``: the reason (errno from the
+    exception, or from an HDF5 message's ``errno = N``) and what to do; partial output removed."""
+    code = getattr(exc, "errno", None)
+    if not code:
+        found = re.search(r"errno = (\d+)", str(exc))
+        code = int(found.group(1)) if found else None
+    reason = os.strerror(code) if code else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    hint = _WRITE_HINTS.get(code or -1, "nothing was written")
+    return UserError(f"{path}: cannot write ({reason}); {hint}")
+
+
+def remove_partial(path: str | Path) -> None:
+    """Remove a partial output file if there is one (ignoring a failure to remove it)."""
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _write_bytes(path: Path, data: memoryview | bytes) -> None:
+    """Write ``data`` to a new file ``path`` (plain file I/O; OSError on failure)."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
 def write_store(path: str | Path, batch: SpectraBatch, attrs: dict | None = None,
                 compression: str | None = None) -> None:
-    """Write ``batch`` to ``path`` atomically (``path.tmp`` then rename)."""
+    """Write ``batch`` to ``path`` atomically (``path.tmp`` then rename).
+
+    The file is built in memory (about the size of the batch's arrays) and written with one
+    plain write; any OSError (full disk, read-only folder, permission) removes ``path.tmp``
+    and raises :func:`write_error`'s one-line :class:`UserError`.
+    """
     path = Path(path)
     batch.validate()
     tmp = path.with_name(path.name + ".tmp")
     kw = dict(track_times=False)
     if compression:
         kw.update(compression=compression)
-    with h5py.File(tmp, "w", track_order=True) as f:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w", track_order=True) as f:
         f.attrs["mtopnet_version"] = __version__
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["arms"] = json.dumps(list(batch.arms))
@@ -138,7 +196,12 @@ def write_store(path: str | Path, batch: SpectraBatch, attrs: dict | None = None
             g.create_dataset("wave", data=np.asarray(arm["wave"], dtype=np.float64), **kw)
             for key, dtype in (("flux", np.float32), ("ivar", np.float32), ("mask", np.uint8)):
                 g.create_dataset(key, data=np.asarray(arm[key], dtype=dtype), chunks=chunks, **kw)
-    os.replace(tmp, path)
+    try:
+        _write_bytes(tmp, buffer.getbuffer())
+        os.replace(tmp, path)
+    except OSError as exc:
+        remove_partial(tmp)
+        raise write_error(path, exc) from None
 
 
 def open_store(path: str | Path) -> h5py.File:
@@ -195,7 +258,8 @@ def merge_stores(parts: list[str | Path], path: str | Path, attrs: dict | None =
     """Concatenate store files into ``path`` (atomically), streaming: memory flat in N.
 
     The parts must share arms, wavelengths and label names; their root attributes are
-    replaced by ``attrs``.
+    replaced by ``attrs``. Refused (UserError) when the disk lacks the parts' total size; a
+    write that fails anyway removes ``path.tmp`` and raises :func:`write_error`'s UserError.
     """
     path = Path(path)
     infos = [store_info(p) for p in parts]
@@ -205,6 +269,26 @@ def merge_stores(parts: list[str | Path], path: str | Path, attrs: dict | None =
             raise UserError(f"{p}: arms or labels differ from {parts[0]}")
     n = sum(i["n"] for i in infos)
     tmp = path.with_name(path.name + ".tmp")
+    need = sum(Path(p).stat().st_size for p in parts)
+    try:
+        free = shutil.disk_usage(path.parent if str(path.parent) else ".").free
+    except OSError:
+        free = need
+    if free < need:  # HDF5 failing mid-write can crash the process: refuse before writing
+        raise UserError(f"{path}: cannot write ({os.strerror(errno.ENOSPC)}: the merged store needs "
+                        f"~{need / 1e6:.0f} MB, {free / 1e6:.0f} MB are free); {_WRITE_HINTS[errno.ENOSPC]}")
+    try:
+        _merge_into(tmp, parts, infos, n, attrs, chunk_rows)
+        os.replace(tmp, path)
+    except OSError as exc:
+        remove_partial(tmp)
+        raise write_error(path, exc) from None
+
+
+def _merge_into(tmp: Path, parts: list[str | Path], infos: list[dict], n: int, attrs: dict | None,
+                chunk_rows: int) -> None:
+    """The body of :func:`merge_stores`: write the concatenation of ``parts`` to ``tmp``."""
+    first = infos[0]
     kw = dict(track_times=False)
     with h5py.File(tmp, "w", track_order=True) as out:
         out.attrs["mtopnet_version"] = __version__
@@ -238,4 +322,3 @@ def merge_stores(parts: list[str | Path], path: str | Path, attrs: dict | None =
                     for key in ("flux", "ivar", "mask"):
                         out["arms"][a][key][row:row + m] = f["arms"][a][key][:]
             row += m
-    os.replace(tmp, path)

@@ -8,7 +8,8 @@ every format:
   reversed); air wavelengths are converted to vacuum once, here;
 * shapes must agree (otherwise a one-line :class:`~mtopnet.config.UserError`);
 * NaN/inf flux, NaN/inf/negative ivar and values beyond float32 become ``flux = 0``,
-  ``ivar = 0`` and mask bit ``MASK_BAD``; a pixel with ``MASK_BAD`` carries ``ivar = 0`` and
+  ``ivar = 0`` and mask bit ``MASK_BAD``, and are counted per object in
+  ``SpectraBatch.n_bad_pixels`` (:func:`count_corrupt`) so that prediction can flag them; a pixel with ``MASK_BAD`` carries ``ivar = 0`` and
   a pixel with ``ivar = 0`` carries ``MASK_BAD``;
 * an arm without any usable noise has it estimated from the spectrum
   (:func:`estimate_noise`) and the object is flagged in ``labels['noise_estimated']``;
@@ -115,6 +116,29 @@ def sanitize(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray | None = None
     ivar32 = ivar.astype(np.float32)
     out_mask[ivar32 == 0] |= MASK_BAD  # includes ivar that underflows float32
     return flux.astype(np.float32), ivar32, out_mask
+
+
+def count_corrupt(flux: np.ndarray, noise: np.ndarray | None, mask: np.ndarray | None,
+                  noise_kind: str = "ivar") -> np.ndarray:
+    """(N,) int64: pixels per row with corrupt values that :func:`sanitize` will clean.
+
+    flux: (N, L); noise: (N, L) ivar or 1-sigma error (``noise_kind``), or None; mask: (N, L)
+    package bits or None. Corrupt: flux NaN/inf or beyond float32; noise NaN; ivar inf or
+    negative; error negative or -inf. A pixel the file's own mask marks bad (MASK_BAD) is not
+    counted, nor is ivar 0 or error +inf (the usual ways of saying "no data").
+    """
+    flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
+    with np.errstate(invalid="ignore"):
+        corrupt = ~np.isfinite(flux) | (np.abs(flux) > _F32_MAX)
+        if noise is not None:
+            noise = np.atleast_2d(np.asarray(noise, dtype=np.float64))
+            if noise_kind == "ivar":
+                corrupt |= ~np.isfinite(noise) | (noise < 0)
+            else:
+                corrupt |= np.isnan(noise) | (noise < 0)
+    if mask is not None:
+        corrupt &= (np.atleast_2d(np.asarray(mask)) & MASK_BAD) == 0
+    return corrupt.sum(axis=-1).astype(np.int64)
 
 
 def map_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
@@ -279,6 +303,7 @@ def build_block(source: Any, ids: Sequence[Any] | np.ndarray, arms: dict[str, Ra
     n = len(ids)
     estimated = np.zeros(n, dtype=bool) if noise_estimated is None else np.asarray(noise_estimated, bool).copy()
     estimated_now = np.zeros(n, dtype=bool)
+    n_bad = np.zeros(n, dtype=np.int64)
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, raw in arms.items():
         wave = np.asarray(raw.wave, dtype=np.float64)
@@ -310,6 +335,8 @@ def build_block(source: Any, ids: Sequence[Any] | np.ndarray, arms: dict[str, Ra
             wave = air_to_vacuum(wave)
         flux = np.asarray(arrays["flux"], dtype=np.float64)
         mask = map_mask(arrays.get("mask"), flux.shape)
+        kind = "ivar" if "ivar" in arrays else "error"
+        n_bad += count_corrupt(flux, arrays.get(kind), mask, kind)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             flux_ok = np.isfinite(flux) & (np.abs(flux) <= _F32_MAX)
             if "ivar" in arrays:
@@ -341,4 +368,4 @@ def build_block(source: Any, ids: Sequence[Any] | np.ndarray, arms: dict[str, Ra
         warnings.warn(NoiseEstimatedWarning(
             f"{source}: no usable noise (ivar/error) for {int(estimated_now.sum())} object(s); estimated "
             "from the spectrum's pixel-to-pixel scatter and flagged in labels['noise_estimated']"), stacklevel=2)
-    return SpectraBatch(ids=ids, arms=out, labels={"noise_estimated": estimated})
+    return SpectraBatch(ids=ids, arms=out, labels={"noise_estimated": estimated}, n_bad_pixels=n_bad)

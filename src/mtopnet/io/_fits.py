@@ -1,7 +1,10 @@
 """Opening FITS files so that truncation and corruption end as one-line UserErrors."""
 from __future__ import annotations
 
+import bz2
+import gzip
 import warnings
+import zlib
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -13,14 +16,51 @@ _CORRUPT_HINTS = ("truncated", "corrupt", "missing end card", "not a multiple of
                   "not multiple of 2880")
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+_BZIP2_MAGIC = b"BZh"
+
+
+def check_compressed(path: str, chunk: int = 1 << 20) -> None:
+    """UserError if ``path`` is a gzip or bzip2 file whose compressed stream is cut short or
+    damaged (CRC or data error); a no-op for any other file.
+
+    astropy decompresses only as far as it needs and reads a truncated ``.fits.gz`` as if it
+    ended where the stream stops; decompressing the whole stream once (in ``chunk``-byte
+    pieces, so memory stays flat) finds the damage that its CRC and length trailer reveal.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(3)
+    except OSError:
+        return  # the caller's open reports it
+    opener = gzip.open if head[:2] == _GZIP_MAGIC else bz2.open if head == _BZIP2_MAGIC else None
+    if opener is None:
+        return
+    try:
+        with opener(path, "rb") as stream:
+            while stream.read(chunk):
+                pass
+    except (EOFError, OSError, zlib.error, ValueError) as exc:
+        raise fail(path, f"file is truncated or damaged: the compressed data {_compressed_problem(exc)}") from None
+
+
+def _compressed_problem(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "end before the end-of-stream marker"
+    return f"do not decompress ({first_line(exc)})"
+
+
 @contextmanager
 def open_fits(path: str) -> Iterator[Any]:
     """Open a FITS file read-only with all headers parsed; raise UserError if it is damaged.
 
     astropy reports a file shorter than its headers promise only as a warning; here any
-    truncation/corruption warning becomes ``UserError("<path>: truncated or corrupt ...")``.
+    truncation/corruption warning becomes ``UserError("<path>: file is truncated or damaged: ...")``.
+    A gzip/bzip2-compressed file is first checked whole (:func:`check_compressed`).
     """
     from astropy.io import fits
+
+    check_compressed(path)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -34,7 +74,7 @@ def open_fits(path: str) -> Iterator[Any]:
         message = str(record.message)
         if any(hint in message.lower() for hint in _CORRUPT_HINTS):
             hdul.close()
-            raise fail(path, f"truncated or corrupt FITS file ({first_line(Exception(message))})")
+            raise fail(path, f"file is truncated or damaged: FITS ({first_line(Exception(message))})")
     try:
         yield hdul
     finally:

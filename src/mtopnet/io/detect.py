@@ -8,7 +8,7 @@ from ._core import fail
 from ._fits import hdu_names, open_fits, table_columns
 from .desi import desi_arms
 from .generic_fits import arm_tables
-from .text import looks_like_text_spectrum
+from .text import _role, looks_like_text_spectrum
 
 FORMATS = ("moons1d", "desi", "sdss", "fits", "text", "hdf5")
 """Names accepted by ``format=``: moons1d, desi, sdss, fits (generic), text, hdf5 (store)."""
@@ -73,10 +73,44 @@ def _sniff_fits(path: str) -> str | None:
     return None
 
 
+FORCE_HINT = "--format (format= in Python) forces a format"
+
+
+def unknown_format_problem(path: str) -> str:
+    """What is wrong with a file that :func:`sniff_format` recognises as no format (one phrase)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(65536)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not head:
+        return "file is empty"
+    if head.startswith(_GZIP_MAGIC):
+        return "gzip-compressed, but holds no FITS, HDF5 or text spectrum"
+    if b"\x00" in head:
+        return f"not a spectrum file (binary, neither FITS nor HDF5; it starts with {head[:8]!r})"
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        try:
+            text = head[:-4].decode("utf-8-sig")
+        except UnicodeDecodeError:
+            return f"not a spectrum file (neither FITS, HDF5 nor UTF-8 text; it starts with {head[:8]!r})"
+    content = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    if not content:
+        return "text with no data rows (only comments or blank lines)"
+    names = content[0].replace(",", " ").split()
+    if len(content) == 1 and names and all(_role(name)[0] for name in names):
+        return "text with no data rows (a header line of column names, no numbers under it)"
+    return ("text, but no numeric columns of wavelength and flux (not a text spectrum); "
+            "expected columns: wavelength, flux[, error[, mask]]")
+
+
 def detect_format(path: str | Path) -> str:
-    """The format of one file; UserError (one line) if it is not a known spectrum format."""
+    """The format of one file; UserError (one line) if it is not a known spectrum format,
+    saying what is wrong with the file (empty, no data rows, not FITS, ...)."""
     fmt = sniff_format(str(path))
     if fmt is None:
-        raise fail(path, "unknown format (not a moons1d, DESI, SDSS, generic FITS or text spectrum, "
-                         "nor an mtopnet store); pass format= to force one")
+        raise fail(path, f"{unknown_format_problem(str(path))}: not a moons1d, DESI, SDSS, generic FITS or text "
+                         f"spectrum, nor an mtopnet store; {FORCE_HINT}")
     return fmt

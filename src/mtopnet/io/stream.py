@@ -12,7 +12,7 @@ import numpy as np
 
 from ..config import UserError
 from ..store import SpectraBatch, iter_store
-from ._core import NoiseEstimatedWarning, ReaderWarning, fail, first_line, sanitize
+from ._core import NoiseEstimatedWarning, ReaderWarning, count_corrupt, fail, first_line, sanitize
 from .desi import read_desi
 from .detect import FORMATS, detect_format, sniff_format
 from .generic_fits import read_generic_fits
@@ -39,13 +39,13 @@ def read_hdf5(path: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Spect
     """Stream an mtopnet store (int64 ids, labels kept) through the same sanitising rules."""
     for batch in iter_store(path, batch_size=batch_size):
         for arm in batch.arms.values():
+            batch.n_bad_pixels = batch.n_bad_pixels + count_corrupt(arm["flux"], arm["ivar"], arm["mask"])
             arm["flux"], arm["ivar"], arm["mask"] = sanitize(arm["flux"], arm["ivar"], arm["mask"])
         batch.labels.setdefault("noise_estimated", np.zeros(len(batch), dtype=bool))
         yield batch
 
 
 _READERS: dict[str, Callable[[str], Iterator[SpectraBatch]]] = {
-    "desi": read_desi,
     "sdss": read_sdss,
     "fits": read_generic_fits,
     "text": read_text,
@@ -137,6 +137,8 @@ def _guarded(unit: _Unit, batch_size: int) -> Iterator[SpectraBatch]:
             yield from read_moons1d(unit.paths)
         elif unit.fmt == "hdf5":
             yield from read_hdf5(unit.paths[0], batch_size)
+        elif unit.fmt == "desi":  # many targets per file: read in chunks
+            yield from read_desi(unit.paths[0], chunk_rows=batch_size)
         else:
             yield from _READERS[unit.fmt](unit.paths[0])
     except UserError:
@@ -196,19 +198,23 @@ def _blocks(units: list[_Unit], batch_size: int) -> Iterator[SpectraBatch]:
         if unit.fmt == "hdf5":  # streamed in chunks; a store always carries its ivar
             yield from _guarded(unit, batch_size)
             continue
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            blocks = list(_guarded(unit, batch_size))  # one file (or moons1d object) at a time
-        for record in caught:
-            if issubclass(record.category, NoiseEstimatedWarning):
-                if warned:
-                    continue
-                warned = True
-                message = f"{record.message} (further cases in this stream are not reported)"
-                warnings.warn(NoiseEstimatedWarning(message), stacklevel=2)
-            else:
-                warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
-        yield from blocks
+        blocks = _guarded(unit, batch_size)
+        while True:  # one block at a time (a DESI coadd is read in chunks of targets)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                block = next(blocks, None)
+            for record in caught:
+                if issubclass(record.category, NoiseEstimatedWarning):
+                    if warned:
+                        continue
+                    warned = True
+                    message = f"{record.message} (further cases in this stream are not reported)"
+                    warnings.warn(NoiseEstimatedWarning(message), stacklevel=2)
+                else:
+                    warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+            if block is None:
+                break
+            yield block
 
 
 def read_spectra(inputs: Iterable[Any] | str | os.PathLike, format: str | None = None,

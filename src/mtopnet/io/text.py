@@ -9,7 +9,10 @@ columns; recognised names (case-insensitive, a unit may follow in [] or ()):
 * noise: ``error err sigma noise uncertainty flux_err ferr e_flux std`` or ``ivar invvar``
 * mask: ``mask and_mask flag flags quality qual bad``
 
-Without a header the columns are positional: wavelength, flux[, error[, mask]].
+Without a header the columns are positional: wavelength, flux[, error[, mask]] (the one
+convention for unnamed columns). An unnamed error column that cannot be a 1-sigma error is
+refused (:func:`check_unnamed_error`): only 0 and 1 (a mask), no positive value, or a median
+more than ``ERROR_SCATTER_RATIO`` times off the flux's own pixel-to-pixel scatter (DER_SNR).
 Comments of the form ``# key: value`` may give ``id`` (else the file stem), ``arm``
 (default ``ALL``), ``airorvac`` (``air`` converts to vacuum), ``wave_unit`` (default
 Angstrom), ``flux_unit`` (default 1e-17 erg/s/cm2/A) and ``noise_estimated``.
@@ -27,9 +30,15 @@ from typing import Iterator
 import numpy as np
 
 from ..store import SpectraBatch, check_writable
-from ._core import RawArm, build_block, fail, flux_factor, parse_unit, wave_to_angstrom
+from ._core import RawArm, build_block, estimate_noise, fail, flux_factor, parse_unit, wave_to_angstrom
 
 ARM = "ALL"
+ERROR_SCATTER_RATIO = 30.0
+"""An unnamed error column whose median differs from the flux's DER_SNR scatter by more than
+this factor (either way) is not taken as an error. Resampled (pixel-correlated) spectra make
+DER_SNR a few times low; a sky, continuum or S/N column is off by far more."""
+NAMING_HINT = ("name the columns with a header line, e.g. 'wave flux err', 'wave flux ivar', "
+               "'wave flux mask' or 'wave flux err mask'")
 _ALIASES = {
     "wave": {"wavelength", "wave", "lambda", "lam", "wl", "angstrom", "wavelength_vac", "wavelength_air"},
     "loglam": {"loglam", "log_lambda", "log_wave", "loglambda"},
@@ -78,11 +87,11 @@ def looks_like_text_spectrum(path: str, max_bytes: int = 65536) -> bool:
     if b"\x00" in head:
         return False
     try:
-        text = head.decode("utf-8")
+        text = head.decode("utf-8-sig")
     except UnicodeDecodeError:
         # A multi-byte character cut at the end of the sample is fine.
         try:
-            text = head[:-4].decode("utf-8")
+            text = head[:-4].decode("utf-8-sig")
         except UnicodeDecodeError:
             return False
     lines = [ln.strip() for ln in text.splitlines()]
@@ -101,10 +110,42 @@ def looks_like_text_spectrum(path: str, max_bytes: int = 65536) -> bool:
     return len(second) >= 2 and all(_is_number(tok) for tok in second)
 
 
+def check_unnamed_error(path: str, flux: np.ndarray, error: np.ndarray, position: int, width: int) -> None:
+    """UserError unless ``error`` (L,) can be the 1-sigma noise of ``flux`` (L,) (same unit).
+
+    Refused: finite values but none positive (all zeros), values 0 and 1 only (a mask), or
+    a median error more than ERROR_SCATTER_RATIO times above or below the flux's pixel-to-pixel
+    scatter (:func:`~mtopnet.io.estimate_noise`, DER_SNR). A noise-free flux (scatter below
+    1e-6 of its level: a model spectrum) is not compared; an all-NaN column is "no noise given"
+    (the noise is then estimated and flagged).
+    """
+    finite = error[np.isfinite(error)]
+    problem = None
+    if not finite.size:
+        return  # no noise at all (NaN): estimated from the flux and flagged, as for a named column
+    if np.all((finite == 0) | (finite == 1)) and np.any(finite == 1) and np.any(finite == 0):
+        problem = "it holds only 0 and 1, like a bad-pixel mask"
+    elif not np.any(finite > 0):
+        problem = "it is all zeros" if np.all(finite == 0) else "it has no positive value"
+    else:
+        good = np.isfinite(flux) & np.isfinite(error) & (error > 0)
+        scatter = float(np.nanmedian(estimate_noise(flux, good))) if good.sum() >= 10 else np.nan
+        level = float(np.nanmedian(np.abs(flux[good]))) if good.any() else 0.0
+        median = float(np.median(error[good])) if good.any() else np.nan
+        if np.isfinite(scatter) and scatter > 1e-6 * level and np.isfinite(median):
+            ratio = median / scatter
+            if not 1.0 / ERROR_SCATTER_RATIO <= ratio <= ERROR_SCATTER_RATIO:
+                problem = (f"its median {median:.3g} is {ratio:.3g} times the flux's pixel-to-pixel "
+                           f"scatter {scatter:.3g}")
+    if problem:
+        raise fail(path, f"column {position + 1} of {width} unnamed columns is read as the 1-sigma error, but "
+                         f"{problem}; {NAMING_HINT}")
+
+
 def read_text(path: str) -> Iterator[SpectraBatch]:
     """One SpectraBatch with one row from a text spectrum."""
     try:
-        with open(path, "r", encoding="utf-8") as handle:
+        with open(path, "r", encoding="utf-8-sig") as handle:  # a byte-order mark is skipped
             lines = handle.read().splitlines()
     except FileNotFoundError:
         raise fail(path, "no such file") from None
@@ -168,6 +209,7 @@ def read_text(path: str) -> Iterator[SpectraBatch]:
         roles = {"wave": 0, "flux": 1}
         if width >= 3:
             roles["error"] = 2
+            check_unnamed_error(path, table[:, 1], table[:, 2], 2, width)
         if width == 4:
             roles["mask"] = 3
     wave = table[:, roles["wave"]] if "wave" in roles else 10.0 ** table[:, roles["loglam"]]
