@@ -323,6 +323,18 @@ def test_training_spectra_have_enough_without_lines(monkeypatch):
         assert key in b.labels and len(b.labels[key]) == 200
 
 
+def test_training_randomised_run_is_worker_independent(tmp_path, monkeypatch):
+    monkeypatch.setattr(sim, "SHARD_SIZE", 8)
+    spec = _spec(n=16, seed=4, population="training", nuisance="randomised", nuisance_off=("lsf",))
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    sim.simulate(spec, a, workers=1, progress=False)
+    sim.simulate(spec, b, workers=2, progress=False)
+    assert a.read_bytes() == b.read_bytes()
+    with h5py.File(a) as f:
+        assert np.all(f["labels/nu_lsf_scale"][:] == 1.0)
+        assert "training_prior" in f.attrs["provenance"]
+
+
 def test_nuisance_draws_within_documented_ranges(rng):
     exp = Exposure(8 * 3600)
     c = nu.draw_conditions(3000, 3, exp, np.full(3000, 0.3), rng)
