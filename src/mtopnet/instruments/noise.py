@@ -36,7 +36,9 @@ class ArmSpectra:
     gain: (N, L) or None, what a source's flux density at the top of the atmosphere is
     multiplied by in the calibrated spectrum (fibre loss relative to a point source,
     uncorrected telluric absorption, flux-calibration error); set by
-    :func:`observe_arm_conditions` only.
+    :func:`observe_arm_conditions` only. sky_error: (N, L) or None, 1-sigma of the
+    sky-subtraction scale error in flux units (sky_residual x sky); fully correlated along
+    an arm (one error per object and arm), included in ``ivar`` as if independent.
     """
 
     wave: np.ndarray
@@ -44,6 +46,7 @@ class ArmSpectra:
     ivar: np.ndarray
     mask: np.ndarray
     gain: np.ndarray | None = None
+    sky_error: np.ndarray | None = None
 
 
 def expected_pixel_flux(arm: Arm, fine_flux: np.ndarray, airmass: float, seeing: float,
@@ -178,6 +181,7 @@ def observe_arm_conditions(arm: Arm, arm_index: int, fine_flux: np.ndarray, sub_
         flux = np.where(good, net / calib * cal, 0.0)
         ivar = np.where(good, calib ** 2 / variance / cal ** 2, 0.0)
         gain = np.where(good, fibre / point * resp.telluric_pixel[None, :] / t_corr * cal, 0.0)
+        sky_error = np.where(good, cond.sky_residual[:, None] * n_sub * sky_e / calib * cal, 0.0)
     mask = np.broadcast_to(resp.mask, flux.shape).copy()
     return ArmSpectra(arm.wave.copy(), flux.astype(np.float32), ivar.astype(np.float32), mask,
-                      gain.astype(np.float32))
+                      gain.astype(np.float32), sky_error.astype(np.float32))
