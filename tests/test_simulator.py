@@ -415,3 +415,21 @@ def test_training_options_refused_with_the_survey_population(tmp_path, capsys):
                  "--nuisance", "randomised", "--nuisance-off", "moon", "--quiet"]) == 2
     assert "unknown moon" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_line_snr_scales_with_flux_and_counts_the_sky_error_coherently(inst, model):
+    rng = np.random.default_rng(8)
+    p = sample_training_params(24, rng, (0.6, 1.5), TrainingPrior(quiescent_fraction=0.0))
+    rest = model.rest_frame(p)
+    cond = nu.nominal_conditions(24, 3, Exposure(8 * 3600), p.r_e)
+    cond.sky_residual[:] = 0.0
+    arms = sim.observe_galaxies_conditions(inst, model, p, rest, cond, 1800.0, rng)
+    snr = sim.line_snr(inst, model, p, rest, arms, cond)
+    double = rest.__class__(rest.cont, rest.line_lum * 2, rest.logmstar, rest.logsfr, rest.logsfr_inst)
+    assert np.allclose(sim.line_snr(inst, model, p, double, arms, cond), 2 * snr, rtol=1e-6)
+    # Without sky error, F sqrt(sum phi^2 ivar) of the strongest line: >= 3 for most star-forming
+    assert np.median(snr) > 3
+    cond.sky_residual[:] = 0.02
+    noisy = sim.observe_galaxies_conditions(inst, model, p, rest, cond, 1800.0, np.random.default_rng(8))
+    worse = sim.line_snr(inst, model, p, rest, noisy, cond)
+    assert np.all(worse <= snr * 1.001 + 1e-9) and np.median(worse / np.maximum(snr, 1e-9)) < 0.98
