@@ -429,7 +429,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nuisance", default="fixed", choices=NUISANCE_MODES,
                    help="fixed: every object under the exposure's conditions (default); randomised: per object "
                         "sky residual, source size, seeing, airmass, throughput, exposure time, flux calibration, "
-                        "LSF width, wavelength zero point, STARE/XSW, telluric residual (docs/simulator.md)")
+                        "LSF width, wavelength zero point, STARE/XSW, telluric residual (docs/simulator.md); "
+                        "--exposure, --airmass, --seeing, --sky-residual then apply only to those switched off")
     p.add_argument("--nuisance-off", nargs="+", default=(), metavar="NAME",
                    help=f"randomised: keep these nuisances at their nominal value ({', '.join(NUISANCES)})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
