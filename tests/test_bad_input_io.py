@@ -5,6 +5,7 @@ built in code; the shared bug cases (``../shared/data/bugcases``) are used when 
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,7 @@ def test_bugcase_gap_stretch_dropped_equals_masked(tmp_path):
     """Issue 13 item 2 (bug case gap-stretch): the same spectrum with YJ pixels 2000-2999 dropped
     or masked gives the same stellar mass (was 1.20 vs 9.06 dex)."""
     import warnings
+
     from mtopnet.io import read_spectra
     from mtopnet.predict import load_model, predict_batches
     case = BUGCASES / "gap-stretch"
@@ -183,6 +185,7 @@ def test_weights_hash_is_stored_and_verified(tmp_path):
     """Issue 13 item 3: a saved checkpoint stores a SHA-256 of its weights; weights changed
     behind the archive's back (fresh CRCs) are refused with a one-line UserError."""
     import torch
+
     from mtopnet.checkpoint import read_checkpoint, save_checkpoint, weights_sha256
     state = {"a.weight": torch.arange(4096, dtype=torch.float32).reshape(64, 64), "a.bias": torch.zeros(64),
              "n": torch.tensor(3)}
@@ -203,6 +206,7 @@ def test_weights_hash_is_stored_and_verified(tmp_path):
 def _three_arm_fits_gz(tmp_path: Path) -> Path:
     """A generic three-arm FITS spectrum, gzip-compressed (built in code)."""
     import gzip
+
     from mtopnet.io import write_fits
     rng = np.random.default_rng(5)
     arms = {}
@@ -242,7 +246,8 @@ def test_truncated_or_damaged_fits_gz_is_refused(tmp_path, damage):
 
 def _text_spectrum(path: Path, flux: np.ndarray, ivar: np.ndarray) -> Path:
     wave = np.linspace(8000.0, 9000.0, flux.size)
-    lines = ["wavelength flux ivar"] + [f"{float(w)!r} {float(f)!r} {float(i)!r}" for w, f, i in zip(wave, flux, ivar)]
+    rows = zip(wave, flux, ivar, strict=True)
+    lines = ["wavelength flux ivar"] + [f"{float(w)!r} {float(f)!r} {float(i)!r}" for w, f, i in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -286,6 +291,7 @@ def test_store_reader_counts_cleaned_pixels(tmp_path):
 def test_bugcase_bad_input_bit_is_set():
     """Issue 13 item 7 (bug case bad-input-bit-never-set): 10% NaN flux and 20 inf ivar -> BAD_INPUT."""
     import warnings
+
     from mtopnet.io import read_spectra
     from mtopnet.predict import ZWarn, load_model, predict_batches
     with warnings.catch_warnings():
@@ -300,7 +306,7 @@ def test_bugcase_bad_input_bit_is_set():
 
 def _columns_file(path: Path, *columns: np.ndarray, header: str | None = None) -> Path:
     lines = [header] if header else []
-    lines += [" ".join(repr(float(v)) for v in row) for row in zip(*columns)]
+    lines += [" ".join(repr(float(v)) for v in row) for row in zip(*columns, strict=True)]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -484,10 +490,8 @@ def test_simulate_workers_die_with_their_parent(tmp_path):
         assert "Traceback" not in proc.stderr.read()
     finally:
         for p in workers + _children(proc.pid):
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(p, signal.SIGKILL)
-            except OSError:
-                pass
         if proc.poll() is None:
             proc.kill()
 
@@ -498,6 +502,7 @@ def _disk_full_after(monkeypatch, n_bytes: int) -> list[Path]:
     """Make the store writer's file writes fail with ENOSPC after ``n_bytes`` bytes (the partial
     file stays, as on a real full disk). Returns the list of paths it was asked to write."""
     import errno
+
     import mtopnet.store as store
     seen: list[Path] = []
 

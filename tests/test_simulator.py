@@ -248,3 +248,192 @@ def test_existing_or_unwritable_output_refused(tmp_path, capsys):
     assert out.read_bytes() == b"keep me"
     assert main(["simulate", "--n", "5", "--seed", "1", "--out", str(tmp_path / "no" / "x.h5"), "--quiet"]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+# --- training prior and randomised nuisances (issue 10) ------------------------------------
+
+from mtopnet.galaxies.population import SFH_FAMILIES, TrainingPrior, sample_training_params  # noqa: E402
+from mtopnet.instruments import nuisance as nu  # noqa: E402
+from mtopnet.instruments.noise import observe_arm_conditions  # noqa: E402
+
+SURVEY_CONTENT_SHA256 = "29567c60cd4e537084e84d0f44a7ee1864498695493c6199b73dc4c5390a0355"
+"""Content of shard 0 of the survey + fixed default (n=12, seed=5), as written before the
+training prior and the nuisances existed."""
+
+
+def _content_hash(batch) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for k in sorted(batch.labels):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(batch.labels[k]).tobytes())
+    for a in sorted(batch.arms):
+        for k in ("flux", "ivar", "mask"):
+            h.update(np.ascontiguousarray(batch.arms[a][k]).tobytes())
+    return h.hexdigest()
+
+
+def test_survey_default_output_unchanged():
+    spec = _spec(n=12, seed=5)
+    assert not spec.extended
+    assert {"population", "nuisance", "training_prior"}.isdisjoint(spec.provenance())
+    assert _content_hash(sim.simulate_shard(spec, 0)) == SURVEY_CONTENT_SHA256
+
+
+def test_training_prior_covers_mass_evenly_at_every_z(rng):
+    prior = TrainingPrior(quiescent_fraction=0.4, logm_range=(9.0, 12.0))
+    p = sample_training_params(20000, rng, (0.6, 3.0), prior)
+    for lo in (0.6, 1.2, 1.8, 2.4):
+        m = p.logmstar[(p.z >= lo) & (p.z < lo + 0.6)]
+        counts = np.histogram(m, bins=6, range=(9.0, 12.0))[0]
+        assert counts.min() > 0.85 * counts.mean() and counts.max() < 1.15 * counts.mean()
+    assert p.quiescent.mean() == pytest.approx(0.4, abs=0.02)
+    ssfr = p.logsfr100_target - p.logmstar
+    assert ssfr.min() < -12.8 and ssfr.max() > -8.5
+    assert np.all(ssfr[p.quiescent] <= -11.0) and np.all(ssfr[~p.quiescent] >= -11.0)
+    assert set(np.unique(p.sfh_family)) == set(SFH_FAMILIES)
+    assert p.av.min() < 0.05 and p.av.max() > 2.8
+    assert p.sigma_v.min() < 35 and p.sigma_v.max() > 350
+    assert p.log_zsol.min() < -1.4 and p.log_zsol.max() > 0.3
+    assert 0.02 < p.agn.mean() < 0.06
+
+
+def test_training_sfh_families_have_their_shapes(model, rng):
+    """Post-starbursts: a young (0.1-0.5 Gyr) burst and little star formation now."""
+    p = sample_training_params(600, rng, (0.6, 3.0))
+    rest = model.rest_frame(p)
+    psb = p.sfh_family == 5
+    assert np.all(p.quiescent[psb]) and np.all(~p.quiescent[p.sfh_family == 4])
+    assert np.all(rest.logsfr[psb] - rest.logmstar[psb] <= -11.0 + 1e-6)
+    # the burst bin dominates the old bins' SFR: ratios jump down going back in time
+    assert np.all(p.sfh_logratio[psb].min(axis=1) <= -1.0)
+
+
+def test_training_spectra_have_enough_without_lines(monkeypatch):
+    """>= 30% of the training population's spectra have no line at S/N >= 3."""
+    monkeypatch.setattr(sim, "SHARD_SIZE", 200)
+    spec = _spec(n=200, seed=11, population="training", nuisance="randomised")
+    b = sim.simulate_shard(spec, 0)
+    snr, q = b.labels["line_snr"], b.labels["quiescent"].astype(bool)
+    assert (snr < sim.LINE_DETECTED_SNR).mean() >= 0.30
+    assert 0.2 < q.mean() < 0.45
+    assert np.median(snr[q]) < 3 < np.median(snr[~q])
+    assert np.all((b.labels["hmag"] >= 20) & (b.labels["hmag"] <= 25.5))
+    assert b.labels["max_line_flux"].max() < 1e-13  # erg/s/cm2, not 1e-17 units
+    for key in ("nu_airmass", "nu_xsw", "nu_fluxcal_amp_H", "sfh_family"):
+        assert key in b.labels and len(b.labels[key]) == 200
+
+
+def test_training_randomised_run_is_worker_independent(tmp_path, monkeypatch):
+    monkeypatch.setattr(sim, "SHARD_SIZE", 8)
+    spec = _spec(n=16, seed=4, population="training", nuisance="randomised", nuisance_off=("lsf",))
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    sim.simulate(spec, a, workers=1, progress=False)
+    sim.simulate(spec, b, workers=2, progress=False)
+    assert a.read_bytes() == b.read_bytes()
+    with h5py.File(a) as f:
+        assert np.all(f["labels/nu_lsf_scale"][:] == 1.0)
+        assert "training_prior" in f.attrs["provenance"]
+
+
+def test_nuisance_draws_within_documented_ranges(rng):
+    exp = Exposure(8 * 3600)
+    c = nu.draw_conditions(3000, 3, exp, np.full(3000, 0.3), rng)
+    assert np.all((c.airmass >= 1.0) & (c.airmass <= 2.0)) and np.ptp(c.airmass) > 0.9
+    assert np.all((c.seeing >= 0.5) & (c.seeing <= 1.3))
+    hours = c.n_sub * exp.sub_exposure / 3600
+    assert hours.min() == 1.0 and hours.max() == 12.0
+    assert np.median(hours) == pytest.approx(np.sqrt(12.0), rel=0.15)  # log-uniform
+    assert np.all((c.sky_residual >= 0) & (c.sky_residual <= 0.02))
+    assert (c.sky_residual[~c.xsw] == 0).mean() == pytest.approx(nu.SKY_RESIDUAL_NONE, abs=0.03)
+    assert np.all(c.sky_residual[c.xsw] == 0) and c.xsw.mean() == pytest.approx(nu.XSW_SHARE, abs=0.03)
+    assert np.all((c.source_re >= 0) & (c.source_re <= 1.5)) and (c.source_re == 0).mean() > 0.1
+    assert np.all((c.lsf_scale >= 0.85) & (c.lsf_scale <= 1.15))
+    assert np.all(np.abs(c.wave_shift) <= 0.3) and np.all((c.telluric_left >= 0) & (c.telluric_left <= 0.3))
+    assert np.all((c.throughput >= 0) & (c.throughput <= 1))
+    for start in range(0, 3000, nu.GROUP_SIZE):  # shared within groups of <= 25
+        g = slice(start, start + nu.GROUP_SIZE)
+        assert np.ptp(c.airmass[g]) == 0 and np.ptp(c.lsf_scale[g]) == 0
+    wave = np.linspace(6470, 9340, 500)
+    cal = nu.fluxcal_factor(c, 0, wave)
+    base = 1 + c.fluxcal_offset[:, 0, None]
+    assert np.all(np.abs(cal / base - 1) <= 0.2 + 1e-9) and np.all(np.abs(base - 1) <= 0.1)
+    assert np.max(np.abs(cal / base - 1)) > 0.19
+
+
+@pytest.mark.parametrize("name", nu.NUISANCES)
+def test_each_nuisance_switches_off_alone(name):
+    exp = Exposure(8 * 3600)
+    re = np.full(400, 0.3)
+    on = nu.draw_conditions(400, 3, exp, re, np.random.default_rng(5))
+    off = nu.draw_conditions(400, 3, exp, re, np.random.default_rng(5), off=(name,))
+    fixed = nu.nominal_conditions(400, 3, exp, re)
+    changed = [k for k in on.__dict__ if not np.array_equal(getattr(on, k), getattr(off, k))]
+    assert changed, name
+    fixed.sky_residual = np.where(off.xsw, 0.0, fixed.sky_residual)  # XSW objects have no scale error
+    for k in changed:
+        if not (name == "xsw" and k == "sky_residual"):
+            assert np.array_equal(getattr(off, k), getattr(fixed, k)), (name, k)
+
+
+def test_nominal_conditions_reproduce_the_fixed_observation(inst, rng):
+    """With every nuisance off, the per-object path gives the fixed path's ivar and noise."""
+    arm = inst.arm("H")
+    src = _flat_fnu(arm, 20.0, n=300)
+    for exp in (Exposure(8 * 3600), Exposure(8 * 3600, sky_residual=0.0)):
+        ref = observe_arm(arm, src, exp, np.random.default_rng(1), 0.2)
+        cond = nu.nominal_conditions(300, 3, exp, np.full(300, 0.2 * 1.1774))
+        new = observe_arm_conditions(arm, 2, src, exp.sub_exposure, cond, np.random.default_rng(2))
+        good = (ref.ivar[0] > 0) & ((ref.mask[0] & MASK_SKYLINE) == 0)
+        assert np.allclose(new.ivar[:, good], ref.ivar[:, good], rtol=1e-4)
+    assert np.array_equal(new.mask, ref.mask)
+    expected = np.median(ref.flux[:, good])  # sky_residual 0: the mean flux of the source
+    assert np.median(new.flux[:, good]) == pytest.approx(expected, rel=0.01)
+    assert new.gain[0, good] == pytest.approx(np.median(new.gain[0, good]), rel=0.02)
+
+
+def test_xsw_doubles_the_background_variance(inst):
+    arm = inst.arm("H")
+    n = 400
+    src = _flat_fnu(arm, 28.0, n=n)  # sky-limited
+    cond = nu.nominal_conditions(n, 3, Exposure(8 * 3600), np.zeros(n))
+    cond.sky_residual[:] = 0.0
+    stare = observe_arm_conditions(arm, 2, src, 1800.0, cond, np.random.default_rng(3))
+    cond.xsw[:] = True
+    xsw = observe_arm_conditions(arm, 2, src, 1800.0, cond, np.random.default_rng(4))
+    good = (stare.ivar[0] > 0) & ((stare.mask[0] & MASK_SKYLINE) == 0)
+    ratio = np.median(stare.ivar[0, good] / xsw.ivar[0, good])
+    assert ratio == pytest.approx(2.0, rel=0.05)
+    pull = (xsw.flux[:, good] - xsw.flux[:, good].mean(axis=0)) * np.sqrt(xsw.ivar[:, good])
+    assert pull.std() == pytest.approx(1.0, abs=0.05)
+
+
+def test_training_options_refused_with_the_survey_population(tmp_path, capsys):
+    out = tmp_path / "x.h5"
+    assert main(["simulate", "--n", "5", "--seed", "1", "--out", str(out), "--quiescent-fraction", "0.5",
+                 "--quiet"]) == 2
+    assert "--population training" in capsys.readouterr().err
+    assert main(["simulate", "--n", "5", "--seed", "1", "--out", str(out), "--nuisance-off", "lsf", "--quiet"]) == 2
+    assert "--nuisance randomised" in capsys.readouterr().err
+    assert main(["simulate", "--n", "5", "--seed", "1", "--out", str(out), "--population", "training",
+                 "--nuisance", "randomised", "--nuisance-off", "moon", "--quiet"]) == 2
+    assert "unknown moon" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_line_snr_scales_with_flux_and_counts_the_sky_error_coherently(inst, model):
+    rng = np.random.default_rng(8)
+    p = sample_training_params(24, rng, (0.6, 1.5), TrainingPrior(quiescent_fraction=0.0))
+    rest = model.rest_frame(p)
+    cond = nu.nominal_conditions(24, 3, Exposure(8 * 3600), p.r_e)
+    cond.sky_residual[:] = 0.0
+    arms = sim.observe_galaxies_conditions(inst, model, p, rest, cond, 1800.0, rng)
+    snr = sim.line_snr(inst, model, p, rest, arms, cond)
+    double = rest.__class__(rest.cont, rest.line_lum * 2, rest.logmstar, rest.logsfr, rest.logsfr_inst)
+    assert np.allclose(sim.line_snr(inst, model, p, double, arms, cond), 2 * snr, rtol=1e-6)
+    # Without sky error, F sqrt(sum phi^2 ivar) of the strongest line: >= 3 for most star-forming
+    assert np.median(snr) > 3
+    cond.sky_residual[:] = 0.02
+    noisy = sim.observe_galaxies_conditions(inst, model, p, rest, cond, 1800.0, np.random.default_rng(8))
+    worse = sim.line_snr(inst, model, p, rest, noisy, cond)
+    assert np.all(worse <= snr * 1.001 + 1e-9) and np.median(worse / np.maximum(snr, 1e-9)) < 0.98

@@ -5,6 +5,13 @@ noise from ``SeedSequence([seed, i])`` alone, so the output does not depend on t
 workers, and a shard is written (atomically) to ``OUT.shards/`` as soon as it is done. A
 re-run with the same arguments skips the shards already there; when all are done they are
 merged into ``OUT`` and the shard folder is removed. Same seed and arguments, same bytes.
+
+Two populations (``--population``): ``survey`` (docs/galaxies.md, a survey-like mix, for
+evaluation) and ``training`` (an even-coverage prior, ``galaxies.population.TrainingPrior``);
+and two kinds of observation (``--nuisance``): ``fixed`` (the exposure's conditions for
+every object) and ``randomised`` (``instruments.nuisance``). The default, survey + fixed,
+writes exactly what it always wrote; the other modes add the labels listed in
+``mtopnet.store`` (quiescent, sfh_family, max_line_flux, line_snr, nu_*).
 """
 from __future__ import annotations
 
@@ -25,11 +32,21 @@ import numpy as np
 
 from . import __version__
 from .config import Exposure, UserError, parse_duration
-from .galaxies import GalaxyModel, GalaxyParams, filter_range, load_grids, sample_params
+from .galaxies import (
+    GalaxyModel,
+    GalaxyParams,
+    TrainingPrior,
+    filter_range,
+    line_multipliers,
+    load_grids,
+    sample_params,
+    sample_training_params,
+)
+from .galaxies.model import C_KMS, FLUX_UNIT
 from .galaxies.sps import DLOGLAM_REST
-from .instruments import Instrument, load_instrument, observe_arm
-from .store import (SpectraBatch, check_writable, merge_stores, remove_partial, store_info, write_error,
-                    write_store)
+from .instruments import Instrument, load_instrument, observe_arm, observe_arm_conditions
+from .instruments.nuisance import GROUP_SIZE, NUISANCES, Conditions, draw_conditions, nominal_conditions
+from .store import SpectraBatch, check_writable, merge_stores, remove_partial, store_info, write_error, write_store
 
 SHARD_SIZE = 500
 SUB_BATCH = 128
@@ -39,6 +56,14 @@ other band's magnitude is stored as ``labels/mag`` (the band is in the provenanc
 HMAG_LIMITS = (14.0, 30.0)
 Z_LIMITS = (0.0, 4.0)
 LYA = 1215.67
+POPULATIONS = ("survey", "training")
+NUISANCE_MODES = ("fixed", "randomised")
+SNR_LINES = (3727.09, 3729.87, 3869.86, 4102.89, 4341.69, 4862.68, 4960.29, 5008.24, 6549.86, 6564.61,
+             6585.27, 6718.29, 6732.68)
+"""Vacuum rest wavelengths (A) of the lines whose S/N gives ``labels/line_snr``: [OII],
+[NeIII], Hdelta, Hgamma, Hbeta, [OIII], [NII], Halpha, [SII]."""
+LINE_DETECTED_SNR = 3.0
+"""A spectrum "has a detectable emission line" when labels/line_snr >= this."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,15 @@ class SimulationSpec:
     hmag_range: tuple[float, float] = (20.0, 25.5)
     z_range: tuple[float, float] = (0.6, 3.0)
     band: str = DEFAULT_BAND
+    population: str = "survey"
+    prior: TrainingPrior = TrainingPrior()
+    nuisance: str = "fixed"
+    nuisance_off: tuple[str, ...] = ()
+
+    @property
+    def extended(self) -> bool:
+        """True for any mode other than the original survey + fixed (which adds no labels)."""
+        return self.population != "survey" or self.nuisance != "fixed"
 
     @property
     def mag_label(self) -> str:
@@ -59,6 +93,22 @@ class SimulationSpec:
         return "hmag" if self.band == DEFAULT_BAND else "mag"
 
     def validate(self, inst: Instrument) -> None:
+        if self.population not in POPULATIONS:
+            raise UserError(f"--population: one of {', '.join(POPULATIONS)}, got {self.population!r}")
+        if self.nuisance not in NUISANCE_MODES:
+            raise UserError(f"--nuisance: one of {', '.join(NUISANCE_MODES)}, got {self.nuisance!r}")
+        unknown = sorted(set(self.nuisance_off) - set(NUISANCES))
+        if unknown:
+            raise UserError(f"--nuisance-off: unknown {', '.join(unknown)} (known: {', '.join(NUISANCES)})")
+        if self.nuisance_off and self.nuisance != "randomised":
+            raise UserError("--nuisance-off: only with --nuisance randomised")
+        if self.population == "training":
+            bad = self.prior.validate()
+            if bad:
+                raise UserError(bad[0])
+        elif self.prior != TrainingPrior():
+            raise UserError("--quiescent-fraction, --logm-range, --line-scale, --agn-fraction: "
+                            "only with --population training")
         if self.n <= 0:
             raise UserError(f"--n: must be positive, got {self.n}")
         if self.seed < 0:
@@ -84,11 +134,16 @@ class SimulationSpec:
 
     def provenance(self) -> dict:
         source = load_instrument(self.instrument).config.source_path
-        return {"instrument": self.instrument,
+        prov = {"instrument": self.instrument,
                 "instrument_sha256": hashlib.sha256(Path(source).read_bytes()).hexdigest(),
                 "exposure": self.exposure.as_dict(), "n": self.n,
                 "seed": self.seed, "hmag_range": list(self.hmag_range), "z_range": list(self.z_range),
                 "band": self.band, "shard_size": SHARD_SIZE, "mtopnet_version": __version__}
+        if self.extended:  # absent for survey + fixed, whose provenance is unchanged
+            prov.update(population=self.population, nuisance=self.nuisance, nuisance_off=sorted(self.nuisance_off))
+            if self.population == "training":
+                prov["training_prior"] = self.prior.as_dict()
+        return prov
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.provenance(), sort_keys=True).encode()).hexdigest()[:16]
@@ -116,8 +171,14 @@ def draw_population(model: GalaxyModel, n: int, rng: np.random.Generator, spec: 
     kept_p, kept_r, kept_h, have, tries = [], [], [], 0, 0
     lo, hi = spec.hmag_range
     while have < n:
-        p = sample_params(SUB_BATCH * 2, rng, spec.z_range)
+        if spec.population == "training":
+            p = sample_training_params(SUB_BATCH * 2, rng, spec.z_range, spec.prior)
+        else:
+            p = sample_params(SUB_BATCH * 2, rng, spec.z_range)
         r = model.rest_frame(p)
+        mult = line_multipliers(p, model.grids.line_wave, rng)
+        if mult is not None:
+            r.line_lum = r.line_lum * mult
         h = model.ab_magnitude(r, p.z, spec.band)
         ok = np.nonzero((h >= lo) & (h <= hi))[0][: n - have]
         tries += len(p)
@@ -130,7 +191,7 @@ def draw_population(model: GalaxyModel, n: int, rng: np.random.Generator, spec: 
             raise UserError(f"--hmag-range {lo} {hi}: fewer than 1% of the population's galaxies at "
                             f"z {spec.z_range[0]}-{spec.z_range[1]} fall in it; widen it")
     cat = lambda xs: np.concatenate(xs)  # noqa: E731
-    params = GalaxyParams(**{f: cat([getattr(p, f) for p in kept_p]) for f in GalaxyParams.__dataclass_fields__})
+    params = GalaxyParams.concatenate(kept_p)
     rest = kept_r[0].__class__(*(cat([getattr(r, f) for r in kept_r]) for f in
                                  ("cont", "line_lum", "logmstar", "logsfr", "logsfr_inst")))
     return params, rest, cat(kept_h)
@@ -154,6 +215,84 @@ def observe_galaxies(inst: Instrument, model: GalaxyModel, params: GalaxyParams,
             for a, d in arms.items()}
 
 
+def _sub_rest(rest, sl):
+    return rest.__class__(rest.cont[sl], rest.line_lum[sl], rest.logmstar[sl], rest.logsfr[sl], rest.logsfr_inst[sl])
+
+
+def observe_galaxies_conditions(inst: Instrument, model: GalaxyModel, params: GalaxyParams, rest,
+                                cond: Conditions, sub_exposure: float, rng: np.random.Generator
+                                ) -> dict[str, dict[str, np.ndarray]]:
+    """Per-arm spectra of galaxies, each observed under its own conditions.
+
+    Objects are observed in groups of at most GROUP_SIZE that share an airmass and an LSF
+    width (``cond`` is drawn so); returns arm -> wave, flux, ivar, mask, gain, sky_error
+    (see ``instruments.noise.ArmSpectra``).
+    """
+    keys = ("flux", "ivar", "mask", "gain", "sky_error")
+    arms: dict[str, dict[str, list]] = {a.name: {k: [] for k in keys} for a in inst.arms}
+    for start in range(0, len(params), SUB_BATCH):
+        sl = slice(start, start + SUB_BATCH)
+        p, r = params.subset(sl), _sub_rest(rest, sl)
+        stop = min(start + SUB_BATCH, len(params))
+        # groups: runs of equal (airmass, lsf_scale), at most GROUP_SIZE long
+        bounds = [0] + [i for i in range(1, stop - start) if (start + i) % GROUP_SIZE == 0
+                        or cond.airmass[start + i] != cond.airmass[start + i - 1]
+                        or cond.lsf_scale[start + i] != cond.lsf_scale[start + i - 1]] + [stop - start]
+        for k, arm in enumerate(inst.arms):
+            fine = model.observed(r, p, arm.fine_wave, arm.fine_edges)
+            for g0, g1 in zip(bounds[:-1], bounds[1:], strict=True):
+                spec = observe_arm_conditions(arm, k, fine[g0:g1], sub_exposure,
+                                              cond.subset(slice(start + g0, start + g1)), rng)
+                for key in keys:
+                    arms[arm.name][key].append(getattr(spec, key))
+    return {a: {"wave": inst.arm(a).wave, **{k: np.concatenate(v) for k, v in d.items()}}
+            for a, d in arms.items()}
+
+
+def line_snr(inst: Instrument, model: GalaxyModel, params: GalaxyParams, rest,
+             arms: dict[str, dict[str, np.ndarray]], cond: Conditions) -> np.ndarray:
+    """(N,) integrated S/N of each object's strongest emission line in its noisy spectrum.
+
+    For each line of SNR_LINES inside an arm: F / sigma_F of the matched-filter flux
+    estimate ``F_hat = sum_i d_i phi_i ivar_i / A``, ``A = sum_i phi_i^2 ivar_i``, with F the
+    line's flux as it arrives in the calibrated spectrum (top-of-atmosphere flux times the
+    arm's ``gain`` at the line) and phi the line's profile per pixel (Gaussian of the
+    velocity dispersion and the LSF, 1/A). sigma_F^2 = [sum_i phi_i^2 ivar_i^2 (1/ivar_i -
+    e_i^2) + (sum_i e_i phi_i ivar_i)^2] / A^2 counts the sky-subtraction error e (one scale
+    error per arm, so correlated across the line) coherently; without it sigma_F^2 = 1/A.
+    Masked pixels (ivar 0) add nothing. The maximum over lines and arms; 0 without lines.
+    Checked against the scatter of F_hat over noise realisations (within ~10%).
+    """
+    g = model.grids
+    idx = np.array([int(np.argmin(np.abs(g.line_wave - w))) for w in SNR_LINES])
+    flux = model.line_fluxes(rest, params.z)[:, idx]  # (N, M) 1e-17 erg/s/cm2
+    centre = g.line_wave[idx][None, :] * (1 + params.z)[:, None]  # (N, M) A
+    best = np.zeros(len(params))
+    rows = np.arange(len(params))[:, None, None]
+    for arm in inst.arms:
+        d = arms[arm.name]
+        wave, ivar, gain = arm.wave, d["ivar"].astype(np.float64), d["gain"].astype(np.float64)
+        err = d["sky_error"].astype(np.float64)
+        disp = float(np.median(np.diff(wave)))  # A per pixel (window size only)
+        lsf = float(np.median(np.atleast_1d(arm.lsf_sigma))) * cond.lsf_scale
+        sigma = np.hypot(centre * (params.sigma_v / C_KMS)[:, None], lsf[:, None])  # (N, M) A
+        half = int(np.ceil(5 * sigma.max() / disp)) + 1
+        c = np.searchsorted(wave, centre)
+        pix = np.clip(c[:, :, None] + np.arange(-half, half + 1)[None, None, :], 0, len(wave) - 1)  # (N, M, W)
+        inside = (centre > wave[0]) & (centre < wave[-1])
+        phi = np.exp(-0.5 * ((wave[pix] - centre[:, :, None]) / sigma[:, :, None]) ** 2) \
+            / (np.sqrt(2 * np.pi) * sigma[:, :, None])
+        iv, e = ivar[rows, pix], err[rows, pix]
+        a = (phi ** 2 * iv).sum(axis=2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            independent = np.where(iv > 0, np.clip(1.0 / iv - e ** 2, 0.0, None), 0.0)
+            var = ((phi * iv) ** 2 * independent).sum(axis=2) + ((e * phi * iv).sum(axis=2)) ** 2
+            f_line = flux * gain[np.arange(len(params))[:, None], np.clip(c, 0, len(wave) - 1)]
+            snr = np.where(var > 0, f_line * a / np.sqrt(var), 0.0)
+        best = np.maximum(best, np.where(inside, snr, 0.0).max(axis=1))
+    return best
+
+
 def labels_for(model: GalaxyModel, params: GalaxyParams, rest, hmag: np.ndarray,
                mag_label: str = "hmag") -> dict[str, np.ndarray]:
     """Truth labels; the selection magnitude ``hmag`` (AB) is stored under ``mag_label``."""
@@ -169,6 +308,25 @@ def labels_for(model: GalaxyModel, params: GalaxyParams, rest, hmag: np.ndarray,
     }
 
 
+def extra_labels(inst: Instrument, model: GalaxyModel, params: GalaxyParams, rest,
+                 arms: dict[str, dict[str, np.ndarray]], cond: Conditions, sub_exposure: float
+                 ) -> dict[str, np.ndarray]:
+    """Labels of the training / randomised modes (documented in mtopnet.store)."""
+    g = model.grids
+    fluxes = model.line_fluxes(rest, params.z)
+    ha = int(np.argmin(np.abs(g.line_wave - 6564.61)))
+    oiii = int(np.argmin(np.abs(g.line_wave - 5008.24)))
+    family = params.sfh_family if params.sfh_family is not None else np.zeros(len(params), np.int8)
+    agn = params.agn if params.agn is not None else np.zeros(len(params), bool)
+    scale = params.line_scale if params.line_scale is not None else np.ones(len(params))
+    out = {"quiescent": params.quiescent.astype(bool), "sfh_family": family.astype(np.int8),
+           "agn": agn.astype(bool), "line_scale": scale,
+           "max_line_flux": np.maximum(fluxes[:, ha], fluxes[:, oiii]) * FLUX_UNIT,
+           "line_snr": line_snr(inst, model, params, rest, arms, cond)}
+    out.update(cond.labels(inst.arm_names, sub_exposure))
+    return out
+
+
 def simulate_shard(spec: SimulationSpec, shard: int) -> SpectraBatch:
     """Objects [shard * SHARD_SIZE, ...) of the run, from their own seed."""
     inst = load_instrument(spec.instrument)
@@ -176,10 +334,23 @@ def simulate_shard(spec: SimulationSpec, shard: int) -> SpectraBatch:
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, shard]))
     n = min(SHARD_SIZE, spec.n - shard * SHARD_SIZE)
     params, rest, hmag = draw_population(model, n, rng, spec)
-    arms = observe_galaxies(inst, model, params, rest, spec.exposure, rng)
+    labels = labels_for(model, params, rest, hmag, spec.mag_label)
+    if spec.extended:
+        if spec.nuisance == "randomised":
+            sub = spec.exposure.sub_exposure
+            cond = draw_conditions(n, len(inst.arms), spec.exposure, params.r_e, rng, spec.nuisance_off)
+        else:
+            sub = spec.exposure.total / spec.exposure.n_sub
+            cond = nominal_conditions(n, len(inst.arms), spec.exposure, params.r_e)
+        arms = observe_galaxies_conditions(inst, model, params, rest, cond, sub, rng)
+        labels.update(extra_labels(inst, model, params, rest, arms, cond, sub))
+        for d in arms.values():
+            d.pop("gain"), d.pop("sky_error")
+    else:
+        arms = observe_galaxies(inst, model, params, rest, spec.exposure, rng)
     ids = shard * SHARD_SIZE + np.arange(n, dtype=np.int64)
     labels = {k: np.asarray(v, dtype=np.float32 if v.dtype.kind == "f" else v.dtype)
-              for k, v in labels_for(model, params, rest, hmag, spec.mag_label).items()}
+              for k, v in labels.items()}
     labels["z"] = params.z.astype(np.float64)
     return SpectraBatch(ids=ids, arms=arms, labels=labels)
 
@@ -294,6 +465,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"speclite filter of the magnitude selection (default {DEFAULT_BAND}; e.g. sdss2010-r "
                         f"for optical instruments); stored as labels/hmag for {DEFAULT_BAND}, else labels/mag")
     p.add_argument("--z-range", type=float, nargs=2, default=(0.6, 3.0), metavar=("LO", "HI"))
+    p.add_argument("--population", default="survey", choices=POPULATIONS,
+                   help="survey: the survey-like population of docs/galaxies.md (default; for evaluation); "
+                        "training: the even-coverage training prior (log M* uniform at every z, quiescent share, "
+                        "SFH families, full dust/metallicity/dispersion ranges, AGN-like line ratios)")
+    d = TrainingPrior()
+    p.add_argument("--quiescent-fraction", type=float, default=d.quiescent_fraction, metavar="F",
+                   help=f"training: share of quiescent galaxies, log sSFR -13...-11 (default {d.quiescent_fraction})")
+    p.add_argument("--logm-range", type=float, nargs=2, default=d.logm_range, metavar=("LO", "HI"),
+                   help=f"training: log M* drawn uniformly in LO-HI at every z (default {d.logm_range[0]:g} "
+                        f"{d.logm_range[1]:g}); the magnitude range then cuts what is too bright or faint")
+    p.add_argument("--line-scale", type=float, nargs=2, default=d.line_scale, metavar=("LO", "HI"),
+                   help=f"training: every emission line of an object times one log-uniform factor in LO-HI "
+                        f"(default {d.line_scale[0]:g} {d.line_scale[1]:g}; 1 1 keeps the nebular grid's strengths)")
+    p.add_argument("--agn-fraction", type=float, default=d.agn_fraction, metavar="F",
+                   help=f"training: share with AGN-like narrow-line ratios (default {d.agn_fraction})")
+    p.add_argument("--nuisance", default="fixed", choices=NUISANCE_MODES,
+                   help="fixed: every object under the exposure's conditions (default); randomised: per object "
+                        "sky residual, source size, seeing, airmass, throughput, exposure time, flux calibration, "
+                        "LSF width, wavelength zero point, STARE/XSW, telluric residual (docs/simulator.md); "
+                        "--exposure, --airmass, --seeing, --sky-residual then apply only to those switched off")
+    p.add_argument("--nuisance-off", nargs="+", default=(), metavar="NAME",
+                   help=f"randomised: keep these nuisances at their nominal value ({', '.join(NUISANCES)})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -313,7 +506,11 @@ def run_cli(args: argparse.Namespace) -> int:
     inst = load_instrument(args.instrument)
     spec = SimulationSpec(instrument=args.instrument, exposure=exposure_from_args(inst, args), n=args.n,
                           seed=args.seed, hmag_range=tuple(args.hmag_range), z_range=tuple(args.z_range),
-                          band=args.band)
+                          band=args.band, population=args.population,
+                          prior=TrainingPrior(quiescent_fraction=args.quiescent_fraction,
+                                              logm_range=tuple(args.logm_range), line_scale=tuple(args.line_scale),
+                                              agn_fraction=args.agn_fraction),
+                          nuisance=args.nuisance, nuisance_off=tuple(args.nuisance_off))
     out = simulate(spec, args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {spec.n} spectra to {out}")
     return 0

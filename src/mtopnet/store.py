@@ -7,6 +7,20 @@ Layout (one file, N objects, one group per spectrograph arm)::
     /labels/<name>            (N,)              per-object truth or metadata, e.g.
                                                 z, logmstar, logsfr, logsfr_inst, hmag,
                                                 halpha_flux, oiii_flux, type, ...
+                              simulate --population training / --nuisance randomised add:
+                                quiescent (bool), agn (bool), line_scale,
+                                sfh_family (int8: 0 continuity, 1 delayed-tau, 2 constant,
+                                  3 rising, 4 recent burst, 5 post-starburst,
+                                  6 recently quenched; galaxies.population.SFH_FAMILIES),
+                                max_line_flux (erg/s/cm2, max of Halpha and [OIII] 5008,
+                                  attenuated), line_snr (matched-filter S/N of the
+                                  strongest emission line in the noisy spectrum),
+                                nu_airmass, nu_seeing (arcsec), nu_exposure_h,
+                                nu_sky_residual, nu_xsw (int8), nu_throughput (0 worst -
+                                  1 best), nu_source_r_e (arcsec), nu_lsf_scale,
+                                nu_wave_shift_pix, nu_telluric_left,
+                                nu_fluxcal_offset_<ARM>, nu_fluxcal_amp_<ARM>
+                                (docs/simulator.md)
     /arms/<ARM>/wave          (L,) float64      vacuum Angstrom, pixel centres
     /arms/<ARM>/flux          (N, L) float32    1e-17 erg/s/cm2/A
     /arms/<ARM>/ivar          (N, L) float32    1/(1e-17 erg/s/cm2/A)^2, 0 = no information
@@ -24,6 +38,7 @@ removed, never inside the HDF5 library (which, failing mid-write, can crash the 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -151,10 +166,8 @@ def write_error(path: str | Path, exc: BaseException) -> UserError:
 
 def remove_partial(path: str | Path) -> None:
     """Remove a partial output file if there is one (ignoring a failure to remove it)."""
-    try:
+    with contextlib.suppress(OSError):
         Path(path).unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def _write_bytes(path: Path, data: memoryview | bytes) -> None:

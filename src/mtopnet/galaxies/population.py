@@ -5,7 +5,7 @@ spectra. The draw order is fixed, so a seed gives the same population on any mac
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from astropy.cosmology import FlatLambdaCDM
@@ -44,6 +44,10 @@ class GalaxyParams:
     log_zsol: log10 Z/Z_sun. log_u: ionisation parameter. av: V-band attenuation (mag,
     diffuse ISM; birth clouds eta x av). eta: birth-cloud factor. sigma_v: km/s.
     r_e: half-light radius, arcsec.
+
+    Set by the training prior only (None for the survey population): sfh_family (N,) int8
+    code of :data:`SFH_FAMILIES`; line_scale (N,) multiplier of every emission line;
+    agn (N,) bool, AGN-like narrow-line ratios (:data:`AGN_LINE_BOOST`).
     """
 
     z: np.ndarray
@@ -59,12 +63,22 @@ class GalaxyParams:
     eta: np.ndarray
     sigma_v: np.ndarray
     r_e: np.ndarray
+    sfh_family: np.ndarray | None = field(default=None)
+    line_scale: np.ndarray | None = field(default=None)
+    agn: np.ndarray | None = field(default=None)
 
     def __len__(self) -> int:
         return len(self.z)
 
     def subset(self, index) -> "GalaxyParams":
-        return GalaxyParams(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        return GalaxyParams(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                               for f in fields(self)})
+
+    @staticmethod
+    def concatenate(parts: list["GalaxyParams"]) -> "GalaxyParams":
+        """The rows of several draws, in order (optional fields stay None if None in the first)."""
+        return GalaxyParams(**{f.name: None if getattr(parts[0], f.name) is None
+                               else np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(GalaxyParams)})
 
 
 _Z_TABLE = np.linspace(0.0, 10.0, 4001)
@@ -162,3 +176,160 @@ def sample_params(n: int, rng: np.random.Generator, z_range: tuple[float, float]
     return GalaxyParams(z=z, logmstar=logm, quiescent=quiescent, logsfr100_target=logsfr,
                         inst_ratio=inst_ratio, sfh_logratio=sfh_logratio, quench_age=quench_age,
                         log_zsol=log_zsol, log_u=log_u, av=av, eta=eta, sigma_v=sigma_v, r_e=r_e)
+
+
+# --- the training prior -------------------------------------------------------------------
+
+SFH_FAMILIES = {
+    0: "continuity",         # Leja et al. 2019 Student-t ratios (quiescent: lowered after a quench age)
+    1: "delayed-tau",        # SFR ~ t exp(-t / tau), t since formation; tau 1-10 Gyr (SF), 0.1-1 Gyr (quiescent)
+    2: "constant",           # flat SFR in every old bin
+    3: "rising",             # SFR ~ t^beta, beta 1-3
+    4: "recent-burst",       # star-forming, 10 Myr SFR 2-8x the 100 Myr SFR, sSFR at the top of the range
+    5: "post-starburst",     # quiescent after a burst 0.1-0.5 Gyr ago holding 20-70% of the mass
+    6: "recently-quenched",  # constant or rising SFR until 0.1-0.3 Gyr ago, then quiescent
+}
+"""Star-formation-history families of the training prior (labels/sfh_family codes)."""
+
+SF_FAMILIES = (0, 1, 2, 3, 4)
+Q_FAMILIES = (0, 1, 5, 6)
+SF_FAMILY_WEIGHTS = (0.35, 0.2, 0.15, 0.15, 0.15)
+Q_FAMILY_WEIGHTS = (0.3, 0.25, 0.25, 0.2)
+
+LOGSSFR_QUIESCENT = (-13.0, -11.0)
+"""log sSFR (1/yr, over 100 Myr) of quiescent galaxies in the training prior, uniform."""
+LOGSSFR_STAR_FORMING = (-11.0, -8.3)
+"""log sSFR of star-forming galaxies (green valley to starbursts), uniform."""
+
+AGN_LINE_BOOST = {  # vacuum rest wavelength (A) -> (low, high) multiplier, log-uniform
+    5008.24: (3.0, 10.0), 4960.30: (3.0, 10.0),   # [OIII]
+    6585.27: (2.0, 5.0), 6549.86: (2.0, 5.0),     # [NII]
+    6718.29: (1.5, 3.0), 6732.67: (1.5, 3.0),     # [SII]
+    6302.05: (2.0, 5.0),                          # [OI]
+}
+"""Line-ratio multipliers of the AGN-like objects (to Seyfert-like BPT positions:
+log [OIII]/Hbeta ~ 0.5-1, log [NII]/Halpha ~ -0.2...0.3)."""
+
+
+@dataclass(frozen=True)
+class TrainingPrior:
+    """Knobs of the training prior (``mtopnet simulate --population training``).
+
+    quiescent_fraction: share drawn as quiescent (log sSFR in LOGSSFR_QUIESCENT).
+    logm_range: log M* (living, M_sun) drawn uniformly in it at every z.
+    line_scale: (lo, hi), every emission line of an object is multiplied by one
+    log-uniform factor in it (1 1 = the nebular grid's own strengths).
+    agn_fraction: share with AGN-like narrow-line ratios.
+    """
+
+    quiescent_fraction: float = 0.35
+    logm_range: tuple[float, float] = (9.0, 12.0)
+    line_scale: tuple[float, float] = (0.3, 3.0)
+    agn_fraction: float = 0.04
+
+    def validate(self) -> list[str]:
+        """Messages for every bad field (empty if valid)."""
+        bad = []
+        if not 0.0 <= self.quiescent_fraction <= 1.0:
+            bad.append(f"--quiescent-fraction: must be within 0-1, got {self.quiescent_fraction}")
+        lo, hi = self.logm_range
+        if not LOGM_RANGE[0] - 1.0 <= lo < hi <= LOGM_RANGE[1] + 0.5:
+            bad.append(f"--logm-range: need {LOGM_RANGE[0] - 1} <= LO < HI <= {LOGM_RANGE[1] + 0.5}, got {lo} {hi}")
+        slo, shi = self.line_scale
+        if not 0.0 < slo <= shi <= 100.0:
+            bad.append(f"--line-scale: need 0 < LO <= HI <= 100, got {slo} {shi}")
+        if not 0.0 <= self.agn_fraction <= 1.0:
+            bad.append(f"--agn-fraction: must be within 0-1, got {self.agn_fraction}")
+        return bad
+
+    def as_dict(self) -> dict:
+        return {"quiescent_fraction": self.quiescent_fraction, "logm_range": list(self.logm_range),
+                "line_scale": list(self.line_scale), "agn_fraction": self.agn_fraction}
+
+
+def _old_bin_lookback(z: np.ndarray) -> np.ndarray:
+    """(N, N_OLD_BINS) geometric-mean lookback times (yr) of the old SFH bins (100 Myr - t_univ)."""
+    t_univ = age_of_universe(z)
+    frac = np.linspace(0.0, 1.0, N_OLD_BINS + 1)[None, :]
+    edges = 10 ** (8.0 + frac * (np.log10(t_univ)[:, None] - 8.0))
+    return np.sqrt(edges[:, 1:] * edges[:, :-1])
+
+
+def sample_training_params(n: int, rng: np.random.Generator, z_range: tuple[float, float],
+                           prior: TrainingPrior = TrainingPrior()) -> GalaxyParams:
+    """Draw N galaxies from the training prior (before any magnitude selection).
+
+    Even coverage rather than a survey's population: log M* uniform in ``prior.logm_range``
+    at every z; a fixed quiescent share; log sSFR uniform within each class; SFH families
+    (:data:`SFH_FAMILIES`) expressed as SFR ratios between the old bins of
+    ``model.sfh_bin_edges``; metallicity, dust, dispersion and ionisation independent of mass
+    over their full ranges. Sources and reasons: docs/galaxies.md.
+    """
+    z = rng.uniform(z_range[0], z_range[1], n)
+    logm = rng.uniform(prior.logm_range[0], prior.logm_range[1], n)
+    quiescent = rng.random(n) < prior.quiescent_fraction
+    fam_sf = rng.choice(np.array(SF_FAMILIES), size=n, p=np.array(SF_FAMILY_WEIGHTS))
+    fam_q = rng.choice(np.array(Q_FAMILIES), size=n, p=np.array(Q_FAMILY_WEIGHTS))
+    family = np.where(quiescent, fam_q, fam_sf).astype(np.int8)
+    logssfr = np.where(quiescent, rng.uniform(*LOGSSFR_QUIESCENT, n), rng.uniform(*LOGSSFR_STAR_FORMING, n))
+    burst = family == 4
+    logssfr = np.where(burst, rng.uniform(-9.5, LOGSSFR_STAR_FORMING[1], n), logssfr)
+    # SFR(10 Myr) / SFR(100 Myr): bursts rise, quiescent galaxies mostly fade.
+    inst_ratio = np.where(quiescent, rng.uniform(-1.0, 0.3, n), np.clip(rng.normal(0.0, 0.15, n), -0.5, 0.5))
+    inst_ratio = np.where(burst, rng.uniform(0.3, 0.9, n), inst_ratio)
+
+    # Relative log SFR of the old bins (index 0 = youngest, 100 Myr onwards), per family.
+    t_univ = age_of_universe(z)
+    look = _old_bin_lookback(z)  # (N, K)
+    age = np.clip(t_univ[:, None] - look, 1e7, None)  # time since formation at the bin, yr
+    cont = np.concatenate([np.zeros((n, 1)), np.cumsum(
+        np.clip(0.3 * rng.standard_t(2.0, size=(n, N_OLD_BINS - 1)), -2.0, 2.0), axis=1)], axis=1)
+    tau = np.where(quiescent, 10 ** rng.uniform(8.0, 9.0, n), 10 ** rng.uniform(9.0, 10.0, n))
+    delayed = np.log10(age) - age / tau[:, None] / np.log(10)
+    beta = rng.uniform(1.0, 3.0, n)
+    rising = beta[:, None] * np.log10(age)
+    young_bin = (rng.random(n) < 0.6).astype(int)  # the burst / quench sits in old bin 0 or 1
+    burst_dex = rng.uniform(1.0, 2.5, n)
+    psb = np.where(np.arange(N_OLD_BINS)[None, :] == young_bin[:, None], burst_dex[:, None], 0.0)
+    recent_q = np.where(rng.random(n)[:, None] < 0.5, 0.0, rising)
+    logsfr_old = np.select([family[:, None] == k for k in (0, 1, 2, 3, 5, 6)],
+                           [cont, delayed, np.zeros_like(cont), rising, psb, recent_q], default=cont)
+    logsfr_old = logsfr_old - logsfr_old.max(axis=1, keepdims=True)
+    sfh_logratio = np.clip(np.diff(logsfr_old, axis=1), -4.0, 4.0)
+    quench_age = np.where(quiescent & (family == 0), rng.uniform(0.15, 0.5, n) * t_univ, 0.0)
+
+    log_zsol = rng.uniform(-1.5, 0.4, n)
+    log_u = rng.uniform(-3.8, -1.5, n)
+    # A_V = 3 u^2 for star-forming galaxies: all of 0-3, most below 1 (mean 1 mag).
+    av = np.where(quiescent, rng.uniform(0.0, 1.5, n), 3.0 * rng.uniform(0.0, 1.0, n) ** 2)
+    eta = np.full(n, 2.0)
+    sigma_v = 10 ** rng.uniform(np.log10(30.0), np.log10(400.0), n)
+    re_kpc = np.where(quiescent,
+                      5.0 * (1 + z) ** -1.48 * (10 ** (logm - np.log10(5e10))) ** 0.75,
+                      7.1 * (1 + z) ** -0.75 * (10 ** (logm - np.log10(5e10))) ** 0.22)
+    re_kpc *= 10 ** rng.normal(0.0, 0.25, n)
+    r_e = re_kpc * arcsec_per_kpc(z)
+    lo, hi = prior.line_scale
+    line_scale = 10 ** rng.uniform(np.log10(lo), np.log10(hi), n)
+    agn = rng.random(n) < prior.agn_fraction
+    return GalaxyParams(z=z, logmstar=logm, quiescent=quiescent, logsfr100_target=logm + logssfr,
+                        inst_ratio=inst_ratio, sfh_logratio=sfh_logratio, quench_age=quench_age,
+                        log_zsol=log_zsol, log_u=log_u, av=av, eta=eta, sigma_v=sigma_v, r_e=r_e,
+                        sfh_family=family, line_scale=line_scale, agn=agn)
+
+
+def line_multipliers(params: GalaxyParams, line_wave: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """(N, nLine) factors on the emission lines from ``line_scale`` and ``agn`` (None if neither set).
+
+    line_wave: (nLine,) vacuum rest wavelengths of the nebular grid's lines, A.
+    """
+    if params.line_scale is None:
+        return None
+    n = len(params)
+    mult = np.repeat(params.line_scale[:, None], len(line_wave), axis=1)
+    boost = np.ones((n, len(line_wave)))
+    for wave, (lo, hi) in AGN_LINE_BOOST.items():
+        j = int(np.argmin(np.abs(line_wave - wave)))
+        if abs(line_wave[j] - wave) < 1.0:
+            boost[:, j] = 10 ** rng.uniform(np.log10(lo), np.log10(hi), n)
+    return mult * np.where(params.agn[:, None], boost, 1.0)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from ..config import ConfigError, InstrumentConfig, UserError, load_yaml
 from .instrument import MASK_BAD, MASK_SKYLINE, MASK_TELLURIC, Arm, Instrument, bin_mean, image_quality
-from .noise import ArmSpectra, observe_arm
+from .noise import ArmSpectra, observe_arm, observe_arm_conditions
 
-__all__ = ["Instrument", "Arm", "ArmSpectra", "observe_arm", "load_instrument",
+__all__ = ["Instrument", "Arm", "ArmSpectra", "observe_arm", "observe_arm_conditions", "load_instrument",
            "available_instruments", "MASK_BAD", "MASK_SKYLINE", "MASK_TELLURIC", "bin_mean",
            "image_quality"]
 

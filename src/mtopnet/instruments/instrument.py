@@ -176,13 +176,31 @@ class Arm:
         return (read_curve(cfg.throughput, self.wave) * read_curve(cfg.qe, self.wave)
                 * read_curve(self.instrument.config.telescope_efficiency, self.wave))
 
-    def convolve_and_bin(self, fine: np.ndarray) -> np.ndarray:
+    @cached_property
+    def best_throughput_ratio(self) -> np.ndarray | None:
+        """(L,) best / worst throughput, where the arm's throughput file has a ``_best`` twin.
+
+        moons1d ships ``throughput_<ARM>_worst.txt`` and ``throughput_<ARM>_best.txt``; the
+        shipped MOONS descriptions use the worst. None when there is no such pair.
+        """
+        spec = self.config.throughput
+        if spec.file is None or "_worst" not in spec.file:
+            return None
+        from dataclasses import replace
+        try:
+            best = read_curve(replace(spec, file=spec.file.replace("_worst", "_best")), self.wave)
+        except ConfigError:
+            return None
+        worst = read_curve(spec, self.wave)
+        return np.where(worst > 0, best / np.maximum(worst, 1e-30), 1.0)
+
+    def convolve_and_bin(self, fine: np.ndarray, lsf_scale: float = 1.0) -> np.ndarray:
         """LSF-convolve values on the fine grid and average them onto pixels.
 
         fine: (..., Lf) -> (..., L). Conserves flux: a pixel holds the mean flux density
-        over its width.
+        over its width. lsf_scale: width of the LSF relative to the arm's.
         """
-        smooth = gaussian_filter1d(np.asarray(fine, dtype=np.float64), self.lsf_sigma_fine,
+        smooth = gaussian_filter1d(np.asarray(fine, dtype=np.float64), self.lsf_sigma_fine * lsf_scale,
                                    axis=-1, mode="nearest", truncate=5.0)
         core = smooth[..., self.fine_pad:self.fine_pad + self.npix * FINE_PER_PIXEL]
         return core.reshape(core.shape[:-1] + (self.npix, FINE_PER_PIXEL)).mean(axis=-1)

@@ -9,7 +9,8 @@ every format:
 * shapes must agree (otherwise a one-line :class:`~mtopnet.config.UserError`);
 * NaN/inf flux, NaN/inf/negative ivar and values beyond float32 become ``flux = 0``,
   ``ivar = 0`` and mask bit ``MASK_BAD``, and are counted per object in
-  ``SpectraBatch.n_bad_pixels`` (:func:`count_corrupt`) so that prediction can flag them; a pixel with ``MASK_BAD`` carries ``ivar = 0`` and
+  ``SpectraBatch.n_bad_pixels`` (:func:`count_corrupt`) so that prediction can flag them;
+  a pixel with ``MASK_BAD`` carries ``ivar = 0`` and
   a pixel with ``ivar = 0`` carries ``MASK_BAD``;
 * an arm without any usable noise has it estimated from the spectrum
   (:func:`estimate_noise`) and the object is flagged in ``labels['noise_estimated']``;
