@@ -125,3 +125,39 @@ def test_template_path_is_built_from_the_resolved_config():
     assert out["z_logits"].shape == (2, cfg.redshift.n_bins)
     # no template without a line list (or with template_stage null)
     assert MTopNet(dataclasses.replace(cfg.model, template_stage=None)).template is None
+
+
+def _scaled(batch, factor: float):
+    """``batch`` with flux multiplied by ``factor`` and ivar by ``factor**-2`` (same S/N)."""
+    arms = {name: {**arm, "flux": arm["flux"] * factor, "ivar": arm["ivar"] / factor ** 2}
+            for name, arm in batch.arms.items()}
+    return dataclasses.replace(batch, arms=arms)
+
+
+def test_redshift_does_not_depend_on_the_flux_scale(toy_waves):
+    """With scale_free_noise + scale_free_z, x0.3 and x3 give the same z logits (M* moves)."""
+    pre_cfg = dataclasses.replace(TINY_PRE, scale_free_noise=True)
+    cfg = dataclasses.replace(TINY_MODEL, n_pix=pre_cfg.n_pix, n_continuum_features=pre_cfg.n_continuum_features,
+                              n_z_bins=TINY_Z.n_bins, scale_free_z=True, scale_feature=pre_cfg.scale_feature)
+    torch.manual_seed(0)
+    net = MTopNet(cfg).eval()
+    pre = Preprocessor(pre_cfg)
+    batch = toy_batch(8, toy_waves, seed=11)
+    outs = []
+    for factor in (1.0, 0.3, 3.0):
+        x = pre(_scaled(batch, factor))
+        with torch.no_grad():
+            outs.append(net(torch.from_numpy(x.spectrum), torch.from_numpy(x.continuum)))
+    for other in outs[1:]:
+        assert torch.allclose(other["z_logits"], outs[0]["z_logits"], atol=1e-4)
+        assert torch.equal(other["z_logits"].argmax(1), outs[0]["z_logits"].argmax(1))
+    # the mass head still sees the scale: x3 in flux is +0.48 dex in log10(scale)
+    assert not torch.allclose(outs[2]["logmstar_mean"], outs[0]["logmstar_mean"], atol=1e-4)
+    # without the option the redshift does see it (the test above could fail)
+    torch.manual_seed(0)
+    plain = MTopNet(dataclasses.replace(cfg, scale_free_z=False)).eval()
+    with torch.no_grad():
+        a = plain(*(torch.from_numpy(v) for v in (pre(batch).spectrum, pre(batch).continuum)))["z_logits"]
+        b = plain(*(torch.from_numpy(v) for v in (pre(_scaled(batch, 3.0)).spectrum,
+                                                  pre(_scaled(batch, 3.0)).continuum)))["z_logits"]
+    assert not torch.allclose(a, b, atol=1e-4)

@@ -148,3 +148,22 @@ def test_never_emits_nan_or_inf(flux, ivar, mask):
     assert np.all((x.valid_fraction >= 0) & (x.valid_fraction <= 1))
     assert np.all(np.abs(x.spectrum[:, 0]) <= TINY_PRE.residual_clip)
     assert np.all((x.spectrum[:, 1] >= 0) & (x.spectrum[:, 1] <= 1))
+
+
+def test_pixels_outside_the_training_coverage_are_voided_and_flagged(toy_waves):
+    """A spectrum with data where the model saw none (e.g. between two arms) is cut back to the coverage."""
+    cfg = TINY_PRE
+    batch = toy_batch(4, toy_waves, seed=5, sky_fraction=0.0)
+    plain = Preprocessor(cfg)
+    coverage = plain.coverage({k: v["wave"] for k, v in batch.arms.items()})
+    assert coverage.any() and not coverage.all()
+    narrow = coverage.copy()
+    narrow[: cfg.n_pix // 2] = False  # pretend the model never saw the blue half
+    cut = Preprocessor(cfg, coverage=narrow)(batch)
+    full = plain(batch)
+    assert cut.outside_coverage.all() and not full.outside_coverage.any()
+    assert (cut.spectrum[:, 1, : cfg.n_pix // 2] == 0).all()  # zero weight where voided
+    assert (full.spectrum[:, 1, : cfg.n_pix // 2] > 0).any()
+    same = Preprocessor(cfg, coverage=coverage)(batch)  # the training coverage itself changes nothing
+    assert not same.outside_coverage.any()
+    assert np.array_equal(same.spectrum, full.spectrum) and np.array_equal(same.continuum, full.continuum)

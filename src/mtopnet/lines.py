@@ -46,6 +46,7 @@ LINES: tuple[Line, ...] = (
     Line("CaII_K", 3934.78, _A),  # air 3933.66
     Line("CaII_H", 3969.59, _A),  # air 3968.47 (blend with H-epsilon 3971.20)
     Line("Hdelta", 4102.89, _A),  # air 4101.74; Balmer absorption in post-starbursts
+    Line("G_band_4305", 4305.6, _A),  # CH G band, air ~4304.4 (a band, not a line)
     Line("Hgamma", 4341.68, _E),  # air 4340.47
     Line("[OIII]_4364", 4364.44, _E),  # air 4363.21
     Line("HeII_4687", 4687.02, _E),  # air 4685.71
@@ -77,7 +78,7 @@ LINES: tuple[Line, ...] = (
     Line("Pa_gamma", 10941.09, _E),  # air 10938.09
     Line("Pa_beta", 12821.59, _E),  # air 12818.08
 )
-"""The default line list (44 lines), sorted by wavelength."""
+"""The default line list (45 lines), sorted by wavelength."""
 
 
 def line_waves(lines: tuple[Line, ...] = LINES) -> np.ndarray:

@@ -25,7 +25,10 @@ M-TOPnet reads, on one logarithmic wavelength grid spanning the model's range:
    signal at the continuum level), zero where invalid: 0 masked, -> 1 well measured.
 5. **Continuum input**, (N, 2 * n_continuum + 3): the continuum / scale averaged in
    ``n_continuum`` equal segments of the grid, the fraction of valid pixels in each segment,
-   ``log10(scale)``, ``log10(sigma)`` and the valid fraction of the whole grid.
+   ``log10(scale)``, ``log10(sigma)`` (``log10(sigma / scale)`` with ``scale_free_noise``)
+   and the valid fraction of the whole grid. Everything but ``log10(scale)`` (and, without
+   ``scale_free_noise``, ``log10(sigma)``) is unchanged when flux and noise are multiplied
+   by a constant.
 
 No NaN or inf is ever emitted, whatever the input (NaN flux, negative ivar, empty arms,
 all-masked objects). Per-object ``valid_fraction`` and ``bad_input`` let the caller flag
@@ -65,7 +68,12 @@ class PreprocessConfig:
     n_continuum: number of segments of the continuum input; must divide ``n_pix``.
     residual_clip: the residual channel is clipped to +-this (in units of ``scale``).
     min_block_valid: a block's median is used if at least this fraction of it is valid.
-    """
+    scale_free_noise: if true, the continuum input's noise feature is ``log10(sigma / scale)``
+        (the inverse S/N, unchanged when the spectrum is multiplied by a constant) instead of
+        ``log10(sigma)``; then ``log10(scale)`` is the only input that carries the flux
+        scale, and a network built with ``scale_free_z`` keeps it away from the redshift.
+        False in checkpoints made before this option existed.
+"""
 
     wave_min: float = 6470.0
     wave_max: float = 18000.0
@@ -75,6 +83,7 @@ class PreprocessConfig:
     n_continuum: int = 128
     residual_clip: float = 200.0
     min_block_valid: float = 0.25
+    scale_free_noise: bool = False
 
     def __post_init__(self) -> None:
         if not (self.wave_min > 0 and self.wave_max > self.wave_min):
@@ -130,6 +139,11 @@ class PreprocessConfig:
     def n_continuum_features(self) -> int:
         return 2 * self.n_continuum + 3
 
+    @property
+    def scale_feature(self) -> int:
+        """Index of ``log10(scale)`` in the continuum input (the flux-scale feature)."""
+        return 2 * self.n_continuum
+
     def key(self) -> str:
         """A short hash of the constants (for cache keys)."""
         return hashlib.blake2b(repr(sorted(self.as_dict().items())).encode(), digest_size=8).hexdigest()
@@ -153,6 +167,8 @@ class NetInputs:
         (Fluxes so small that their ivar exceeds IVAR_MAX are void pixels: ALL_MASKED. A
         negative continuum is not flagged: sky over-subtraction makes it common for faint
         galaxies.)
+    outside_coverage: (N,) bool -- the input had valid data on grid pixels outside the
+        model's training coverage; those pixels were voided before anything else.
     """
 
     spectrum: np.ndarray
@@ -163,10 +179,13 @@ class NetInputs:
     bad_input: np.ndarray
     continuum_detected: np.ndarray
     implausible_flux: np.ndarray | None = None
+    outside_coverage: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.implausible_flux is None:
             self.implausible_flux = np.zeros(len(self.valid_fraction), dtype=bool)
+        if self.outside_coverage is None:
+            self.outside_coverage = np.zeros(len(self.valid_fraction), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.valid_fraction)
@@ -300,10 +319,22 @@ class Preprocessor:
     """Turns :class:`SpectraBatch` objects into :class:`NetInputs` for one :class:`PreprocessConfig`.
 
     Holds a cache of rebinning matrices per arm wavelength array (instance state only).
+
+    coverage: optional (n_pix,) bool -- the grid pixels the model saw data on in training
+    (a checkpoint's ``coverage``). Valid data on any other grid pixel (e.g. a near-IR
+    spectrum covering the gap between two MOONS arms) is voided after rebinning, before
+    the continuum, scale and network inputs are formed, and the object is marked in
+    :attr:`NetInputs.outside_coverage`. None: nothing is voided.
     """
 
-    def __init__(self, config: PreprocessConfig | None = None):
+    def __init__(self, config: PreprocessConfig | None = None, coverage: np.ndarray | None = None):
         self.config = config or PreprocessConfig()
+        if coverage is not None:
+            coverage = np.asarray(coverage, dtype=bool)
+            if coverage.shape != (self.config.n_pix,):
+                raise ConfigError(f"coverage: must have shape ({self.config.n_pix},), got {coverage.shape}")
+            coverage = None if coverage.all() else coverage
+        self.train_coverage = coverage
         self._edges = self.config.wave_edges
         self._gathers: dict[bytes, _Gather] = {}
 
@@ -384,6 +415,12 @@ class Preprocessor:
         cfg = self.config
         flux, ivar, bad = self.rebin(batch)
         n, g = flux.shape
+        outside = np.zeros(n, dtype=bool)
+        if self.train_coverage is not None:
+            foreign = ~self.train_coverage
+            outside = (ivar[:, foreign] > 0).any(axis=1)
+            ivar[:, foreign] = 0
+            flux[:, foreign] = 0
         valid = ivar > 0
         n_valid = valid.sum(axis=1)
         valid_fraction = (n_valid / g).astype(np.float32)
@@ -424,13 +461,16 @@ class Preprocessor:
         feats[:, :cfg.n_continuum] = cont_norm.reshape(n, cfg.n_continuum, seg).mean(axis=2)
         feats[:, cfg.n_continuum:2 * cfg.n_continuum] = valid.reshape(n, cfg.n_continuum, seg).mean(axis=2)
         feats[:, -3] = np.log10(scale)
-        feats[:, -2] = np.log10(np.maximum(noise, SCALE_MIN))
+        if cfg.scale_free_noise:
+            feats[:, -2] = np.log10(np.maximum(noise, SCALE_MIN * 1e-6) / scale)
+        else:
+            feats[:, -2] = np.log10(np.maximum(noise, SCALE_MIN))
         feats[:, -1] = valid_fraction
         np.nan_to_num(spectrum, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         np.nan_to_num(feats, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return NetInputs(spectrum=spectrum, continuum=feats, valid_fraction=valid_fraction,
                          scale=scale, noise=noise, bad_input=bad, continuum_detected=detected,
-                         implausible_flux=implausible)
+                         implausible_flux=implausible, outside_coverage=outside)
 
 
 def preprocess(batch: SpectraBatch, config: PreprocessConfig | None = None) -> NetInputs:

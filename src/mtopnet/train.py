@@ -53,7 +53,7 @@ from .store import iter_store, open_store, store_info
 COMMAND = "train"
 CACHE_VERSION = 1
 _DERIVED_MODEL_FIELDS = ("n_pix", "n_continuum_features", "n_z_bins", "wave_min", "dloglam", "z_min", "z_max",
-                         "line_waves")
+                         "line_waves", "scale_feature")
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,7 @@ class TrainConfig:
         """This config with the model's derived fields filled in from preprocess, redshift and the line list."""
         model = dataclasses.replace(self.model, n_pix=self.preprocess.n_pix,
                                     n_continuum_features=self.preprocess.n_continuum_features,
+                                    scale_feature=self.preprocess.scale_feature,
                                     n_z_bins=self.redshift.n_bins, wave_min=self.preprocess.wave_min,
                                     dloglam=self.preprocess.dloglam, z_min=self.redshift.z_min,
                                     z_max=self.redshift.z_max, line_waves=tuple(float(w) for w in line_waves(LINES)))

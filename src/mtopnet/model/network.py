@@ -45,6 +45,11 @@ class ModelConfig:
         of ~6 sigma units, bright ones lines of ~100 continuum units: asinh keeps both in range).
     template_stage: stage whose output feeds the line-template redshift path
         (:mod:`.template_head`; None disables it); template_hidden: its hidden channels.
+    scale_free_z: the flux-scale feature (``log10(scale)``, index ``scale_feature`` of the
+        continuum input) is withheld from the shared latent layer and given to the M* and
+        SFR heads only, so the redshift cannot depend on the flux scale (with a
+        preprocessing whose other inputs are scale-free: ``scale_free_noise``).
+    scale_feature: index of that feature (derived from the preprocessing).
     wave_min, dloglam, z_min, z_max, line_waves: the grid, z bins and line list, copied from
         the preprocessing / training config (derived, like n_pix) so the template path can
         be rebuilt from the checkpoint alone.
@@ -70,6 +75,8 @@ class ModelConfig:
     input_asinh: bool = True
     template_stage: int | None = 0
     template_hidden: int = 48
+    scale_free_z: bool = False
+    scale_feature: int = 256
     wave_min: float = 6470.0
     dloglam: float = 2.4981e-4
     z_min: float = 0.6
@@ -93,6 +100,10 @@ class ModelConfig:
                               f"or be null, got {self.template_stage}")
         if self.norm not in ("batch", "none"):
             raise ConfigError(f"model.norm: must be 'batch' or 'none', got {self.norm!r}")
+        if self.scale_free_z and not 0 <= self.scale_feature < self.n_continuum_features:
+            last = self.n_continuum_features - 1
+            raise ConfigError(f"model.scale_feature: must index the continuum input (0-{last}), "
+                              f"got {self.scale_feature}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout: must be within [0, 1), got {self.dropout}")
 
@@ -146,8 +157,9 @@ class MTopNet(nn.Module):
             self.template = LineTemplateHead(c.stage_channels[c.template_stage], c.template_hidden,
                                              np.asarray(c.line_waves), centres, c.wave_min, c.dloglam, factor,
                                              c.n_pix // factor)
-        self.logmstar = GaussianHead(c.latent, c.property_hidden, c.dropout)
-        self.logsfr = GaussianHead(c.latent, c.property_hidden, c.dropout)
+        n_prop = c.latent + (1 if c.scale_free_z else 0)
+        self.logmstar = GaussianHead(n_prop, c.property_hidden, c.dropout)
+        self.logsfr = GaussianHead(n_prop, c.property_hidden, c.dropout)
 
     def forward(self, spectrum: torch.Tensor, continuum: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.config.input_asinh:
@@ -160,10 +172,15 @@ class MTopNet(nn.Module):
                 z_template = self.template(x)  # (B, n_z_bins)
         flat = x.flatten(1)  # (B, stage_channels[-1] * final_length)
         line_logits, line_hidden = self.line_head(flat)  # (B, n_pix / line_factor), (B, line_hidden)
+        if self.config.scale_free_z:
+            k = self.config.scale_feature
+            prop_scale = continuum[:, k:k + 1]  # (B, 1) log10(scale)
+            continuum = torch.cat([continuum[:, :k], torch.zeros_like(prop_scale), continuum[:, k + 1:]], dim=1)
         cont = self.continuum_act(self.continuum(continuum))  # (B, continuum_hidden)
         latent = self.latent(torch.cat([flat, line_hidden, cont], dim=1))  # (B, latent)
-        m_mean, m_logsig = self.logmstar(latent)
-        s_mean, s_logsig = self.logsfr(latent)
+        prop_in = latent if not self.config.scale_free_z else torch.cat([latent, prop_scale], dim=1)
+        m_mean, m_logsig = self.logmstar(prop_in)
+        s_mean, s_logsig = self.logsfr(prop_in)
         z_logits = self.redshift(latent)  # (B, n_z_bins)
         if z_template is not None:
             z_logits = z_logits + z_template
