@@ -1,0 +1,507 @@
+"""Full-range redshift scan of a linear template basis, by FFT correlations, and its combination with the network's PDF.
+
+On a grid uniform in ln(lambda) with step ``dloglam`` a trial redshift on the lattice
+ln(1 + z) = const - s * dloglam is a whole-pixel shift ``s`` of the rest-frame basis: data
+pixel j sees basis row ``j + s``. For the linear least-squares fit of the K basis vectors
+T_k (plus, optionally, Q Legendre polynomials P_q in observed ln(lambda), not shifted),
+
+    chi2(s) = sum_j w_j f_j^2 - b(s)^T A(s)^-1 b(s)
+    b_k(s)  = sum_j w_j f_j T_k[j + s]            (a correlation of w f with T_k)
+    A_kl(s) = sum_j w_j T_k[j + s] T_l[j + s]     (a correlation of w with T_k T_l)
+    A_qk(s) = sum_j w_j P_q[j] T_k[j + s]         (a correlation of w P_q with T_k)
+    A_qr, b_q                                     (constants per object)
+
+with w the inverse variance (0 = masked). Every correlation for every shift comes from one
+real FFT per data vector (w, w f, w P_q) and one inverse FFT per entry, the basis side
+(T_k and the K(K+1)/2 products T_k T_l) transformed once per :class:`ZScanner` and cached.
+The FFT length is the smallest 7-smooth number >= n_pix + n_shift - 1 (no wrap-around).
+The (N, S) small systems are solved together by a Cholesky factorisation written as
+vectorised row operations over all (object, shift) pairs (torch's batched LAPACK calls cost
+~1 us per 10x10 matrix, the row operations ~0.05 us), in float64, Jacobi-scaled; a basis
+vector carrying less than ``weight_floor`` (1e-6) of the object's total weight at a shift, or whose pivot
+falls below ``1e-6`` (it is a combination of the others there), is dropped at that shift,
+so a shift with few valid pixels yields chi2 = sum w f^2, never NaN.
+
+Outputs (:class:`ZScanResult`) are on the scan's redshift grid (increasing z). Callers form
+delta chi2 against ``chi2_zero`` (the zero model) or against the minimum.
+
+Combination with the network (:func:`chi2_on_bins`, :func:`combine_pdf`):
+``log post_b = w_net * ln(pdf_b + eps) - 0.5 * t * (chi2_b - min chi2)``, normalised, with
+chi2_b the lowest scan chi2 inside z bin b. ``w_net`` (the prior's weight) and ``t`` (a
+temperature: the chi2 of an imperfect basis is over-dispersed) must be fitted on
+validation data, never on test data: :func:`fit_combination` maximises the mean log
+posterior of the true-z bin. :func:`scan_summary` gives the scan's own best z, its
+DELTACHI2 (to the best local minimum more than 1000 km/s away) and the number of local
+minima.
+
+Library use::
+
+    scanner = ZScanner.from_refine_basis(basis, (0.5, 3.3), n_templates=6)
+    res = scanner.scan(flux, ivar)                            # flux, ivar: (N, n_pix)
+    z_best, dchi2, n_min = scan_summary(res)
+    post = combine_pdf(pdf, chi2_on_bins(res.z, res.chi2, edges), w_net, t, ok=res.ok)
+
+Benchmark: ``benchmarks/zscan.py``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import ConfigError, UserError
+
+C_KMS = 299792.458
+SEPARATION_KMS = 1000.0
+"""Minima closer than this to the best one do not count as a competing solution."""
+WEIGHT_FLOOR = 1e-6
+"""Default ``weight_floor``: a basis vector whose weighted square sum at a shift is below this
+fraction of the object's sum of weights (for a unit-maximum vector it is at most 1) is
+dropped at that shift. It must exceed the float32 FFT's rounding (~1e-7 of the largest
+correlation); larger values also stop a sliver of a sharp feature at the edge of the valid
+data from being fitted to noise with a huge amplitude."""
+PIVOT_TOL = 1e-6
+"""Jacobi-scaled Cholesky pivots below this drop the vector (degenerate with the others)."""
+
+
+def smooth_length(n: int) -> int:
+    """Smallest integer >= n whose prime factors are all <= 7 (a fast FFT length)."""
+    m = max(int(n), 1)
+    while True:
+        k = m
+        for p in (2, 3, 5, 7):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+@dataclass
+class ZScanResult:
+    """Scan of N objects over S trial redshifts.
+
+    z: (S,) float64 trial redshifts, increasing, uniform in ln(1 + z) with step dloglam.
+    chi2: (N, S) float32, chi2 of the best linear fit at each trial (every valid pixel
+        counts; pixels the basis does not reach count with a zero model).
+    chi2_zero: (N,) float64, sum w f^2 (the chi2 of a zero model).
+    npix: (N,) int64 valid pixels (ivar > 0).
+    best: (N,) int64 index into ``z`` of the lowest chi2.
+    coeff: (N, K + Q) float64 amplitudes at ``best`` (basis vectors, then polynomials; 0 for
+        a dropped vector), in the flux units of the input.
+    ok: (N,) bool, a fit ran (npix >= the scanner's ``min_pixels``); where False, chi2 =
+        chi2_zero at every trial and coeff = 0.
+    """
+
+    z: np.ndarray
+    chi2: np.ndarray
+    chi2_zero: np.ndarray
+    npix: np.ndarray
+    best: np.ndarray
+    coeff: np.ndarray
+    ok: np.ndarray
+
+
+class ZScanner:
+    """Chi2 of a basis at every whole-pixel shift over a redshift range, for batches of spectra.
+
+    table: (U, K) rest-frame basis at whole-pixel steps: row u is each vector's mean over a
+        pixel centred at rest ln(lambda) = ``x0 + u * dloglam`` (zero outside the table).
+    ln_lam0: ln of the data grid's first pixel edge (A); data pixel j is centred at
+        ``ln_lam0 + (j + 0.5) * dloglam``. n_pix: data pixels.
+    z_range: (lo, hi) the scan covers both ends (one shift beyond each if off the lattice).
+    n_poly: Legendre polynomials in observed ln(lambda) across the grid (0 = none, 3 = up to
+        degree 2) fitted with free amplitudes beside the basis.
+    min_pixels: objects with fewer valid pixels are not fitted (``ok`` False); default
+        ``2 * (K + n_poly)``.
+    fft_double: FFTs in float64 (2-4x slower; float32 keeps chi2 to ~1e-5 of sum w f^2).
+    weight_floor: see :data:`WEIGHT_FLOOR`.
+
+    Raises ConfigError for an empty basis, a bad range or a grid that the basis cannot shift.
+    """
+
+    def __init__(self, table: np.ndarray, x0: float, dloglam: float, ln_lam0: float, n_pix: int,
+                 z_range: tuple[float, float], n_poly: int = 0, min_pixels: int | None = None,
+                 fft_double: bool = False, weight_floor: float = WEIGHT_FLOOR,
+                 names: tuple[str, ...] | None = None):
+        table = np.asarray(table, dtype=np.float64)
+        if table.ndim != 2 or table.shape[1] < 1 or table.shape[0] < 2:
+            raise ConfigError(f"zscan.table: need (U, K >= 1) rows, got shape {table.shape}")
+        if not (dloglam > 0 and n_pix >= 2):
+            raise ConfigError(f"zscan: need dloglam > 0 and n_pix >= 2, got {dloglam}, {n_pix}")
+        lo, hi = float(z_range[0]), float(z_range[1])
+        if not -1 < lo < hi:
+            raise ConfigError(f"zscan.z_range: need -1 < lo < hi, got {z_range}")
+        if n_poly < 0 or n_poly > 10:
+            raise ConfigError(f"zscan.n_poly: must be 0-10, got {n_poly}")
+        self.dloglam = float(dloglam)
+        self.n_pix = int(n_pix)
+        self.n_templates = table.shape[1]
+        self.n_poly = int(n_poly)
+        self.names = tuple(names) if names is not None else tuple(f"t{k}" for k in range(self.n_templates))
+        n_basis = self.n_templates + self.n_poly
+        self.min_pixels = int(min_pixels) if min_pixels is not None else 2 * n_basis
+        self.fft_double = bool(fft_double)
+        if not 0 <= weight_floor < 1:
+            raise ConfigError(f"zscan.weight_floor: must be within [0, 1), got {weight_floor}")
+        self.weight_floor = float(weight_floor)
+        # shift s: ln(1 + z) = c - s * dloglam
+        c = ln_lam0 + 0.5 * dloglam - x0
+        self._c = c
+        s_lo = int(math.floor((c - math.log1p(hi)) / dloglam + 1e-9))
+        s_hi = int(math.ceil((c - math.log1p(lo)) / dloglam - 1e-9))
+        self.shift_lo = s_lo
+        self.n_shift = s_hi - s_lo + 1
+        # basis rows s_lo .. s_hi + n_pix - 1, zero outside the table
+        need = self.n_shift + self.n_pix - 1
+        crop = np.zeros((need, self.n_templates))
+        src_lo, src_hi = max(s_lo, 0), min(s_lo + need, len(table))
+        if src_hi > src_lo:
+            crop[src_lo - s_lo:src_hi - s_lo] = table[src_lo:src_hi]
+        if not np.any(crop):
+            raise ConfigError(f"zscan: the basis does not reach the data grid anywhere in z {z_range}")
+        self.fft_len = smooth_length(need)
+        shifts = s_lo + np.arange(self.n_shift)
+        # increasing z = decreasing shift
+        self.z = np.expm1(c - shifts[::-1] * dloglam)
+        k = self.n_templates
+        iu = np.triu_indices(k)
+        prods = crop[:, iu[0]] * crop[:, iu[1]]  # (need, K(K+1)/2)
+        ctype = torch.complex128 if fft_double else torch.complex64
+        spec = np.fft.rfft(np.concatenate([prods, crop], axis=1).T, n=self.fft_len, axis=1)
+        self._basis_fft = torch.from_numpy(spec).to(ctype)  # (K(K+1)/2 + K, F)
+        self._n_prod = len(iu[0])
+        self._iu = iu
+        if self.n_poly:
+            x = np.linspace(-1.0, 1.0, self.n_pix)
+            self._poly = np.polynomial.legendre.legvander(x, self.n_poly - 1).T.copy()  # (Q, n_pix)
+        else:
+            self._poly = np.zeros((0, self.n_pix))
+        self._layout()
+
+    @classmethod
+    def from_refine_basis(cls, basis, z_range: tuple[float, float], n_templates: int | None = None,
+                          lines: bool = False, n_poly: int = 0, **kwargs) -> "ZScanner":
+        """A scanner from a :class:`mtopnet.refine.RefineBasis`: its table at whole-pixel rows,
+        the first ``n_templates`` continuum (PCA) vectors (default all), plus its line-group
+        vectors if ``lines``. The basis must have been built for a z range covering ``z_range``."""
+        kc = basis.n_continuum
+        k = kc if n_templates is None else int(n_templates)
+        if not 1 <= k <= kc:
+            raise ConfigError(f"zscan.n_templates: must be 1-{kc}, got {n_templates}")
+        cols = list(range(k)) + (list(range(kc, basis.table.shape[1])) if lines else [])
+        table = basis.table[::basis.oversample][:, cols]
+        names = tuple(basis.names[c] for c in cols)
+        return cls(table, basis.x0, basis.dloglam, basis.ln_lam0, basis.n_pix, z_range, n_poly=n_poly,
+                   names=names, **kwargs)
+
+    @property
+    def n_basis(self) -> int:
+        """Vectors per fit: templates then polynomials."""
+        return self.n_templates + self.n_poly
+
+    def _layout(self) -> None:
+        """Index of each (i, j) entry of the (D, D) system and each b entry among the channels of
+        one chunk: [products (K(K+1)/2), b_t (K), A_pt (Q*K)] from inverse FFTs, then the
+        constants [A_pp (Q*Q), b_p (Q)]."""
+        k, q = self.n_templates, self.n_poly
+        d = k + q
+        n_prod = self._n_prod
+        a_idx = np.zeros((d, d), dtype=np.int64)
+        for p, (i, j) in enumerate(zip(*self._iu)):
+            a_idx[i, j] = a_idx[j, i] = p
+        base_pt = n_prod + k
+        base_pp = base_pt + q * k
+        for qi in range(q):
+            for kk in range(k):
+                a_idx[k + qi, kk] = a_idx[kk, k + qi] = base_pt + qi * k + kk
+            for qj in range(q):
+                a_idx[k + qi, k + qj] = base_pp + qi * q + qj
+        b_idx = np.concatenate([n_prod + np.arange(k), base_pp + q * q + np.arange(q)])
+        self._a_idx = torch.from_numpy(a_idx.reshape(-1))
+        self._b_idx = torch.from_numpy(b_idx)
+        self._n_fft_out = base_pp
+
+    # ------------------------------------------------------------------ scan
+    def scan(self, flux: np.ndarray, ivar: np.ndarray, chunk: int = 8) -> ZScanResult:
+        """chi2 at every trial redshift for N spectra on the data grid.
+
+        flux: (N, n_pix) (any units), ivar: (N, n_pix) its inverse variance; non-finite
+        values and ivar <= 0 are masked. chunk: objects per batch of FFTs and solves (memory
+        ~ chunk x 2.5 MB x (K + Q)^2 / 10). Raises UserError on shape mismatch.
+        """
+        flux = np.asarray(flux)
+        ivar = np.asarray(ivar)
+        if flux.ndim != 2 or flux.shape != ivar.shape or flux.shape[1] != self.n_pix:
+            raise UserError(f"zscan: flux/ivar shapes {flux.shape}/{ivar.shape} do not match (N, {self.n_pix})")
+        if chunk < 1:
+            raise UserError(f"zscan: chunk must be >= 1, got {chunk}")
+        n, s = len(flux), self.n_shift
+        with np.errstate(invalid="ignore"):
+            good = np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
+        w_all = np.where(good, ivar, 0).astype(np.float32)
+        f_all = np.where(good, flux, 0).astype(np.float32)
+        npix = good.sum(axis=1).astype(np.int64)
+        chi2 = np.empty((n, s), dtype=np.float32)
+        chi2_zero = (w_all.astype(np.float64) * f_all.astype(np.float64) ** 2).sum(axis=1)
+        best = np.zeros(n, dtype=np.int64)
+        coeff = np.zeros((n, self.n_basis))
+        ok = npix >= self.min_pixels
+        fit = np.flatnonzero(ok)
+        chi2[~ok] = chi2_zero[~ok, None]
+        for start in range(0, len(fit), chunk):
+            rows = fit[start:start + chunk]
+            c2, bi, co = self._scan_chunk(w_all[rows], f_all[rows], chi2_zero[rows])
+            chi2[rows], best[rows], coeff[rows] = c2, bi, co
+        return ZScanResult(z=self.z.copy(), chi2=chi2, chi2_zero=chi2_zero, npix=npix, best=best,
+                           coeff=coeff, ok=ok)
+
+    def correlations(self, w: np.ndarray, f: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A (n, S, D, D), b (n, S, D) float64 and sum w (n,) for a few objects, in the
+        scanner's shift order (increasing shift = decreasing z); for tests and callers that
+        need the normal equations themselves."""
+        ch, wsum = self._channels(np.asarray(w, np.float32), np.asarray(f, np.float32))
+        a = ch[:, self._a_idx].reshape(len(w), self.n_basis, self.n_basis, -1).permute(0, 3, 1, 2)
+        b = ch[:, self._b_idx].permute(0, 2, 1)
+        return a, b, wsum
+
+    def _channels(self, w: np.ndarray, f: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, C, S) float64 correlation channels (see :meth:`_layout`) and sum w (n,)."""
+        n = len(w)
+        k, q, s, L = self.n_templates, self.n_poly, self.n_shift, self.fft_len
+        rdtype = torch.float64 if self.fft_double else torch.float32
+        wt = torch.from_numpy(w)
+        ft = torch.from_numpy(f)
+        wf = wt * ft
+        data = [wt[:, None], wf[:, None]]
+        poly = torch.from_numpy(self._poly).to(torch.float32)  # (Q, P)
+        if q:
+            data.append(wt[:, None, :] * poly[None])
+        g = torch.fft.rfft(torch.cat(data, 1).to(rdtype), n=L).conj()  # (n, 2 + Q, F)
+        bf = self._basis_fft
+        nf = bf.shape[1]
+        spec = torch.empty(n, self._n_fft_out, nf, dtype=bf.dtype)
+        torch.mul(g[:, 0:1], bf[None, :self._n_prod], out=spec[:, :self._n_prod])
+        torch.mul(g[:, 1:2], bf[None, self._n_prod:], out=spec[:, self._n_prod:self._n_prod + k])
+        if q:
+            torch.mul(g[:, 2:, None], bf[None, None, self._n_prod:],
+                      out=spec[:, self._n_prod + k:].view(n, q, k, nf))
+        corr = torch.fft.irfft(spec, n=L)[..., :s].double()  # (n, C_fft, S)
+        w64 = wt.double()
+        wsum = w64.sum(1)
+        if q:
+            p64 = torch.from_numpy(self._poly)
+            app = torch.einsum("np,qp,rp->nqr", w64, p64, p64).reshape(n, q * q)
+            bp = (wf.double()) @ p64.T  # (n, Q)
+            const = torch.cat([app, bp], 1)[:, :, None].expand(n, q * q + q, s)
+            corr = torch.cat([corr, const], 1)
+        return corr, wsum
+
+    def _scan_chunk(self, w: np.ndarray, f: np.ndarray, wff: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, d, s = len(w), self.n_basis, self.n_shift
+        ch, wsum = self._channels(w, f)
+        a = ch[:, self._a_idx].reshape(n, d * d, s).transpose(0, 1).reshape(d, d, n * s).contiguous()
+        b = ch[:, self._b_idx].transpose(0, 1).reshape(d, n * s).contiguous()
+        floor = (self.weight_floor * wsum)[:, None].expand(n, s).reshape(-1)
+        wff_t = torch.from_numpy(wff)[:, None].expand(n, s).reshape(-1)
+        chi2, _ = _cholesky_chi2(a, b, wff_t, floor)
+        chi2 = chi2.view(n, s).flip(1)  # increasing z
+        bi = torch.argmin(chi2, dim=1)
+        # amplitudes at the best shift (shift index counted from the unflipped end), re-derived
+        # from the correlations, which _cholesky_chi2 overwrote: recompute for these n systems
+        si = s - 1 - bi
+        ch_best = ch[torch.arange(n), :, si]  # (n, C)
+        ab = ch_best[:, self._a_idx].reshape(n, d, d).permute(1, 2, 0).contiguous()
+        bb = ch_best[:, self._b_idx].T.contiguous()
+        _, coeff = _cholesky_chi2(ab, bb, torch.from_numpy(wff), self.weight_floor * wsum, solve=True)
+        return chi2.clamp_min(0).float().numpy(), bi.numpy(), coeff.T.numpy()
+
+
+def _cholesky_chi2(a: torch.Tensor, b: torch.Tensor, wff: torch.Tensor, floor: torch.Tensor,
+                   solve: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """chi2 = wff - b^T A^-1 b for M systems laid out (D, D, M) / (D, M) (float64, overwritten).
+
+    Jacobi-scaled; vector i is dropped where A_ii < floor (M,) or where its pivot falls below
+    PIVOT_TOL. With ``solve``, also returns the amplitudes x (D, M) (0 for dropped vectors).
+    """
+    d = a.shape[0]
+    diag = torch.diagonal(a, dim1=0, dim2=1).T.clone()  # (D, M)
+    keep = diag > floor[None, :]
+    scale = torch.where(keep, diag.clamp_min(1e-300).rsqrt(), torch.zeros_like(diag))
+    a.mul_(scale[:, None, :]).mul_(scale[None, :, :])
+    b.mul_(scale)
+    chi2 = wff.clone()
+    invs = []
+    ys = []
+    for k in range(d):
+        piv = a[k, k]
+        ok = piv > PIVOT_TOL
+        inv = torch.where(ok, piv.clamp_min(PIVOT_TOL).rsqrt(), torch.zeros_like(piv))
+        y = b[k] * inv
+        chi2.addcmul_(y, y, value=-1.0)
+        if solve:
+            invs.append(inv)
+            ys.append(y)
+        if k == d - 1:
+            break
+        col = a[k + 1:, k]
+        col.mul_(inv)  # column k of L (kept in place for the back substitution)
+        b[k + 1:].addcmul_(col, y[None], value=-1.0)
+        for i in range(k + 1, d):  # lower triangle of the trailing block, row by row
+            a[i, k + 1:i + 1].addcmul_(col[:i - k], col[i - k - 1][None], value=-1.0)
+    if not solve:
+        return chi2, None
+    x = torch.zeros_like(b)
+    for k in range(d - 1, -1, -1):
+        acc = ys[k].clone()
+        if k < d - 1:
+            acc -= (a[k + 1:, k] * x[k + 1:]).sum(0)
+        x[k] = acc * invs[k]
+    return chi2, x * scale
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def _local_minima(chi2: np.ndarray) -> np.ndarray:
+    """(N, S) bool: chi2 at or below both neighbours (an end counts against its one neighbour);
+    plateaus count once (their first point)."""
+    left = np.concatenate([np.full((len(chi2), 1), np.inf), chi2[:, :-1]], axis=1)
+    right = np.concatenate([chi2[:, 1:], np.full((len(chi2), 1), np.inf)], axis=1)
+    return (chi2 < left) & (chi2 <= right)
+
+
+def scan_summary(res: ZScanResult, separation_kms: float = SEPARATION_KMS,
+                 within: float = 25.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scan's own answer per object: z_best (N,), deltachi2 (N,), n_minima (N,).
+
+    z_best: a parabola through the lowest chi2 and its two neighbours (NaN where no fit ran).
+    deltachi2: chi2 of the best local minimum more than ``separation_kms`` from z_best minus
+    the lowest chi2 (if no local minimum lies that far, the lowest chi2 there); finite
+    whenever a fit ran, NaN otherwise. n_minima: local minima within ``within`` of the lowest
+    chi2 (1 = an unambiguous scan; 0 where no fit ran).
+    """
+    chi2 = res.chi2.astype(np.float64)
+    n, s = chi2.shape
+    rows = np.arange(n)
+    b = np.clip(res.best, 1, s - 2) if s >= 3 else res.best
+    lnz = np.log1p(res.z)
+    step = float(np.median(np.diff(lnz))) if s > 1 else 0.0
+    if s >= 3:
+        c0, cm, cp = chi2[rows, b], chi2[rows, b - 1], chi2[rows, b + 1]
+        curv = cm + cp - 2 * c0
+        frac = np.where(curv > 0, 0.5 * (cm - cp) / np.where(curv > 0, curv, 1.0), 0.0)
+        frac = np.where(b == res.best, np.clip(frac, -0.5, 0.5), 0.0)
+        z_best = np.expm1(lnz[b] + frac * step)
+        z_best = np.where(b == res.best, z_best, res.z[res.best])
+    else:
+        z_best = res.z[res.best].astype(np.float64)
+    cmin = chi2[rows, res.best]
+    far = np.abs(lnz[None, :] - np.log1p(z_best)[:, None]) > separation_kms / C_KMS
+    minima = _local_minima(chi2)
+    other_min = np.where(far & minima, chi2, np.inf).min(axis=1)
+    other_any = np.where(far, chi2, np.inf).min(axis=1)
+    other = np.where(np.isfinite(other_min), other_min, other_any)
+    dchi2 = np.where(np.isfinite(other), other - cmin, 0.0)
+    n_min = (minima & (chi2 <= cmin[:, None] + within)).sum(axis=1)
+    ok = res.ok
+    return (np.where(ok, z_best, np.nan), np.where(ok, dchi2, np.nan), np.where(ok, n_min, 0).astype(np.int64))
+
+
+def chi2_on_bins(z_scan: np.ndarray, chi2: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Scan chi2 (N, S) on trial redshifts ``z_scan`` (S,) increasing -> (N, B) on z bins ``edges`` (B+1,).
+
+    Each bin gets the lowest chi2 of the trials inside it (the profile over the bin); a bin
+    holding no trial gets chi2 interpolated linearly in ln(1 + z) at its centre; bins beyond
+    the scan take the value at the scan's nearest end (no information either way).
+    """
+    z_scan = np.asarray(z_scan, dtype=np.float64)
+    edges = np.asarray(edges, dtype=np.float64)
+    chi2 = np.asarray(chi2, dtype=np.float64)
+    nb = len(edges) - 1
+    centres = np.sqrt((1 + edges[1:]) * (1 + edges[:-1])) - 1
+    lnz = np.log1p(z_scan)
+    lnc = np.log1p(centres)
+    j = np.clip(np.searchsorted(lnz, lnc) - 1, 0, len(lnz) - 2) if len(lnz) > 1 else np.zeros(nb, np.int64)
+    if len(lnz) > 1:
+        frac = np.clip((lnc - lnz[j]) / (lnz[j + 1] - lnz[j]), 0.0, 1.0)
+        out = chi2[:, j] * (1 - frac) + chi2[:, j + 1] * frac
+    else:
+        out = np.repeat(chi2[:, :1], nb, axis=1)
+    which = np.searchsorted(edges, z_scan, side="right") - 1  # bin of each trial
+    inside = (which >= 0) & (which < nb)
+    if inside.any():
+        idx = np.flatnonzero(inside)
+        starts = np.flatnonzero(np.r_[True, np.diff(which[idx]) != 0])
+        bins = which[idx][starts]
+        mins = np.minimum.reduceat(chi2[:, idx], starts, axis=1)
+        out[:, bins] = np.minimum(out[:, bins], mins)
+    return out
+
+
+def combine_pdf(pdf_net: np.ndarray, chi2_bins: np.ndarray, w_net: float, t: float,
+                ok: np.ndarray | None = None, eps: float = 1e-12) -> np.ndarray:
+    """Posterior (N, B) on the network's z bins from its PDF (N, B) and the scan's chi2 on the same bins.
+
+    ``log post = w_net * ln(pdf_net + eps) - 0.5 * t * (chi2_bins - min chi2_bins)``,
+    normalised per object. w_net: the prior's weight; t: the likelihood's temperature
+    (both >= 0, to be fitted on validation data: :func:`fit_combination`). Objects with
+    ``ok`` False (no fit) get the network's PDF to the power w_net, normalised.
+    """
+    if w_net < 0 or t < 0:
+        raise UserError(f"zscan.combine_pdf: w_net and t must be >= 0, got {w_net}, {t}")
+    pdf_net = np.asarray(pdf_net, dtype=np.float64)
+    chi2_bins = np.asarray(chi2_bins, dtype=np.float64)
+    dchi2 = chi2_bins - chi2_bins.min(axis=1, keepdims=True)
+    if ok is not None:
+        dchi2 = np.where(np.asarray(ok, bool)[:, None], dchi2, 0.0)
+    logp = w_net * np.log(np.clip(pdf_net, 0, None) + eps) - 0.5 * t * dchi2
+    logp -= logp.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def fit_combination(pdf_net: np.ndarray, chi2_bins: np.ndarray, edges: np.ndarray, z_true: np.ndarray,
+                    ok: np.ndarray | None = None, start: tuple[float, float] = (1.0, 0.1),
+                    bounds: tuple[tuple[float, float], tuple[float, float]] = ((0.0, 5.0), (0.0, 5.0)),
+                    eps: float = 1e-12) -> tuple[float, float, dict]:
+    """Fit (w_net, t) of :func:`combine_pdf` on a VALIDATION set (never test data).
+
+    Maximises the mean over objects of ln post[bin of z_true] (objects whose z_true lies
+    outside ``edges`` are left out) with L-BFGS-B inside ``bounds``. Returns w_net, t and
+    {"mean_log_post", "n", "success", "start_mean_log_post"}. Raises UserError if no object
+    has its true z inside the bins.
+    """
+    from scipy.optimize import minimize
+
+    edges = np.asarray(edges, dtype=np.float64)
+    z_true = np.asarray(z_true, dtype=np.float64)
+    idx = np.searchsorted(edges, z_true, side="right") - 1
+    use = (idx >= 0) & (idx < len(edges) - 1) & np.isfinite(z_true)
+    if not use.any():
+        raise UserError("zscan.fit_combination: no object has its true z inside the bins")
+    pdf = np.asarray(pdf_net, dtype=np.float64)[use]
+    dchi2 = np.asarray(chi2_bins, dtype=np.float64)[use]
+    dchi2 = dchi2 - dchi2.min(axis=1, keepdims=True)
+    if ok is not None:
+        dchi2 = np.where(np.asarray(ok, bool)[use][:, None], dchi2, 0.0)
+    lp = np.log(np.clip(pdf, 0, None) + eps)
+    rows = np.arange(len(pdf))
+    ti = idx[use]
+
+    def neg(x: np.ndarray) -> float:
+        logp = x[0] * lp - 0.5 * x[1] * dchi2
+        m = logp.max(axis=1)
+        lse = m + np.log(np.exp(logp - m[:, None]).sum(axis=1))
+        return -float(np.mean(logp[rows, ti] - lse))
+
+    res = minimize(neg, np.asarray(start, dtype=np.float64), method="L-BFGS-B", bounds=bounds)
+    return float(res.x[0]), float(res.x[1]), {"mean_log_post": -float(res.fun), "n": int(use.sum()),
+                                              "success": bool(res.success),
+                                              "start_mean_log_post": -neg(np.asarray(start, dtype=np.float64))}
+
+
+__all__ = ["ZScanner", "ZScanResult", "scan_summary", "chi2_on_bins", "combine_pdf", "fit_combination",
+           "smooth_length", "SEPARATION_KMS"]
