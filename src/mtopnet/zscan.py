@@ -14,7 +14,8 @@ T_k (plus, optionally, Q Legendre polynomials P_q in observed ln(lambda), not sh
 with w the inverse variance (0 = masked). Every correlation for every shift comes from one
 real FFT per data vector (w, w f, w P_q) and one inverse FFT per entry, the basis side
 (T_k and the K(K+1)/2 products T_k T_l) transformed once per :class:`ZScanner` and cached.
-The FFT length is the smallest 7-smooth number >= n_pix + n_shift - 1 (no wrap-around).
+The FFT length is 4 times the smallest 7-smooth number >= (n_pix + n_shift - 1) / 4 (no
+wrap-around; a multiple of 4 so that ``stride=2`` can fold the spectra in two).
 The (N, S) small systems are solved together by a Cholesky factorisation written as
 vectorised row operations over all (object, shift) pairs (torch's batched LAPACK calls cost
 ~1 us per 10x10 matrix, the row operations ~0.05 us), in float64, Jacobi-scaled; a basis
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,7 +85,8 @@ def smooth_length(n: int) -> int:
 class ZScanResult:
     """Scan of N objects over S trial redshifts.
 
-    z: (S,) float64 trial redshifts, increasing, uniform in ln(1 + z) with step dloglam.
+    z: (S,) float64 trial redshifts, increasing, uniform in ln(1 + z) with step
+        ``stride * dloglam``.
     chi2: (N, S) float32, chi2 of the best linear fit at each trial (every valid pixel
         counts; pixels the basis does not reach count with a zero model).
     chi2_zero: (N,) float64, sum w f^2 (the chi2 of a zero model).
@@ -118,13 +121,17 @@ class ZScanner:
         ``2 * (K + n_poly)``.
     fft_double: FFTs in float64 (2-4x slower; float32 keeps chi2 to ~1e-5 of sum w f^2).
     weight_floor: see :data:`WEIGHT_FLOOR`.
+    stride: 1 = every whole-pixel shift; 2 = every second one (half the inverse FFTs and
+        solves: the correlation spectra are folded in two before the inverse transform, which
+        yields exactly the even lags). The trial step is then 2 pixels (150 km/s for MOONS LR),
+        fine enough for a scan that proposes candidates for a refinement.
 
     Raises ConfigError for an empty basis, a bad range or a grid that the basis cannot shift.
     """
 
     def __init__(self, table: np.ndarray, x0: float, dloglam: float, ln_lam0: float, n_pix: int,
                  z_range: tuple[float, float], n_poly: int = 0, min_pixels: int | None = None,
-                 fft_double: bool = False, weight_floor: float = WEIGHT_FLOOR,
+                 fft_double: bool = False, weight_floor: float = WEIGHT_FLOOR, stride: int = 1,
                  names: tuple[str, ...] | None = None):
         table = np.asarray(table, dtype=np.float64)
         if table.ndim != 2 or table.shape[1] < 1 or table.shape[0] < 2:
@@ -134,6 +141,8 @@ class ZScanner:
         lo, hi = float(z_range[0]), float(z_range[1])
         if not -1 < lo < hi:
             raise ConfigError(f"zscan.z_range: need -1 < lo < hi, got {z_range}")
+        if stride not in (1, 2):
+            raise ConfigError(f"zscan.stride: must be 1 or 2, got {stride}")
         if n_poly < 0 or n_poly > 10:
             raise ConfigError(f"zscan.n_poly: must be 0-10, got {n_poly}")
         self.dloglam = float(dloglam)
@@ -154,6 +163,8 @@ class ZScanner:
         s_hi = int(math.ceil((c - math.log1p(lo)) / dloglam - 1e-9))
         self.shift_lo = s_lo
         self.n_shift = s_hi - s_lo + 1
+        self.stride = int(stride)
+        self.n_trial = -(-self.n_shift // self.stride)
         # basis rows s_lo .. s_hi + n_pix - 1, zero outside the table
         need = self.n_shift + self.n_pix - 1
         crop = np.zeros((need, self.n_templates))
@@ -162,27 +173,28 @@ class ZScanner:
             crop[src_lo - s_lo:src_hi - s_lo] = table[src_lo:src_hi]
         if not np.any(crop):
             raise ConfigError(f"zscan: the basis does not reach the data grid anywhere in z {z_range}")
-        self.fft_len = smooth_length(need)
-        shifts = s_lo + np.arange(self.n_shift)
+        self.fft_len = 4 * smooth_length(-(-need // 4))  # a multiple of 4, so that it folds in two
+        shifts = s_lo + self.stride * np.arange(self.n_trial)
         # increasing z = decreasing shift
         self.z = np.expm1(c - shifts[::-1] * dloglam)
         k = self.n_templates
-        iu = np.triu_indices(k)
-        prods = crop[:, iu[0]] * crop[:, iu[1]]  # (need, K(K+1)/2)
+        il = np.tril_indices(k)  # packed lower triangle, row-major: (i, j <= i)
+        prods = crop[:, il[0]] * crop[:, il[1]]  # (need, K(K+1)/2)
         ctype = torch.complex128 if fft_double else torch.complex64
+        self._crop64 = torch.from_numpy(crop)
         spec = np.fft.rfft(np.concatenate([prods, crop], axis=1).T, n=self.fft_len, axis=1)
         self._basis_fft = torch.from_numpy(spec).to(ctype)  # (K(K+1)/2 + K, F)
-        self._n_prod = len(iu[0])
-        self._iu = iu
+        self._n_prod = len(il[0])
         if self.n_poly:
             x = np.linspace(-1.0, 1.0, self.n_pix)
             self._poly = np.polynomial.legendre.legvander(x, self.n_poly - 1).T.copy()  # (Q, n_pix)
         else:
             self._poly = np.zeros((0, self.n_pix))
-        self._layout()
+        self._poly32 = torch.from_numpy(self._poly).to(torch.float32)
+        self._poly64 = torch.from_numpy(self._poly)
 
     @classmethod
-    def from_refine_basis(cls, basis, z_range: tuple[float, float], n_templates: int | None = None,
+    def from_refine_basis(cls, basis: Any, z_range: tuple[float, float], n_templates: int | None = None,
                           lines: bool = False, n_poly: int = 0, **kwargs) -> "ZScanner":
         """A scanner from a :class:`mtopnet.refine.RefineBasis`: its table at whole-pixel rows,
         the first ``n_templates`` continuum (PCA) vectors (default all), plus its line-group
@@ -202,43 +214,35 @@ class ZScanner:
         """Vectors per fit: templates then polynomials."""
         return self.n_templates + self.n_poly
 
-    def _layout(self) -> None:
-        """Index of each (i, j) entry of the (D, D) system and each b entry among the channels of
-        one chunk: [products (K(K+1)/2), b_t (K), A_pt (Q*K)] from inverse FFTs, then the
-        constants [A_pp (Q*Q), b_p (Q)]."""
-        k, q = self.n_templates, self.n_poly
-        d = k + q
-        n_prod = self._n_prod
-        a_idx = np.zeros((d, d), dtype=np.int64)
-        for p, (i, j) in enumerate(zip(*self._iu)):
-            a_idx[i, j] = a_idx[j, i] = p
-        base_pt = n_prod + k
-        base_pp = base_pt + q * k
-        for qi in range(q):
-            for kk in range(k):
-                a_idx[k + qi, kk] = a_idx[kk, k + qi] = base_pt + qi * k + kk
-            for qj in range(q):
-                a_idx[k + qi, k + qj] = base_pp + qi * q + qj
-        b_idx = np.concatenate([n_prod + np.arange(k), base_pp + q * q + np.arange(q)])
-        self._a_idx = torch.from_numpy(a_idx.reshape(-1))
-        self._b_idx = torch.from_numpy(b_idx)
-        self._n_fft_out = base_pp
-
     # ------------------------------------------------------------------ scan
-    def scan(self, flux: np.ndarray, ivar: np.ndarray, chunk: int = 8) -> ZScanResult:
+    def scan(self, flux: np.ndarray, ivar: np.ndarray, chunk: int = 8, threads: int | None = 1) -> ZScanResult:
         """chi2 at every trial redshift for N spectra on the data grid.
 
         flux: (N, n_pix) (any units), ivar: (N, n_pix) its inverse variance; non-finite
         values and ivar <= 0 are masked. chunk: objects per batch of FFTs and solves (memory
-        ~ chunk x 2.5 MB x (K + Q)^2 / 10). Raises UserError on shape mismatch.
+        ~ chunk x 2.5 MB x (K + Q)^2 / 10). threads: torch threads while scanning (restored
+        after; None keeps torch's setting): the scan is many medium-size operations, which on
+        2 busy cores ran 3-10x slower with 2 OpenMP threads than with 1. Raises UserError on
+        shape mismatch.
         """
+        if threads is not None and threads < 1:
+            raise UserError(f"zscan: threads must be >= 1, got {threads}")
+        old = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            return self._scan(flux, ivar, chunk)
+        finally:
+            torch.set_num_threads(old)
+
+    def _scan(self, flux: np.ndarray, ivar: np.ndarray, chunk: int) -> ZScanResult:
         flux = np.asarray(flux)
         ivar = np.asarray(ivar)
         if flux.ndim != 2 or flux.shape != ivar.shape or flux.shape[1] != self.n_pix:
             raise UserError(f"zscan: flux/ivar shapes {flux.shape}/{ivar.shape} do not match (N, {self.n_pix})")
         if chunk < 1:
             raise UserError(f"zscan: chunk must be >= 1, got {chunk}")
-        n, s = len(flux), self.n_shift
+        n, s = len(flux), self.n_trial
         with np.errstate(invalid="ignore"):
             good = np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
         w_all = np.where(good, ivar, 0).astype(np.float32)
@@ -251,94 +255,148 @@ class ZScanner:
         ok = npix >= self.min_pixels
         fit = np.flatnonzero(ok)
         chi2[~ok] = chi2_zero[~ok, None]
+        ws = self._workspace(min(chunk, max(len(fit), 1)))
         for start in range(0, len(fit), chunk):
             rows = fit[start:start + chunk]
-            c2, bi, co = self._scan_chunk(w_all[rows], f_all[rows], chi2_zero[rows])
+            c2, bi, co = self._scan_chunk(w_all[rows], f_all[rows], chi2_zero[rows], ws)
             chi2[rows], best[rows], coeff[rows] = c2, bi, co
         return ZScanResult(z=self.z.copy(), chi2=chi2, chi2_zero=chi2_zero, npix=npix, best=best,
                            coeff=coeff, ok=ok)
 
     def correlations(self, w: np.ndarray, f: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A (n, S, D, D), b (n, S, D) float64 and sum w (n,) for a few objects, in the
-        scanner's shift order (increasing shift = decreasing z); for tests and callers that
-        need the normal equations themselves."""
-        ch, wsum = self._channels(np.asarray(w, np.float32), np.asarray(f, np.float32))
-        a = ch[:, self._a_idx].reshape(len(w), self.n_basis, self.n_basis, -1).permute(0, 3, 1, 2)
-        b = ch[:, self._b_idx].permute(0, 2, 1)
-        return a, b, wsum
+        """The normal equations of a few objects at every shift: A (n, S, D, D), b (n, S, D)
+        float64 and sum w (n,), in the scanner's shift order (increasing shift = decreasing z)."""
+        w = np.ascontiguousarray(w, np.float32)
+        f = np.ascontiguousarray(f, np.float32)
+        n, d = len(w), self.n_basis
+        buf, wsum = self._channels(w, f, self._workspace(n))
+        il = np.tril_indices(d)
+        a = torch.zeros(d, d, n, self.n_trial, dtype=torch.float64)
+        a[il[0], il[1]] = buf[:len(il[0])]
+        a[il[1], il[0]] = buf[:len(il[0])]
+        return a.permute(2, 3, 0, 1), buf[len(il[0]):].permute(1, 2, 0), wsum
 
-    def _channels(self, w: np.ndarray, f: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n, C, S) float64 correlation channels (see :meth:`_layout`) and sum w (n,)."""
+    def _workspace(self, n: int) -> dict[str, torch.Tensor]:
+        """Buffers for a chunk of n objects, reused across chunks (fresh large allocations cost
+        page faults comparable to the arithmetic)."""
+        d, s, L = self.n_basis, self.n_trial, self.fft_len
+        c = d * (d + 1) // 2 + d
+        nf = L // 2 + 1
+        ctype = self._basis_fft.dtype
+        rtype = torch.float64 if self.fft_double else torch.float32
+        ws = {"spec": torch.empty(c, n, nf, dtype=ctype), "out": torch.empty(c, n, L // self.stride, dtype=rtype),
+              "buf": torch.empty(c, n, s, dtype=torch.float64)}
+        if self.stride == 2:
+            ws["fold"] = torch.empty(c, n, L // 4 + 1, dtype=ctype)
+        return ws
+
+    def _channels(self, w: np.ndarray, f: np.ndarray, ws: dict[str, torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Correlation channels (C, n, S) float64 and sum w (n,) for n objects.
+
+        Channels: the packed lower triangle of A, row-major ((i, j <= i) at i(i+1)/2 + j),
+        then b (D). Rows 0..K-1 are the templates, K..K+Q-1 the polynomials."""
         n = len(w)
-        k, q, s, L = self.n_templates, self.n_poly, self.n_shift, self.fft_len
-        rdtype = torch.float64 if self.fft_double else torch.float32
+        k, q, s, L = self.n_templates, self.n_poly, self.n_trial, self.fft_len
+        d = k + q
+        n_pack = d * (d + 1) // 2
+        spec, out, buf = ws["spec"][:, :n], ws["out"][:, :n], ws["buf"][:, :n]
         wt = torch.from_numpy(w)
-        ft = torch.from_numpy(f)
-        wf = wt * ft
-        data = [wt[:, None], wf[:, None]]
-        poly = torch.from_numpy(self._poly).to(torch.float32)  # (Q, P)
+        wf = wt * torch.from_numpy(f)
+        data = [wt[None], wf[None]]
         if q:
-            data.append(wt[:, None, :] * poly[None])
-        g = torch.fft.rfft(torch.cat(data, 1).to(rdtype), n=L).conj()  # (n, 2 + Q, F)
+            data.append(wt[None] * self._poly32[:, None, :])
+        rdtype = torch.float64 if self.fft_double else torch.float32
+        g = torch.fft.rfft(torch.cat(data, 0).to(rdtype), n=L).conj().resolve_conj()  # (2 + Q, n, F)
         bf = self._basis_fft
-        nf = bf.shape[1]
-        spec = torch.empty(n, self._n_fft_out, nf, dtype=bf.dtype)
-        torch.mul(g[:, 0:1], bf[None, :self._n_prod], out=spec[:, :self._n_prod])
-        torch.mul(g[:, 1:2], bf[None, self._n_prod:], out=spec[:, self._n_prod:self._n_prod + k])
-        if q:
-            torch.mul(g[:, 2:, None], bf[None, None, self._n_prod:],
-                      out=spec[:, self._n_prod + k:].view(n, q, k, nf))
-        corr = torch.fft.irfft(spec, n=L)[..., :s].double()  # (n, C_fft, S)
+        npr = self._n_prod
+        torch.mul(g[0][None], bf[:npr, None], out=spec[:npr])  # template x template
+        for qi in range(q):  # row K + qi: cross terms with the K templates, then constants
+            r0 = (k + qi) * (k + qi + 1) // 2
+            torch.mul(g[2 + qi][None], bf[npr:, None], out=spec[r0:r0 + k])
+            spec[r0 + k:r0 + k + qi + 1].zero_()
+        torch.mul(g[1][None], bf[npr:, None], out=spec[n_pack:n_pack + k])
+        spec[n_pack + k:].zero_()
+        if self.stride == 1:
+            torch.fft.irfft(spec, n=L, out=out)
+        else:  # even lags only: c[2m] = irfft_{L/2}(X[k] + X[k + L/2])[m] / 2, X[k + L/2] = conj X[L/2 - k]
+            fold = ws["fold"][:, :n]
+            torch.add(spec[..., :L // 4 + 1], spec[..., L // 4:L // 2 + 1].flip(-1).conj(), out=fold)
+            torch.fft.irfft(fold, n=L // 2, out=out)
+            out.mul_(0.5)
+        buf.copy_(out[..., :s])
         w64 = wt.double()
-        wsum = w64.sum(1)
         if q:
-            p64 = torch.from_numpy(self._poly)
-            app = torch.einsum("np,qp,rp->nqr", w64, p64, p64).reshape(n, q * q)
-            bp = (wf.double()) @ p64.T  # (n, Q)
-            const = torch.cat([app, bp], 1)[:, :, None].expand(n, q * q + q, s)
-            corr = torch.cat([corr, const], 1)
-        return corr, wsum
+            p64 = self._poly64
+            for qi in range(q):
+                r0 = (k + qi) * (k + qi + 1) // 2 + k
+                app = (w64[:, None, :] * p64[qi, None, None, :] * p64[None, :qi + 1, :]).sum(-1)  # (n, qi+1)
+                buf[r0:r0 + qi + 1] = app.T[:, :, None]
+            buf[n_pack + k:] = (wf.double() @ p64.T).T[:, :, None]
+        return buf, w64.sum(1)
 
-    def _scan_chunk(self, w: np.ndarray, f: np.ndarray, wff: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n, d, s = len(w), self.n_basis, self.n_shift
-        ch, wsum = self._channels(w, f)
-        a = ch[:, self._a_idx].reshape(n, d * d, s).transpose(0, 1).reshape(d, d, n * s).contiguous()
-        b = ch[:, self._b_idx].transpose(0, 1).reshape(d, n * s).contiguous()
-        floor = (self.weight_floor * wsum)[:, None].expand(n, s).reshape(-1)
-        wff_t = torch.from_numpy(wff)[:, None].expand(n, s).reshape(-1)
-        chi2, _ = _cholesky_chi2(a, b, wff_t, floor)
-        chi2 = chi2.view(n, s).flip(1)  # increasing z
-        bi = torch.argmin(chi2, dim=1)
-        # amplitudes at the best shift (shift index counted from the unflipped end), re-derived
-        # from the correlations, which _cholesky_chi2 overwrote: recompute for these n systems
-        si = s - 1 - bi
-        ch_best = ch[torch.arange(n), :, si]  # (n, C)
-        ab = ch_best[:, self._a_idx].reshape(n, d, d).permute(1, 2, 0).contiguous()
-        bb = ch_best[:, self._b_idx].T.contiguous()
-        _, coeff = _cholesky_chi2(ab, bb, torch.from_numpy(wff), self.weight_floor * wsum, solve=True)
+    def _scan_chunk(self, w: np.ndarray, f: np.ndarray, wff: np.ndarray, ws: dict[str, torch.Tensor]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, d, s = len(w), self.n_basis, self.n_trial
+        buf, wsum = self._channels(w, f, ws)
+        floor = self.weight_floor * wsum
+        wff_t = torch.from_numpy(wff)
+        m = n * s
+        flat = buf.view(-1, n * s) if buf.is_contiguous() else buf.reshape(-1, n * s)
+        chi2, _ = _packed_cholesky(flat, d, wff_t[:, None].expand(n, s).reshape(m),
+                                   floor[:, None].expand(n, s).reshape(m))
+        chi2 = chi2.view(n, s)
+        bi_shift = torch.argmin(chi2, dim=1)  # in shift order
+        # the solve overwrote the channels: the n best systems are summed again directly
+        best = self._best_systems(w, f, self.stride * bi_shift)
+        _, coeff = _packed_cholesky(best, d, wff_t, floor, solve=True)
+        chi2 = chi2.flip(1)
+        bi = s - 1 - bi_shift
         return chi2.clamp_min(0).float().numpy(), bi.numpy(), coeff.T.numpy()
 
+    def _best_systems(self, w: np.ndarray, f: np.ndarray, shift_idx: torch.Tensor) -> torch.Tensor:
+        """Packed normal equations (C, n) float64 of n objects at one shift each (index from
+        ``shift_lo``), summed directly in float64 (the amplitudes at the minimum)."""
+        k, q = self.n_templates, self.n_poly
+        d = k + q
+        n, p = w.shape
+        crop = self._crop64
+        rows = shift_idx[:, None] + torch.arange(p)[None, :]  # (n, P)
+        t = crop[rows]  # (n, P, K)
+        if q:
+            t = torch.cat([t, self._poly64.T[None].expand(n, p, q)], 2)
+        w64 = torch.from_numpy(w).double()
+        f64 = torch.from_numpy(f).double()
+        a = torch.einsum("np,npi,npj->nij", w64, t, t)
+        b = torch.einsum("np,np,npi->ni", w64, f64, t)
+        il = torch.tril_indices(d, d)
+        return torch.cat([a[:, il[0], il[1]], b], 1).T.contiguous()
 
-def _cholesky_chi2(a: torch.Tensor, b: torch.Tensor, wff: torch.Tensor, floor: torch.Tensor,
-                   solve: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """chi2 = wff - b^T A^-1 b for M systems laid out (D, D, M) / (D, M) (float64, overwritten).
+
+def _packed_cholesky(c: torch.Tensor, d: int, wff: torch.Tensor, floor: torch.Tensor,
+                     solve: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """chi2 = wff - b^T A^-1 b for M systems, in place on packed channels ``c`` (C, M) float64:
+    the lower triangle of A row-major ((i, j <= i) at i(i+1)/2 + j), then b (D rows).
 
     Jacobi-scaled; vector i is dropped where A_ii < floor (M,) or where its pivot falls below
     PIVOT_TOL. With ``solve``, also returns the amplitudes x (D, M) (0 for dropped vectors).
+    Each step is a few row operations over all M systems at once.
     """
-    d = a.shape[0]
-    diag = torch.diagonal(a, dim1=0, dim2=1).T.clone()  # (D, M)
-    keep = diag > floor[None, :]
-    scale = torch.where(keep, diag.clamp_min(1e-300).rsqrt(), torch.zeros_like(diag))
-    a.mul_(scale[:, None, :]).mul_(scale[None, :, :])
+    def at(i: int, j: int) -> int:
+        return i * (i + 1) // 2 + j
+
+    n_pack = d * (d + 1) // 2
+    b = c[n_pack:n_pack + d]
+    diag = c[[at(i, i) for i in range(d)]]  # (D, M) copy
+    scale = torch.where(diag > floor[None, :], diag.clamp_min(1e-300).rsqrt(), torch.zeros_like(diag))
+    for i in range(d):
+        c[at(i, 0):at(i, i) + 1].mul_(scale[:i + 1]).mul_(scale[i][None])
     b.mul_(scale)
     chi2 = wff.clone()
-    invs = []
-    ys = []
+    cols, invs, ys = [], [], []
     for k in range(d):
-        piv = a[k, k]
-        ok = piv > PIVOT_TOL
-        inv = torch.where(ok, piv.clamp_min(PIVOT_TOL).rsqrt(), torch.zeros_like(piv))
+        piv = c[at(k, k)]
+        inv = torch.where(piv > PIVOT_TOL, piv.clamp_min(PIVOT_TOL).rsqrt(), torch.zeros_like(piv))
         y = b[k] * inv
         chi2.addcmul_(y, y, value=-1.0)
         if solve:
@@ -346,18 +404,20 @@ def _cholesky_chi2(a: torch.Tensor, b: torch.Tensor, wff: torch.Tensor, floor: t
             ys.append(y)
         if k == d - 1:
             break
-        col = a[k + 1:, k]
-        col.mul_(inv)  # column k of L (kept in place for the back substitution)
+        col = c[[at(i, k) for i in range(k + 1, d)]]  # (D-k-1, M) copy
+        col.mul_(inv)  # column k of L below the diagonal
+        if solve:
+            cols.append(col)
         b[k + 1:].addcmul_(col, y[None], value=-1.0)
-        for i in range(k + 1, d):  # lower triangle of the trailing block, row by row
-            a[i, k + 1:i + 1].addcmul_(col[:i - k], col[i - k - 1][None], value=-1.0)
+        for i in range(k + 1, d):  # row i of the trailing block: entries (i, k+1..i), contiguous
+            c[at(i, k + 1):at(i, i) + 1].addcmul_(col[:i - k], col[i - k - 1][None], value=-1.0)
     if not solve:
         return chi2, None
-    x = torch.zeros_like(b)
+    x = torch.zeros(d, c.shape[1], dtype=c.dtype)
     for k in range(d - 1, -1, -1):
         acc = ys[k].clone()
         if k < d - 1:
-            acc -= (a[k + 1:, k] * x[k + 1:]).sum(0)
+            acc -= (cols[k] * x[k + 1:]).sum(0)
         x[k] = acc * invs[k]
     return chi2, x * scale
 
