@@ -164,7 +164,8 @@ class ZScanner:
         self.shift_lo = s_lo
         self.n_shift = s_hi - s_lo + 1
         self.stride = int(stride)
-        self.n_trial = -(-self.n_shift // self.stride)
+        self.n_trial = -(-(self.n_shift - 1) // self.stride) + 1
+        self.n_shift = (self.n_trial - 1) * self.stride + 1  # both ends covered at any stride
         # basis rows s_lo .. s_hi + n_pix - 1, zero outside the table
         need = self.n_shift + self.n_pix - 1
         crop = np.zeros((need, self.n_templates))
@@ -184,6 +185,8 @@ class ZScanner:
         self._crop64 = torch.from_numpy(crop)
         spec = np.fft.rfft(np.concatenate([prods, crop], axis=1).T, n=self.fft_len, axis=1)
         self._basis_fft = torch.from_numpy(spec).to(ctype)  # (K(K+1)/2 + K, F)
+        # for stride 2: conj(B[L/2 - k]), k = 0..L/4
+        self._basis_fft_hi = self._basis_fft[:, self.fft_len // 4:self.fft_len // 2 + 1].flip(-1).conj().resolve_conj()
         self._n_prod = len(il[0])
         if self.n_poly:
             x = np.linspace(-1.0, 1.0, self.n_pix)
@@ -284,9 +287,10 @@ class ZScanner:
         nf = L // 2 + 1
         ctype = self._basis_fft.dtype
         rtype = torch.float64 if self.fft_double else torch.float32
-        ws = {"spec": torch.empty(c, n, nf, dtype=ctype), "out": torch.empty(c, n, L // self.stride, dtype=rtype),
-              "buf": torch.empty(c, n, s, dtype=torch.float64)}
-        if self.stride == 2:
+        ws = {"out": torch.empty(c, n, L // self.stride, dtype=rtype), "buf": torch.empty(c, n, s, dtype=torch.float64)}
+        if self.stride == 1:
+            ws["spec"] = torch.empty(c, n, nf, dtype=ctype)
+        else:
             ws["fold"] = torch.empty(c, n, L // 4 + 1, dtype=ctype)
         return ws
 
@@ -300,29 +304,42 @@ class ZScanner:
         k, q, s, L = self.n_templates, self.n_poly, self.n_trial, self.fft_len
         d = k + q
         n_pack = d * (d + 1) // 2
-        spec, out, buf = ws["spec"][:, :n], ws["out"][:, :n], ws["buf"][:, :n]
+        out, buf = ws["out"][:, :n], ws["buf"][:, :n]
         wt = torch.from_numpy(w)
         wf = wt * torch.from_numpy(f)
         data = [wt[None], wf[None]]
         if q:
             data.append(wt[None] * self._poly32[:, None, :])
         rdtype = torch.float64 if self.fft_double else torch.float32
-        g = torch.fft.rfft(torch.cat(data, 0).to(rdtype), n=L).conj().resolve_conj()  # (2 + Q, n, F)
+        gd = torch.fft.rfft(torch.cat(data, 0).to(rdtype), n=L)  # (2 + Q, n, F)
         bf = self._basis_fft
+        if self.stride == 1:
+            g_lo, b_lo, g_hi, b_hi = gd.conj().resolve_conj(), bf, None, None
+            spec = ws["spec"][:, :n]
+        else:  # even lags only: c[2m] = irfft_{L/2}(X[k] + conj X[L/2 - k])[m] / 2 with X = conj(G) B,
+            # i.e. the folded spectrum conj(G[k]) B[k] + G[L/2 - k] conj(B[L/2 - k]), k <= L/4
+            h = L // 4 + 1
+            g_lo = gd[..., :h].conj().resolve_conj()
+            g_hi = gd[..., L // 4:L // 2 + 1].flip(-1)
+            b_lo, b_hi = bf[:, :h], self._basis_fft_hi
+            spec = ws["fold"][:, :n]
+
+        def product(gi: int, b_rows: slice, dest: torch.Tensor) -> None:
+            """dest (R, n, F') = spectrum of the correlation of data row gi with basis rows b_rows."""
+            torch.mul(g_lo[gi][None], b_lo[b_rows, None], out=dest)
+            if g_hi is not None:
+                dest.addcmul_(g_hi[gi][None], b_hi[b_rows, None])
+
         npr = self._n_prod
-        torch.mul(g[0][None], bf[:npr, None], out=spec[:npr])  # template x template
+        product(0, slice(0, npr), spec[:npr])  # template x template
         for qi in range(q):  # row K + qi: cross terms with the K templates, then constants
             r0 = (k + qi) * (k + qi + 1) // 2
-            torch.mul(g[2 + qi][None], bf[npr:, None], out=spec[r0:r0 + k])
+            product(2 + qi, slice(npr, None), spec[r0:r0 + k])
             spec[r0 + k:r0 + k + qi + 1].zero_()
-        torch.mul(g[1][None], bf[npr:, None], out=spec[n_pack:n_pack + k])
+        product(1, slice(npr, None), spec[n_pack:n_pack + k])
         spec[n_pack + k:].zero_()
-        if self.stride == 1:
-            torch.fft.irfft(spec, n=L, out=out)
-        else:  # even lags only: c[2m] = irfft_{L/2}(X[k] + X[k + L/2])[m] / 2, X[k + L/2] = conj X[L/2 - k]
-            fold = ws["fold"][:, :n]
-            torch.add(spec[..., :L // 4 + 1], spec[..., L // 4:L // 2 + 1].flip(-1).conj(), out=fold)
-            torch.fft.irfft(fold, n=L // 2, out=out)
+        torch.fft.irfft(spec, n=L // self.stride, out=out)
+        if self.stride == 2:
             out.mul_(0.5)
         buf.copy_(out[..., :s])
         w64 = wt.double()
