@@ -198,16 +198,27 @@ class ZScanner:
 
     @classmethod
     def from_refine_basis(cls, basis: Any, z_range: tuple[float, float], n_templates: int | None = None,
-                          lines: bool = False, n_poly: int = 0, **kwargs) -> "ZScanner":
+                          lines: bool = False, n_poly: int = 0, smooth: float = 0.0, **kwargs: Any) -> "ZScanner":
         """A scanner from a :class:`mtopnet.refine.RefineBasis`: its table at whole-pixel rows,
         the first ``n_templates`` continuum (PCA) vectors (default all), plus its line-group
-        vectors if ``lines``. The basis must have been built for a z range covering ``z_range``."""
+        vectors if ``lines``. The basis must have been built for a z range covering ``z_range``.
+        smooth: average each vector over a box of this many pixels (0 = none): the template
+        expected when the true redshift falls anywhere between two trials, so that a narrow
+        line half a trial step off the lattice does not lose its minimum."""
         kc = basis.n_continuum
         k = kc if n_templates is None else int(n_templates)
         if not 1 <= k <= kc:
             raise ConfigError(f"zscan.n_templates: must be 1-{kc}, got {n_templates}")
         cols = list(range(k)) + (list(range(kc, basis.table.shape[1])) if lines else [])
-        table = basis.table[::basis.oversample][:, cols]
+        os_ = basis.oversample
+        fine = np.asarray(basis.table[:, cols], dtype=np.float64)
+        if smooth > 0:  # box of `smooth` pixels, on the 1/oversample sub-steps
+            half = int(round(smooth * os_ / 2))
+            cum = np.concatenate([np.zeros((1, fine.shape[1])), np.cumsum(fine, axis=0)])
+            idx = np.arange(len(fine))
+            lo, hi = np.clip(idx - half, 0, len(fine)), np.clip(idx + half + 1, 0, len(fine))
+            fine = (cum[hi] - cum[lo]) / (2 * half + 1)
+        table = fine[::os_]
         names = tuple(basis.names[c] for c in cols)
         return cls(table, basis.x0, basis.dloglam, basis.ln_lam0, basis.n_pix, z_range, n_poly=n_poly,
                    names=names, **kwargs)
