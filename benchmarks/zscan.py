@@ -13,6 +13,12 @@ With ``--store FILE.h5`` it scans a store's spectra instead (rebinned by the mod
 preprocessing, :meth:`Preprocessor.rebin`) and prints the scan's own success fraction
 (|dz| < 0.01) overall, by ``labels/type`` and by max(Halpha, [OIII]) flux, per basis
 configuration. Use a validation or benchmark store, never a test store to choose settings.
+
+With ``--store FILE.h5 --model NAME`` it also runs the network (no refinement) for its PDFs,
+fits (w_net, t) of :func:`combine_pdf` on the first half of the store (the validation
+role) and prints, on the second half, the success of the network's z and of the
+combined posterior's z (both the PDF summary ``z``), the share of objects whose answer
+the scan changed (|dz| > 0.01), and the scan's cost.
 """
 from __future__ import annotations
 
@@ -51,7 +57,7 @@ def make_spectra(scanner: ZScanner, table: np.ndarray, n: int, snr: float, rng: 
 
 
 def scan_store(path: str, basis, configs: list[tuple[int, int, int]], z_range: tuple[float, float],
-               scan_threads: int | None, smooth: float = 0.0) -> None:
+               scan_threads: int | None, smooth: float = 0.0, lines: tuple[str, ...] = ()) -> None:
     """Success of the scan alone on a store's spectra, by type and line flux (see the module docstring)."""
     from mtopnet.preprocess import Preprocessor
     from mtopnet.store import iter_store
@@ -77,7 +83,7 @@ def scan_store(path: str, basis, configs: list[tuple[int, int, int]], z_range: t
     print(f"{path}: {len(z_true)} spectra; z {z_true.min():.2f}-{z_true.max():.2f}")
     for k, q, stride in configs:
         sc = ZScanner.from_refine_basis(basis, z_range, n_templates=k, n_poly=q, stride=stride,
-                                        smooth=smooth * stride)
+                                        smooth=smooth * stride, lines=lines)
         c0 = time.process_time()
         res = sc.scan(flux, ivar, threads=scan_threads)
         cpu = time.process_time() - c0
@@ -85,8 +91,49 @@ def scan_store(path: str, basis, configs: list[tuple[int, int, int]], z_range: t
         good = np.abs(z_best - z_true) < 0.01
         parts = ", ".join(f"{name} {good[sel].mean():.3f} ({sel.sum()})" for name, sel in groups.items() if sel.any())
         conf = dchi2 > 25
-        print(f"K={k:2d} poly={q} stride={stride}: {1e3 * cpu / len(z_true):.2f} ms CPU/object; |dz|<0.01: {parts}; "
+        print(f"K={k:2d}+{len(lines)} lines poly={q} stride={stride}: {1e3 * cpu / len(z_true):.2f} ms CPU/object; |dz|<0.01: {parts}; "
               f"dchi2>25: {conf.mean():.3f} of objects, {good[conf].mean() if conf.any() else float('nan'):.3f} right")
+
+
+def combine_store(path: str, model_name: str, basis, k: int, q: int, stride: int, z_range: tuple[float, float],
+                  lines: tuple[str, ...] = ()) -> None:
+    """Network PDF x template scan on a store: fit on the first half, report on the second."""
+    from mtopnet.predict import load_model, predict_batches
+    from mtopnet.quality import pdf_summary
+    from mtopnet.store import iter_store
+    from mtopnet.zscan import chi2_on_bins, combine_pdf, fit_combination
+
+    model = load_model(model_name)
+    edges = model.zbins.edges
+    rows = list(predict_batches(model, iter_store(path, 512), with_pdf=True, refine=False))
+    pdf = np.concatenate([r["z_pdf"] for r in rows]).astype(np.float64)
+    z_net = np.concatenate([r["z"] for r in rows])
+    flux, ivar, z_true = [], [], []
+    for batch in iter_store(path, 1024):
+        f, iv, _ = model.preprocessor.rebin(batch)
+        flux.append(f)
+        ivar.append(iv)
+        z_true.append(batch.labels["z"])
+    flux, ivar, z_true = np.concatenate(flux), np.concatenate(ivar), np.concatenate(z_true)
+    sc = ZScanner.from_refine_basis(basis, z_range, n_templates=k, n_poly=q, stride=stride, lines=lines)
+    c0 = time.process_time()
+    res = sc.scan(flux, ivar)
+    cpu = time.process_time() - c0
+    chi2_b = chi2_on_bins(res.z, res.chi2, edges)
+    half = len(z_true) // 2
+    fit, ev = slice(0, half), slice(half, None)
+    w_net, t, info = fit_combination(pdf[fit], chi2_b[fit], edges, z_true[fit], ok=res.ok[fit])
+    post = combine_pdf(pdf[ev], chi2_b[ev], w_net, t, ok=res.ok[ev])
+    z_post = pdf_summary(post, edges)["z"]
+    zt, zn = z_true[ev], z_net[ev]
+    ok_net = np.abs(zn - zt) < 0.01
+    ok_post = np.abs(z_post - zt) < 0.01
+    changed = np.abs(z_post - zn) > 0.01
+    print(f"K={k}+{len(lines)} lines poly={q} stride={stride}: fitted on {info['n']}: w_net={w_net:.3f} t={t:.4f} "
+          f"(mean ln p(true bin) {info['start_mean_log_post']:.2f} at start -> {info['mean_log_post']:.2f})")
+    print(f"  evaluated on {len(zt)}: network |dz|<0.01 {ok_net.mean():.3f}; combined {ok_post.mean():.3f}; "
+          f"changed {changed.mean():.3f} ({(changed & ok_post).sum()} to right, {(changed & ok_net).sum()} from right); "
+          f"scan {1e3 * cpu / len(z_true):.2f} ms CPU/object")
 
 
 def main() -> None:
@@ -101,6 +148,8 @@ def main() -> None:
                    help="K:n_poly:stride,... to time")
     p.add_argument("--smooth", type=float, default=0.0,
                    help="with --store: box-smooth the basis over this many trial steps")
+    p.add_argument("--lines", nargs="*", default=[], help="with --store: line groups added to the basis")
+    p.add_argument("--model", default=None, help="with --store: combine with this model's PDFs")
     p.add_argument("--store", default=None, help="scan this store's spectra instead of synthetic ones")
     p.add_argument("--scan-threads", type=int, default=1, help="threads inside the scan (0: keep --threads)")
     args = p.parse_args()
@@ -108,11 +157,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pre = PreprocessConfig()
     t0 = time.perf_counter()
-    basis = build_basis(pre, tuple(args.z_range), 30.0, RefineConfig(lines=False))
+    basis = build_basis(pre, tuple(args.z_range), 30.0, RefineConfig(lines=bool(args.lines)))
     print(f"basis: {basis.table.shape} in {time.perf_counter() - t0:.2f} s")
     configs = [tuple(int(v) for v in c.split(":")) for c in args.configs.split(",")]
+    if args.store and args.model:
+        for k, q, stride in configs:
+            combine_store(args.store, args.model, basis, k, q, stride, tuple(args.z_range), tuple(args.lines))
+        return
     if args.store:
-        scan_store(args.store, basis, configs, tuple(args.z_range), args.scan_threads, args.smooth)
+        scan_store(args.store, basis, configs, tuple(args.z_range), args.scan_threads, args.smooth,
+                   tuple(args.lines))
         return
     for k, q, stride in configs:
         t0 = time.perf_counter()

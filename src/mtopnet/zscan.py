@@ -198,10 +198,11 @@ class ZScanner:
 
     @classmethod
     def from_refine_basis(cls, basis: Any, z_range: tuple[float, float], n_templates: int | None = None,
-                          lines: bool = False, n_poly: int = 0, smooth: float = 0.0, **kwargs: Any) -> "ZScanner":
+                          lines: bool | tuple[str, ...] = False, n_poly: int = 0, smooth: float = 0.0, **kwargs: Any) -> "ZScanner":
         """A scanner from a :class:`mtopnet.refine.RefineBasis`: its table at whole-pixel rows,
         the first ``n_templates`` continuum (PCA) vectors (default all), plus its line-group
-        vectors if ``lines``. The basis must have been built for a z range covering ``z_range``.
+        vectors: all if ``lines`` is True, or those named (e.g. ``("[OII]", "Hbeta", "[OIII]",
+        "Halpha")``; the basis must have been built with lines). The basis must have been built for a z range covering ``z_range``.
         smooth: average each vector over a box of this many pixels (0 = none): the template
         expected when the true redshift falls anywhere between two trials, so that a narrow
         line half a trial step off the lattice does not lose its minimum."""
@@ -209,7 +210,15 @@ class ZScanner:
         k = kc if n_templates is None else int(n_templates)
         if not 1 <= k <= kc:
             raise ConfigError(f"zscan.n_templates: must be 1-{kc}, got {n_templates}")
-        cols = list(range(k)) + (list(range(kc, basis.table.shape[1])) if lines else [])
+        line_cols = list(range(kc, basis.table.shape[1]))
+        if isinstance(lines, (tuple, list)):
+            unknown = [name for name in lines if name not in basis.names[kc:]]
+            if unknown:
+                raise ConfigError(f"zscan.lines: unknown line groups {unknown}; known: {list(basis.names[kc:])}")
+            line_cols = [basis.names.index(name) for name in lines]
+        elif not lines:
+            line_cols = []
+        cols = list(range(k)) + line_cols
         os_ = basis.oversample
         fine = np.asarray(basis.table[:, cols], dtype=np.float64)
         if smooth > 0:  # box of `smooth` pixels, on the 1/oversample sub-steps
@@ -552,18 +561,23 @@ def combine_pdf(pdf_net: np.ndarray, chi2_bins: np.ndarray, w_net: float, t: flo
 
 
 def fit_combination(pdf_net: np.ndarray, chi2_bins: np.ndarray, edges: np.ndarray, z_true: np.ndarray,
-                    ok: np.ndarray | None = None, start: tuple[float, float] = (1.0, 0.1),
-                    bounds: tuple[tuple[float, float], tuple[float, float]] = ((0.0, 5.0), (0.0, 5.0)),
-                    eps: float = 1e-12) -> tuple[float, float, dict]:
+                    ok: np.ndarray | None = None, w_range: tuple[float, float] = (0.0, 5.0),
+                    t_range: tuple[float, float] = (1e-6, 10.0), eps: float = 1e-12) -> tuple[float, float, dict]:
     """Fit (w_net, t) of :func:`combine_pdf` on a VALIDATION set (never test data).
 
     Maximises the mean over objects of ln post[bin of z_true] (objects whose z_true lies
-    outside ``edges`` are left out) with L-BFGS-B inside ``bounds``. Returns w_net, t and
-    {"mean_log_post", "n", "success", "start_mean_log_post"}. Raises UserError if no object
-    has its true z inside the bins.
+    outside ``edges`` are left out): a grid over w_net (linear, ``w_range``) and t
+    (logarithmic, ``t_range``: the useful t spans decades, since the chi2 differences of an
+    imperfect basis are over-dispersed by large factors), then L-BFGS-B from the best grid
+    point in (w_net, log10 t). t = 0 (the network alone) is one candidate too. Returns w_net,
+    t and {"mean_log_post", "n", "success", "start_mean_log_post"} (the last at w_net = 1,
+    t = 0: the network's PDF alone). Raises UserError if no object has its true z inside
+    the bins or the ranges are invalid.
     """
     from scipy.optimize import minimize
 
+    if not (0 <= w_range[0] < w_range[1] and 0 < t_range[0] < t_range[1]):
+        raise UserError(f"zscan.fit_combination: invalid ranges w {w_range}, t {t_range}")
     edges = np.asarray(edges, dtype=np.float64)
     z_true = np.asarray(z_true, dtype=np.float64)
     idx = np.searchsorted(edges, z_true, side="right") - 1
@@ -579,16 +593,27 @@ def fit_combination(pdf_net: np.ndarray, chi2_bins: np.ndarray, edges: np.ndarra
     rows = np.arange(len(pdf))
     ti = idx[use]
 
-    def neg(x: np.ndarray) -> float:
-        logp = x[0] * lp - 0.5 * x[1] * dchi2
+    def mean_log_post(w: float, t: float) -> float:
+        logp = w * lp - 0.5 * t * dchi2
         m = logp.max(axis=1)
         lse = m + np.log(np.exp(logp - m[:, None]).sum(axis=1))
-        return -float(np.mean(logp[rows, ti] - lse))
+        return float(np.mean(logp[rows, ti] - lse))
 
-    res = minimize(neg, np.asarray(start, dtype=np.float64), method="L-BFGS-B", bounds=bounds)
-    return float(res.x[0]), float(res.x[1]), {"mean_log_post": -float(res.fun), "n": int(use.sum()),
-                                              "success": bool(res.success),
-                                              "start_mean_log_post": -neg(np.asarray(start, dtype=np.float64))}
+    lt_lo, lt_hi = math.log10(t_range[0]), math.log10(t_range[1])
+    grid = [(w, 10 ** lt) for w in np.linspace(w_range[0], w_range[1], 11)
+            for lt in np.linspace(lt_lo, lt_hi, int(round(lt_hi - lt_lo)) * 2 + 1)]
+    scores = [mean_log_post(w, t) for w, t in grid]
+    w0, t0 = grid[int(np.argmax(scores))]
+    res = minimize(lambda x: -mean_log_post(x[0], 10 ** x[1]), np.array([w0, math.log10(t0)]),
+                   method="L-BFGS-B", bounds=(w_range, (lt_lo, lt_hi)))
+    w_fit, t_fit, best = float(res.x[0]), float(10 ** res.x[1]), -float(res.fun)
+    # the network alone, at its best weight, is a candidate too
+    w_alone = np.linspace(max(w_range[0], 1e-3), w_range[1], 51)
+    alone = [mean_log_post(w, 0.0) for w in w_alone]
+    if max(alone) > best:
+        w_fit, t_fit, best = float(w_alone[int(np.argmax(alone))]), 0.0, max(alone)
+    return w_fit, t_fit, {"mean_log_post": best, "n": int(use.sum()), "success": bool(res.success),
+                          "start_mean_log_post": mean_log_post(1.0, 0.0)}
 
 
 __all__ = ["ZScanner", "ZScanResult", "scan_summary", "chi2_on_bins", "combine_pdf", "fit_combination",
