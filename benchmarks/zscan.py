@@ -23,7 +23,6 @@ the scan changed (|dz| > 0.01), and the scan's cost.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np
@@ -91,7 +90,8 @@ def scan_store(path: str, basis, configs: list[tuple[int, int, int]], z_range: t
         good = np.abs(z_best - z_true) < 0.01
         parts = ", ".join(f"{name} {good[sel].mean():.3f} ({sel.sum()})" for name, sel in groups.items() if sel.any())
         conf = dchi2 > 25
-        print(f"K={k:2d}+{len(lines)} lines poly={q} stride={stride}: {1e3 * cpu / len(z_true):.2f} ms CPU/object; |dz|<0.01: {parts}; "
+        print(f"K={k:2d}+{len(lines)} lines poly={q} stride={stride}: {1e3 * cpu / len(z_true):.2f} ms CPU/object; "
+              f"|dz|<0.01: {parts}; "
               f"dchi2>25: {conf.mean():.3f} of objects, {good[conf].mean() if conf.any() else float('nan'):.3f} right")
 
 
@@ -132,7 +132,8 @@ def combine_store(path: str, model_name: str, basis, k: int, q: int, stride: int
     print(f"K={k}+{len(lines)} lines poly={q} stride={stride}: fitted on {info['n']}: w_net={w_net:.3f} t={t:.4f} "
           f"(mean ln p(true bin) {info['start_mean_log_post']:.2f} at start -> {info['mean_log_post']:.2f})")
     print(f"  evaluated on {len(zt)}: network |dz|<0.01 {ok_net.mean():.3f}; combined {ok_post.mean():.3f}; "
-          f"changed {changed.mean():.3f} ({(changed & ok_post).sum()} to right, {(changed & ok_net).sum()} from right); "
+          f"changed {changed.mean():.3f} ({(changed & ok_post).sum()} to right, "
+          f"{(changed & ok_net).sum()} from right); "
           f"scan {1e3 * cpu / len(z_true):.2f} ms CPU/object")
 
 

@@ -198,11 +198,13 @@ class ZScanner:
 
     @classmethod
     def from_refine_basis(cls, basis: Any, z_range: tuple[float, float], n_templates: int | None = None,
-                          lines: bool | tuple[str, ...] = False, n_poly: int = 0, smooth: float = 0.0, **kwargs: Any) -> "ZScanner":
+                          lines: bool | tuple[str, ...] = False, n_poly: int = 0, smooth: float = 0.0,
+                          **kwargs: Any) -> "ZScanner":
         """A scanner from a :class:`mtopnet.refine.RefineBasis`: its table at whole-pixel rows,
         the first ``n_templates`` continuum (PCA) vectors (default all), plus its line-group
         vectors: all if ``lines`` is True, or those named (e.g. ``("[OII]", "Hbeta", "[OIII]",
-        "Halpha")``; the basis must have been built with lines). The basis must have been built for a z range covering ``z_range``.
+        "Halpha")``; the basis must have been built with lines). The basis must have been
+        built for a z range covering ``z_range``; ``kwargs`` go to the constructor.
         smooth: average each vector over a box of this many pixels (0 = none): the template
         expected when the true redshift falls anywhere between two trials, so that a narrow
         line half a trial step off the lattice does not lose its minimum."""
