@@ -233,3 +233,17 @@ def test_combination_limits_and_fit():
     assert hit.mean() > 0.9
     with pytest.raises(UserError):
         fit_combination(pdf, chi2, edges, np.full(n, 5.0))
+
+
+def test_refine_basis_conventions(basis):
+    """The scanner's trials are the refinement table's whole-pixel offsets; options are checked."""
+    sc = ZScanner.from_refine_basis(basis, Z_RANGE, n_templates=4)
+    shifts = sc.shift_lo + np.arange(sc.n_trial)[::-1]
+    np.testing.assert_allclose(np.log1p(sc.z), basis.lnz1(basis.oversample * shifts), rtol=0, atol=1e-12)
+    assert sc.z[0] <= Z_RANGE[0] and sc.z[-1] >= Z_RANGE[1] and sc.names == ("pca0", "pca1", "pca2", "pca3")
+    smooth = ZScanner.from_refine_basis(basis, Z_RANGE, n_templates=4, smooth=1.0)
+    assert smooth.n_trial == sc.n_trial
+    with pytest.raises(ConfigError):
+        ZScanner.from_refine_basis(basis, Z_RANGE, n_templates=11)
+    with pytest.raises(ConfigError):
+        ZScanner.from_refine_basis(basis, Z_RANGE, lines=("Halpha",))  # this basis has no line vectors
