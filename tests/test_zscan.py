@@ -94,6 +94,7 @@ def test_fft_chi2_equals_direct(n_poly, stride):
     assert res.chi2.shape == ref.shape == (3, sc.n_trial)
     np.testing.assert_allclose(res.chi2, ref, rtol=1e-4)
     np.testing.assert_array_equal(res.best, np.argmin(ref, axis=1))
+    np.testing.assert_array_equal(sc.scan(flux, ivar, chunk=2).chi2, res.chi2)  # a partial last chunk
     np.testing.assert_allclose(res.chi2_zero, (ivar * flux.astype(np.float64) ** 2).sum(1), rtol=1e-6)
     # amplitudes at the minimum: the least-squares solution there
     i = 0

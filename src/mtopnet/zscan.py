@@ -42,7 +42,7 @@ Library use::
     z_best, dchi2, n_min = scan_summary(res)
     post = combine_pdf(pdf, chi2_on_bins(res.z, res.chi2, edges), w_net, t, ok=res.ok)
 
-Benchmark: ``benchmarks/zscan.py``.
+Benchmark: ``benchmarks/zscan.py``; choices and measured figures: docs/zscan.md.
 """
 from __future__ import annotations
 
