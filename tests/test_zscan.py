@@ -105,6 +105,12 @@ def test_fft_chi2_equals_direct(n_poly, stride):
     sw = np.sqrt(ivar[i].astype(np.float64))
     coef, *_ = np.linalg.lstsq(m * sw[:, None], flux[i] * sw, rcond=None)
     np.testing.assert_allclose(res.coeff[i], coef, rtol=1e-4, atol=1e-6)
+    # the normal equations themselves, at that shift (shift order: index n_trial - 1 - best)
+    a_all, b_all, wsum = sc.correlations(ivar[:1], flux[:1])
+    ms = m * ivar[i][:, None]
+    np.testing.assert_allclose(a_all[0, sc.n_trial - 1 - res.best[i]].numpy(), ms.T @ m, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(b_all[0, sc.n_trial - 1 - res.best[i]].numpy(), ms.T @ flux[i], rtol=1e-4, atol=1e-3)
+    assert float(wsum[0]) == pytest.approx(float(ivar[i].sum()), rel=1e-6)
 
 
 def test_grid_and_config():
