@@ -23,6 +23,7 @@ the scan changed (|dz| > 0.01), and the scan's cost.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -191,7 +192,7 @@ def main() -> None:
             err = np.max(np.abs(res.chi2[:32] - r64.chi2) / r64.chi2_zero[:, None])
             rel = np.max(np.abs(res.chi2[:32] - r64.chi2) / np.maximum(r64.chi2, 1))
             print(f"  float32 vs float64 FFTs: max |dchi2| = {err:.1e} of chi2_zero, {rel:.1e} of chi2")
-    print(f"load average: {open('/proc/loadavg').read().split()[:3]}")
+    print(f"load average: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
