@@ -30,8 +30,7 @@ import numpy as np
 import torch
 
 from mtopnet.preprocess import PreprocessConfig
-from mtopnet.refine import RefineConfig, build_basis
-from mtopnet.zscan import ZScanner, scan_summary
+from mtopnet.refine import RefineConfig, ZScanner, build_basis, scan_summary
 
 
 def make_spectra(scanner: ZScanner, table: np.ndarray, n: int, snr: float, rng: np.random.Generator,
@@ -101,8 +100,8 @@ def combine_store(path: str, model_name: str, basis, k: int, q: int, stride: int
     """Network PDF x template scan on a store: fit on the first half, report on the second."""
     from mtopnet.predict import load_model, predict_batches
     from mtopnet.quality import pdf_summary
+    from mtopnet.refine import chi2_on_bins, combine_pdf, fit_combination
     from mtopnet.store import iter_store
-    from mtopnet.zscan import chi2_on_bins, combine_pdf, fit_combination
 
     model = load_model(model_name)
     edges = model.zbins.edges

@@ -1,4 +1,4 @@
-"""Full-range FFT redshift scan (mtopnet.zscan): exactness, redshift recovery, masks, scale, combination."""
+"""Full-range FFT redshift scan (mtopnet.refine.scan): exactness, redshift recovery, masks, scale, combination."""
 from __future__ import annotations
 
 import math
@@ -10,8 +10,17 @@ from scipy.ndimage import gaussian_filter1d
 from mtopnet.config import ConfigError, UserError
 from mtopnet.model import ZBinning
 from mtopnet.preprocess import PreprocessConfig
-from mtopnet.refine import RefineConfig, build_basis, read_templates
-from mtopnet.zscan import ZScanner, chi2_on_bins, combine_pdf, fit_combination, scan_summary, smooth_length
+from mtopnet.refine import (
+    RefineConfig,
+    ZScanner,
+    build_basis,
+    chi2_on_bins,
+    combine_pdf,
+    fit_combination,
+    scan_summary,
+    smooth_length,
+)
+from mtopnet.templates import read_templates
 
 C_KMS = 299792.458
 LSF_KMS = 30.0

@@ -10,6 +10,10 @@ C_KMS = 299792.458
 C_AA_PER_S = 2.99792458e18
 """Speed of light, Angstrom/s (f_lambda = f_nu * C_AA_PER_S / lambda^2)."""
 
+SEPARATION_KMS = 1000.0
+"""Two redshift solutions closer than this (in dz / (1 + z), as a velocity) are one solution:
+DELTACHI2 is measured against the best minimum farther away (Redrock's convention)."""
+
 SUCCESS_DZ = 0.01
 """A redshift is a success when |z - z_true| < SUCCESS_DZ (the MOONS/M-TOPnet criterion);
 also the half-width of the PDF windows behind ``p_dz01``."""
@@ -24,4 +28,5 @@ MASK_TELLURIC = 4
 MASK_ALL = MASK_BAD | MASK_SKYLINE | MASK_TELLURIC
 """Every bit the package defines (a pixel with any of them is voided by the preprocessing)."""
 
-__all__ = ["C_KMS", "C_AA_PER_S", "SUCCESS_DZ", "MASK_BAD", "MASK_SKYLINE", "MASK_TELLURIC", "MASK_ALL"]
+__all__ = ["C_KMS", "C_AA_PER_S", "SEPARATION_KMS", "SUCCESS_DZ", "MASK_BAD", "MASK_SKYLINE", "MASK_TELLURIC",
+           "MASK_ALL"]

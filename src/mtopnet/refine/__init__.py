@@ -44,16 +44,21 @@ Library use::
 
 The package: :mod:`.settings` (RefineConfig), :mod:`.basis` (the tabulated basis),
 :mod:`.kernels` (chi2 of the basis at trial offsets), :mod:`.fit` (scans, parabola,
-combination). The PDF statistics it uses (peaks, window mass) are :mod:`mtopnet.quality`'s.
+combination), :mod:`.scan` (the full-range FFT scan of the basis) and :mod:`.combine` (its
+summaries and its combination with the network's PDF). The PDF statistics it uses (peaks, window
+mass) are :mod:`mtopnet.quality`'s.
 Recalibration of a model's p_dz01 / QOP with refinement applied is ``mtopnet calibrate``
 (:mod:`mtopnet.calibrate`). See docs/refine.md for the choices and the measured figures.
 """
 from __future__ import annotations
 
 from .basis import RefineBasis, build_basis
-from .fit import SEPARATION_KMS, Refiner, RefineResult, combine, parabola_vertex
+from .combine import chi2_on_bins, combine_pdf, fit_combination, scan_summary
+from .fit import Refiner, RefineResult, combine, parabola_vertex
 from .kernels import coarse_chi2, fine_chi2
+from .scan import ZScanner, ZScanResult, smooth_length
 from .settings import RefineConfig
 
-__all__ = ["RefineConfig", "RefineBasis", "RefineResult", "Refiner", "SEPARATION_KMS", "build_basis", "coarse_chi2",
-           "fine_chi2", "combine", "parabola_vertex"]
+__all__ = ["RefineConfig", "RefineBasis", "RefineResult", "Refiner", "build_basis", "coarse_chi2",
+           "fine_chi2", "combine", "parabola_vertex", "ZScanner", "ZScanResult", "smooth_length", "scan_summary",
+           "chi2_on_bins", "combine_pdf", "fit_combination"]

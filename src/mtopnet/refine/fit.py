@@ -9,13 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..constants import C_KMS
+from ..constants import C_KMS, SEPARATION_KMS
 from ..quality import pdf_peaks, window_mass
 from .basis import RefineBasis, build_basis
 from .kernels import coarse_chi2, fine_chi2
 from .settings import RefineConfig
 
-SEPARATION_KMS = 1000.0
 """Trials closer than this to the best fit do not count as the 'next best' solution."""
 
 
@@ -356,4 +355,4 @@ def _next_best(res: RefineResult) -> np.ndarray:
     return np.where(np.isfinite(dchi2) & (res.refined >= 0), dchi2, np.nan)
 
 
-__all__ = ["SEPARATION_KMS", "RefineResult", "Refiner", "combine", "parabola_vertex"]
+__all__ = ["RefineResult", "Refiner", "combine", "parabola_vertex"]

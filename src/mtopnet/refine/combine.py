@@ -1,0 +1,175 @@
+"""The scan's summaries and its combination with the network's PDF.
+
+:func:`scan_summary` gives the scan's own best z, its DELTACHI2 (to the best local minimum
+more than 1000 km/s away) and the number of local minima; :func:`chi2_on_bins` puts the
+scan's chi2 on the network's z bins; :func:`combine_pdf` forms the posterior
+``log post_b = w_net * ln(pdf_b + eps) - 0.5 * t * (chi2_b - min chi2)``; and
+:func:`fit_combination` fits (w_net, t) on VALIDATION data by maximising the mean log
+posterior of the true-z bin. See :mod:`mtopnet.refine.scan` and docs/zscan.md.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..config import UserError
+from ..constants import C_KMS, SEPARATION_KMS
+from .scan import ZScanResult
+
+
+def _local_minima(chi2: np.ndarray) -> np.ndarray:
+    """(N, S) bool: chi2 at or below both neighbours (an end counts against its one neighbour);
+    plateaus count once (their first point)."""
+    left = np.concatenate([np.full((len(chi2), 1), np.inf), chi2[:, :-1]], axis=1)
+    right = np.concatenate([chi2[:, 1:], np.full((len(chi2), 1), np.inf)], axis=1)
+    return (chi2 < left) & (chi2 <= right)
+
+
+def scan_summary(res: ZScanResult, separation_kms: float = SEPARATION_KMS,
+                 within: float = 25.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scan's own answer per object: z_best (N,), deltachi2 (N,), n_minima (N,).
+
+    z_best: a parabola through the lowest chi2 and its two neighbours (NaN where no fit ran).
+    deltachi2: chi2 of the best local minimum more than ``separation_kms`` from z_best minus
+    the lowest chi2 (if no local minimum lies that far, the lowest chi2 there); finite
+    whenever a fit ran, NaN otherwise. n_minima: local minima within ``within`` of the lowest
+    chi2 (1 = an unambiguous scan; 0 where no fit ran).
+    """
+    chi2 = res.chi2.astype(np.float64)
+    n, s = chi2.shape
+    rows = np.arange(n)
+    b = np.clip(res.best, 1, s - 2) if s >= 3 else res.best
+    lnz = np.log1p(res.z)
+    step = float(np.median(np.diff(lnz))) if s > 1 else 0.0
+    if s >= 3:
+        c0, cm, cp = chi2[rows, b], chi2[rows, b - 1], chi2[rows, b + 1]
+        curv = cm + cp - 2 * c0
+        frac = np.where(curv > 0, 0.5 * (cm - cp) / np.where(curv > 0, curv, 1.0), 0.0)
+        frac = np.where(b == res.best, np.clip(frac, -0.5, 0.5), 0.0)
+        z_best = np.expm1(lnz[b] + frac * step)
+        z_best = np.where(b == res.best, z_best, res.z[res.best])
+    else:
+        z_best = res.z[res.best].astype(np.float64)
+    cmin = chi2[rows, res.best]
+    far = np.abs(lnz[None, :] - np.log1p(z_best)[:, None]) > separation_kms / C_KMS
+    minima = _local_minima(chi2)
+    other_min = np.where(far & minima, chi2, np.inf).min(axis=1)
+    other_any = np.where(far, chi2, np.inf).min(axis=1)
+    other = np.where(np.isfinite(other_min), other_min, other_any)
+    dchi2 = np.where(np.isfinite(other), other - cmin, 0.0)
+    n_min = (minima & (chi2 <= cmin[:, None] + within)).sum(axis=1)
+    ok = res.ok
+    return (np.where(ok, z_best, np.nan), np.where(ok, dchi2, np.nan), np.where(ok, n_min, 0).astype(np.int64))
+
+
+def chi2_on_bins(z_scan: np.ndarray, chi2: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Scan chi2 (N, S) on trial redshifts ``z_scan`` (S,) increasing -> (N, B) on z bins ``edges`` (B+1,).
+
+    Each bin gets the lowest chi2 of the trials inside it (the profile over the bin); a bin
+    holding no trial gets chi2 interpolated linearly in ln(1 + z) at its centre; bins beyond
+    the scan take the value at the scan's nearest end (no information either way).
+    """
+    z_scan = np.asarray(z_scan, dtype=np.float64)
+    edges = np.asarray(edges, dtype=np.float64)
+    chi2 = np.asarray(chi2, dtype=np.float64)
+    nb = len(edges) - 1
+    centres = np.sqrt((1 + edges[1:]) * (1 + edges[:-1])) - 1
+    lnz = np.log1p(z_scan)
+    lnc = np.log1p(centres)
+    j = np.clip(np.searchsorted(lnz, lnc) - 1, 0, len(lnz) - 2) if len(lnz) > 1 else np.zeros(nb, np.int64)
+    if len(lnz) > 1:
+        frac = np.clip((lnc - lnz[j]) / (lnz[j + 1] - lnz[j]), 0.0, 1.0)
+        out = chi2[:, j] * (1 - frac) + chi2[:, j + 1] * frac
+    else:
+        out = np.repeat(chi2[:, :1], nb, axis=1)
+    which = np.searchsorted(edges, z_scan, side="right") - 1  # bin of each trial
+    inside = (which >= 0) & (which < nb)
+    if inside.any():
+        idx = np.flatnonzero(inside)
+        starts = np.flatnonzero(np.r_[True, np.diff(which[idx]) != 0])
+        bins = which[idx][starts]
+        mins = np.minimum.reduceat(chi2[:, idx], starts, axis=1)
+        out[:, bins] = np.minimum(out[:, bins], mins)
+    return out
+
+
+def combine_pdf(pdf_net: np.ndarray, chi2_bins: np.ndarray, w_net: float, t: float,
+                ok: np.ndarray | None = None, eps: float = 1e-12) -> np.ndarray:
+    """Posterior (N, B) on the network's z bins from its PDF (N, B) and the scan's chi2 on the same bins.
+
+    ``log post = w_net * ln(pdf_net + eps) - 0.5 * t * (chi2_bins - min chi2_bins)``,
+    normalised per object. w_net: the prior's weight; t: the likelihood's temperature
+    (both >= 0, to be fitted on validation data: :func:`fit_combination`). Objects with
+    ``ok`` False (no fit) get the network's PDF to the power w_net, normalised.
+    """
+    if w_net < 0 or t < 0:
+        raise UserError(f"zscan.combine_pdf: w_net and t must be >= 0, got {w_net}, {t}")
+    pdf_net = np.asarray(pdf_net, dtype=np.float64)
+    chi2_bins = np.asarray(chi2_bins, dtype=np.float64)
+    dchi2 = chi2_bins - chi2_bins.min(axis=1, keepdims=True)
+    if ok is not None:
+        dchi2 = np.where(np.asarray(ok, bool)[:, None], dchi2, 0.0)
+    logp = w_net * np.log(np.clip(pdf_net, 0, None) + eps) - 0.5 * t * dchi2
+    logp -= logp.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def fit_combination(pdf_net: np.ndarray, chi2_bins: np.ndarray, edges: np.ndarray, z_true: np.ndarray,
+                    ok: np.ndarray | None = None, w_range: tuple[float, float] = (0.0, 5.0),
+                    t_range: tuple[float, float] = (1e-6, 10.0), eps: float = 1e-12) -> tuple[float, float, dict]:
+    """Fit (w_net, t) of :func:`combine_pdf` on a VALIDATION set (never test data).
+
+    Maximises the mean over objects of ln post[bin of z_true] (objects whose z_true lies
+    outside ``edges`` are left out): a grid over w_net (linear, ``w_range``) and t
+    (logarithmic, ``t_range``: the useful t spans decades, since the chi2 differences of an
+    imperfect basis are over-dispersed by large factors), then L-BFGS-B from the best grid
+    point in (w_net, log10 t). t = 0 (the network alone) is one candidate too. Returns w_net,
+    t and {"mean_log_post", "n", "success", "start_mean_log_post"} (the last at w_net = 1,
+    t = 0: the network's PDF alone). Raises UserError if no object has its true z inside
+    the bins or the ranges are invalid.
+    """
+    from scipy.optimize import minimize
+
+    if not (0 <= w_range[0] < w_range[1] and 0 < t_range[0] < t_range[1]):
+        raise UserError(f"zscan.fit_combination: invalid ranges w {w_range}, t {t_range}")
+    edges = np.asarray(edges, dtype=np.float64)
+    z_true = np.asarray(z_true, dtype=np.float64)
+    idx = np.searchsorted(edges, z_true, side="right") - 1
+    use = (idx >= 0) & (idx < len(edges) - 1) & np.isfinite(z_true)
+    if not use.any():
+        raise UserError("zscan.fit_combination: no object has its true z inside the bins")
+    pdf = np.asarray(pdf_net, dtype=np.float64)[use]
+    dchi2 = np.asarray(chi2_bins, dtype=np.float64)[use]
+    dchi2 = dchi2 - dchi2.min(axis=1, keepdims=True)
+    if ok is not None:
+        dchi2 = np.where(np.asarray(ok, bool)[use][:, None], dchi2, 0.0)
+    lp = np.log(np.clip(pdf, 0, None) + eps)
+    rows = np.arange(len(pdf))
+    ti = idx[use]
+
+    def mean_log_post(w: float, t: float) -> float:
+        logp = w * lp - 0.5 * t * dchi2
+        m = logp.max(axis=1)
+        lse = m + np.log(np.exp(logp - m[:, None]).sum(axis=1))
+        return float(np.mean(logp[rows, ti] - lse))
+
+    lt_lo, lt_hi = math.log10(t_range[0]), math.log10(t_range[1])
+    grid = [(w, 10 ** lt) for w in np.linspace(w_range[0], w_range[1], 11)
+            for lt in np.linspace(lt_lo, lt_hi, int(round(lt_hi - lt_lo)) * 2 + 1)]
+    scores = [mean_log_post(w, t) for w, t in grid]
+    w0, t0 = grid[int(np.argmax(scores))]
+    res = minimize(lambda x: -mean_log_post(x[0], 10 ** x[1]), np.array([w0, math.log10(t0)]),
+                   method="L-BFGS-B", bounds=(w_range, (lt_lo, lt_hi)))
+    w_fit, t_fit, best = float(res.x[0]), float(10 ** res.x[1]), -float(res.fun)
+    # the network alone, at its best weight, is a candidate too
+    w_alone = np.linspace(max(w_range[0], 1e-3), w_range[1], 51)
+    alone = [mean_log_post(w, 0.0) for w in w_alone]
+    if max(alone) > best:
+        w_fit, t_fit, best = float(w_alone[int(np.argmax(alone))]), 0.0, max(alone)
+    return w_fit, t_fit, {"mean_log_post": best, "n": int(use.sum()), "success": bool(res.success),
+                          "start_mean_log_post": mean_log_post(1.0, 0.0)}
+
+
+__all__ = ["scan_summary", "chi2_on_bins", "combine_pdf", "fit_combination"]
