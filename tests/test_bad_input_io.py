@@ -535,7 +535,7 @@ def test_simulate_on_a_full_disk_exits_cleanly_and_resumes(tmp_path, monkeypatch
     import mtopnet.simulate as sim
     from mtopnet.config import Exposure
     from mtopnet.store import read_store
-    from mtopnet.toy import toy_arm_waves, toy_batch
+    from mtopnet.testing import toy_arm_waves, toy_batch
 
     waves = toy_arm_waves(50)
 
@@ -570,7 +570,7 @@ def test_simulate_ignores_a_truncated_shard(tmp_path, monkeypatch):
     import mtopnet.simulate as sim
     from mtopnet.config import Exposure
     from mtopnet.store import read_store
-    from mtopnet.toy import toy_arm_waves, toy_batch
+    from mtopnet.testing import toy_arm_waves, toy_batch
     waves = toy_arm_waves(50)
     calls: list[int] = []
 

@@ -48,7 +48,7 @@ MIN_VALID_FRACTION = 0.2
 """Objects with valid data on less than this fraction of the model grid get LITTLE_COVERAGE."""
 
 class ZWarn(enum.IntFlag):
-    """Warning bits of the ``zwarn`` column (0 = no warning). Bits 9-15 are reserved."""
+    """Warning bits of the ``zwarn`` column (0 = no warning). Bits 12-15 are reserved."""
 
     LITTLE_COVERAGE = 1 << 0  # valid data on < MIN_VALID_FRACTION of the model's grid (qop forced to 1)
     ALL_MASKED = 1 << 1  # no valid pixel at all: outputs are the network's prior (qop 1, p_dz01 0)
@@ -59,6 +59,9 @@ class ZWarn(enum.IntFlag):
     MULTI_PEAK = 1 << 6  # the PDF has more than one peak holding >= 5% probability within +-0.01
     LOW_PEAK_PROB = 1 << 7  # p_dz01 < 0.5
     REFINE_DISAGREE = 1 << 8  # template fit vs PDF: a weakly-supported peak fits best, or no peak fits (rchi2 > 3)
+    UNTRAINED_PIXELS = 1 << 9  # data where the model saw none in training (voided before the network)
+    IMPLAUSIBLE_FLUX = 1 << 10  # flux scale impossible for a galaxy (wrong unit?): M*, SFR meaningless (qop <= 2)
+    SCAN_DISAGREE = 1 << 11  # the full-range template scan prefers another z by DELTACHI2 > 9 (qop <= 2)
 
     @classmethod
     def names(cls, value: int) -> list[str]:
@@ -76,11 +79,16 @@ REFINE_COLUMNS = ("z_net", "z_err", "delta_chi2", "rchi2", "refined")
 REFINE_DTYPES = {"z_net": np.float64, "z_err": np.float64, "delta_chi2": np.float32, "rchi2": np.float32,
                   "refined": np.int16}
 """Columns added by the refinement (mtopnet.refine), after CATALOGUE_COLUMNS."""
+SCAN_COLUMNS = ("scanned", "scan_z", "scan_dchi2")
+SCAN_DTYPES = {"scanned": np.int16, "scan_z": np.float64, "scan_dchi2": np.float32}
+"""Columns of the full-range template scan (models calibrated with it), after REFINE_COLUMNS:
+scanned 1 where it ran; scan_z its best redshift; scan_dchi2 the chi2 of the best minimum more
+than 1000 km/s away minus the best (NaN where it did not run)."""
 
 
 def _columns(rows: dict) -> dict[str, Any]:
     """Column name -> dtype of a catalogue chunk (without id and z_pdf), in catalogue order."""
-    return {**CATALOGUE_DTYPES, **{k: dt for k, dt in REFINE_DTYPES.items() if k in rows}}
+    return {**CATALOGUE_DTYPES, **{k: dt for k, dt in {**REFINE_DTYPES, **SCAN_DTYPES}.items() if k in rows}}
 
 
 # ----------------------------------------------------------------------------- writers
@@ -367,5 +375,6 @@ def match_ids(cat_ids: np.ndarray, truth_ids: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["ZWarn", "MIN_VALID_FRACTION", "CATALOGUE_COLUMNS", "CATALOGUE_DTYPES", "REFINE_COLUMNS", "REFINE_DTYPES",
+           "SCAN_COLUMNS", "SCAN_DTYPES",
            "catalogue_format", "CatalogueWriter", "write_catalogue", "read_catalogue", "read_zbin_centres",
            "read_truth", "match_ids"]

@@ -27,12 +27,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .catalogue import CATALOGUE_DTYPES, MIN_VALID_FRACTION, REFINE_DTYPES, CatalogueWriter, ZWarn, catalogue_format
+from .catalogue import (
+    CATALOGUE_DTYPES,
+    MIN_VALID_FRACTION,
+    REFINE_DTYPES,
+    SCAN_DTYPES,
+    CatalogueWriter,
+    ZWarn,
+    catalogue_format,
+)
 from .config import ConfigError, UserError
+from .constants import SUCCESS_DZ
 from .instruments import load_instrument
 from .io import plan_inputs, read_spectra
-from .quality import pdf_summary, window_mass
-from .refine import Refiner
+from .quality import central_intervals, pdf_summary, window_mass
+from .refine import Refiner, ZScanner, chi2_on_bins, combine_pdf, scan_summary
 from .store import SpectraBatch, check_writable
 from .trained import DEFAULT_MODEL, TrainedModel, load_model
 
@@ -117,18 +126,53 @@ def _chunks(batches: Iterable[SpectraBatch], size: int | None) -> Iterator[Spect
                 yield batch.subset(slice(start, start + size))
 
 
+class _Scan:
+    """The full-range template scan of a model calibrated with it (``model.scan``)."""
+
+    def __init__(self, model: TrainedModel, refiner: Refiner):
+        cfg = model.scan
+        assert cfg is not None
+        self.config = cfg
+        zb = model.zbins
+        self.edges = zb.edges
+        self.scanner = ZScanner.from_refine_basis(refiner.basis, (zb.z_min, zb.z_max), n_templates=cfg.n_templates,
+                                                  lines=cfg.lines, n_poly=cfg.n_poly, smooth=cfg.smooth,
+                                                  stride=cfg.stride)
+
+    def __call__(self, x, pdf_net: np.ndarray, p_net: np.ndarray, usable: np.ndarray
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Posterior PDFs (N, K) and the scan's columns for the objects it selects."""
+        n = len(pdf_net)
+        cols = {"scanned": np.zeros(n, np.int16), "scan_z": np.full(n, np.nan), "scan_dchi2": np.full(n, np.nan)}
+        sel = np.flatnonzero(usable & (p_net < self.config.select_below))
+        pdf = pdf_net
+        if len(sel):
+            res = self.scanner.scan(x.flux[sel], x.ivar[sel])
+            chi2_bins = chi2_on_bins(res.z, res.chi2, self.edges)
+            pdf = pdf_net.copy()
+            pdf[sel] = combine_pdf(pdf_net[sel], chi2_bins, self.config.w_net, self.config.t, ok=res.ok)
+            z_best, dchi2, _ = scan_summary(res)
+            cols["scanned"][sel] = res.ok
+            cols["scan_z"][sel] = np.where(res.ok, z_best, np.nan)
+            cols["scan_dchi2"][sel] = np.where(res.ok, dchi2, np.nan)
+        return pdf, cols
+
+
 def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, with_pdf: bool = False,
                     batch_size: int | None = 1024, arm_resolution: dict[str, float] | None = None,
                     min_valid_fraction: float = MIN_VALID_FRACTION,
-                    refine: bool | Refiner = True) -> Iterator[dict[str, np.ndarray]]:
+                    refine: bool | Refiner = True, with_net_pdf: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Catalogue rows for each batch (input order): dict column -> (n,) array.
 
-    Columns are :data:`CATALOGUE_COLUMNS`, then (with ``refine``) :data:`REFINE_COLUMNS`;
-    with ``with_pdf`` also ``z_pdf`` (n, n_bins) float32. Batches longer than
-    ``batch_size`` are split. ``arm_resolution`` (arm -> R), when known, is checked against
-    the training arms (ZWarn.OUT_OF_DOMAIN). ``refine``: True refines z with the shipped
-    templates (:mod:`mtopnet.refine`), a :class:`~mtopnet.refine.Refiner` with its own
-    basis or settings, False gives the network's estimates alone.
+    Columns are :data:`CATALOGUE_COLUMNS`, then (with ``refine``) :data:`REFINE_COLUMNS`, then
+    (for a model calibrated with the full-range scan, ``model.scan``) :data:`SCAN_COLUMNS`;
+    with ``with_pdf`` also ``z_pdf`` (n, n_bins) float32, the PDF the redshift comes from (the
+    network's, or its combination with the scan); with ``with_net_pdf`` also ``z_pdf_net``
+    (the network's alone) and the quality features (``q_<name>``, for calibration).
+    Batches longer than ``batch_size`` are split. ``arm_resolution`` (arm -> R), when known,
+    is checked against the training arms (ZWarn.OUT_OF_DOMAIN). ``refine``: True refines z
+    with the shipped templates (:mod:`mtopnet.refine`), a :class:`~mtopnet.refine.Refiner`
+    with its own basis or settings, False gives the network's estimates alone (no scan).
     """
     net, pre, zb = model.network, model.preprocessor, model.zbins
     refiner = None
@@ -136,6 +180,9 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         refiner = Refiner.from_model(model)
     elif refine is not False and refine is not None:
         refiner = refine
+    scan = _Scan(model, refiner) if refiner is not None and model.scan is not None else None
+    cal = model.calibration
+    levels = tuple(cal.interval_levels) if cal is not None else (0.68, 0.95)
     m_mu, m_sd = model.label_norm["logmstar"]
     s_mu, s_sd = model.label_norm["logsfr"]
     domain_cache: dict[bytes, bool] = {}
@@ -146,20 +193,19 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         x = pre(batch)
         with torch.inference_mode():
             out = net(torch.from_numpy(x.spectrum), torch.from_numpy(x.continuum))
-            pdf = torch.softmax(out["z_logits"].double(), dim=1).numpy()
-        summ = pdf_summary(pdf, zb.edges)
+            pdf_net = torch.softmax(out["z_logits"].double(), dim=1).numpy()
+        summ_net = pdf_summary(pdf_net, zb.edges)
         unusable = (x.valid_fraction < min_valid_fraction) | (x.valid_fraction <= 0)
+        pdf, summ, scan_cols = pdf_net, summ_net, None
+        if scan is not None:
+            pdf, scan_cols = scan(x, pdf_net, summ_net["p_window"], ~unusable)
+            summ = pdf_summary(pdf, zb.edges)
         fit = None
         if refiner is not None:
-            flux, ivar, _ = pre.rebin(batch)
-            fit = refiner.refine(flux, ivar, pdf, summ["z"], skip=unusable,
+            fit = refiner.refine(x.flux, x.ivar, pdf, summ["z"], skip=unusable,
                                  z_err_net=0.5 * (summ["z_hi68"] - summ["z_lo68"]))
             # p_dz01 and QOP describe the reported z: the PDF mass within +-0.01 of it
             summ = {**summ, "z": fit.z, "p_window": window_mass(pdf, zb.edges, fit.z, refiner.config.window)}
-        if model.calibration is not None:
-            p_dz01, qop = model.calibration.apply(summ)
-        else:
-            p_dz01, qop = summ["p_window"], np.ones(n, dtype=np.int16)
         key = b"".join(a.encode() + np.asarray(d["wave"]).tobytes()[:64] + str(len(d["wave"])).encode()
                        for a, d in batch.arms.items())
         if key not in domain_cache:
@@ -171,6 +217,14 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
                     f"spectra with arms {_describe_arms(batch)} (first id {first}) are out of the model's domain: "
                     f"{problem}; the model expects {expected_domain(model)}; zwarn bit OUT_OF_DOMAIN "
                     f"({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
+        out_of_domain = not domain_cache[key]
+        features = {}
+        if scan is not None:
+            features = _fit_features(summ, summ_net, pdf_net, zb.edges, fit, scan_cols, x, out_of_domain)
+        if cal is not None:
+            p_dz01, qop = cal.apply({**summ, **features})
+        else:
+            p_dz01, qop = summ["p_window"], np.ones(n, dtype=np.int16)
         zwarn = np.zeros(n, dtype=np.int32)
         zwarn |= np.where(x.valid_fraction < min_valid_fraction, int(ZWarn.LITTLE_COVERAGE), 0).astype(np.int32)
         all_masked = x.valid_fraction <= 0
@@ -180,17 +234,29 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         if "noise_estimated" in batch.labels:
             est = np.asarray(batch.labels["noise_estimated"]).astype(bool)
             zwarn |= np.where(est, int(ZWarn.NOISE_ESTIMATED), 0).astype(np.int32)
-        if not domain_cache[key]:
+        if out_of_domain:
             zwarn |= int(ZWarn.OUT_OF_DOMAIN)
         zwarn |= np.where(summ["n_peaks"] > 1, int(ZWarn.MULTI_PEAK), 0).astype(np.int32)
         zwarn |= np.where(p_dz01 < 0.5, int(ZWarn.LOW_PEAK_PROB), 0).astype(np.int32)
         if fit is not None:
             zwarn |= np.where(fit.disagree, int(ZWarn.REFINE_DISAGREE), 0).astype(np.int32)
+        zwarn |= np.where(x.outside_coverage, int(ZWarn.UNTRAINED_PIXELS), 0).astype(np.int32)
+        zwarn |= np.where(x.implausible_flux, int(ZWarn.IMPLAUSIBLE_FLUX), 0).astype(np.int32)
+        if scan is not None:
+            disagree = (features["scan_disagree"] > 0) & (np.nan_to_num(scan_cols["scan_dchi2"]) > SCAN_DISAGREE_DCHI2)
+            zwarn |= np.where(disagree, int(ZWarn.SCAN_DISAGREE), 0).astype(np.int32)
+            # what the calibration cannot see in a validation set: caps on qop (docs/quality.md)
+            capped = (zwarn & int(ZWarn.OUT_OF_DOMAIN | ZWarn.REFINE_DISAGREE | ZWarn.SCAN_DISAGREE
+                                  | ZWarn.IMPLAUSIBLE_FLUX)) != 0
+            qop = np.where(capped, np.minimum(qop, 2), qop)
         qop = np.where(unusable, 1, qop).astype(np.int16)
         p_dz01 = np.where(all_masked, 0.0, p_dz01)
         rows: dict[str, np.ndarray] = {"id": np.asarray(batch.ids)}
-        for k in ("z", "z_mean", "z_lo68", "z_hi68", "z_lo95", "z_hi95"):
+        intervals = summ if levels == (0.68, 0.95) else central_intervals(pdf, zb.edges, levels)
+        for k in ("z", "z_mean"):
             rows[k] = summ[k]
+        for k in ("z_lo68", "z_hi68", "z_lo95", "z_hi95"):
+            rows[k] = intervals[k]
         rows["p_dz01"] = p_dz01
         rows["qop"] = qop
         rows["zwarn"] = zwarn
@@ -205,9 +271,47 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
                         refined=fit.refined)
             for k, dt in REFINE_DTYPES.items():
                 rows[k] = np.asarray(rows[k]).astype(dt)
+        if scan_cols is not None:
+            for k, dt in SCAN_DTYPES.items():
+                rows[k] = np.asarray(scan_cols[k]).astype(dt)
         if with_pdf:
             rows["z_pdf"] = pdf.astype(np.float32)
+        if with_net_pdf:
+            rows["z_pdf_net"] = pdf_net.astype(np.float32)
+            if not features:
+                features = _fit_features(summ, summ_net, pdf_net, zb.edges, fit, scan_cols, x, out_of_domain)
+            for k, v in {**summ, **features}.items():
+                rows[f"q_{k}"] = np.asarray(v)
         yield rows
+
+
+SCAN_DISAGREE_DCHI2 = 9.0
+"""The scan's own best z, > 0.01 from the reported one, fits better by more than this: SCAN_DISAGREE."""
+
+
+def _fit_features(summ: dict, summ_net: dict, pdf_net: np.ndarray, edges: np.ndarray, fit, scan_cols: dict | None,
+                  x, out_of_domain: bool) -> dict[str, np.ndarray]:
+    """The :data:`mtopnet.quality.FIT_FEATURES` of one batch (N,) each."""
+    n = len(summ["z"])
+    z = np.asarray(summ["z"], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        feats = {
+            "log_rchi2": np.log(np.maximum(fit.rchi2, 1e-3)) if fit is not None else np.zeros(n),
+            "net_disagree": (np.abs(summ_net["z"] - z) > SUCCESS_DZ).astype(np.float64),
+            "log_net_mass": np.log(np.maximum(window_mass(pdf_net, edges, z), 1e-6)),
+            "valid_fraction": np.asarray(x.valid_fraction, dtype=np.float64),
+            "log_inv_snr": np.log10(np.maximum(x.noise, 1e-12) / np.maximum(x.scale, 1e-12)),
+            "continuum_detected": np.asarray(x.continuum_detected, dtype=np.float64),
+            "out_of_domain": np.full(n, float(out_of_domain)),
+        }
+        if scan_cols is not None:
+            scanned = scan_cols["scanned"] > 0
+            feats["scanned"] = scanned.astype(np.float64)
+            feats["log_scan_dchi2"] = np.where(scanned, np.log1p(np.maximum(np.nan_to_num(scan_cols["scan_dchi2"]),
+                                                                            0)), 0.0)
+            feats["scan_disagree"] = (scanned & (np.abs(np.nan_to_num(scan_cols["scan_z"], nan=-9.0) - z)
+                                                 > SUCCESS_DZ)).astype(np.float64)
+    return {k: np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in feats.items()}
 
 
 # ----------------------------------------------------------------------------- files

@@ -169,6 +169,8 @@ class NetInputs:
         galaxies.)
     outside_coverage: (N,) bool -- the input had valid data on grid pixels outside the
         model's training coverage; those pixels were voided before anything else.
+    flux, ivar: (N, n_pix) float32 -- the rebinned data on the model grid (after that
+        voiding), 1e-17 erg/s/cm2/A and its inverse variance: what template fits use.
     """
 
     spectrum: np.ndarray
@@ -180,6 +182,8 @@ class NetInputs:
     continuum_detected: np.ndarray
     implausible_flux: np.ndarray | None = None
     outside_coverage: np.ndarray | None = None
+    flux: np.ndarray | None = None
+    ivar: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.implausible_flux is None:
@@ -470,7 +474,7 @@ class Preprocessor:
         np.nan_to_num(feats, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return NetInputs(spectrum=spectrum, continuum=feats, valid_fraction=valid_fraction,
                          scale=scale, noise=noise, bad_input=bad, continuum_detected=detected,
-                         implausible_flux=implausible, outside_coverage=outside)
+                         implausible_flux=implausible, outside_coverage=outside, flux=flux, ivar=ivar)
 
 
 def preprocess(batch: SpectraBatch, config: PreprocessConfig | None = None) -> NetInputs:

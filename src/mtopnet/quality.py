@@ -15,6 +15,15 @@ statistics to ``p_dz01`` = P(|z - z_true| < 0.01) by a logistic regression follo
 isotonic regression on its score, and picks QOP thresholds on the score so that, on the
 validation set, the QOP 4 class holds >= 99% successes, QOP 3 >= 90% and QOP 2 >= 50%
 (each class's own purity, judged by its one-sigma Wilson lower bound); QOP 1 is the rest.
+
+A calibration names its features (``QualityCalibration.features``): the PDF statistics
+above (:data:`FEATURES`, all a checkpoint from before the scan knew) and, for models
+calibrated with the template scan, the evidence of the fit and the data
+(:data:`FIT_FEATURES`: the refined fit's reduced chi2, the scan's DELTACHI2, whether the
+scan and the network agree with the reported z, the S/N and coverage of the data, the
+domain flags). Its ``interval_levels`` are the central-interval probabilities that held the
+truth 68% and 95% of the time on the validation data (:func:`fit_interval_levels`);
+:func:`pdf_summary` reports ``z_lo68`` ... ``z_hi95`` at those levels.
 """
 from __future__ import annotations
 
@@ -26,6 +35,16 @@ from scipy.ndimage import maximum_filter1d
 from .constants import SUCCESS_DZ
 
 FEATURES = ("logit_p_window", "log_p_peak", "log_width68", "log_width95", "n_peaks", "entropy")
+"""PDF statistics: the features of every calibration (the only ones before the template scan)."""
+FIT_FEATURES = ("log_rchi2", "log_scan_dchi2", "scanned", "scan_disagree", "net_disagree", "log_net_mass",
+                "valid_fraction", "log_inv_snr", "continuum_detected", "out_of_domain")
+"""Evidence beside the PDF (keys of the same name in the summary dict; 0 where absent):
+log_rchi2: ln of the refined fit's reduced chi2 (0 if not refined); log_scan_dchi2:
+ln(1 + DELTACHI2) of the full-range scan (0 if not scanned); scanned: 1 if it ran;
+scan_disagree: 1 if the scan's best z is > 0.01 from the reported z; net_disagree: 1 if the
+network's own point estimate is > 0.01 from it; log_net_mass: ln of the network PDF's mass
+within +-0.01 of the reported z; valid_fraction: of the model grid; log_inv_snr:
+log10(sigma / scale); continuum_detected, out_of_domain: 0/1."""
 _EPS = 1e-6
 PEAK_MIN_MASS = 0.05
 """A PDF peak counts (``n_peaks``, MULTI_PEAK, refined peaks) if it holds this mass within +-window."""
@@ -77,11 +96,38 @@ def _quantile(cdf: np.ndarray, edges: np.ndarray, q: float) -> np.ndarray:
     return edges[j - 1] + np.clip(frac, 0, 1) * (edges[j] - edges[j - 1])
 
 
-def pdf_summary(pdf: np.ndarray, edges: np.ndarray, window: float = SUCCESS_DZ) -> dict[str, np.ndarray]:
+_EXACT_TAILS = {0.68: (0.16, 0.84), 0.95: (0.025, 0.975)}
+
+
+def _tails(level: float) -> tuple[float, float]:
+    """CDF values (lower, upper) bounding the central ``level`` interval (exact for 68% and 95%)."""
+    return _EXACT_TAILS.get(float(level), (0.5 - level / 2, 0.5 + level / 2))
+
+
+def _intervals(cdf: np.ndarray, edges: np.ndarray, levels: tuple[float, float]) -> dict[str, np.ndarray]:
+    (lo68, hi68), (lo95, hi95) = _tails(levels[0]), _tails(levels[1])
+    return {"z_lo68": _quantile(cdf, edges, lo68), "z_hi68": _quantile(cdf, edges, hi68),
+            "z_lo95": _quantile(cdf, edges, lo95), "z_hi95": _quantile(cdf, edges, hi95)}
+
+
+def central_intervals(pdf: np.ndarray, edges: np.ndarray, levels: tuple[float, float]) -> dict[str, np.ndarray]:
+    """``z_lo68, z_hi68, z_lo95, z_hi95`` (N,) each: the central intervals of probability
+    ``levels`` (a calibration's ``interval_levels``) of PDFs (N, K) on bins ``edges`` (K+1,)."""
+    pdf = np.asarray(pdf, dtype=np.float64)
+    cdf = _cdf(np.where(np.isfinite(pdf) & (pdf > 0), pdf, 0.0))
+    flat = np.linspace(0, 1, cdf.shape[1])[None, :]  # an all-zero row: uniform
+    cdf = np.where(cdf[:, -1:] > 0, cdf / np.maximum(cdf[:, -1:], 1e-300), flat)
+    return _intervals(cdf, edges, levels)
+
+
+def pdf_summary(pdf: np.ndarray, edges: np.ndarray, window: float = SUCCESS_DZ,
+                levels: tuple[float, float] = (0.68, 0.95)) -> dict[str, np.ndarray]:
     """Statistics of redshift PDFs.
 
     pdf: (N, K) probability per bin (rows are renormalised; an all-zero row becomes uniform);
-    edges: (K+1,) bin edges in z. Returns a dict of (N,) arrays (see the module docstring).
+    edges: (K+1,) bin edges in z; levels: probabilities of the central intervals reported as
+    ``z_lo68/z_hi68`` and ``z_lo95/z_hi95`` (a calibration's ``interval_levels``). Returns a
+    dict of (N,) arrays (see the module docstring).
     """
     pdf = np.asarray(pdf, dtype=np.float64)
     pdf = np.where(np.isfinite(pdf) & (pdf > 0), pdf, 0.0)
@@ -108,8 +154,7 @@ def pdf_summary(pdf: np.ndarray, edges: np.ndarray, window: float = SUCCESS_DZ) 
     out = {
         "z": z,
         "z_mean": (pdf * centres).sum(axis=1),
-        "z_lo68": _quantile(cdf, edges, 0.16), "z_hi68": _quantile(cdf, edges, 0.84),
-        "z_lo95": _quantile(cdf, edges, 0.025), "z_hi95": _quantile(cdf, edges, 0.975),
+        **_intervals(cdf, edges, levels),
         "p_window": np.clip(p_window, 0, 1),
         "p_peak": pdf.max(axis=1),
         "n_peaks": n_peaks.astype(np.int64),
@@ -181,17 +226,29 @@ def refined_summary(pdf: np.ndarray, edges: np.ndarray, z: np.ndarray, window: f
     return {**summ, "z": np.asarray(z, dtype=np.float64), "p_window": window_mass(pdf, edges, z, window)}
 
 
-def quality_features(summary: dict[str, np.ndarray]) -> np.ndarray:
-    """(N, len(FEATURES)) features of :func:`pdf_summary` output, finite by construction."""
-    p = np.clip(summary["p_window"], _EPS, 1 - _EPS)
-    feats = np.stack([
-        np.log(p / (1 - p)),
-        np.log(np.clip(summary["p_peak"], _EPS, 1)),
-        np.log(np.maximum(summary["width68"], 1e-4)),
-        np.log(np.maximum(summary["width95"], 1e-4)),
-        np.minimum(summary["n_peaks"], 10).astype(np.float64),
-        summary["entropy"],
-    ], axis=1)
+def _feature(summary: dict[str, np.ndarray], name: str) -> np.ndarray:
+    n = len(summary["p_window"])
+    if name == "logit_p_window":
+        p = np.clip(summary["p_window"], _EPS, 1 - _EPS)
+        return np.log(p / (1 - p))
+    if name == "log_p_peak":
+        return np.log(np.clip(summary["p_peak"], _EPS, 1))
+    if name in ("log_width68", "log_width95"):
+        return np.log(np.maximum(summary[name[4:]], 1e-4))
+    if name == "n_peaks":
+        return np.minimum(summary["n_peaks"], 10).astype(np.float64)
+    if name == "entropy":
+        return np.asarray(summary["entropy"], dtype=np.float64)
+    if name not in FIT_FEATURES:
+        raise KeyError(f"unknown quality feature {name!r}")
+    value = summary.get(name)
+    return np.zeros(n) if value is None else np.asarray(value, dtype=np.float64)
+
+
+def quality_features(summary: dict[str, np.ndarray], names: tuple[str, ...] = FEATURES) -> np.ndarray:
+    """(N, len(names)) features of :func:`pdf_summary` output (plus the :data:`FIT_FEATURES`
+    keys where given), finite by construction."""
+    feats = np.stack([_feature(summary, name) for name in names], axis=1)
     return np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
 
 
@@ -252,7 +309,9 @@ class QualityCalibration:
     mean, std: feature standardisation (len(FEATURES),); coef, intercept: logistic regression;
     iso_x, iso_y: isotonic map from the logistic score to probability (np.interp);
     thresholds: score thresholds for QOP 4, 3, 2; purities: their targets;
-    report: purity/completeness per class measured on the validation set.
+    report: purity/completeness per class measured on the validation set; features: the
+    names of the features, in order (:data:`FEATURES`, :data:`FIT_FEATURES`);
+    interval_levels: central-interval probabilities reported as the 68% and 95% intervals.
     """
 
     mean: tuple[float, ...]
@@ -264,10 +323,12 @@ class QualityCalibration:
     thresholds: tuple[float, float, float]
     purities: tuple[float, float, float] = (0.99, 0.90, 0.50)
     report: dict = field(default_factory=dict)
+    features: tuple[str, ...] = FEATURES
+    interval_levels: tuple[float, float] = (0.68, 0.95)
 
     def score(self, summary: dict[str, np.ndarray]) -> np.ndarray:
         """Logistic score (log-odds) of each object: (N,)."""
-        x = (quality_features(summary) - np.array(self.mean)) / np.array(self.std)
+        x = (quality_features(summary, self.features) - np.array(self.mean)) / np.array(self.std)
         return x @ np.array(self.coef) + self.intercept
 
     def apply(self, summary: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -282,7 +343,8 @@ class QualityCalibration:
         return {"mean": list(self.mean), "std": list(self.std), "coef": list(self.coef),
                 "intercept": float(self.intercept), "iso_x": list(self.iso_x), "iso_y": list(self.iso_y),
                 "thresholds": [float(t) for t in self.thresholds], "purities": list(self.purities),
-                "report": dict(self.report)}
+                "report": dict(self.report), "features": list(self.features),
+                "interval_levels": [float(a) for a in self.interval_levels]}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "QualityCalibration":
@@ -290,7 +352,8 @@ class QualityCalibration:
                    intercept=float(raw["intercept"]), iso_x=tuple(raw["iso_x"]), iso_y=tuple(raw["iso_y"]),
                    thresholds=tuple(float(t) for t in raw["thresholds"]),  # type: ignore[arg-type]
                    purities=tuple(raw.get("purities", (0.99, 0.9, 0.5))),  # type: ignore[arg-type]
-                   report=dict(raw.get("report", {})))
+                   report=dict(raw.get("report", {})), features=tuple(raw.get("features", FEATURES)),
+                   interval_levels=tuple(raw.get("interval_levels", (0.68, 0.95))))  # type: ignore[arg-type]
 
 
 def qop_report(qop: np.ndarray, success: np.ndarray) -> dict:
@@ -318,18 +381,61 @@ def reliability(p: np.ndarray, success: np.ndarray, n_bins: int = 10) -> list[di
     return out
 
 
+def interval_coverage(pdf: np.ndarray, edges: np.ndarray, z_true: np.ndarray, level: float) -> float:
+    """Fraction of objects whose central ``level`` interval of ``pdf`` (N, K) holds ``z_true`` (N,)
+    (NaN z_true: a spectrum without a redshift, counted as not held)."""
+    pdf = np.asarray(pdf, dtype=np.float64)
+    cdf = _cdf(pdf)
+    cdf /= np.maximum(cdf[:, -1:], 1e-300)
+    iv = _intervals(cdf, edges, (level, level))
+    lo, hi = iv["z_lo68"], iv["z_hi68"]
+    z_true = np.asarray(z_true, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return float(np.mean((z_true >= lo) & (z_true <= hi))) if len(z_true) else float("nan")
+
+
+def fit_interval_levels(pdf: np.ndarray, edges: np.ndarray, z_true: np.ndarray,
+                        targets: tuple[float, float] = (0.68, 0.95)) -> tuple[float, float]:
+    """Central-interval probabilities whose intervals held ``z_true`` a ``targets`` fraction of
+    the time on VALIDATION PDFs (N, K): coverage grows with the level, so each is a bisection
+    in [0.001, 0.9999]. A PDF sharper than its bins over-covers (the old shipped model's 68%
+    interval held 77%); one too confident under-covers; both are corrected."""
+    out = []
+    for target in targets:
+        lo, hi = 1e-3, 0.9999
+        if interval_coverage(pdf, edges, z_true, hi) <= target:
+            out.append(hi)
+            continue
+        if interval_coverage(pdf, edges, z_true, lo) >= target:
+            out.append(lo)
+            continue
+        for _ in range(30):
+            mid = 0.5 * (lo + hi)
+            if interval_coverage(pdf, edges, z_true, mid) < target:
+                lo = mid
+            else:
+                hi = mid
+        out.append(0.5 * (lo + hi))
+    return float(out[0]), float(max(out[1], out[0]))
+
+
 def fit_calibration(summary: dict[str, np.ndarray], z_true: np.ndarray,
                     purities: tuple[float, float, float] = (0.99, 0.90, 0.50),
-                    confidence_z: float = 1.0) -> QualityCalibration:
+                    confidence_z: float = 1.0, features: tuple[str, ...] = FEATURES,
+                    interval_levels: tuple[float, float] = (0.68, 0.95)) -> QualityCalibration:
     """Fit ``p_dz01`` and QOP thresholds on validation PDFs (never on the test set).
 
-    summary: :func:`pdf_summary` of the validation PDFs; z_true: (N,) true redshifts.
+    summary: :func:`pdf_summary` of the validation PDFs (plus the :data:`FIT_FEATURES` keys
+    named in ``features``); z_true: (N,) true redshifts (NaN: a spectrum with no galaxy
+    redshift, e.g. pure noise, always a failure); interval_levels: stored as they are (see
+    :func:`fit_interval_levels`).
     """
     from sklearn.isotonic import IsotonicRegression
     from sklearn.linear_model import LogisticRegression
 
-    success = np.abs(summary["z"] - np.asarray(z_true)) < SUCCESS_DZ
-    x = quality_features(summary)
+    with np.errstate(invalid="ignore"):
+        success = np.abs(summary["z"] - np.asarray(z_true)) < SUCCESS_DZ
+    x = quality_features(summary, features)
     mean, std = x.mean(axis=0), x.std(axis=0)
     std = np.where(std > 0, std, 1.0)
     xs = (x - mean) / std
@@ -348,13 +454,15 @@ def fit_calibration(summary: dict[str, np.ndarray], z_true: np.ndarray,
     thresholds = choose_qop_thresholds(score, success, purities, confidence_z)
     cal = QualityCalibration(mean=tuple(map(float, mean)), std=tuple(map(float, std)), coef=tuple(map(float, coef)),
                              intercept=intercept, iso_x=tuple(map(float, iso_x)), iso_y=tuple(map(float, iso_y)),
-                             thresholds=tuple(thresholds), purities=tuple(purities))  # type: ignore[arg-type]
+                             thresholds=tuple(thresholds), purities=tuple(purities),  # type: ignore[arg-type]
+                             features=tuple(features), interval_levels=tuple(interval_levels))  # type: ignore[arg-type]
     _, qop = cal.apply(summary)
     report = {"n_validation": int(len(success)), "success_fraction": float(success.mean()) if len(success) else 0.0,
               **qop_report(qop, success)}
     return QualityCalibration(**{**cal.__dict__, "report": report})
 
 
-__all__ = ["FEATURES", "PEAK_MIN_MASS", "cdf_at", "local_maxima", "pdf_summary", "pdf_peaks", "window_mass",
-           "refined_summary", "reliability", "quality_features", "wilson_lower", "choose_qop_thresholds",
-           "QualityCalibration", "qop_report", "fit_calibration"]
+__all__ = ["FEATURES", "FIT_FEATURES", "PEAK_MIN_MASS", "cdf_at", "local_maxima", "pdf_summary", "pdf_peaks",
+           "window_mass", "refined_summary", "reliability", "quality_features", "wilson_lower", "choose_qop_thresholds",
+           "QualityCalibration", "qop_report", "central_intervals", "interval_coverage", "fit_interval_levels",
+           "fit_calibration"]

@@ -19,6 +19,7 @@ from .lines import Line, lines_from_records
 from .model import MTopNet, ZBinning
 from .preprocess import PreprocessConfig, Preprocessor
 from .quality import QualityCalibration
+from .refine import ScanConfig
 
 DEFAULT_MODEL = "moons-lr"
 """The model ``mtopnet predict`` uses without ``--model``."""
@@ -50,7 +51,10 @@ class TrainedModel:
     calibration: p_dz01/QOP map (None for a checkpoint saved before calibration: p_dz01 is
     then the raw PDF mass within +-0.01 and qop is 1); coverage: (n_pix,) bool grid pixels
     the training arms cover; instrument: training arms (name, range, resolution, dloglam);
-    lines: line list; source: where it was loaded from; meta: version and provenance.
+    lines: line list; source: where it was loaded from; meta: version and provenance;
+    scan: how prediction scans the templates over the whole z range and combines them with
+    the PDF (None for a checkpoint calibrated without it: the PDF alone, refined).
+    The preprocessor voids data outside ``coverage`` (NetInputs.outside_coverage).
     """
 
     network: MTopNet
@@ -63,6 +67,7 @@ class TrainedModel:
     lines: tuple[Line, ...]
     source: str
     meta: dict
+    scan: ScanConfig | None = None
 
     @property
     def lsf_sigma_kms(self) -> float:
@@ -89,22 +94,26 @@ def load_model(name_or_path: str | os.PathLike | None = None) -> TrainedModel:
     payload = read_checkpoint(path)
     try:
         net = build_network(payload, path)
-        pre = Preprocessor(PreprocessConfig.from_dict(dict(payload["preprocess"])))
+        pre_config = PreprocessConfig.from_dict(dict(payload["preprocess"]))
         zb = payload["z_bins"]
         zbins = ZBinning(float(zb["z_min"]), float(zb["z_max"]), float(zb["max_width"]))
         cal = QualityCalibration.from_dict(payload["calibration"]) if payload.get("calibration") else None
         norm = {k: (float(v[0]), float(v[1])) for k, v in payload["label_norm"].items()}
         lines = lines_from_records(payload.get("lines", []))
+        scan = ScanConfig.from_dict(dict(payload["scan"])) if payload.get("scan") else None
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: inconsistent checkpoint ({exc})") from None
     if zbins.n_bins != net.config.n_z_bins:
         raise UserError(f"{path}: inconsistent checkpoint (z bins {zbins.n_bins} vs network {net.config.n_z_bins})")
     coverage = payload.get("coverage")
-    coverage = np.asarray(coverage, dtype=bool) if coverage is not None else np.ones(pre.config.n_pix, bool)
+    coverage = np.asarray(coverage, dtype=bool) if coverage is not None else np.ones(pre_config.n_pix, bool)
+    if coverage.shape != (pre_config.n_pix,):
+        raise UserError(f"{path}: inconsistent checkpoint (coverage {coverage.shape}, grid {pre_config.n_pix})")
+    pre = Preprocessor(pre_config, coverage=coverage)
     meta = {"mtopnet_version": payload.get("mtopnet_version"), "provenance": payload.get("provenance", {})}
     return TrainedModel(network=net, preprocessor=pre, zbins=zbins, label_norm=norm, calibration=cal,
                         coverage=coverage, instrument=dict(payload.get("instrument") or {}), lines=lines,
-                        source=str(path), meta=meta)
+                        source=str(path), meta=meta, scan=scan)
 
 
 __all__ = ["DEFAULT_MODEL", "lsf_sigma_kms", "TrainedModel", "load_model", "shipped_model_path"]

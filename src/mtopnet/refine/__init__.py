@@ -57,8 +57,8 @@ from .combine import chi2_on_bins, combine_pdf, fit_combination, scan_summary
 from .fit import Refiner, RefineResult, combine, parabola_vertex
 from .kernels import coarse_chi2, fine_chi2
 from .scan import ZScanner, ZScanResult, smooth_length
-from .settings import RefineConfig
+from .settings import RefineConfig, ScanConfig
 
-__all__ = ["RefineConfig", "RefineBasis", "RefineResult", "Refiner", "build_basis", "coarse_chi2",
+__all__ = ["RefineConfig", "ScanConfig", "RefineBasis", "RefineResult", "Refiner", "build_basis", "coarse_chi2",
            "fine_chi2", "combine", "parabola_vertex", "ZScanner", "ZScanResult", "smooth_length", "scan_summary",
            "chi2_on_bins", "combine_pdf", "fit_combination"]

@@ -1,10 +1,11 @@
-"""The constants of the refinement (:class:`RefineConfig`)."""
+"""The constants of the refinement (:class:`RefineConfig`) and of the full-range scan that
+informs the network's PDF (:class:`ScanConfig`)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..config import ConfigError
+from ..config import ConfigError, from_mapping
 from ..constants import SUCCESS_DZ
 
 
@@ -96,4 +97,48 @@ class RefineConfig:
         return asdict(self)
 
 
-__all__ = ["RefineConfig"]
+@dataclass(frozen=True)
+class ScanConfig:
+    """How prediction runs the full-range template scan and combines it with the network.
+
+    A checkpoint calibrated with the scan stores this (``payload["scan"]``); a model without
+    it is run as before (the network's PDF, refined within its peaks).
+
+    n_templates: continuum (PCA) vectors of the refinement basis scanned (the largest ones).
+    lines: also scan the basis's emission-line groups (free amplitudes).
+    n_poly: Legendre polynomials in observed wavelength added to the fit (flux-calibration
+        errors); 0 = none.
+    stride: scan every ``stride``-th whole-pixel shift (1 or 2).
+    smooth: box-average the scanned vectors over this many pixels (see ZScanner).
+    select_below: scan the objects whose network PDF holds less than this within +-0.01 of
+        its point estimate (1.0 = every usable object; > 1 scans all, including certain ones).
+    w_net, t: ``log posterior = w_net ln p_net - t chi2 / 2`` (+ const), fitted on
+        validation data (:func:`mtopnet.refine.fit_combination`).
+    """
+
+    n_templates: int = 6
+    lines: bool = True
+    n_poly: int = 0
+    stride: int = 1
+    smooth: float = 0.0
+    select_below: float = 2.0
+    w_net: float = 1.0
+    t: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks = [("n_templates", self.n_templates >= 1), ("n_poly", 0 <= self.n_poly <= 8),
+                  ("stride", self.stride in (1, 2)), ("smooth", self.smooth >= 0),
+                  ("select_below", self.select_below >= 0), ("w_net", self.w_net >= 0), ("t", self.t >= 0)]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"scan.{name}: invalid value {getattr(self, name)!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "scan") -> "ScanConfig":
+        return from_mapping(cls, raw, where)
+
+
+__all__ = ["RefineConfig", "ScanConfig"]
