@@ -99,9 +99,10 @@ def test_two_peak_pdf_picks_the_peak_the_data_support(basis):
     assert abs(res.peak_z[0, 0] - z_wrong) < 0.011 and abs(res.peak_z[0, 1] - z_true) < 2e-5
     assert res.refined[0] == 1 and abs(res.z[0] - z_true) < 2e-5 and not res.disagree[0]
     assert res.delta_chi2[0] > 100
-    # never allowed to switch: the main peak is reported, and the disagreement is flagged
+    # never allowed to switch: the main peak is reported (refined there, or the fit rejected and
+    # the network's z kept, depending on how the basis fits the wrong z), and the disagreement is flagged
     res = run(refiner(basis, switch_mass_ratio=1.01), flux, pdf)
-    assert res.refined[0] == 0 and abs(res.z[0] - z_wrong) < 0.011 and res.disagree[0]
+    assert res.refined[0] in (0, -1) and abs(res.z[0] - z_wrong) < 0.011 and res.disagree[0]
     # the data support the main peak: it is kept whatever the switching rule
     flux = noiseless_spectrum(z_wrong, halpha=2.0, oiii=3.0)
     res = run(refiner(basis, switch_mass_ratio=0.5), flux, pdf)

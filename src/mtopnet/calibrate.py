@@ -1,28 +1,58 @@
-"""refit a model's p_dz01 / QOP calibration with template refinement applied
+"""calibrate a model's redshift combination, p_dz01, QOP and intervals on validation data
 
-``mtopnet calibrate MODEL.pt VAL_STORE.h5 [--out NEW.pt]`` runs the model with refinement
-over a VALIDATION store (never the test or held-out set), fits
-:func:`mtopnet.quality.fit_calibration` on the refined z and the PDF mass around it, and
-writes the checkpoint with the new calibration and its provenance.
+``mtopnet calibrate MODEL.pt VAL_STORE.h5 [VAL_STORE.h5 ...] [--scan] [--out NEW.pt]`` runs
+the model over VALIDATION stores (never the test or held-out sets) and writes the
+checkpoint with the new calibration and its provenance.
+
+Without ``--scan`` (:func:`recalibrate`): refits :func:`mtopnet.quality.fit_calibration` on
+the refined z and the PDF mass around it (the PDF statistics alone).
+
+With ``--scan`` (:func:`calibrate_with_scan`), three fits, each on the validation data:
+
+1. the weights of the full-range template scan against the network's PDF
+   (:func:`mtopnet.refine.fit_combination`: ``w_net``, ``t``), on every object with a
+   redshift inside the bins;
+2. the quality model -- a logistic regression on the PDF statistics and the evidence of the
+   fit (:data:`mtopnet.quality.FIT_FEATURES`) followed by an isotonic map -- giving
+   ``p_dz01`` and the QOP thresholds, on the full prediction (scan, combination,
+   refinement); ``garbage_fraction`` of extra spectra with no galaxy in them (pure noise,
+   and featureless power laws, on the validation spectra's own wavelengths and noise) are
+   added as certain failures, so that no-signal input is learnt to be unreliable;
+3. the central-interval levels that held the truth 68% and 95% of the time
+   (:func:`mtopnet.quality.fit_interval_levels`).
+
+Validation sets should include spectra unlike the training set (another simulator's, other
+galaxy histories): a calibration on the training simulator alone is too confident elsewhere.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .catalogue import match_ids, read_truth
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import UserError
 from .constants import SUCCESS_DZ
 from .predict import predict_batches
-from .quality import fit_calibration, qop_report, refined_summary, reliability
-from .refine import RefineConfig, Refiner
-from .store import iter_store
+from .quality import (
+    FEATURES,
+    FIT_FEATURES,
+    fit_calibration,
+    fit_interval_levels,
+    interval_coverage,
+    qop_report,
+    refined_summary,
+    reliability,
+)
+from .refine import RefineConfig, Refiner, ScanConfig, ZScanner, chi2_on_bins, fit_combination
+from .store import SpectraBatch, iter_store
 from .trained import load_model
 
 COMMAND = "calibrate"
@@ -80,23 +110,164 @@ def recalibrate(model_path: str | os.PathLike, val_store: str | os.PathLike, out
     return {"before": before, "after": cal.report}
 
 
+def garbage_batch(template: SpectraBatch, rng: np.random.Generator, start_id: int) -> SpectraBatch:
+    """Spectra with no galaxy in them, on ``template``'s arms, noise and masks: half pure noise,
+    half a featureless power law (f_lambda ~ lambda^beta, beta in [-3, 1]) at S/N 0.3-30
+    per pixel, plus noise. ids ``garbage-<start_id + i>``; their z is NaN (always a failure)."""
+    n = len(template)
+    arms = {}
+    kind = rng.random(n) < 0.5
+    beta = rng.uniform(-3.0, 1.0, n)
+    snr = 10 ** rng.uniform(-0.5, 1.5, n)
+    for name, arm in template.arms.items():
+        wave = np.asarray(arm["wave"], dtype=np.float64)
+        ivar = np.asarray(arm["ivar"], dtype=np.float32)
+        sigma = np.where(ivar > 0, 1.0 / np.sqrt(np.maximum(ivar, 1e-30)), 0.0)
+        level = snr[:, None] * np.nanmedian(np.where(ivar > 0, sigma, np.nan), axis=1, keepdims=True)
+        law = (wave[None, :] / 12000.0) ** beta[:, None]
+        signal = np.where(kind[:, None], 0.0, np.nan_to_num(level) * law)
+        flux = (signal + sigma * rng.standard_normal(ivar.shape)).astype(np.float32)
+        arms[name] = {"wave": arm["wave"], "flux": flux, "ivar": ivar, "mask": arm["mask"]}
+    ids = np.array([f"garbage-{start_id + i}" for i in range(n)])
+    return SpectraBatch(ids=ids, arms=arms)
+
+
+def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os.PathLike],
+                        out: str | os.PathLike | None = None, scan: ScanConfig | None = None,
+                        garbage_fraction: float = 0.05, batch_size: int = 512, seed: int = 0,
+                        progress: bool = False) -> dict:
+    """Fit the scan combination, the quality model and the interval levels (module docstring)
+    on VALIDATION stores; write the checkpoint (``out``, default in place, atomically).
+    Returns a report: the fitted weights, the QOP classes, reliability and interval coverage
+    on the validation data, and the share of objects whose answer the scan changed."""
+    scan = scan or ScanConfig()
+    model = load_model(model_path)
+    refiner = Refiner.from_model(model)
+    zb = model.zbins
+    scanner = ZScanner.from_refine_basis(refiner.basis, (zb.z_min, zb.z_max), n_templates=scan.n_templates,
+                                         lines=scan.lines, n_poly=scan.n_poly, smooth=scan.smooth, stride=scan.stride)
+    truths = []
+    for path in val_stores:
+        truth = read_truth(path)
+        truths.append({"id": np.asarray(truth["id"]).astype(str), "z": np.asarray(truth["z"], dtype=np.float64)})
+    # 1. the combination's weights, from the network's PDFs and the scan on every object
+    pdfs, chi2s, oks, ztrue = [], [], [], []
+    for path, truth in zip(val_stores, truths, strict=True):
+        for batch in iter_store(path, batch_size):
+            x = model.preprocessor(batch)
+            with torch.inference_mode():
+                logits = model.network(torch.from_numpy(x.spectrum), torch.from_numpy(x.continuum))["z_logits"]
+            pdfs.append(torch.softmax(logits.double(), dim=1).numpy().astype(np.float32))
+            res = scanner.scan(x.flux, x.ivar)
+            chi2s.append(chi2_on_bins(res.z, res.chi2, zb.edges).astype(np.float32))
+            oks.append(res.ok)
+            ztrue.append(truth["z"][match_ids(np.asarray(batch.ids).astype(str), truth["id"])])
+            if progress:
+                print(f"  calibrate (scan): {sum(len(p) for p in pdfs)} spectra", file=sys.stderr)
+    if not pdfs:
+        raise UserError("calibrate: the validation stores hold no spectra")
+    w_net, t, info = fit_combination(np.concatenate(pdfs), np.concatenate(chi2s), zb.edges, np.concatenate(ztrue),
+                                     ok=np.concatenate(oks))
+    del pdfs, chi2s
+    scan = dataclasses.replace(scan, w_net=float(w_net), t=float(t))
+    model.scan = scan
+    model.calibration = None
+    # 2. the quality model, on the full prediction, with no-signal spectra as failures
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x6A2B]))
+    cols: dict[str, list[np.ndarray]] = {}
+    zt_all, pdf_all = [], []
+    n_garbage = 0
+
+    def batches():
+        nonlocal n_garbage
+        for path, truth in zip(val_stores, truths, strict=True):
+            for batch in iter_store(path, batch_size):
+                ids = np.asarray(batch.ids).astype(str)
+                zt_all.append(truth["z"][match_ids(ids, truth["id"])])
+                yield batch
+                k = int(rng.binomial(len(batch), garbage_fraction)) if garbage_fraction > 0 else 0
+                if k:
+                    junk = garbage_batch(batch.subset(slice(0, k)), rng, n_garbage)
+                    n_garbage += k
+                    zt_all.append(np.full(k, np.nan))
+                    yield junk
+
+    for rows in predict_batches(model, batches(), batch_size=None, refine=refiner, with_pdf=True,
+                                with_net_pdf=True):
+        for k, v in rows.items():
+            if k.startswith("q_") or k in ("z", "z_net", "scanned"):
+                cols.setdefault(k, []).append(np.asarray(v))
+        pdf_all.append(rows["z_pdf"])
+        if progress:
+            print(f"  calibrate (quality): {sum(len(v) for v in cols['z'])} spectra", file=sys.stderr)
+    summary = {k[2:]: np.concatenate(v) for k, v in cols.items() if k.startswith("q_")}
+    z_true = np.concatenate(zt_all)
+    z = np.concatenate(cols["z"])
+    pdf = np.concatenate(pdf_all).astype(np.float64)
+    levels = fit_interval_levels(pdf, zb.edges, z_true)
+    cal = fit_calibration(summary, z_true, features=FEATURES + FIT_FEATURES, interval_levels=levels)
+    with np.errstate(invalid="ignore"):
+        success = np.abs(z - z_true) < SUCCESS_DZ
+    p_new, _ = cal.apply(summary)
+    changed = np.abs(np.concatenate(cols["z_net"]) - z) > SUCCESS_DZ
+    report = {
+        "w_net": float(w_net), "t": float(t), "combination_fit": info,
+        "n": int(len(z)), "n_garbage": n_garbage, "success_fraction": float(success.mean()),
+        "scan_changed_answer": float(changed.mean()),
+        "interval_levels": list(levels),
+        "coverage68": interval_coverage(pdf, zb.edges, z_true, levels[0]),
+        "coverage95": interval_coverage(pdf, zb.edges, z_true, levels[1]),
+        **cal.report,
+        "reliability": reliability(p_new, success),
+    }
+    cal = dataclasses.replace(cal, report=report)
+    payload = read_checkpoint(model_path)
+    payload["calibration"] = cal.as_dict()
+    payload["scan"] = scan.as_dict()
+    prov = dict(payload.get("provenance") or {})
+    prov["calibration"] = {"scan": True, "val_stores": [str(p) for p in val_stores], "n": int(len(z)),
+                           "garbage_fraction": garbage_fraction, "seed": seed,
+                           "templates": Path(refiner.basis.meta.get("templates", "")).name}
+    payload["provenance"] = prov
+    save_checkpoint(out if out is not None else model_path, payload)
+    return report
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="checkpoint (.pt)")
-    p.add_argument("val_store", metavar="VAL_STORE", help="validation store (never the test set)")
+    p.add_argument("val_stores", nargs="+", metavar="VAL_STORE", help="validation stores (never the test set)")
     p.add_argument("--out", default=None, help="write here instead of replacing MODEL")
-    p.add_argument("--batch-size", type=int, default=1024, help="spectra per batch (default 1024)")
+    p.add_argument("--scan", action="store_true",
+                   help="calibrate the full-range template scan and the fit-evidence quality model (docs/quality.md)")
+    p.add_argument("--garbage-fraction", type=float, default=0.05,
+                   help="with --scan: no-signal spectra added as failures, per validation spectrum (default 0.05)")
+    p.add_argument("--select-below", type=float, default=ScanConfig.select_below,
+                   help="with --scan: scan objects whose network p_dz01 is below this (default: all)")
+    p.add_argument("--batch-size", type=int, default=512, help="spectra per batch (default 512)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def run_cli(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size: must be >= 1, got {args.batch_size}")
-    if not Path(args.val_store).is_file():
-        raise UserError(f"{args.val_store}: no such file")
-    report = recalibrate(args.model, args.val_store, args.out, batch_size=args.batch_size, progress=not args.quiet)
+    for path in args.val_stores:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such file")
+    if args.scan:
+        if not 0 <= args.garbage_fraction < 1:
+            raise UserError(f"--garbage-fraction: must be within [0, 1), got {args.garbage_fraction}")
+        report = calibrate_with_scan(args.model, args.val_stores, args.out,
+                                     ScanConfig(select_below=args.select_below),
+                                     garbage_fraction=args.garbage_fraction, batch_size=args.batch_size,
+                                     progress=not args.quiet)
+    else:
+        if len(args.val_stores) != 1:
+            raise UserError("without --scan, calibrate takes one validation store")
+        report = recalibrate(args.model, args.val_stores[0], args.out, batch_size=args.batch_size,
+                             progress=not args.quiet)
     print(json.dumps(report, indent=1, default=float))
     print(f"wrote {args.out or args.model}")
     return 0
 
 
-__all__ = ["recalibrate", "COMMAND", "add_arguments", "run_cli"]
+__all__ = ["recalibrate", "calibrate_with_scan", "garbage_batch", "COMMAND", "add_arguments", "run_cli"]

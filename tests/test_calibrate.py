@@ -1,0 +1,46 @@
+"""Calibration with the full-range template scan: the combination weights, the fit-evidence
+quality model, the interval levels, and what prediction does with them."""
+from __future__ import annotations
+
+import numpy as np
+
+from mtopnet.calibrate import calibrate_with_scan, garbage_batch
+from mtopnet.catalogue import ZWarn
+from mtopnet.checkpoint import read_checkpoint
+from mtopnet.predict import predict_batches
+from mtopnet.quality import FIT_FEATURES
+from mtopnet.store import iter_store, read_store
+from mtopnet.trained import load_model
+
+
+def test_garbage_spectra_carry_no_galaxy(toy_stores):
+    batch = read_store(toy_stores[1], 0, 20)
+    junk = garbage_batch(batch, np.random.default_rng(1), 7)
+    assert len(junk) == 20 and str(junk.ids[0]) == "garbage-7"
+    for name, arm in junk.arms.items():
+        assert arm["flux"].shape == batch.arms[name]["flux"].shape
+        assert np.array_equal(arm["ivar"], batch.arms[name]["ivar"])
+        assert np.all(np.isfinite(arm["flux"]))
+
+
+def test_calibrate_with_scan_writes_scan_and_fit_features(tiny_model_path, toy_stores, tmp_path):
+    out = tmp_path / "scan.pt"
+    report = calibrate_with_scan(tiny_model_path, [toy_stores[1]], out, garbage_fraction=0.2, batch_size=64)
+    payload = read_checkpoint(out)
+    assert payload["scan"]["w_net"] == report["w_net"] and payload["scan"]["t"] == report["t"]
+    assert set(FIT_FEATURES) <= set(payload["calibration"]["features"])
+    assert report["n_garbage"] > 0 and report["n"] == 120 + report["n_garbage"]
+    lo68, lo95 = payload["calibration"]["interval_levels"]
+    assert 0 < lo68 <= lo95 < 1
+    assert abs(report["coverage68"] - 0.68) < 0.1
+    model = load_model(out)
+    assert model.scan is not None
+    rows = next(predict_batches(model, iter_store(toy_stores[2], 40)))
+    assert {"scanned", "scan_z", "scan_dchi2"} <= set(rows)
+    assert rows["scanned"].sum() > 0
+    capped = (rows["zwarn"] & int(ZWarn.OUT_OF_DOMAIN | ZWarn.REFINE_DISAGREE | ZWarn.SCAN_DISAGREE)) != 0
+    assert np.all(rows["qop"][capped] <= 2)
+    # no-signal input is never confident
+    junk = garbage_batch(read_store(toy_stores[2], 0, 40), np.random.default_rng(5), 0)
+    jrows = next(predict_batches(model, [junk]))
+    assert np.all(jrows["qop"] <= 2)
