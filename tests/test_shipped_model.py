@@ -1,0 +1,93 @@
+"""The shipped MOONS LR model on spectra it must handle (issue 10's acceptance tests): a
+quiescent galaxy with no lines, input with no signal, a flux scaled by a constant, and an
+optical spectrum from another instrument."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mtopnet.catalogue import ZWarn
+from mtopnet.config import Exposure
+from mtopnet.galaxies.population import N_OLD_BINS, GalaxyParams
+from mtopnet.instruments import load_instrument, observe_arm
+from mtopnet.io import read_spectra
+from mtopnet.predict import predict_batches
+from mtopnet.simulate import galaxy_model
+from mtopnet.store import SpectraBatch
+from mtopnet.trained import load_model
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("moons-lr")
+
+
+def _quiescent(z: float) -> GalaxyParams:
+    """A passive galaxy: log M* 11, quenched 1.5 Gyr ago, log sSFR ~ -12.5, no nebular lines to speak of."""
+    one = lambda v: np.array([v], dtype=float)  # noqa: E731
+    return GalaxyParams(z=one(z), logmstar=one(11.0), quiescent=np.array([True]), logsfr100_target=one(-1.5),
+                        inst_ratio=one(0.0), sfh_logratio=np.zeros((1, N_OLD_BINS - 1)), quench_age=one(1.5e9),
+                        log_zsol=one(0.0), log_u=one(-3.0), av=one(0.2), eta=one(1.0), sigma_v=one(200.0),
+                        r_e=one(0.3))
+
+
+def _observe(params: GalaxyParams, hmag: float, hours: float, seed: int = 0) -> SpectraBatch:
+    inst = load_instrument("moons-lr")
+    gm = galaxy_model(inst, (0.6, 3.0), "twomass-H")
+    rest = gm.scale_to_magnitude(gm.rest_frame(params), params.z, hmag)
+    rest = dataclasses.replace(rest, line_lum=rest.line_lum * 0.0)  # no lines at all
+    exposure = Exposure(hours * 3600.0, sky_residual=0.0)
+    rng = np.random.default_rng(seed)
+    arms = {}
+    for arm in inst.arms:
+        fine = gm.observed(rest, params, arm.fine_wave, arm.fine_edges)
+        s = observe_arm(arm, fine, exposure, rng, params.r_e / 1.1774)
+        arms[arm.name] = {"wave": s.wave, "flux": s.flux, "ivar": s.ivar, "mask": s.mask}
+    return SpectraBatch(ids=np.array([0]), arms=arms)
+
+
+@pytest.mark.parametrize("z", [1.05, 1.6])
+def test_a_quiescent_spectrum_without_lines_is_found_within_0001(model, z):
+    batch = _observe(_quiescent(z), hmag=20.5, hours=500.0)  # practically noiseless
+    row = next(predict_batches(model, [batch]))
+    assert abs(row["z"][0] - z) < 0.001, (row["z"][0], z)
+    assert row["qop"][0] >= 3
+
+
+def test_the_redshift_does_not_depend_on_the_flux_scale(model):
+    batch = _observe(_quiescent(1.3), hmag=22.0, hours=8.0, seed=3)
+    zs = []
+    for factor in (1.0, 0.3, 3.0):
+        arms = {k: {**a, "flux": a["flux"] * factor, "ivar": a["ivar"] / factor ** 2} for k, a in batch.arms.items()}
+        zs.append(next(predict_batches(model, [dataclasses.replace(batch, arms=arms)]))["z"][0])
+    assert max(zs) - min(zs) < 1e-6, zs
+
+
+def test_no_signal_gets_qop_at_most_2(model):
+    inst = load_instrument("moons-lr")
+    rng = np.random.default_rng(11)
+    n = 16
+    arms = {}
+    for arm in inst.arms:
+        wave = arm.wave
+        ivar = np.full((n, len(wave)), 4.0, np.float32)
+        law = (wave / 12000.0) ** -1.5
+        signal = np.where(np.arange(n)[:, None] % 2 == 0, 0.0, 2.0 * law[None, :])  # noise; a power law
+        flux = (signal + 0.5 * rng.standard_normal((n, len(wave)))).astype(np.float32)
+        arms[arm.name] = {"wave": wave, "flux": flux, "ivar": ivar, "mask": np.zeros((n, len(wave)), np.uint8)}
+    rows = next(predict_batches(model, [SpectraBatch(ids=np.arange(n), arms=arms)]))
+    assert np.all(rows["qop"] <= 2), rows["qop"]
+
+
+def test_optical_desi_spectra_are_not_qop_4(model):
+    batches = list(read_spectra(sorted(str(p) for p in (DATA / "desi").glob("coadd-*.fits"))))
+    rows = [r for b in batches for r in [next(predict_batches(model, [b]))]]
+    qop = np.concatenate([r["qop"] for r in rows])
+    zwarn = np.concatenate([r["zwarn"] for r in rows])
+    assert np.all(qop < 4)
+    assert np.all(zwarn & int(ZWarn.OUT_OF_DOMAIN))
