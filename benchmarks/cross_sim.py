@@ -247,10 +247,18 @@ class GalaxyModels:
         comps = copy.deepcopy(components)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if key not in self._models:
+            if key in self._models:
+                self._models[key].update(comps)
+            elif not self._models:
                 self._models[key] = bp.model_galaxy(comps, spec_wavs=TEMPLATE_WAVE)
             else:
-                self._models[key].update(comps)
+                # Another SFH family: share the first model's stellar, nebular, IGM and dust
+                # grids (~1 GB and ~10 s each at R_SPEC), give it its own SFH object.
+                from bagpipes.models.star_formation_history import star_formation_history
+                model = copy.copy(next(iter(self._models.values())))
+                model.sfh = star_formation_history(comps)
+                model.update(comps)
+                self._models[key] = model
         return self._models[key]
 
 
