@@ -344,9 +344,47 @@ class Moons1dObserver:
     def __init__(self) -> None:
         import moons1d_compare as m1c  # noqa: F401  (installs the numpy/synphot shims)
         self._m1c = m1c
-        with warnings.catch_warnings():
+        self.bases = {}
+        with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")):
             warnings.simplefilter("ignore")
-            self.bases = {band: m1c.moons1d_base(band, atm_disp=True, centre_pixels=False) for band in ARMS}
+            for band in ARMS:
+                sim = m1c.moons1d_base(band, atm_disp=True, centre_pixels=False)
+                # Match_resolution degrades and resamples the sky and the atmospheric
+                # absorption too, the same for every object: done once here (on a flat
+                # placeholder template); _match_template does the template's part per object.
+                flat = np.arange(5000.0, 25000.0, 5.0)
+                sim.setTemplate(self._template(flat, np.ones_like(flat), {}))
+                sim.Match_resolution()
+                self.bases[band] = sim
+
+    @staticmethod
+    def _template(wave: np.ndarray, flam: np.ndarray, meta: dict[str, Any]):
+        """A moons1d Template from f_lambda (erg/s/cm2/A) point-sampled at ``wave`` (A, uniform)."""
+        import astropy.units as u
+        from moons1d import spectra as m1d_spectra
+        tpl = m1d_spectra.Template(1, type_source="point-source")
+        tpl.wave = wave * u.AA
+        tpl.flux = flam * u.erg / u.s / u.cm ** 2 / u.AA
+        # point-sampled model: moons1d applies its whole line-spread function
+        tpl.meta.update({"resolution": 1e7, "dispersion": (wave[1] - wave[0]) * u.AA / u.pix, **meta})
+        return tpl
+
+    @staticmethod
+    def _match_template(sim) -> None:
+        """The template branch of ``moons1d.simulator.Simulation.Match_resolution``, verbatim."""
+        import astropy.units as u
+        wave_range = [sim.config["wave_min"].value * 0.9, sim.config["wave_max"].value * 1.1] * u.angstrom
+        tpl = sim.template
+        tpl.Trim(wave_range)
+        central_wave_in = np.mean(tpl.wave)
+        fwhm_in = central_wave_in / tpl.meta["resolution"]
+        dispersion_in = tpl.meta["dispersion"]
+        fwhm_out = sim.config["central_wave"] / sim.config["resolution"]
+        if fwhm_in < fwhm_out:
+            tpl.Degrade_Resolution(fwhm_in, dispersion_in, fwhm_out)
+        tpl.meta["resolution"] = sim.config["resolution"]
+        tpl.ReSampleArr(sim.model.wave)
+        tpl.meta["dispersion"] = sim.config["dispersion"]
 
     @property
     def conditions(self) -> str:
@@ -356,22 +394,16 @@ class Moons1dObserver:
 
     def observe(self, galaxy: Galaxy, object_id: str, out_dir: Path, seed: int) -> dict[str, Path]:
         """Observe ``galaxy`` in the three arms and write ``<out_dir>/<object_id>_<ARM>.fits``."""
-        import astropy.units as u
-        from moons1d import spectra as m1d_spectra
         paths = {}
+        meta = {"name": f"bagpipes {galaxy.truth['family']}", "z": galaxy.truth["z"],
+                "mag": round(galaxy.truth["hmag"], 4), "type_mag": "AB", "filter": "2MASS_H"}
         for k, band in enumerate(ARMS):
             sim = copy.deepcopy(self.bases[band])
             sim.observation["OB_name"] = object_id
-            tpl = m1d_spectra.Template(1, type_source="point-source")
-            tpl.wave = galaxy.wave * u.AA
-            tpl.flux = galaxy.flam * u.erg / u.s / u.cm ** 2 / u.AA
-            tpl.meta.update({"resolution": 1e7, "dispersion": (galaxy.wave[1] - galaxy.wave[0]) * u.AA / u.pix,
-                             "name": f"bagpipes {galaxy.truth['family']}", "z": galaxy.truth["z"],
-                             "mag": round(galaxy.truth["hmag"], 4), "type_mag": "AB", "filter": "2MASS_H"})
             with warnings.catch_warnings(), self._m1c.seeded_default_rng(seed * 10 + k):
                 warnings.simplefilter("ignore")
-                sim.setTemplate(tpl)
-                sim.Match_resolution()
+                sim.setTemplate(self._template(galaxy.wave, galaxy.flam, meta))
+                self._match_template(sim)
                 sim.ConvertFlux2Counts()
                 sim.sky.CreateSkyMask(sigma=3.2)
                 sim.Generate_Stare_Seq(verbose=False)
@@ -565,43 +597,66 @@ def run_predict(spectra_dir: Path, out: Path, model: str | None, extra: str) -> 
     return cat, cpu_children() - c0, time.monotonic() - t0
 
 
-def run_redrock(spectra_dir: Path, ids: np.ndarray, out: Path, ncpu: int, log=print) -> dict[str, np.ndarray]:
-    """The project's Redrock baseline on the FITS files (cached in ``out/redrock.fits``)."""
-    from mtopnet.baselines.redrock import (RedrockRunner, cpu_seconds, read_catalogue, reap_children,
-                                           write_catalogue)
+RR_PART = 100  # objects per cached Redrock part
+
+
+def run_redrock(spectra_dir: Path, ids: np.ndarray, out: Path, ncpu: int, log=print) -> dict[str, Any]:
+    """The project's Redrock baseline on the FITS files, cached by parts of RR_PART objects.
+
+    Parts live in ``out/redrock_parts/`` (catalogue + cost each) and are reused when their ids
+    match, so a re-run (a new model, a larger N) does not redo Redrock; the whole catalogue is
+    written to ``out/redrock.fits``. Returns the catalogue's columns, ``cost`` (CPU and wall s
+    summed over the parts, measured when they were made) and ``meta``.
+    """
+    from mtopnet.baselines.redrock import (RedrockCatalogue, RedrockRunner, cpu_seconds, read_catalogue,
+                                           reap_children, write_catalogue)
     from mtopnet.instruments import load_instrument
     from mtopnet.io import read_spectra
     from mtopnet.store import SpectraBatch
-    path = out / "redrock.fits"
-    meta_path = out / "redrock.json"
-    if path.is_file() and meta_path.is_file():
-        cat = read_catalogue(path)
-        if np.array_equal(cat["id"].astype(str), ids):
-            log(f"redrock: reusing {path}")
-            return {**cat, **json.loads(meta_path.read_text())}
-    files = [str(spectra_dir / f"{oid}_{b}.fits") for oid in ids for b in ARMS]
-    batch = SpectraBatch.concatenate(list(read_spectra(files, format="moons1d")))
-    inst = load_instrument("moons-lr")
-    arms = {}
-    for name, arm in batch.arms.items():
-        lsf = np.interp(arm["wave"], inst.arm(name).wave, np.broadcast_to(inst.arm(name).lsf_sigma,
-                                                                         inst.arm(name).wave.shape))
-        arms[name] = (arm["wave"], lsf)
-    c0, t0 = cpu_seconds(), time.monotonic()
-    runner = RedrockRunner(arms, ncpu=ncpu)
-    parts = []
-    for start in range(0, len(batch), 256):
-        parts.append(runner.run(batch.subset(slice(start, start + 256))))
-        log(f"redrock: {min(start + 256, len(batch))}/{len(batch)}, {time.monotonic() - t0:.0f} s")
-    from mtopnet.baselines.redrock import RedrockCatalogue
-    cat = RedrockCatalogue.concatenate(parts)
-    reap_children()
-    cost = {"cpu_s": cpu_seconds() - c0, "wall_s": time.monotonic() - t0}
-    cat.meta = {**runner.meta, "INPUTS": str(spectra_dir)}
-    write_catalogue(cat, path)
-    meta_path.write_text(json.dumps({"cost": cost, "meta": {k: str(v) for k, v in cat.meta.items()}}))
-    out_cat = read_catalogue(path)
-    return {**out_cat, "cost": cost, "meta": cat.meta}
+    part_dir = out / "redrock_parts"
+    part_dir.mkdir(exist_ok=True)
+    runner = None
+    parts, cost = [], {"cpu_s": 0.0, "wall_s": 0.0}
+    t_all = time.monotonic()
+    for start in range(0, len(ids), RR_PART):
+        part_ids = ids[start:start + RR_PART]
+        path = part_dir / f"part-{start:06d}-{start + len(part_ids):06d}.fits"
+        meta_path = path.with_suffix(".json")
+        if path.is_file() and meta_path.is_file():
+            cat = read_catalogue(path)
+            if np.array_equal(cat["id"].astype(str), part_ids):
+                parts.append(cat)
+                part_cost = json.loads(meta_path.read_text())["cost"]
+                cost = {k: cost[k] + part_cost[k] for k in cost}
+                continue
+        files = [str(spectra_dir / f"{oid}_{b}.fits") for oid in part_ids for b in ARMS]
+        batch = SpectraBatch.concatenate(list(read_spectra(files, format="moons1d")))
+        c0, t0 = cpu_seconds(), time.monotonic()
+        if runner is None:
+            inst = load_instrument("moons-lr")
+            arms = {}
+            for name, arm in batch.arms.items():
+                ref = inst.arm(name)
+                lsf = np.interp(arm["wave"], ref.wave, np.broadcast_to(ref.lsf_sigma, ref.wave.shape))
+                arms[name] = (arm["wave"], lsf)
+            runner = RedrockRunner(arms, ncpu=ncpu)
+        cat_obj = runner.run(batch)
+        reap_children()
+        part_cost = {"cpu_s": cpu_seconds() - c0, "wall_s": time.monotonic() - t0}
+        cat_obj.meta = {**runner.meta, "INPUTS": str(spectra_dir)}
+        write_catalogue(cat_obj, path)
+        tmp = meta_path.with_name("." + meta_path.name + ".tmp")
+        tmp.write_text(json.dumps({"cost": part_cost}))
+        os.replace(tmp, meta_path)
+        cost = {k: cost[k] + part_cost[k] for k in cost}
+        parts.append(read_catalogue(path))
+        log(f"redrock: {start + len(part_ids)}/{len(ids)}, {time.monotonic() - t_all:.0f} s")
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    whole = RedrockCatalogue(ids=cols["id"], z=cols["z"], zerr=cols["zerr"], zwarn=cols["zwarn"],
+                             deltachi2=cols["deltachi2"], chi2=cols["chi2"], npixels=cols["npixels"],
+                             meta=runner.meta if runner is not None else {})
+    write_catalogue(whole, out / "redrock.fits")
+    return {**cols, "cost": cost, "meta": whole.meta}
 
 
 # ----------------------------------------------------------------------------------------
