@@ -602,7 +602,8 @@ def cpu_children() -> float:
 def run_predict(spectra_dir: Path, out: Path, model: str | None, extra: str) -> tuple[Path, float, float]:
     """``mtopnet predict`` (the CLI, in a subprocess) -> (catalogue, CPU s, wall s)."""
     cat = out / "mtopnet.parquet"
-    cmd = [sys.executable, "-m", "mtopnet.cli", "predict", str(spectra_dir / "*.fits"), "--out", str(cat), "--overwrite",
+    cmd = [sys.executable, "-m", "mtopnet.cli", "predict", str(spectra_dir / "*.fits"), "--out", str(cat),
+           "--overwrite",
            "--quiet", "--format", "moons1d"]
     if model:
         cmd += ["--model", model]
@@ -625,8 +626,14 @@ def run_redrock(spectra_dir: Path, ids: np.ndarray, out: Path, ncpu: int, log=pr
     written to ``out/redrock.fits``. Returns the catalogue's columns, ``cost`` (CPU and wall s
     summed over the parts, measured when they were made) and ``meta``.
     """
-    from mtopnet.baselines.redrock import (RedrockCatalogue, RedrockRunner, cpu_seconds, read_catalogue,
-                                           reap_children, write_catalogue)
+    from mtopnet.baselines.redrock import (
+        RedrockCatalogue,
+        RedrockRunner,
+        cpu_seconds,
+        read_catalogue,
+        reap_children,
+        write_catalogue,
+    )
     from mtopnet.instruments import load_instrument
     from mtopnet.io import read_spectra
     from mtopnet.store import SpectraBatch
@@ -889,10 +896,12 @@ def main(argv: list[str] | None = None) -> int:
     table, res = build_tables(truth, ours, rr)
     head = (f"Cross-simulator test: {args.n} Bagpipes galaxies (parametric SFHs, {q.mean():.0%} quiescent, "
             f"{np.mean(truth['max_line_flux'] < LINE_FLUX_WEAK):.0%} with max(Halpha, [OIII]) < 1e-18 erg/s/cm2) "
-            f"observed with moons1d ({conditions}); seed {args.seed} ({seed_note(args.seed)}). mtopnet: {model_note}; Redrock: the project's baseline (ZWARN == 0 = its confident "
+            f"observed with moons1d ({conditions}); seed {args.seed} ({seed_note(args.seed)}). mtopnet: {model_note}; "
+            f"Redrock: the project's baseline (ZWARN == 0 = its confident "
             f"set). Cost per object: generation {cost['generation_cpu_s_median']:.2f} CPU s (median; mean "
             f"{cost['generation_cpu_s_per_object']:.2f} with set-up)"
-            + (f", mtopnet predict {cost['predict_cpu_s_per_object']:.4f} CPU s" if "predict_cpu_s_per_object" in cost else "")
+            + (f", mtopnet predict {cost['predict_cpu_s_per_object']:.4f} CPU s"
+               if "predict_cpu_s_per_object" in cost else "")
             + (f", Redrock {cost['redrock_cpu_s_per_object']:.2f} CPU s" if "redrock_cpu_s_per_object" in cost else "")
             + ".\n\nCommand: `" + command + "`\n")
     md = head + "\n" + table + "\n"

@@ -246,7 +246,8 @@ def write_template(path: str | Path, basis: TemplateBasis, z_scan: np.ndarray | 
     hdr["MTOPNET"] = (__version__, "mtopnet version that built the basis")
     keys = {"seed": "SEED", "n_gal": "NGAL", "n_comp": "NCOMP", "dlnlam": "DLNLAM", "rest_min": "RESTMIN",
             "rest_max": "RESTMAX", "z_min": "POPZMIN", "z_max": "POPZMAX", "hmag_min": "HMAGMIN",
-            "hmag_max": "HMAGMAX", "frac_sq": "FRACSQ", "n_quiescent": "NQUIES", "grids_hash": "GRIDHASH", "population": "POPUL"}
+            "hmag_max": "HMAGMAX", "frac_sq": "FRACSQ", "n_quiescent": "NQUIES", "grids_hash": "GRIDHASH",
+            "population": "POPUL"}
     comments = {"SEED": "population seed (training seed)", "NGAL": "galaxies in the PCA",
                 "NCOMP": "basis vectors", "DLNLAM": "grid step in ln(wavelength)",
                 "RESTMIN": "requested rest range, A", "RESTMAX": "requested rest range, A",
