@@ -105,7 +105,9 @@ class ScanConfig:
     it is run as before (the network's PDF, refined within its peaks).
 
     n_templates: continuum (PCA) vectors of the refinement basis scanned (the largest ones).
-    lines: also scan the basis's emission-line groups (free amplitudes).
+    lines: the basis's emission-line groups scanned with free amplitudes (names of
+        :data:`mtopnet.lines.LINE_GROUPS`; () = none). Each adds a vector to every fit: with
+        6 PCA vectors, none cost 1.4 ms per object here, these three 2.3 ms, all 16 19 ms.
     n_poly: Legendre polynomials in observed wavelength added to the fit (flux-calibration
         errors); 0 = none.
     stride: scan every ``stride``-th whole-pixel shift (1 or 2).
@@ -117,7 +119,7 @@ class ScanConfig:
     """
 
     n_templates: int = 6
-    lines: bool = True
+    lines: tuple[str, ...] = ("[OII]", "[OIII]", "Halpha")
     n_poly: int = 0
     stride: int = 1
     smooth: float = 0.0
