@@ -47,11 +47,12 @@ from .quality import (
     fit_calibration,
     fit_interval_levels,
     interval_coverage,
+    pdf_summary,
     qop_report,
     refined_summary,
     reliability,
 )
-from .refine import RefineConfig, Refiner, ScanConfig, ZScanner, chi2_on_bins, fit_combination
+from .refine import RefineConfig, Refiner, ScanConfig, ZScanner, chi2_on_bins, fit_combination, scan_dispersion
 from .store import SpectraBatch, iter_store
 from .trained import load_model
 
@@ -151,15 +152,18 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
         truth = read_truth(path)
         truths.append({"id": np.asarray(truth["id"]).astype(str), "z": np.asarray(truth["z"], dtype=np.float64)})
     # 1. the combination's weights, from the network's PDFs and the scan on every object
-    pdfs, chi2s, oks, ztrue = [], [], [], []
+    pdfs, chi2s, oks, ztrue, pnet = [], [], [], [], []
     for path, truth in zip(val_stores, truths, strict=True):
         for batch in iter_store(path, batch_size):
             x = model.preprocessor(batch)
             with torch.inference_mode():
                 logits = model.network(torch.from_numpy(x.spectrum), torch.from_numpy(x.continuum))["z_logits"]
-            pdfs.append(torch.softmax(logits.double(), dim=1).numpy().astype(np.float32))
+            pdf_b = torch.softmax(logits.double(), dim=1).numpy()
+            pnet.append(pdf_summary(pdf_b, zb.edges)["p_window"])
+            pdfs.append(pdf_b.astype(np.float32))
             res = scanner.scan(x.flux, x.ivar)
-            chi2s.append(chi2_on_bins(res.z, res.chi2, zb.edges).astype(np.float32))
+            disp = scan_dispersion(res, scanner.n_basis)[:, None]
+            chi2s.append((chi2_on_bins(res.z, res.chi2, zb.edges) / disp).astype(np.float32))
             oks.append(res.ok)
             ztrue.append(truth["z"][match_ids(np.asarray(batch.ids).astype(str), truth["id"])])
             if progress:
@@ -167,9 +171,10 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     if not pdfs:
         raise UserError("calibrate: the validation stores hold no spectra")
     w_net, t, info = fit_combination(np.concatenate(pdfs), np.concatenate(chi2s), zb.edges, np.concatenate(ztrue),
-                                     ok=np.concatenate(oks))
+                                     ok=np.concatenate(oks), p_net=np.concatenate(pnet), gammas=(0.0, 1.0, 2.0, 3.0),
+                                     seed=seed, objective="success", max_objects=3000)
     del pdfs, chi2s
-    scan = dataclasses.replace(scan, w_net=float(w_net), t=float(t))
+    scan = dataclasses.replace(scan, w_net=float(w_net), t=float(t), gamma=float(info["gamma"]))
     model.scan = scan
     model.calibration = None
     # 2. the quality model, on the full prediction, with no-signal spectra as failures
@@ -204,19 +209,20 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     z_true = np.concatenate(zt_all)
     z = np.concatenate(cols["z"])
     pdf = np.concatenate(pdf_all).astype(np.float64)
-    levels = fit_interval_levels(pdf, zb.edges, z_true)
+    real = np.isfinite(z_true)  # the no-signal spectra have no redshift to hold
+    levels = fit_interval_levels(pdf[real], zb.edges, z_true[real])
     cal = fit_calibration(summary, z_true, features=FEATURES + FIT_FEATURES, interval_levels=levels)
     with np.errstate(invalid="ignore"):
         success = np.abs(z - z_true) < SUCCESS_DZ
     p_new, _ = cal.apply(summary)
     changed = np.abs(np.concatenate(cols["z_net"]) - z) > SUCCESS_DZ
     report = {
-        "w_net": float(w_net), "t": float(t), "combination_fit": info,
+        "w_net": float(w_net), "t": float(t), "gamma": float(info["gamma"]), "combination_fit": info,
         "n": int(len(z)), "n_garbage": n_garbage, "success_fraction": float(success.mean()),
         "scan_changed_answer": float(changed.mean()),
         "interval_levels": list(levels),
-        "coverage68": interval_coverage(pdf, zb.edges, z_true, levels[0]),
-        "coverage95": interval_coverage(pdf, zb.edges, z_true, levels[1]),
+        "coverage68": interval_coverage(pdf[real], zb.edges, z_true[real], levels[0]),
+        "coverage95": interval_coverage(pdf[real], zb.edges, z_true[real], levels[1]),
         **cal.report,
         "reliability": reliability(p_new, success),
     }

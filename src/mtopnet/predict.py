@@ -41,7 +41,7 @@ from .constants import SUCCESS_DZ
 from .instruments import load_instrument
 from .io import plan_inputs, read_spectra
 from .quality import central_intervals, pdf_summary, window_mass
-from .refine import Refiner, ZScanner, chi2_on_bins, combine_pdf, scan_summary
+from .refine import Refiner, ZScanner, chi2_on_bins, combine_pdf, network_gate, scan_dispersion, scan_summary
 from .store import SpectraBatch, check_writable
 from .trained import DEFAULT_MODEL, TrainedModel, load_model
 
@@ -148,9 +148,10 @@ class _Scan:
         pdf = pdf_net
         if len(sel):
             res = self.scanner.scan(x.flux[sel], x.ivar[sel])
-            chi2_bins = chi2_on_bins(res.z, res.chi2, self.edges)
+            chi2_bins = chi2_on_bins(res.z, res.chi2, self.edges) / scan_dispersion(res, self.scanner.n_basis)[:, None]
             pdf = pdf_net.copy()
-            pdf[sel] = combine_pdf(pdf_net[sel], chi2_bins, self.config.w_net, self.config.t, ok=res.ok)
+            gate = network_gate(p_net[sel], self.config.gamma)
+            pdf[sel] = combine_pdf(pdf_net[sel], chi2_bins, self.config.w_net, self.config.t, ok=res.ok, gate=gate)
             z_best, dchi2, _ = scan_summary(res)
             cols["scanned"][sel] = res.ok
             cols["scan_z"][sel] = np.where(res.ok, z_best, np.nan)
@@ -267,7 +268,9 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         for k, dt in CATALOGUE_DTYPES.items():
             rows[k] = np.nan_to_num(np.asarray(rows[k]).astype(dt))
         if fit is not None:
-            rows.update(z_net=fit.z_net, z_err=fit.z_err, delta_chi2=fit.delta_chi2, rchi2=fit.rchi2,
+            # z_net: the network's own estimate (fit.z_net is the PDF's the refinement started from)
+            rows.update(z_net=summ_net["z"] if scan is not None else fit.z_net, z_err=fit.z_err,
+                        delta_chi2=fit.delta_chi2, rchi2=fit.rchi2,
                         refined=fit.refined)
             for k, dt in REFINE_DTYPES.items():
                 rows[k] = np.asarray(rows[k]).astype(dt)

@@ -114,8 +114,9 @@ class ScanConfig:
     smooth: box-average the scanned vectors over this many pixels (see ZScanner).
     select_below: scan the objects whose network PDF holds less than this within +-0.01 of
         its point estimate (1.0 = every usable object; > 1 scans all, including certain ones).
-    w_net, t: ``log posterior = w_net ln p_net - t chi2 / 2`` (+ const), fitted on
-        validation data (:func:`mtopnet.refine.fit_combination`).
+    w_net, t, gamma: ``log posterior = w_net ln p_net - t (1 - p)^gamma chi2 / (2 s)``
+        (+ const; p the network PDF's mass within +-0.01 of its estimate, s the scan's
+        reduced chi2), fitted on validation data (:func:`mtopnet.refine.fit_combination`).
     """
 
     n_templates: int = 6
@@ -126,11 +127,13 @@ class ScanConfig:
     select_below: float = 2.0
     w_net: float = 1.0
     t: float = 1.0
+    gamma: float = 0.0
 
     def __post_init__(self) -> None:
         checks = [("n_templates", self.n_templates >= 1), ("n_poly", 0 <= self.n_poly <= 8),
                   ("stride", self.stride in (1, 2)), ("smooth", self.smooth >= 0),
-                  ("select_below", self.select_below >= 0), ("w_net", self.w_net >= 0), ("t", self.t >= 0)]
+                  ("select_below", self.select_below >= 0), ("w_net", self.w_net >= 0), ("t", self.t >= 0),
+                  ("gamma", self.gamma >= 0)]
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"scan.{name}: invalid value {getattr(self, name)!r}")
