@@ -45,7 +45,7 @@ from .quality import (
     FEATURES,
     FIT_FEATURES,
     fit_calibration,
-    fit_interval_levels,
+    fit_intervals,
     interval_coverage,
     pdf_summary,
     qop_report,
@@ -210,8 +210,9 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     z = np.concatenate(cols["z"])
     pdf = np.concatenate(pdf_all).astype(np.float64)
     real = np.isfinite(z_true)  # the no-signal spectra have no redshift to hold
-    levels = fit_interval_levels(pdf[real], zb.edges, z_true[real])
+    temperature, levels = fit_intervals(pdf[real], zb.edges, z_true[real])
     cal = fit_calibration(summary, z_true, features=FEATURES + FIT_FEATURES, interval_levels=levels)
+    cal = dataclasses.replace(cal, interval_temperature=temperature)
     with np.errstate(invalid="ignore"):
         success = np.abs(z - z_true) < SUCCESS_DZ
     p_new, _ = cal.apply(summary)
@@ -221,8 +222,9 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
         "n": int(len(z)), "n_garbage": n_garbage, "success_fraction": float(success.mean()),
         "scan_changed_answer": float(changed.mean()),
         "interval_levels": list(levels),
-        "coverage68": interval_coverage(pdf[real], zb.edges, z_true[real], levels[0]),
-        "coverage95": interval_coverage(pdf[real], zb.edges, z_true[real], levels[1]),
+        "interval_temperature": temperature,
+        "coverage68": interval_coverage(pdf[real], zb.edges, z_true[real], levels[0], temperature),
+        "coverage95": interval_coverage(pdf[real], zb.edges, z_true[real], levels[1], temperature),
         **cal.report,
         "reliability": reliability(p_new, success),
     }

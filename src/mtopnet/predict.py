@@ -253,7 +253,9 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         qop = np.where(unusable, 1, qop).astype(np.int16)
         p_dz01 = np.where(all_masked, 0.0, p_dz01)
         rows: dict[str, np.ndarray] = {"id": np.asarray(batch.ids)}
-        intervals = summ if levels == (0.68, 0.95) else central_intervals(pdf, zb.edges, levels)
+        temperature = cal.interval_temperature if cal is not None else 1.0
+        intervals = summ if levels == (0.68, 0.95) and temperature == 1.0 else \
+            central_intervals(pdf, zb.edges, levels, temperature)
         for k in ("z", "z_mean"):
             rows[k] = summ[k]
         for k in ("z_lo68", "z_hi68", "z_lo95", "z_hi95"):
