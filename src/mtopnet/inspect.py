@@ -38,6 +38,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -400,6 +401,9 @@ def write_inspection(catalogue: str | os.PathLike, inputs: list[str | os.PathLik
                               "zoom": [round(float(pdf_parts["lo"][row]), 4), round(float(pdf_parts["hi"][row]), 4)]}
             sizes.append(_write_js(objects / f"{row}.js", f"MTOP.object({row},", rec))
 
+    if seen.sum() < n:
+        warnings.warn(f"{n - int(seen.sum())} of {n} catalogue rows have no spectrum in the inputs "
+                      f"(ids are matched as text)", stacklevel=2)
     index = {
         "title": Path(catalogue).name,
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -438,8 +442,6 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"{info['out']}: {info['n_objects']} objects ({info['n_with_spectra']} with spectra"
           f"{', PDFs' if info['has_pdf'] else ', no PDF'}); index {info['index_bytes'] / 1e3:.0f} kB, "
           f"{mean / 1e3:.0f} kB per object")
-    if info["n_with_spectra"] < info["n_objects"]:
-        print(f"warning: {info['n_objects'] - info['n_with_spectra']} catalogue rows have no spectrum in the inputs")
     return 0
 
 
