@@ -139,11 +139,13 @@ def _chromium(args: list[str], url: str, tmp: Path) -> str:
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
            f"--user-data-dir={tmp / 'profile'}", "--virtual-time-budget=20000", "--window-size=1400,1000", *args, url]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise AssertionError(f"chromium exit {done.returncode}: {done.stderr[-2000:]}")
     return done.stdout
 
 
 def _selftest(page: Path, tmp: Path) -> str:
-    dom = _chromium(["--dump-dom"], page.resolve().as_uri() + "#selftest", tmp)
+    dom = _chromium(["--dump-dom"], (page / "index.html").resolve().as_uri() + "#selftest", tmp)
     found = re.search(r'<span id="selftest-result"[^>]*>([^<]*)</span>', dom)
     assert found, "the page's self-test left no result (did inspect.js load?)"
     return html.unescape(found.group(1))

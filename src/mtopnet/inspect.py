@@ -360,6 +360,7 @@ def write_inspection(catalogue: str | os.PathLike, inputs: list[str | os.PathLik
     has_pdf = z_pdf is not None and centres is not None and z_pdf.shape[1] == len(centres)
     lines = _resolve_lines(model)
     basis = NativeBasis(templates) if fit else None
+    batches = read_spectra([str(p) for p in inputs], format=input_format, batch_size=batch_size)  # checks inputs
 
     objects = out / "objects"
     if objects.is_dir():
@@ -378,7 +379,7 @@ def write_inspection(catalogue: str | os.PathLike, inputs: list[str | os.PathLik
     if has_pdf:
         peak_z, peak_mass, lo, hi = pdf_zoom(z_pdf, centres, z_all)
         pdf_parts = {"peak_z": peak_z, "peak_mass": peak_mass, "lo": lo, "hi": hi}
-    for batch in read_spectra([str(p) for p in inputs], format=input_format, batch_size=batch_size):
+    for batch in batches:
         ids = _clean(np.asarray(batch.ids), -1)
         rows = np.array([next((r for r in rows_of.get(ident, []) if not seen[r]), -1) for ident in ids])
         keep = np.flatnonzero(rows >= 0)
