@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 5: workflows
     ("mtopnet.predict", "mtopnet.train", "mtopnet.baselines", "mtopnet.testing", "mtopnet.testing"),
     # 6: workflows on workflows
-    ("mtopnet.evaluate", "mtopnet.calibrate"),
+    ("mtopnet.evaluate", "mtopnet.inspect", "mtopnet.calibrate"),
     # 7: entry points
     ("mtopnet.demo", "mtopnet.cli", "mtopnet.__main__"),
 )

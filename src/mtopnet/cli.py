@@ -8,7 +8,7 @@ import argparse
 import sys
 import warnings
 
-from . import calibrate, demo, evaluate, predict, simulate, train
+from . import calibrate, demo, evaluate, inspect, predict, simulate, train
 from .baselines import make_templates, redrock
 from .config import UserError
 from .instruments import available_instruments, load_instrument
@@ -30,7 +30,7 @@ SUBCOMMANDS: dict[str, tuple] = {}
 def _register() -> None:
     SUBCOMMANDS["simulate"] = (simulate.add_arguments, simulate.run_cli, "simulate a spectrum store")
     SUBCOMMANDS["instruments"] = (lambda p: None, _cmd_instruments, "list the shipped instruments")
-    for mod in (train, predict, evaluate, calibrate, redrock, make_templates, demo):
+    for mod in (train, predict, evaluate, inspect, calibrate, redrock, make_templates, demo):
         SUBCOMMANDS[mod.COMMAND] = (mod.add_arguments, mod.run_cli, mod.__doc__.splitlines()[0])
 
 

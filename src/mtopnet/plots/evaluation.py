@@ -146,15 +146,27 @@ def properties(c: dict[str, np.ndarray], t: dict[str, np.ndarray], sf: np.ndarra
     return files
 
 
+def pdf_zoom(centres: np.ndarray, pdf: np.ndarray, marks: tuple[float, ...] = (), floor: float = 0.01,
+             margin: float = 0.02, min_span: float = 0.06) -> tuple[float, float]:
+    """z range of a PDF panel: the bins holding >= ``floor`` of the PDF's maximum (its peaks) and
+    the redshifts ``marks`` (e.g. true and predicted z), with ``margin``, at least ``min_span`` wide."""
+    centres, pdf = np.asarray(centres, dtype=float), np.asarray(pdf, dtype=float)
+    pts = np.concatenate([centres[pdf >= floor * np.nanmax(pdf)] if np.nanmax(pdf) > 0 else centres[[0, -1]],
+                          [m for m in marks if np.isfinite(m)]])
+    lo, hi = pts.min() - margin, pts.max() + margin
+    mid, half = 0.5 * (lo + hi), max(0.5 * (hi - lo), 0.5 * min_span)
+    return max(mid - half, centres[0]), min(mid + half, centres[-1])
+
+
 def examples(picks: list[tuple[int, str]], c: dict[str, np.ndarray], zt: np.ndarray, mag: np.ndarray,
              band_name: str, store_rows: np.ndarray, truth_path: Path, zbin_centres: np.ndarray | None,
              out: Path) -> Path:
     """Example spectra (rows ``picks``: (matched row, title)), lines marked at the predicted z,
-    beside their PDFs (or intervals without one); spectra read from the truth store at
-    ``store_rows``. ``examples.png``."""
+    beside their PDFs zoomed on the peaks (:func:`pdf_zoom`; intervals without a PDF); spectra
+    read from the truth store at ``store_rows``. ``examples.png``."""
     z, qop, hmag = c["z"].astype(float), c.get("qop", np.ones(len(c["z"]), int)), mag
-    fig, axes = plt.subplots(len(picks), 2, figsize=(11, 2.3 * len(picks)), squeeze=False,
-                             gridspec_kw={"width_ratios": [3, 1]})
+    fig, axes = plt.subplots(len(picks), 2, figsize=(11, 2.5 * len(picks)), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 1]}, layout="constrained")
     for row, (i, title) in enumerate(picks):
         store_row = int(store_rows[i])
         b = read_store(truth_path, store_row, store_row + 1)
@@ -172,11 +184,12 @@ def examples(picks: list[tuple[int, str]], c: dict[str, np.ndarray], zt: np.ndar
             if lo < w < hi:
                 ax.axvline(w, color="tab:red" if line.kind == "emission" else "tab:blue", lw=0.4, alpha=0.6)
         ax.set_title(f"{title}: id {c['id'][i]}, {band_name}={hmag[i]:.1f}, z={zt[i]:.4f}, z_pred={z[i]:.4f}, "
-                     f"qop {qop[i]}", fontsize=8)
+                     f"qop {qop[i]}", fontsize=8, loc="left")
         ax.set_ylabel("flux [1e-17]", fontsize=7)
         ax2 = axes[row, 1]
         if "z_pdf" in c and zbin_centres is not None and len(zbin_centres) == c["z_pdf"].shape[1]:
             ax2.plot(zbin_centres, c["z_pdf"][i], lw=0.8)
+            ax2.set_xlim(*pdf_zoom(zbin_centres, c["z_pdf"][i], (zt[i], z[i])))
             ax2.set_ylabel("p per bin", fontsize=7)
         else:
             ax2.axvspan(c["z_lo95"][i], c["z_hi95"][i], alpha=0.2, label="95%")
@@ -184,10 +197,11 @@ def examples(picks: list[tuple[int, str]], c: dict[str, np.ndarray], zt: np.ndar
         ax2.axvline(zt[i], color="g", lw=1, label="true")
         ax2.axvline(z[i], color="r", lw=1, ls="--", label="pred")
         ax2.set_xlabel("z", fontsize=7)
+        ax2.tick_params(labelsize=7)
         ax2.legend(fontsize=6)
     axes[-1, 0].set_xlabel("wavelength [A]")
     return _save(fig, out / "examples.png")
 
 
 __all__ = ["PAPER_CURVE_H", "PAPER_CURVE_FRAC", "success_vs_mag", "dz_vs_z", "screening", "reliability", "coverage",
-           "properties", "examples"]
+           "properties", "pdf_zoom", "examples"]
