@@ -246,9 +246,12 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         if scan is not None:
             disagree = (features["scan_disagree"] > 0) & (np.nan_to_num(scan_cols["scan_dchi2"]) > SCAN_DISAGREE_DCHI2)
             zwarn |= np.where(disagree, int(ZWarn.SCAN_DISAGREE), 0).astype(np.int32)
+            z_rep = np.asarray(summ["z"], dtype=np.float64)
+            at_limit = (z_rep - zb.z_min < SUCCESS_DZ) | (zb.z_max - z_rep < SUCCESS_DZ)
+            zwarn |= np.where(at_limit, int(ZWarn.Z_AT_LIMIT), 0).astype(np.int32)
             # what the calibration cannot see in a validation set: caps on qop (docs/quality.md)
             capped = (zwarn & int(ZWarn.OUT_OF_DOMAIN | ZWarn.REFINE_DISAGREE | ZWarn.SCAN_DISAGREE
-                                  | ZWarn.IMPLAUSIBLE_FLUX)) != 0
+                                  | ZWarn.IMPLAUSIBLE_FLUX | ZWarn.Z_AT_LIMIT)) != 0
             qop = np.where(capped, np.minimum(qop, 2), qop)
         qop = np.where(unusable, 1, qop).astype(np.int16)
         p_dz01 = np.where(all_masked, 0.0, p_dz01)
