@@ -116,6 +116,22 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def data_parallel(module: torch.nn.Module, procs: Processes, device: torch.device) -> torch.nn.Module:
+    """``module`` wrapped in DistributedDataParallel (its gradients averaged over the processes
+    in ``backward()``), or ``module`` itself for one process.
+
+    Non-persistent buffers (constants rebuilt from the model config, e.g. a sparse
+    interpolation matrix that collectives cannot send) are left out of DDP's broadcasts.
+    """
+    if not procs.distributed:
+        return module
+    persistent = set(module.state_dict())
+    derived = [name for name, _ in module.named_buffers() if name not in persistent]
+    DDP = torch.nn.parallel.DistributedDataParallel
+    DDP._set_params_and_buffers_to_ignore_for_model(module, derived)
+    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def barrier(procs: Processes) -> None:
     """Wait until every process gets here (nothing for one process)."""
     if procs.distributed:
@@ -141,4 +157,4 @@ def all_reduce_sum(values: list[float], procs: Processes, device: torch.device) 
 
 
 __all__ = ["DEVICES", "GROUP_TIMEOUT", "resolve_device", "Processes", "processes_from_env", "join_process_group",
-           "leave_process_group", "barrier", "broadcast_object", "all_reduce_sum"]
+           "leave_process_group", "data_parallel", "barrier", "broadcast_object", "all_reduce_sum"]

@@ -56,6 +56,7 @@ from .devices import (
     all_reduce_sum,
     barrier,
     broadcast_object,
+    data_parallel,
     join_process_group,
     leave_process_group,
     processes_from_env,
@@ -544,9 +545,7 @@ def _run(train_store: str | Path, val_store: str | Path, out: Path, config: Trai
     provenance = {"train_store": str(train_store), "val_store": str(val_store), "fingerprints": fingerprints,
                   "seed": config.seed, "n_train": len(train_cache), "n_val": len(val_cache),
                   "n_parameters": count_parameters(net)}
-    model: torch.nn.Module = net
-    if procs.distributed:  # gradients averaged over the processes in backward()
-        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+    model = data_parallel(net, procs, dev)  # net itself for one process
     bs = config.optim.batch_size
     labels = train_cache.labels
 

@@ -48,7 +48,8 @@ def lsf_sigma_kms(instrument: dict) -> float:
 class TrainedModel:
     """A checkpoint ready for inference.
 
-    network: the MTopNet in eval mode, on the device it was loaded to; preprocessor: built from the checkpoint's constants;
+    network: the MTopNet in eval mode, on the device it was loaded to; preprocessor: built
+    from the checkpoint's constants;
     zbins: the redshift bins; label_norm: {"logmstar": (mean, std), "logsfr": (mean, std)};
     calibration: p_dz01/QOP map (None for a checkpoint saved before calibration: p_dz01 is
     then the raw PDF mass within +-0.01 and qop is 1); coverage: (n_pix,) bool grid pixels
