@@ -183,7 +183,7 @@ def test_shard_losses_average_to_the_global_batch_loss(toy_stores, tmp_path, wor
         total += float(shard_loss.detach()) / (world + 1)
         for k, v in shard_parts.items():
             shares[k] += v
-    assert total == pytest.approx(float(loss), rel=1e-5)
+    assert total == pytest.approx(float(loss.detach()), rel=1e-5)
     for k, v in parts.items():
         assert shares[k] == pytest.approx(v, rel=1e-5)
     for g_ref, g in zip(reference, summed, strict=True):
