@@ -153,8 +153,18 @@ def test_shards_split_each_global_batch(toy_stores, tmp_path):
                               np.sort(cache.labels["z"][order[53 * i:53 * (i + 1)][0::2]].astype(np.float32)))
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for the test (two threads on a busy 2-core machine wait
+    for each other at every operation), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("world", [2, 3])
-def test_shard_losses_average_to_the_global_batch_loss(toy_stores, tmp_path, world):
+def test_shard_losses_average_to_the_global_batch_loss(toy_stores, tmp_path, world, one_thread):
     """The mean over processes of the shard losses' gradients (what DDP applies) is the
     gradient of the global batch's loss, with uneven shards, an empty shard and missing labels."""
     config = ddp_config(1)
