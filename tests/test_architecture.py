@@ -15,7 +15,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 1: data descriptions
     ("mtopnet.lines", "mtopnet.templates", "mtopnet.instruments", "mtopnet.store"),
     # 2: physics and readers
-    ("mtopnet.galaxies", "mtopnet.io", "mtopnet.preprocess", "mtopnet.model", "mtopnet.quality"),
+    ("mtopnet.galaxies", "mtopnet.io", "mtopnet.preprocess", "mtopnet.model", "mtopnet.quality", "mtopnet.devices"),
     # 3: artefacts built on them
     ("mtopnet.checkpoint", "mtopnet.catalogue", "mtopnet.simulate", "mtopnet.refine", "mtopnet.plots"),
     # 4: a trained model

@@ -176,6 +176,7 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
     with its own basis or settings, False gives the network's estimates alone (no scan).
     """
     net, pre, zb = model.network, model.preprocessor, model.zbins
+    device = next(net.parameters()).device
     refiner = None
     if refine is True:
         refiner = Refiner.from_model(model)
@@ -193,7 +194,8 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             continue
         x = pre(batch)
         with torch.inference_mode():
-            out = net(torch.from_numpy(x.spectrum), torch.from_numpy(x.continuum))
+            out = net(torch.from_numpy(x.spectrum).to(device), torch.from_numpy(x.continuum).to(device))
+            out = {k: v.cpu() for k, v in out.items()}  # the network's device; the rest on the CPU
             pdf_net = torch.softmax(out["z_logits"].double(), dim=1).numpy()
         summ_net = pdf_summary(pdf_net, zb.edges)
         unusable = (x.valid_fraction < min_valid_fraction) | (x.valid_fraction <= 0)
@@ -402,6 +404,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-refine", action="store_true",
                    help="report the network's z alone (no template refinement, see docs/refine.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the network runs: cpu (default) or cuda (error without a GPU); "
+                        "preprocessing and refinement run on the CPU")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -409,7 +414,7 @@ def run_cli(args: argparse.Namespace) -> int:
     check_writable(args.out, args.overwrite)
     if args.batch_size < 1:
         raise UserError(f"--batch-size: must be >= 1, got {args.batch_size}")
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device)
     n = predict_store(model, args.inputs, args.out, batch_size=args.batch_size, with_pdf=args.pdf,
                       overwrite=args.overwrite, progress=not args.quiet, format=args.format,
                       refine=not args.no_refine)

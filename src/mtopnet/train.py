@@ -15,6 +15,14 @@
 Files in ``out_dir``: ``config.yaml`` (resolved), ``history.jsonl`` (one line per epoch),
 ``last.pt``, ``best.pt``, ``model.pt``, ``summary.json``, ``cache/``.
 
+Under ``torchrun`` (:mod:`mtopnet.devices`) the run is data-parallel: each global batch (the
+single-process order) is split between the processes, rank ``r`` taking rows ``r::world``;
+each process's loss is scaled so that DistributedDataParallel's averaged gradient is the
+gradient of the global batch's mean loss, i.e. the update of a single-process run. Rank 0
+builds the caches, validates, calibrates and writes every file; ``last.pt`` holds the plain
+network's weights and rank-independent optimiser and schedule states, so a run resumes with
+any number of processes (docs/scale.md).
+
 Over 500 lines: the cache, the loop and the resume state are one workflow whose parts share
 the run folder's layout; split, each part would have to re-derive it.
 """
@@ -42,9 +50,21 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import ConfigError, UserError, from_mapping, load_yaml, to_mapping
+from .devices import (
+    DEVICES,
+    Processes,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    data_parallel,
+    join_process_group,
+    leave_process_group,
+    processes_from_env,
+    resolve_device,
+)
 from .instruments import load_instrument
 from .lines import LINES, line_waves, lines_as_records
-from .model import LossWeights, ModelConfig, MTopNet, ZBinning, count_parameters, multitask_loss
+from .model import LossWeights, ModelConfig, MTopNet, ZBinning, count_parameters, multitask_loss, task_losses
 from .model.line_head import line_target
 from .preprocess import PreprocessConfig, Preprocessor
 from .quality import SUCCESS_DZ, fit_calibration, pdf_summary
@@ -90,7 +110,8 @@ class TrainConfig:
 
     instrument: name recorded in the checkpoint (default: the training store's ``instrument``
         attribute); its arms' coverage and resolution tell predict what is in-domain.
-    seed: seeds weights, batch order and dropout.  num_threads: torch intra-op threads.
+    seed: seeds weights, batch order and dropout.  num_threads: torch intra-op threads (per
+        process when several train together).
     line_half_width: line-location target half-width, input pixels (paper: 5).
     """
 
@@ -278,53 +299,92 @@ def _load_batch(cache: Cache, idx: np.ndarray, norm: LabelNorm, zbins: ZBinning)
 
 
 def iterate_batches(cache: Cache, order: np.ndarray, batch_size: int, norm: LabelNorm,
-                    zbins: ZBinning) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches over ``order`` (indices into the cache), the next one loaded by a thread."""
+                    zbins: ZBinning, shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches over ``order`` (indices into the cache), the next one loaded by a thread.
+
+    shard: (rank, world): of each batch of ``batch_size`` consecutive entries of ``order``,
+    only rows ``rank::world`` (possibly none); (0, 1) gives whole batches.
+    """
+    rank, world = shard
     starts = list(range(0, len(order), batch_size))
     if not starts:
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(_load_batch, cache, order[:batch_size], norm, zbins)
+        future = pool.submit(_load_batch, cache, order[:batch_size][rank::world], norm, zbins)
         for i in range(len(starts)):
             batch = future.result()
             if i + 1 < len(starts):
                 nxt = starts[i + 1]
-                future = pool.submit(_load_batch, cache, order[nxt:nxt + batch_size], norm, zbins)
+                future = pool.submit(_load_batch, cache, order[nxt:nxt + batch_size][rank::world], norm, zbins)
             yield batch
 
 
 class _Task:
     """What the loss needs besides the batch: line list, grid and z bins."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, device: torch.device | None = None):
         self.config = config
-        self.rest = torch.as_tensor(line_waves(LINES), dtype=torch.float32)
+        self.rest = torch.as_tensor(line_waves(LINES), dtype=torch.float32, device=device)
         self.pre = config.preprocess
         self.factor = config.model.line_factor
 
+    def _target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return line_target(batch["z"], self.rest, self.pre.wave_min, self.pre.dloglam, self.pre.n_pix,
+                           self.factor, self.config.line_half_width)
+
     def loss(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        target = line_target(batch["z"], self.rest, self.pre.wave_min, self.pre.dloglam, self.pre.n_pix,
-                             self.factor, self.config.line_half_width)
-        return multitask_loss(out, batch["z_index"], target, batch["logmstar"], batch["logsfr"],
+        return multitask_loss(out, batch["z_index"], self._target(batch), batch["logmstar"], batch["logsfr"],
                               self.config.loss_weights)
+
+    def shard_loss(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], counts: dict[str, int],
+                   world: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """One process's loss on its shard of a global batch, and its share of the batch's parts.
+
+        Each task's loss is a mean over the batch's usable entries (:func:`task_losses`); the
+        global batch's mean is sum_r (n_r / N) mean_r, with n_r the shard's and N the batch's
+        count (``counts``, from :func:`_usable_counts`). Returning ``world * sum_k w_k (n_r/N_k)
+        mean_rk`` makes DistributedDataParallel's average over the ``world`` processes the
+        global batch's loss, uneven shards included. The parts returned are (n_r / N_k) mean_rk,
+        which summed over the processes give the global batch's parts. An empty shard returns
+        a zero that still reaches every parameter (each process must join the all-reduce).
+        """
+        if len(batch["z"]) == 0:
+            return sum(v.sum() for v in out.values()) * 0.0, {k: 0.0 for k in counts}
+        parts = task_losses(out, batch["z_index"], self._target(batch), batch["logmstar"], batch["logsfr"])
+        local = _usable_counts(batch["z_index"].cpu().numpy(), batch["logmstar"].cpu().numpy(),
+                               batch["logsfr"].cpu().numpy())
+        share = {k: local[k] / counts[k] if counts[k] else 0.0 for k in parts}
+        total = sum(getattr(self.config.loss_weights, k) * world * share[k] * v for k, v in parts.items())
+        return total, {k: share[k] * float(v.detach()) for k, v in parts.items()}
+
+
+def _usable_counts(z_index: np.ndarray, logmstar: np.ndarray, logsfr: np.ndarray) -> dict[str, int]:
+    """How many entries each task's mean runs over (:func:`task_losses`): z bins >= 0, all rows
+    for the line mask (times its pixels, a common factor), finite labels for M* and SFR."""
+    return {"z": int(np.sum(z_index >= 0)), "line": len(z_index),
+            "logmstar": int(np.sum(np.isfinite(logmstar))), "logsfr": int(np.sum(np.isfinite(logsfr)))}
 
 
 def evaluate_cache(net: MTopNet, cache: Cache, task: _Task, norm: LabelNorm, zbins: ZBinning,
-                   batch_size: int, keep_pdf: bool = False) -> dict[str, Any]:
-    """Mean losses, the fraction with |dz| < 0.01, and (optionally) the PDFs, over a cache."""
+                   batch_size: int, keep_pdf: bool = False, device: torch.device | None = None) -> dict[str, Any]:
+    """Mean losses, the fraction with |dz| < 0.01, and (optionally) the PDFs, over a cache.
+
+    device: where ``net`` (and ``task``) live; batches are moved there (None: the CPU).
+    """
     net.eval()
     sums: dict[str, float] = {}
     n_total = 0
     z_hat, pdfs = [], []
     with torch.inference_mode():
         for batch in iterate_batches(cache, np.arange(len(cache)), batch_size, norm, zbins):
+            batch = _to_device(batch, device)
             out = net(batch["spectrum"], batch["continuum"])
             total, parts = task.loss(out, batch)
             b = len(batch["z"])
             for k, v in {"loss": float(total), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v * b
             n_total += b
-            pdf = torch.softmax(out["z_logits"], dim=1).numpy()
+            pdf = torch.softmax(out["z_logits"], dim=1).cpu().numpy()
             z_hat.append(pdf_summary(pdf, zbins.edges)["z"])
             if keep_pdf:
                 pdfs.append(pdf.astype(np.float32))
@@ -335,6 +395,13 @@ def evaluate_cache(net: MTopNet, cache: Cache, task: _Task, norm: LabelNorm, zbi
     if keep_pdf:
         result["pdf"] = np.concatenate(pdfs)
     return result
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device | None) -> dict[str, torch.Tensor]:
+    """``batch`` with its tensors on ``device`` (the same dict for None or the CPU)."""
+    if device is None or device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -371,7 +438,7 @@ def inference_payload(net: MTopNet, config: TrainConfig, norm: LabelNorm, info: 
     return {
         "kind": "inference",
         "mtopnet_version": __version__,
-        "state_dict": {k: v.detach().clone() for k, v in net.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
         "model_config": config.model.as_dict(),
         "train_config": config.as_dict(),
         "preprocess": config.preprocess.as_dict(),
@@ -394,12 +461,15 @@ def _write_text(path: Path, text: str) -> None:
 
 def train(train_store: str | Path, val_store: str | Path, out_dir: str | Path,
           config: TrainConfig | None = None, *, epochs: int | None = None, seed: int | None = None,
-          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+          resume: bool = False, progress: bool = True, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Train, validate, calibrate; returns the summary (also written to ``out_dir/summary.json``).
 
     ``epochs`` and ``seed`` override the config's. Without ``resume``, an ``out_dir`` that
     already holds a run (``last.pt``) is refused; with it, training continues from ``last.pt``
-    (which must come from the same config and stores).
+    (which must come from the same config and stores; the number of processes may differ).
+    ``device``: ``cpu``, ``cuda`` or ``auto`` (:func:`~mtopnet.devices.resolve_device`; under
+    torchrun, each process takes GPU ``LOCAL_RANK``). Under torchrun every process calls this
+    and gets the summary; rank 0 alone writes the files.
     """
     config = (config or TrainConfig()).resolved()
     if epochs is not None:
@@ -407,18 +477,37 @@ def train(train_store: str | Path, val_store: str | Path, out_dir: str | Path,
     if seed is not None:
         config = dataclasses.replace(config, seed=int(seed))
     out = Path(out_dir)
-    last_path, best_path, model_path = out / "last.pt", out / "best.pt", out / "model.pt"
-    if last_path.exists() and not resume:
+    if (out / "last.pt").exists() and not resume:
         raise UserError(f"{out}: holds a training run (last.pt); pass --resume to continue it or choose another --out")
-    if resume and not last_path.exists():
+    if resume and not (out / "last.pt").exists():
         raise UserError(f"{out}: nothing to resume (no last.pt)")
     for path in (train_store, val_store):
         open_store(path).close()
+    procs = processes_from_env()
+    dev = resolve_device(device, procs.local_rank)
     out.mkdir(parents=True, exist_ok=True)
+    owns_group = join_process_group(procs, dev)
+    try:
+        return _run(train_store, val_store, out, config, resume=resume, progress=progress and procs.is_main,
+                    procs=procs, dev=dev)
+    finally:
+        if owns_group:
+            leave_process_group()
+
+
+def _run(train_store: str | Path, val_store: str | Path, out: Path, config: TrainConfig, *, resume: bool,
+         progress: bool, procs: Processes, dev: torch.device) -> dict[str, Any]:
+    """The body of :func:`train` in one process of ``procs``, its network on ``dev``."""
+    last_path, best_path, model_path = out / "last.pt", out / "best.pt", out / "model.pt"
+    main = procs.is_main
     torch.set_num_threads(config.num_threads)
 
+    if not main:
+        barrier(procs)  # rank 0 builds the caches, the others open them
     train_cache = build_cache(train_store, config.preprocess, out / "cache", progress)
     val_cache = build_cache(val_store, config.preprocess, out / "cache", progress)
+    if main:
+        barrier(procs)
     info_train = store_info(train_store)
     instrument = config.instrument or str(info_train["attrs"].get("instrument", "")) or None
     inst_info = instrument_info(instrument, info_train["arms"])
@@ -428,8 +517,8 @@ def train(train_store: str | Path, val_store: str | Path, out_dir: str | Path,
     fingerprints = {"train": store_fingerprint(train_store), "val": store_fingerprint(val_store)}
 
     torch.manual_seed(config.seed)
-    net = MTopNet(config.model)
-    task = _Task(config)
+    net = MTopNet(config.model).to(dev)
+    task = _Task(config, dev)
     opt = torch.optim.AdamW(net.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     steps_per_epoch = math.ceil(len(train_cache) / config.optim.batch_size)
     total_steps = max(steps_per_epoch * config.optim.epochs, 4)
@@ -451,46 +540,69 @@ def train(train_store: str | Path, val_store: str | Path, out_dir: str | Path,
         sched.load_state_dict(ck["scheduler"])
         state.update(ck["train_state"])
         torch.set_rng_state(ck["torch_rng"])
-    _write_text(out / "config.yaml", yaml.safe_dump(config.as_dict(), sort_keys=False))
+    if main:
+        _write_text(out / "config.yaml", yaml.safe_dump(config.as_dict(), sort_keys=False))
     provenance = {"train_store": str(train_store), "val_store": str(val_store), "fingerprints": fingerprints,
                   "seed": config.seed, "n_train": len(train_cache), "n_val": len(val_cache),
                   "n_parameters": count_parameters(net)}
+    model = data_parallel(net, procs, dev)  # net itself for one process
+    bs = config.optim.batch_size
+    labels = train_cache.labels
 
     while state["epoch"] < config.optim.epochs and not state["stopped"]:
         epoch = state["epoch"]
         net.train()
         order = np.random.default_rng([config.seed, epoch]).permutation(len(train_cache))
+        if procs.distributed:  # dropout masks: each process its own stream, the same for any resume
+            torch.manual_seed(int(np.random.default_rng([config.seed, epoch, procs.rank]).integers(2**62)))
         t0 = time.perf_counter()
         run: dict[str, float] = {}
         seen = 0
         bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{config.optim.epochs}", unit="spec",
                    disable=not progress, file=sys.stderr)
-        for batch in iterate_batches(train_cache, order, config.optim.batch_size, norm, zbins):
-            out_t = net(batch["spectrum"], batch["continuum"])
-            loss, parts = task.loss(out_t, batch)
+        batches = iterate_batches(train_cache, order, bs, norm, zbins, (procs.rank, procs.world))
+        for start, batch in zip(range(0, len(order), bs), batches, strict=True):
+            batch = _to_device(batch, dev)
+            out_t = model(batch["spectrum"], batch["continuum"])
+            if procs.distributed:
+                rows = order[start:start + bs]
+                counts = _usable_counts(zbins.index(labels["z"][rows]), labels["logmstar"][rows],
+                                        labels["logsfr"][rows])
+                loss, parts = task.shard_loss(out_t, batch, counts, procs.world)
+                b, parts = len(rows), {"loss": float(loss.detach()) / procs.world, **parts}
+            else:
+                loss, parts = task.loss(out_t, batch)
+                b, parts = len(batch["z"]), {"loss": float(loss.detach()), **parts}
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), config.optim.grad_clip)
             opt.step()
             if sched.last_epoch + 1 < total_steps:
                 sched.step()
-            b = len(batch["z"])
             seen += b
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
+            for k, v in parts.items():
                 run[k] = run.get(k, 0.0) + v * b
             bar.update(b)
-            bar.set_postfix(loss=f"{run['loss'] / seen:.3f}", z=f"{run['z'] / seen:.2f}")
+            if not procs.distributed:  # a process knows only its share of the loss
+                bar.set_postfix(loss=f"{run['loss'] / seen:.3f}", z=f"{run['z'] / seen:.2f}")
         bar.close()
         train_time = time.perf_counter() - t0
-        val = evaluate_cache(net, val_cache, task, norm, zbins, config.optim.eval_batch_size)
+        if procs.distributed:  # the shares of every process: the global batches' means
+            keys = sorted(run)
+            run = dict(zip(keys, all_reduce_sum([run[k] for k in keys], procs, dev), strict=True))
+        val = evaluate_cache(net, val_cache, task, norm, zbins, config.optim.eval_batch_size, device=dev) \
+            if main else None
+        val = broadcast_object(val, procs)
         record = {"epoch": epoch + 1, "train": {k: v / max(seen, 1) for k, v in run.items()},
                   "val": val, "lr": float(sched.get_last_lr()[0]), "train_seconds": train_time,
-                  "train_spectra_per_s": seen / max(train_time, 1e-9)}
+                  "train_spectra_per_s": seen / max(train_time, 1e-9), "processes": procs.world,
+                  "device": str(dev)}
         improved = val["loss"] < state["best"]
         if improved:
             state.update(best=val["loss"], best_epoch=epoch + 1, patience_left=config.optim.patience)
-            save_checkpoint(best_path, inference_payload(net, config, norm, inst_info, coverage, None,
-                                                {**provenance, "epoch": epoch + 1, "val": val}))
+            if main:
+                save_checkpoint(best_path, inference_payload(net, config, norm, inst_info, coverage, None,
+                                                             {**provenance, "epoch": epoch + 1, "val": val}))
         else:
             state["patience_left"] -= 1
             state["stopped"] = state["patience_left"] <= 0
@@ -500,26 +612,30 @@ def train(train_store: str | Path, val_store: str | Path, out_dir: str | Path,
             print(f"epoch {epoch + 1}: train loss {record['train']['loss']:.3f}, val loss {val['loss']:.3f}, "
                   f"val |dz|<0.01 {val['frac_dz01']:.3f}, {record['train_spectra_per_s']:.0f} spectra/s"
                   f"{' (best)' if improved else ''}", file=sys.stderr)
-        last = inference_payload(net, config, norm, inst_info, coverage, None, provenance)
-        last.update(kind="training", optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                    train_state=dict(state), torch_rng=torch.get_rng_state())
-        save_checkpoint(last_path, last)
-        _write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+        if main:
+            last = inference_payload(net, config, norm, inst_info, coverage, None, provenance)
+            last.update(kind="training", optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                        train_state=dict(state), torch_rng=torch.get_rng_state())
+            save_checkpoint(last_path, last)
+            _write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
 
-    # calibration on the validation set with the best weights
-    best = read_checkpoint(best_path)
-    net.load_state_dict(best["state_dict"])
-    val = evaluate_cache(net, val_cache, task, norm, zbins, config.optim.eval_batch_size, keep_pdf=True)
-    summary = pdf_summary(val.pop("pdf"), zbins.edges)
-    calibration = fit_calibration(summary, val_cache.labels["z"])
-    payload = inference_payload(net, config, norm, inst_info, coverage, calibration.as_dict(),
-                       {**provenance, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "val": val})
-    save_checkpoint(model_path, payload)
-    result = {"model": str(model_path), "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-              "val": val, "calibration": calibration.report, "n_parameters": count_parameters(net),
-              "history": state["history"]}
-    _write_text(out / "summary.json", json.dumps(result, indent=1))
-    return result
+    result = None
+    if main:  # calibration on the validation set with the best weights
+        best = read_checkpoint(best_path)
+        net.load_state_dict(best["state_dict"])
+        val = evaluate_cache(net, val_cache, task, norm, zbins, config.optim.eval_batch_size, keep_pdf=True,
+                             device=dev)
+        summary = pdf_summary(val.pop("pdf"), zbins.edges)
+        calibration = fit_calibration(summary, val_cache.labels["z"])
+        payload = inference_payload(net, config, norm, inst_info, coverage, calibration.as_dict(),
+                                    {**provenance, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+                                     "val": val})
+        save_checkpoint(model_path, payload)
+        result = {"model": str(model_path), "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+                  "val": val, "calibration": calibration.report, "n_parameters": count_parameters(net),
+                  "history": state["history"]}
+        _write_text(out / "summary.json", json.dumps(result, indent=1))
+    return broadcast_object(result, procs)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -533,6 +649,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
     p.add_argument("--seed", type=int, default=None, help="override seed")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="cpu (default), cuda (error without a GPU) or auto; several processes: start with "
+                        "torchrun (docs/scale.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -541,7 +660,9 @@ def run_cli(args: argparse.Namespace) -> int:
         raise UserError(f"--epochs: must be >= 1, got {args.epochs}")
     config = load_train_config(args.config)
     result = train(args.train, args.val, args.out, config, epochs=args.epochs, seed=args.seed,
-                   resume=args.resume, progress=not args.quiet)
+                   resume=args.resume, progress=not args.quiet, device=args.device)
+    if not processes_from_env().is_main:
+        return 0
     print(f"model: {result['model']} (best epoch {result['best_epoch']}, validation |dz|<0.01: "
           f"{result['val']['frac_dz01']:.3f})")
     return 0

@@ -11,10 +11,12 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .checkpoint import build_network, read_checkpoint
 from .config import ConfigError, UserError
 from .constants import C_KMS
+from .devices import resolve_device
 from .lines import Line, lines_from_records
 from .model import MTopNet, ZBinning
 from .preprocess import PreprocessConfig, Preprocessor
@@ -46,7 +48,8 @@ def lsf_sigma_kms(instrument: dict) -> float:
 class TrainedModel:
     """A checkpoint ready for inference.
 
-    network: the MTopNet in eval mode; preprocessor: built from the checkpoint's constants;
+    network: the MTopNet in eval mode, on the device it was loaded to; preprocessor: built
+    from the checkpoint's constants;
     zbins: the redshift bins; label_norm: {"logmstar": (mean, std), "logsfr": (mean, std)};
     calibration: p_dz01/QOP map (None for a checkpoint saved before calibration: p_dz01 is
     then the raw PDF mass within +-0.01 and qop is 1); coverage: (n_pix,) bool grid pixels
@@ -80,8 +83,13 @@ def shipped_model_path(name: str) -> Path:
     return Path(str(resources.files("mtopnet") / "models" / f"{name}.pt"))
 
 
-def load_model(name_or_path: str | os.PathLike | None = None) -> TrainedModel:
-    """Load a shipped model by name (default ``moons-lr``) or a checkpoint file."""
+def load_model(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> TrainedModel:
+    """Load a shipped model by name (default ``moons-lr``) or a checkpoint file.
+
+    device: where the network runs, ``cpu`` (default) or ``cuda`` (UserError without a GPU;
+    :func:`~mtopnet.devices.resolve_device`); everything else stays on the CPU.
+    """
+    dev = resolve_device(device)
     name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
     path = Path(name)
     if not (path.suffix == ".pt" or path.exists() or os.sep in name):
@@ -111,7 +119,7 @@ def load_model(name_or_path: str | os.PathLike | None = None) -> TrainedModel:
         raise UserError(f"{path}: inconsistent checkpoint (coverage {coverage.shape}, grid {pre_config.n_pix})")
     pre = Preprocessor(pre_config, coverage=coverage)
     meta = {"mtopnet_version": payload.get("mtopnet_version"), "provenance": payload.get("provenance", {})}
-    return TrainedModel(network=net, preprocessor=pre, zbins=zbins, label_norm=norm, calibration=cal,
+    return TrainedModel(network=net.to(dev), preprocessor=pre, zbins=zbins, label_norm=norm, calibration=cal,
                         coverage=coverage, instrument=dict(payload.get("instrument") or {}), lines=lines,
                         source=str(path), meta=meta, scan=scan)
 

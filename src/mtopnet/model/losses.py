@@ -31,6 +31,21 @@ class LossWeights:
                 raise ConfigError(f"loss_weights.{name}: must be >= 0, got {getattr(self, name)}")
 
 
+def task_losses(out: dict[str, torch.Tensor], z_index: torch.Tensor, line_target: torch.Tensor,
+                logmstar: torch.Tensor, logsfr: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each task's loss (scalar tensors with gradients), keyed ``z``, ``line``, ``logmstar``, ``logsfr``.
+
+    Each is a mean over the batch's usable entries: ``z`` over z_index >= 0, ``line`` over all
+    B * P pixels, ``logmstar`` and ``logsfr`` over finite labels. Arguments as :func:`multitask_loss`.
+    """
+    return {
+        "z": redshift_loss(out["z_logits"], z_index),
+        "line": line_loss(out["line_logits"], line_target),
+        "logmstar": gaussian_nll(out["logmstar_mean"], out["logmstar_logsigma"], logmstar),
+        "logsfr": gaussian_nll(out["logsfr_mean"], out["logsfr_logsigma"], logsfr),
+    }
+
+
 def multitask_loss(out: dict[str, torch.Tensor], z_index: torch.Tensor, line_target: torch.Tensor,
                    logmstar: torch.Tensor, logsfr: torch.Tensor,
                    weights: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
@@ -39,14 +54,9 @@ def multitask_loss(out: dict[str, torch.Tensor], z_index: torch.Tensor, line_tar
     out: the network's output dict; z_index: (B,) int64 bin (-1 = ignore);
     line_target: (B, P) float; logmstar, logsfr: (B,) standardised labels (NaN = ignore).
     """
-    parts = {
-        "z": redshift_loss(out["z_logits"], z_index),
-        "line": line_loss(out["line_logits"], line_target),
-        "logmstar": gaussian_nll(out["logmstar_mean"], out["logmstar_logsigma"], logmstar),
-        "logsfr": gaussian_nll(out["logsfr_mean"], out["logsfr_logsigma"], logsfr),
-    }
+    parts = task_losses(out, z_index, line_target, logmstar, logsfr)
     total = sum(getattr(weights, k) * v for k, v in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
-__all__ = ["LossWeights", "multitask_loss"]
+__all__ = ["LossWeights", "task_losses", "multitask_loss"]

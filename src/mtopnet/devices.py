@@ -1,0 +1,160 @@
+"""Where the network runs: the torch device, and the data-parallel processes ``torchrun`` starts.
+
+``--device`` is ``cpu`` (the default everywhere), ``cuda`` (a GPU; an error when there is none,
+never a silent fall-back to the CPU) or ``auto`` (a GPU when one is present).
+
+Data-parallel training (:func:`mtopnet.train.train` under ``torchrun``) reads its place from
+the environment ``torchrun`` (or ``srun`` + ``torchrun``) sets: ``RANK`` (0 .. WORLD_SIZE - 1),
+``WORLD_SIZE`` (the number of processes) and ``LOCAL_RANK`` (the process's index on its
+machine, which picks its GPU). Without them a run is one process. The process group uses gloo
+on the CPU and NCCL on GPUs, rendezvous through ``MASTER_ADDR``/``MASTER_PORT`` (``env://``).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+
+from .config import UserError
+
+DEVICES = ("cpu", "cuda", "auto")
+"""The accepted ``--device`` values."""
+
+GROUP_TIMEOUT = datetime.timedelta(hours=1)
+"""How long a process waits for the others at a collective (rank 0 validates and calibrates
+alone while the others wait)."""
+
+
+def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
+    """The torch device for ``name`` (one of :data:`DEVICES`, or a ``torch.device``).
+
+    ``cuda`` -> ``cuda:<local_rank>`` (the process's GPU on its machine); UserError when torch
+    sees no GPU or fewer than ``local_rank + 1``. ``auto`` -> ``cuda`` when available, else ``cpu``.
+    """
+    if isinstance(name, torch.device):
+        name = name.type if name.index is None else str(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no GPU is available to torch (torch.cuda.is_available() is False); "
+                            "use --device cpu")
+        index = int(name.partition(":")[2] or local_rank)
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device cuda: process needs GPU {index} but torch sees "
+                            f"{torch.cuda.device_count()}; start at most that many processes per machine")
+        return torch.device("cuda", index)
+    raise UserError(f"--device: must be one of {', '.join(DEVICES)}, got {name!r}")
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the data-parallel processes.
+
+    rank: 0 .. world - 1 (rank 0 validates, calibrates and writes the files); world: the
+    number of processes; local_rank: index on this machine (its GPU).
+    """
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """True for the process that validates, calibrates and writes the run's files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """True when more than one process trains (gradients are all-reduced)."""
+        return self.world > 1
+
+
+def processes_from_env(environ: Mapping[str, str] | None = None) -> Processes:
+    """The :class:`Processes` that ``torchrun``'s ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` describe;
+    one process (0, 1, 0) without them. Malformed values are a one-line UserError."""
+    env = os.environ if environ is None else environ
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local_rank = int(env.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise UserError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them); got "
+                        f"{env.get('RANK')!r}, {env.get('WORLD_SIZE')!r}, {env.get('LOCAL_RANK')!r}") from None
+    if world < 1 or not 0 <= rank < world or local_rank < 0:
+        raise UserError(f"RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local_rank}: need 0 <= RANK < WORLD_SIZE")
+    return Processes(rank=rank, world=world, local_rank=local_rank)
+
+
+def join_process_group(procs: Processes, device: torch.device) -> bool:
+    """Join the process group of ``procs`` (gloo on a CPU device, NCCL on CUDA; ``env://``
+    rendezvous). True when this call created it (the caller then ends it with
+    :func:`leave_process_group`); False for one process or a group that already exists."""
+    if not procs.distributed or dist.is_initialized():
+        return False
+    for var in ("MASTER_ADDR", "MASTER_PORT"):
+        if var not in os.environ:
+            raise UserError(f"WORLD_SIZE={procs.world} but {var} is not set; start data-parallel training "
+                            "with torchrun (see docs/scale.md)")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method="env://", rank=procs.rank, world_size=procs.world,
+                            timeout=GROUP_TIMEOUT)
+    return True
+
+
+def leave_process_group() -> None:
+    """End the process group :func:`join_process_group` created."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def data_parallel(module: torch.nn.Module, procs: Processes, device: torch.device) -> torch.nn.Module:
+    """``module`` wrapped in DistributedDataParallel (its gradients averaged over the processes
+    in ``backward()``), or ``module`` itself for one process.
+
+    Non-persistent buffers (constants rebuilt from the model config, e.g. a sparse
+    interpolation matrix that collectives cannot send) are left out of DDP's broadcasts.
+    """
+    if not procs.distributed:
+        return module
+    persistent = set(module.state_dict())
+    derived = [name for name, _ in module.named_buffers() if name not in persistent]
+    DDP = torch.nn.parallel.DistributedDataParallel
+    DDP._set_params_and_buffers_to_ignore_for_model(module, derived)
+    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def barrier(procs: Processes) -> None:
+    """Wait until every process gets here (nothing for one process)."""
+    if procs.distributed:
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, procs: Processes) -> Any:
+    """Rank 0's ``obj`` (picklable) on every process; ``obj`` itself for one process."""
+    if not procs.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_sum(values: list[float], procs: Processes, device: torch.device) -> list[float]:
+    """Element-wise sum of ``values`` over the processes (float64); ``values`` for one process."""
+    if not procs.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [float(v) for v in t.cpu()]
+
+
+__all__ = ["DEVICES", "GROUP_TIMEOUT", "resolve_device", "Processes", "processes_from_env", "join_process_group",
+           "leave_process_group", "data_parallel", "barrier", "broadcast_object", "all_reduce_sum"]
