@@ -374,7 +374,7 @@ def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, ou
     rows = predict_batches(model, _input_batches(list(inputs), batch_size, format), with_pdf=with_pdf,
                            batch_size=batch_size, arm_resolution=_store_resolution(list(inputs)), refine=refine)
     bar = tqdm(desc="predict", unit="spec", disable=not progress, file=sys.stderr)
-    with CatalogueWriter(out, model.zbins.centres if with_pdf else None, meta) as writer:
+    with CatalogueWriter(out, model.zbins.centres if with_pdf else None, meta, overwrite=overwrite) as writer:
         for chunk in rows:
             writer.write(chunk)
             bar.update(len(chunk["id"]))
