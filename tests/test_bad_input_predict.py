@@ -244,3 +244,41 @@ def test_training_cache_on_a_full_disk_is_a_clean_error(tmp_path, toy_stores):
         with pytest.raises(UserError, match="No space left on device"):
             build_cache(toy_stores[0], TINY_PRE, disk / "cache", progress=False)
         assert list((disk / "cache").iterdir()) == []
+
+
+# --- issue 13 item 12: repeated warnings ---------------------------------------------------------
+
+
+def test_out_of_domain_warning_is_said_once_per_run_with_the_count(tmp_path, tiny_model_path, toy_waves, capsys):
+    """Issue 13 item 12: spectra out of the model's domain in several batches and arm layouts
+    give one warning at the end of ``mtopnet predict``, with their number; library users of
+    predict_batches get at most one warning per distinct arm layout."""
+    import warnings
+
+    from mtopnet.predict import DomainWarning, predict_batches
+    from mtopnet.store import write_store
+    from mtopnet.testing import toy_batch
+    from mtopnet.trained import load_model
+    inputs = []
+    for k, keep in enumerate((0.5, 0.6, 0.7)):  # three files, each another cut of arm A alone
+        wave = toy_waves["A"][: int(keep * len(toy_waves["A"]))]
+        path = tmp_path / f"s{k}.h5"
+        write_store(path, toy_batch(12, {"A": wave}, seed=k, start_id=100 * k), {"instrument": "toy"})
+        inputs.append(str(path))
+    path = tmp_path / "ok.h5"
+    write_store(path, toy_batch(5, toy_waves, seed=9, start_id=900), {"instrument": "toy"})
+    inputs.append(str(path))
+    out = tmp_path / "c.csv"
+    assert main(["predict", *inputs, "--model", str(tiny_model_path), "--out", str(out), "--quiet",
+                 "--batch-size", "5"]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert len(lines) == 1, lines
+    assert "36 spectra in 3 arm layouts" in lines[0] and "out of the model's domain" in lines[0]
+    zwarn = read_catalogue(out)["zwarn"]
+    assert int(np.sum((zwarn & 32) > 0)) == 36
+    model = load_model(tiny_model_path)
+    batches = [toy_batch(3, {"A": toy_waves["A"][:150]}, seed=s) for s in range(4)]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        list(predict_batches(model, batches, refine=False))
+    assert len([w for w in seen if issubclass(w.category, DomainWarning)]) == 1
