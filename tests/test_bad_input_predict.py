@@ -282,3 +282,54 @@ def test_out_of_domain_warning_is_said_once_per_run_with_the_count(tmp_path, tin
         warnings.simplefilter("always")
         list(predict_batches(model, batches, refine=False))
     assert len([w for w in seen if issubclass(w.category, DomainWarning)]) == 1
+
+
+# --- issue 13 item 6: a single wild pixel --------------------------------------------------------
+
+
+def _wild(batch, factor: float = 1e4, seed: int = 1):
+    """``batch`` with one unmasked pixel per spectrum, in the second arm, at ``factor`` x the
+    spectrum's median |flux| (and the arm's typical ivar)."""
+    import dataclasses
+    rng = np.random.default_rng(seed)
+    arms = {a: {k: np.array(v, copy=True) for k, v in d.items()} for a, d in batch.arms.items()}
+    arm = arms[list(arms)[1]]
+    for i in range(len(batch)):
+        j = int(rng.integers(arm["flux"].shape[1] // 4, 3 * arm["flux"].shape[1] // 4))
+        arm["flux"][i, j] = factor * max(float(np.nanmedian(np.abs(arm["flux"][i]))), 1.0)
+        arm["mask"][i, j] = 0
+        arm["ivar"][i, j] = np.median(arm["ivar"][i][arm["ivar"][i] > 0])
+    return dataclasses.replace(batch, arms=arms)
+
+
+BUGCASES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bugcases"
+if not BUGCASES.is_dir():
+    BUGCASES = Path("/work/shared/data/bugcases")
+
+
+def test_wild_pixel_in_predict_sets_fit_outliers_and_never_qop4():
+    """Issue 13 item 6: a MOONS spectrum (bug case corrupt-checkpoint-weights/moons_r8.fits)
+    with one wild pixel, through the shipped model: z as for the clean spectrum, the row
+    carries ZWarn.FIT_OUTLIERS and qop <= 3; the clean row does not carry the bit. (Before:
+    z moved by ~0.01 with z_err ~1e-8 and qop 4.)"""
+    from mtopnet.catalogue import ZWarn
+    from mtopnet.io import read_spectra
+    from mtopnet.predict import predict_batches
+    from mtopnet.store import SpectraBatch
+    from mtopnet.trained import load_model
+    path = BUGCASES / "corrupt-checkpoint-weights" / "moons_r8.fits"
+    if not path.is_file():
+        pytest.skip("bug case moons_r8.fits not present")
+    model = load_model("moons-lr")
+    clean = SpectraBatch.concatenate(list(read_spectra([str(path)])))
+    r0 = next(predict_batches(model, [clean]))
+    for seed in range(3):
+        r1 = next(predict_batches(model, [_wild(clean, seed=seed)]))
+        assert not np.any(r0["zwarn"] & ZWarn.FIT_OUTLIERS)
+        assert np.all(r1["zwarn"] & ZWarn.FIT_OUTLIERS) and np.all(r1["qop"] <= 3)
+        np.testing.assert_allclose(r1["z"], r0["z"], atol=2e-4)
+    # the same without clipping (the old fit): the wild pixel moves z or fakes a tiny error
+    from mtopnet.refine import RefineConfig, Refiner
+    plain = Refiner.from_model(model, RefineConfig(clip_sigma=None))
+    r2 = next(predict_batches(model, [_wild(clean, seed=0)], refine=plain))
+    assert np.any((np.abs(r2["z"] - r0["z"]) > 2e-4) | (r2["z_err"] < 0.1 * r0["z_err"]))

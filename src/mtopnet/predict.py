@@ -155,6 +155,7 @@ class _Scan:
         cfg = model.scan
         assert cfg is not None
         self.config = cfg
+        self.clip_sigma = refiner.config.clip_sigma
         zb = model.zbins
         self.edges = zb.edges
         self.scanner = ZScanner.from_refine_basis(refiner.basis, (zb.z_min, zb.z_max), n_templates=cfg.n_templates,
@@ -169,7 +170,10 @@ class _Scan:
         sel = np.flatnonzero(usable & (p_net < self.config.select_below))
         pdf = pdf_net
         if len(sel):
-            res = self.scanner.scan(x.flux[sel], x.ivar[sel])
+            if self.clip_sigma is None:
+                res = self.scanner.scan(x.flux[sel], x.ivar[sel])
+            else:  # a wild pixel must not choose the redshift: clipped against the best fit, scanned again
+                res = self.scanner.scan_clipped(x.flux[sel], x.ivar[sel], self.clip_sigma)[0]
             chi2_bins = chi2_on_bins(res.z, res.chi2, self.edges)
             pdf = pdf_net.copy()
             pdf[sel] = combine_pdf(pdf_net[sel], chi2_bins, self.config.w_net, self.config.t, ok=res.ok)
@@ -281,6 +285,9 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             capped = (zwarn & int(ZWarn.OUT_OF_DOMAIN | ZWarn.REFINE_DISAGREE | ZWarn.SCAN_DISAGREE
                                   | ZWarn.IMPLAUSIBLE_FLUX)) != 0
             qop = np.where(capped, np.minimum(qop, 2), qop)
+        if fit is not None:  # a few wild pixels dominated the fit (refitted without them): never qop 4
+            zwarn |= np.where(fit.outlier_dominated, int(ZWarn.FIT_OUTLIERS), 0).astype(np.int32)
+            qop = np.where(fit.outlier_dominated, np.minimum(qop, 3), qop)
         qop = np.where(unusable, 1, qop).astype(np.int16)
         p_dz01 = np.where(all_masked, 0.0, p_dz01)
         rows: dict[str, np.ndarray] = {"id": np.asarray(batch.ids)}
