@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", default=("simulate", "predict", "train"))
     args = ap.parse_args()
     from conftest import tiny_train_config
+    from mtopnet.train import _DERIVED_MODEL_FIELDS
     rng = np.random.default_rng(args.seed)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sigkill-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -103,6 +104,7 @@ def main() -> None:
             shutil.rmtree(work / f"sim{k}.h5.shards", ignore_errors=True)
             out.unlink(missing_ok=True)
         rows.append(("simulate", args.kills, done, equal, left))
+        print("done:", *rows[-1], flush=True)
 
     if "predict" in args.only:
         ref = work / "ref.fits"
@@ -120,10 +122,13 @@ def main() -> None:
             # temporary file, no lock file)
             out.unlink(missing_ok=True)
         rows.append(("predict", args.kills, done, equal, left))
+        print("done:", *rows[-1], flush=True)
 
     if "train" in args.only:
         config = work / "tiny.yaml"
-        config.write_text(yaml.safe_dump(tiny_train_config(args.epochs).as_dict(), sort_keys=False))
+        recipe = tiny_train_config(args.epochs).as_dict()
+        recipe["model"] = {k: v for k, v in recipe["model"].items() if k not in _DERIVED_MODEL_FIELDS}
+        config.write_text(yaml.safe_dump(recipe, sort_keys=False))
         train = ["train", "--train", str(store), "--val", str(store), "--config", str(config), "--quiet"]
         ref_dir = work / "train_ref"
         code, t_train = _run(_mtopnet(*train, "--out", str(ref_dir)))
@@ -140,6 +145,7 @@ def main() -> None:
             left += any(p.name.endswith(".tmp") for p in out.rglob("*"))
             shutil.rmtree(out, ignore_errors=True)
         rows.append(("train", args.kills, done, equal, left))
+        print("done:", *rows[-1], flush=True)
 
     print(f"reference times: simulate {t_sim:.0f} s" + (f", predict {t_pred:.0f} s" if "predict" in args.only else "")
           + (f", train {t_train:.0f} s" if "train" in args.only else ""))
