@@ -161,7 +161,8 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
             pdf_b = torch.softmax(logits.double(), dim=1).numpy()
             pnet.append(pdf_summary(pdf_b, zb.edges)["p_window"])
             pdfs.append(pdf_b.astype(np.float32))
-            res = scanner.scan(x.flux, x.ivar)
+            clip = refiner.config.clip_sigma  # as prediction scans (mtopnet.predict._Scan)
+            res = scanner.scan(x.flux, x.ivar) if clip is None else scanner.scan_clipped(x.flux, x.ivar, clip)[0]
             disp = scan_dispersion(res, scanner.n_basis)[:, None]
             chi2s.append((chi2_on_bins(res.z, res.chi2, zb.edges) / disp).astype(np.float32))
             oks.append(res.ok)

@@ -25,15 +25,26 @@ With refinement (the default) also, after those (mtopnet.refine, docs/refine.md)
 
 With ``--pdf`` the PDF is added (FITS: a vector column ``z_pdf`` plus an HDU ``ZBINS`` with
 the bin centres; Parquet: a fixed-size-list column ``z_pdf`` and the centres in the schema
-metadata; CSV: one column per bin named ``pdf_z<centre>``). Files are written as
-``NAME.tmp`` and renamed when complete.
+metadata; CSV: one column per bin named ``pdf_z<centre>``).
+
+Writing (:class:`CatalogueWriter`): rows go to a temporary file ``NAME.<pid>.<random>.tmp`` in
+the output's folder, renamed to ``NAME`` when complete, so a reader never sees half a
+catalogue. For the whole run the writer holds an advisory lock (``fcntl.flock``) on
+``NAME.lock``: a second writer of the same ``NAME`` is refused with a one-line
+:class:`~mtopnet.config.UserError` naming the first one's pid. The kernel releases the lock
+when its process dies (even by SIGKILL), so a killed run never blocks the next one, which also
+removes the killed run's temporary files. A full disk or a read-only folder ends as
+:func:`mtopnet.store.write_error`'s one line, with the temporary file removed.
 """
 from __future__ import annotations
 
 import contextlib
 import enum
+import errno
+import fcntl
 import json
 import os
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -42,13 +53,13 @@ import numpy as np
 
 from . import __version__
 from .config import UserError
-from .store import open_store
+from .store import open_store, remove_partial, write_error
 
 MIN_VALID_FRACTION = 0.2
 """Objects with valid data on less than this fraction of the model grid get LITTLE_COVERAGE."""
 
 class ZWarn(enum.IntFlag):
-    """Warning bits of the ``zwarn`` column (0 = no warning). Bits 13-15 are reserved."""
+    """Warning bits of the ``zwarn`` column (0 = no warning). Bits 14-15 are reserved."""
 
     LITTLE_COVERAGE = 1 << 0  # valid data on < MIN_VALID_FRACTION of the model's grid (qop forced to 1)
     ALL_MASKED = 1 << 1  # no valid pixel at all: outputs are the network's prior (qop 1, p_dz01 0)
@@ -62,7 +73,8 @@ class ZWarn(enum.IntFlag):
     UNTRAINED_PIXELS = 1 << 9  # data where the model saw none in training (voided before the network)
     IMPLAUSIBLE_FLUX = 1 << 10  # flux scale impossible for a galaxy (wrong unit?): M*, SFR meaningless (qop <= 2)
     SCAN_DISAGREE = 1 << 11  # the full-range template scan prefers another z by DELTACHI2 > 9 (qop <= 2)
-    Z_AT_LIMIT = 1 << 12  # z within 0.01 of the model's redshift range: a featureless spectrum's pile-up (qop <= 2)
+    FIT_OUTLIERS = 1 << 12  # the template fit was dominated by a few pixels far from it; fitted without them (qop <= 3)
+    Z_AT_LIMIT = 1 << 13  # z within 0.01 of the model's redshift range: a featureless spectrum's pile-up (qop <= 2)
 
     @classmethod
     def names(cls, value: int) -> list[str]:
@@ -107,42 +119,147 @@ def catalogue_format(path: str | Path) -> str:
     raise UserError(f"{path}: unknown catalogue format; use .fits, .parquet or .csv")
 
 
+class OutputLock:
+    """Advisory lock of one output file for one run: ``fcntl.flock`` on ``NAME.lock``.
+
+    ``acquire()`` raises :class:`UserError` ("... is being written by another mtopnet run
+    (pid N)") while another process holds it. The lock file holds the holder's pid; it is
+    removed on ``release()``. A lock left by a killed process is free (the kernel drops a
+    flock with its process), so it never blocks a re-run.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        while self._fd is None:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise write_error(self.path, exc) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = _read_pid(fd)
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    who = f" (pid {holder})" if holder else ""
+                    raise UserError(f"{self.path}: is being written by another mtopnet run{who}; "
+                                    f"wait for it or choose another output") from None
+                raise write_error(self.path, exc) from None
+            try:  # the holder before us may have removed the file after we opened it: lock the one on disk
+                same = os.path.samestat(os.fstat(fd), os.stat(self.lock_path))
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError as exc:
+                os.close(fd)
+                raise write_error(self.path, exc) from None
+            self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.lock_path.unlink()  # while still holding it: a waiting process re-checks the file
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+    return None
+
+
+def temp_name(path: Path) -> Path:
+    """A temporary name for ``path`` unique to this run: ``NAME.<pid>.<random>.tmp``, same folder."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temporary files of earlier, killed writers of ``path`` (call only while holding its lock)."""
+    for stale in path.parent.glob(f"{_glob_escape(path.name)}.*.tmp"):
+        remove_partial(stale)
+    remove_partial(path.with_name(path.name + ".tmp"))  # the name of earlier versions
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 class CatalogueWriter:
     """Streaming catalogue writer: ``write(rows)`` per batch, ``close()`` renames the temp file.
 
     path: output (format from the extension); zbin_centres: (K,) written with ``z_pdf``;
-    meta: provenance (version, model) written into headers / metadata.
+    meta: provenance (version, model) written into headers / metadata; overwrite: False refuses
+    a ``path`` that exists once the lock is held (another run may just have finished it).
+    The lock on ``path`` (:class:`OutputLock`) is taken on construction and held until
+    ``close()`` or ``abort()``. UserError: another run writes ``path``, or a write failed
+    (full disk, read-only folder; the temporary file is removed).
     """
 
-    def __init__(self, path: str | Path, zbin_centres: np.ndarray | None = None, meta: dict | None = None):
+    def __init__(self, path: str | Path, zbin_centres: np.ndarray | None = None, meta: dict | None = None,
+                 overwrite: bool = True):
         self.path = Path(path)
         self.format = catalogue_format(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.centres = zbin_centres
         self.meta = meta or {}
         self.n_rows = 0
         self._impl: Any = None
+        self.lock = OutputLock(self.path).acquire()
+        if not overwrite and self.path.exists():
+            self.lock.release()
+            raise UserError(f"{self.path}: exists; pass --overwrite to replace it")
+        _remove_stale_temps(self.path)
+        self.tmp = temp_name(self.path)
+
+    def _open(self, rows: dict[str, np.ndarray], centres: np.ndarray | None) -> None:
+        self._impl = {"fits": _FitsSink, "parquet": _ParquetSink, "csv": _CsvSink}[self.format](
+            self.tmp, rows, centres, self.meta)
 
     def write(self, rows: dict[str, np.ndarray]) -> None:
-        if self._impl is None:
-            self._impl = {"fits": _FitsSink, "parquet": _ParquetSink, "csv": _CsvSink}[self.format](
-                self.tmp, rows, self.centres, self.meta)
-        self._impl.write(rows)
+        try:
+            if self._impl is None:
+                self._open(rows, self.centres)
+            self._impl.write(rows)
+        except OSError as exc:
+            self.abort()
+            raise write_error(self.path, exc) from None
         self.n_rows += len(rows["id"])
 
     def close(self) -> None:
-        if self._impl is None:  # no rows: an empty catalogue with the right columns
-            empty = {"id": np.zeros(0, np.int64), **{k: np.zeros(0, dt) for k, dt in CATALOGUE_DTYPES.items()}}
-            self._impl = {"fits": _FitsSink, "parquet": _ParquetSink, "csv": _CsvSink}[self.format](
-                self.tmp, empty, None, self.meta)
-        self._impl.close()
-        os.replace(self.tmp, self.path)
+        try:
+            if self._impl is None:  # no rows: an empty catalogue with the right columns
+                empty = {"id": np.zeros(0, np.int64), **{k: np.zeros(0, dt) for k, dt in CATALOGUE_DTYPES.items()}}
+                self._open(empty, None)
+            self._impl.close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise write_error(self.path, exc) from None
+        self.lock.release()
 
     def abort(self) -> None:
         if self._impl is not None:
             with contextlib.suppress(Exception):  # best effort cleanup
                 self._impl.close()
-        self.tmp.unlink(missing_ok=True)
+        remove_partial(self.tmp)
+        self.lock.release()
 
     def __enter__(self) -> "CatalogueWriter":
         return self
@@ -207,6 +324,12 @@ class _FitsSink:
     def close(self) -> None:
         if self.fh.closed:
             return
+        try:
+            self._finish()
+        finally:
+            self.fh.close()
+
+    def _finish(self) -> None:
         size = self.n * self.dtype.itemsize
         self.fh.write(b"\0" * ((-size) % 2880))
         self.header["NAXIS2"] = self.n
@@ -221,7 +344,7 @@ class _FitsSink:
             zb.header["COMMENT"] = "redshift bin centres of the z_pdf column"
             self.fh.write(zb.header.tostring().encode("ascii"))
             self.fh.write(data.tobytes() + b"\0" * ((-data.nbytes) % 2880))
-        self.fh.close()
+        self.fh.flush()
 
 
 def _arrow_fields(pa, first: dict) -> tuple[list, dict, int]:
@@ -377,5 +500,5 @@ def match_ids(cat_ids: np.ndarray, truth_ids: np.ndarray) -> np.ndarray:
 
 __all__ = ["ZWarn", "MIN_VALID_FRACTION", "CATALOGUE_COLUMNS", "CATALOGUE_DTYPES", "REFINE_COLUMNS", "REFINE_DTYPES",
            "SCAN_COLUMNS", "SCAN_DTYPES",
-           "catalogue_format", "CatalogueWriter", "write_catalogue", "read_catalogue", "read_zbin_centres",
-           "read_truth", "match_ids"]
+           "catalogue_format", "CatalogueWriter", "OutputLock", "temp_name", "write_catalogue", "read_catalogue",
+           "read_zbin_centres", "read_truth", "match_ids"]

@@ -16,7 +16,8 @@ Content (all builtins and tensors, so ``torch.load(weights_only=True)`` reads it
     weights_sha256    SHA-256 of the state_dict's tensors (:func:`weights_sha256`), added on save
     (training only)   optimizer, scheduler, epoch, best, patience_left, history
 
-Files are written under ``NAME.tmp`` and renamed, so a killed job never leaves half a file.
+Files are written under ``NAME.tmp`` and renamed, so a killed job never leaves half a file; a
+full disk or read-only folder is a one-line UserError (:func:`mtopnet.store.write_file_atomic`).
 Reading verifies integrity before anything is used: the CRC of every member of the archive
 (``torch.save`` writes a zip file), then, when the checkpoint stores one, the weights' hash.
 Damaged bytes inside a tensor therefore end as a one-line :class:`UserError` naming the
@@ -25,7 +26,7 @@ file; checkpoints written before the hash was added are checked by the CRCs alon
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -35,6 +36,7 @@ import torch
 
 from .config import ConfigError, UserError
 from .model import ModelConfig, MTopNet
+from .store import write_file_atomic
 
 FORMAT = "mtopnet-checkpoint"
 FORMAT_VERSION = 1
@@ -53,11 +55,10 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Atomically write ``payload`` (with format keys and ``weights_sha256`` added) to ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     extra = {"weights_sha256": weights_sha256(payload["state_dict"])} if "state_dict" in payload else {}
-    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload, **extra}, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()  # built in memory, written with plain I/O: a full disk is a one-line UserError
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload, **extra}, buffer)
+    write_file_atomic(path, buffer.getbuffer())
 
 
 def _check_archive(path: Path) -> None:

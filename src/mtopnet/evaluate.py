@@ -31,7 +31,7 @@ from .catalogue import match_ids, read_catalogue, read_truth, read_zbin_centres
 from .config import UserError
 from .constants import SUCCESS_DZ
 from .plots import evaluation as figures
-from .store import open_store
+from .store import open_store, write_error, write_file_atomic
 
 COMMAND = "evaluate"
 HMAG_EDGES = (20.0, 21.0, 22.0, 23.0, 24.0, 24.5, 25.0, 25.5, 26.0)
@@ -271,12 +271,15 @@ def evaluate(catalogue: str | Path, truth: str | Path, report_dir: str | Path, p
     out = Path(report_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc) from None
     metrics = compute_metrics(cat, tr, band)
     metrics["catalogue"] = str(catalogue)
     metrics["truth"] = str(truth)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (out / "metrics.md").write_text(metrics_markdown(metrics))
+    write_file_atomic(out / "metrics.json", json.dumps(metrics, indent=1).encode())
+    write_file_atomic(out / "metrics.md", metrics_markdown(metrics).encode())
     if plots:
         metrics["plots"] = [str(p) for p in _plots(cat, tr, Path(truth), out, read_zbin_centres(catalogue),
                                                    band=band)]

@@ -53,6 +53,28 @@ class DomainWarning(UserWarning):
     names the model's expected arms, coverage and resolution."""
 
 
+@dataclasses.dataclass
+class DomainReport:
+    """Out-of-domain spectra of one run, collected for one :class:`DomainWarning` at its end.
+
+    n_spectra: spectra that got OUT_OF_DOMAIN; n_layouts: distinct arm layouts among them;
+    first: the first such layout's description and problem (None if none).
+    """
+
+    n_spectra: int = 0
+    n_layouts: int = 0
+    first: str | None = None
+
+    def warn(self, model: TrainedModel) -> None:
+        """One DomainWarning for the whole run (nothing if no spectrum was out of the domain)."""
+        if not self.n_spectra:
+            return
+        layouts = f" in {self.n_layouts} arm layouts; the first," if self.n_layouts > 1 else ""
+        warnings.warn(DomainWarning(
+            f"{self.n_spectra} spectra{layouts} {self.first}; the model expects {expected_domain(model)}; "
+            f"zwarn bit OUT_OF_DOMAIN ({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
+
+
 def expected_domain(model: TrainedModel) -> str:
     """What the model was trained on, in words: instrument, arms (range, R) and grid range."""
     info = model.instrument or {}
@@ -133,6 +155,7 @@ class _Scan:
         cfg = model.scan
         assert cfg is not None
         self.config = cfg
+        self.clip_sigma = refiner.config.clip_sigma
         zb = model.zbins
         self.edges = zb.edges
         self.scanner = ZScanner.from_refine_basis(refiner.basis, (zb.z_min, zb.z_max), n_templates=cfg.n_templates,
@@ -147,7 +170,10 @@ class _Scan:
         sel = np.flatnonzero(usable & (p_net < self.config.select_below))
         pdf = pdf_net
         if len(sel):
-            res = self.scanner.scan(x.flux[sel], x.ivar[sel])
+            if self.clip_sigma is None:
+                res = self.scanner.scan(x.flux[sel], x.ivar[sel])
+            else:  # a wild pixel must not choose the redshift: clipped against the best fit, scanned again
+                res = self.scanner.scan_clipped(x.flux[sel], x.ivar[sel], self.clip_sigma)[0]
             chi2_bins = chi2_on_bins(res.z, res.chi2, self.edges) / scan_dispersion(res, self.scanner.n_basis)[:, None]
             pdf = pdf_net.copy()
             gate = network_gate(p_net[sel], self.config.gamma)
@@ -162,7 +188,8 @@ class _Scan:
 def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, with_pdf: bool = False,
                     batch_size: int | None = 1024, arm_resolution: dict[str, float] | None = None,
                     min_valid_fraction: float = MIN_VALID_FRACTION,
-                    refine: bool | Refiner = True, with_net_pdf: bool = False) -> Iterator[dict[str, np.ndarray]]:
+                    refine: bool | Refiner = True, with_net_pdf: bool = False,
+                    domain_report: DomainReport | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Catalogue rows for each batch (input order): dict column -> (n,) array.
 
     Columns are :data:`CATALOGUE_COLUMNS`, then (with ``refine``) :data:`REFINE_COLUMNS`, then
@@ -174,6 +201,8 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
     is checked against the training arms (ZWarn.OUT_OF_DOMAIN). ``refine``: True refines z
     with the shipped templates (:mod:`mtopnet.refine`), a :class:`~mtopnet.refine.Refiner`
     with its own basis or settings, False gives the network's estimates alone (no scan).
+    Out-of-domain spectra give one :class:`DomainWarning` per distinct arm layout, or, with a
+    ``domain_report``, none: they are counted there for one warning at the end of the run.
     """
     net, pre, zb = model.network, model.preprocessor, model.zbins
     device = next(net.parameters()).device
@@ -216,11 +245,18 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             domain_cache[key] = problem is None
             if problem is not None:
                 first = str(np.asarray(batch.ids)[0])
-                warnings.warn(DomainWarning(
-                    f"spectra with arms {_describe_arms(batch)} (first id {first}) are out of the model's domain: "
-                    f"{problem}; the model expects {expected_domain(model)}; zwarn bit OUT_OF_DOMAIN "
-                    f"({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
+                what = (f"with arms {_describe_arms(batch)} (first id {first}) are out of the model's domain: "
+                        f"{problem}")
+                if domain_report is None:
+                    warnings.warn(DomainWarning(
+                        f"spectra {what}; the model expects {expected_domain(model)}; zwarn bit OUT_OF_DOMAIN "
+                        f"({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
+                else:
+                    domain_report.n_layouts += 1
+                    domain_report.first = domain_report.first or what
         out_of_domain = not domain_cache[key]
+        if out_of_domain and domain_report is not None:
+            domain_report.n_spectra += n
         features = {}
         if scan is not None:
             features = _fit_features(summ, summ_net, pdf_net, zb.edges, fit, scan_cols, x, out_of_domain)
@@ -255,6 +291,9 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             capped = (zwarn & int(ZWarn.OUT_OF_DOMAIN | ZWarn.REFINE_DISAGREE | ZWarn.SCAN_DISAGREE
                                   | ZWarn.IMPLAUSIBLE_FLUX | ZWarn.Z_AT_LIMIT)) != 0
             qop = np.where(capped, np.minimum(qop, 2), qop)
+        if fit is not None:  # a few wild pixels dominated the fit (refitted without them): never qop 4
+            zwarn |= np.where(fit.outlier_dominated, int(ZWarn.FIT_OUTLIERS), 0).astype(np.int32)
+            qop = np.where(fit.outlier_dominated, np.minimum(qop, 3), qop)
         qop = np.where(unusable, 1, qop).astype(np.int16)
         p_dz01 = np.where(all_masked, 0.0, p_dz01)
         rows: dict[str, np.ndarray] = {"id": np.asarray(batch.ids)}
@@ -365,6 +404,8 @@ def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, ou
     """Predict for every spectrum of ``inputs`` (stores or files mtopnet.io reads) into catalogue ``out``.
 
     Streams: memory stays flat in the number of objects. Returns the number of rows written.
+    Out-of-domain spectra give one :class:`DomainWarning` at the end, with their number. While
+    it runs, a second writer of ``out`` is refused (:class:`mtopnet.catalogue.CatalogueWriter`).
     ``refine``: as in :func:`predict_batches` (True: template refinement of z, the default).
     """
     if isinstance(inputs, (str, os.PathLike)):
@@ -381,14 +422,17 @@ def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, ou
         refine = Refiner.from_model(model)
     if refine is not False and refine is not None:
         meta["refine"] = Path(refine.basis.meta.get("templates", "")).name
+    report = DomainReport()
     rows = predict_batches(model, _input_batches(list(inputs), batch_size, format), with_pdf=with_pdf,
-                           batch_size=batch_size, arm_resolution=_store_resolution(list(inputs)), refine=refine)
+                           batch_size=batch_size, arm_resolution=_store_resolution(list(inputs)), refine=refine,
+                           domain_report=report)
     bar = tqdm(desc="predict", unit="spec", disable=not progress, file=sys.stderr)
-    with CatalogueWriter(out, model.zbins.centres if with_pdf else None, meta) as writer:
+    with CatalogueWriter(out, model.zbins.centres if with_pdf else None, meta, overwrite=overwrite) as writer:
         for chunk in rows:
             writer.write(chunk)
             bar.update(len(chunk["id"]))
     bar.close()
+    report.warn(model)  # once per run, with the count
     return writer.n_rows
 
 
@@ -423,4 +467,4 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 __all__ = ["TrainedModel", "load_model", "predict_batches", "domain_check", "domain_problem", "expected_domain",
-           "DomainWarning", "predict_store", "COMMAND", "add_arguments", "run_cli"]
+           "DomainWarning", "DomainReport", "predict_store", "COMMAND", "add_arguments", "run_cli"]

@@ -170,6 +170,22 @@ def remove_partial(path: str | Path) -> None:
         Path(path).unlink(missing_ok=True)
 
 
+def write_file_atomic(path: str | Path, data: memoryview | bytes) -> None:
+    """Write ``data`` to ``path`` atomically (``path.tmp``, then rename) with plain file I/O.
+
+    Any OSError (full disk, read-only folder, permission) removes ``path.tmp`` and raises
+    :func:`write_error`'s one-line :class:`UserError`; an existing ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        _write_bytes(tmp, data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        remove_partial(tmp)
+        raise write_error(path, exc) from None
+
+
 def _write_bytes(path: Path, data: memoryview | bytes) -> None:
     """Write ``data`` to a new file ``path`` (plain file I/O; OSError on failure)."""
     with open(path, "wb") as handle:

@@ -68,7 +68,7 @@ from .model import LossWeights, ModelConfig, MTopNet, ZBinning, count_parameters
 from .model.line_head import line_target
 from .preprocess import PreprocessConfig, Preprocessor
 from .quality import SUCCESS_DZ, fit_calibration, pdf_summary
-from .store import iter_store, open_store, store_info
+from .store import iter_store, open_store, store_info, write_error, write_file_atomic
 
 COMMAND = "train"
 CACHE_VERSION = 1
@@ -213,6 +213,18 @@ def _open_cache(folder: Path) -> Cache:
                  labels={k: lab[k] for k in _CACHE_LABELS}, ids=lab["ids"], valid_fraction=lab["valid_fraction"])
 
 
+def _reserved_memmaps(shapes: dict[Path, tuple[int, ...]]) -> list[np.memmap]:
+    """New float16 ``.npy`` memory maps, one per path and shape, whose disk blocks are all
+    allocated before any is mapped (OSError if the disk has no room, nothing left mapped), so
+    writing into them cannot fail later."""
+    for path, shape in shapes.items():
+        header_only = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+        del header_only
+        with open(path, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+    return [np.load(path, mmap_mode="r+") for path in shapes]
+
+
 def build_cache(store: str | Path, preprocess: PreprocessConfig, root: str | Path, progress: bool = True,
                 chunk: int = 1024) -> Cache:
     """Preprocess ``store`` into ``root/<key>/`` once; reuse it if complete (``meta.json`` present)."""
@@ -221,17 +233,22 @@ def build_cache(store: str | Path, preprocess: PreprocessConfig, root: str | Pat
     folder = Path(root) / key
     if (folder / "meta.json").is_file():
         return _open_cache(folder)
-    if folder.exists():
-        shutil.rmtree(folder)  # an interrupted build
-    folder.mkdir(parents=True)
+    try:
+        if folder.exists():
+            shutil.rmtree(folder)  # an interrupted build
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise write_error(folder, exc) from None
     info = store_info(store)
     n = info["n"]
     if n == 0:
         raise UserError(f"{store}: the store holds no objects")
-    spec = np.lib.format.open_memmap(folder / "spectrum.npy", mode="w+", dtype=np.float16,
-                                     shape=(n, 2, preprocess.n_pix))
-    cont = np.lib.format.open_memmap(folder / "continuum.npy", mode="w+", dtype=np.float16,
-                                     shape=(n, preprocess.n_continuum_features))
+    try:  # disk space reserved up front: writing a memory map to a full disk would kill the process (SIGBUS)
+        spec, cont = _reserved_memmaps({folder / "spectrum.npy": (n, 2, preprocess.n_pix),
+                                        folder / "continuum.npy": (n, preprocess.n_continuum_features)})
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise write_error(folder, exc) from None
     labels = {k: np.full(n, np.nan) for k in _CACHE_LABELS}
     ids = np.zeros(n, dtype=np.int64)
     valid = np.zeros(n, dtype=np.float32)
@@ -254,13 +271,15 @@ def build_cache(store: str | Path, preprocess: PreprocessConfig, root: str | Pat
     spec.flush()
     cont.flush()
     del spec, cont
-    np.savez(folder / "labels.npz", ids=ids, valid_fraction=valid, **labels)
+    try:
+        np.savez(folder / "labels.npz", ids=ids, valid_fraction=valid, **labels)
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise write_error(folder, exc) from None
     meta = {"store": str(store), "n": n, "preprocess": preprocess.as_dict(), "cache_version": CACHE_VERSION,
             "arms": {a: [float(w[0]), float(w[-1]), len(w)] if len(w) else [] for a, w in info["arms"].items()},
             "attrs": {k: str(v) for k, v in info["attrs"].items()}}
-    tmp = folder / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, folder / "meta.json")
+    write_file_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode())  # marks the cache complete
     return _open_cache(folder)
 
 
@@ -454,9 +473,7 @@ def inference_payload(net: MTopNet, config: TrainConfig, norm: LabelNorm, info: 
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_file_atomic(path, text.encode())
 
 
 def train(train_store: str | Path, val_store: str | Path, out_dir: str | Path,
@@ -485,7 +502,10 @@ def train(train_store: str | Path, val_store: str | Path, out_dir: str | Path,
         open_store(path).close()
     procs = processes_from_env()
     dev = resolve_device(device, procs.local_rank)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc) from None
     owns_group = join_process_group(procs, dev)
     try:
         return _run(train_store, val_store, out, config, resume=resume, progress=progress and procs.is_main,

@@ -5,6 +5,7 @@ the other) and writes one PNG (matplotlib Agg), returning its path.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +16,7 @@ import numpy as np  # noqa: E402
 
 from ..constants import SUCCESS_DZ  # noqa: E402
 from ..lines import LINES  # noqa: E402
-from ..store import read_store  # noqa: E402
+from ..store import read_store, write_file_atomic  # noqa: E402
 
 PAPER_CURVE_H = np.array([20.0, 23.9, 24.1, 24.3, 24.5, 24.7, 24.9, 25.1, 25.3, 25.5, 25.7, 25.9])
 PAPER_CURVE_FRAC = np.array([0.93, 0.93, 0.91, 0.88, 0.84, 0.79, 0.74, 0.66, 0.59, 0.51, 0.43, 0.38])
@@ -24,8 +25,12 @@ PAPER_CURVE_FRAC = np.array([0.93, 0.93, 0.91, 0.88, 0.84, 0.79, 0.74, 0.66, 0.5
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    buffer = io.BytesIO()  # rendered in memory, written atomically: a full disk is a one-line UserError
+    try:
+        fig.savefig(buffer, dpi=110, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
+    write_file_atomic(path, buffer.getbuffer())
     return path
 
 

@@ -2,6 +2,7 @@
 minimum, and the choice of the reported peak (:func:`combine`)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import torch
 from ..constants import C_KMS, SEPARATION_KMS
 from ..quality import pdf_peaks, window_mass
 from .basis import RefineBasis, build_basis
-from .kernels import coarse_chi2, fine_chi2
+from .kernels import best_fit_model, coarse_chi2, fine_chi2, outlier_pixels
 from .settings import RefineConfig
 
 """Trials closer than this to the best fit do not count as the 'next best' solution."""
@@ -45,7 +46,9 @@ class RefineResult:
     refined: index of the reported peak (0 = the PDF's main peak), -1 if not refined;
     disagree: REFINE_DISAGREE; fit_mass: PDF mass within +-window of the reported z.
     peak_z, peak_chi2, peak_mass: (N, P) per-peak refined z, fine chi2, PDF mass (NaN/inf/0
-    where absent).
+    where absent). n_clipped: pixels given zero weight as outliers of the first fit
+    (``RefineConfig.clip_sigma``); outlier_dominated: those pixels held more than
+    ``dominated_fraction`` of the first fit's chi2 (ZWarn.FIT_OUTLIERS).
     """
 
     z: np.ndarray
@@ -60,6 +63,8 @@ class RefineResult:
     peak_chi2: np.ndarray
     peak_mass: np.ndarray
     peak_zerr: np.ndarray
+    n_clipped: np.ndarray | None = None
+    outlier_dominated: np.ndarray | None = None
 
 
 class Refiner:
@@ -268,11 +273,66 @@ class Refiner:
 
     def _refine(self, flux: np.ndarray, ivar: np.ndarray, pdf: np.ndarray, z_net: np.ndarray,
                 skip: np.ndarray | None, z_err_net: np.ndarray | None) -> RefineResult:
+        """The fit; then, with ``clip_sigma``, pixels that far from the best-fit model get zero
+        weight and the objects that had any are fitted once more."""
         cfg = self.config
         n = len(flux)
         flux = np.asarray(flux, dtype=np.float32)
         ivar = np.where(np.isfinite(ivar) & (ivar > 0) & np.isfinite(flux), ivar, 0).astype(np.float32)
         flux = np.where(ivar > 0, flux, 0).astype(np.float32)
+        out = self._fit(flux, ivar, pdf, z_net, skip, z_err_net)
+        out.n_clipped = np.zeros(n, np.int64)
+        out.outlier_dominated = np.zeros(n, bool)
+        if cfg.clip_sigma is None:
+            return out
+        fitted = np.isfinite(out.rchi2)
+        chi = self.residuals(flux, ivar, out.z, fitted)
+        chi2_first = (chi.astype(np.float64) ** 2).sum(axis=1)
+        chi2_clip = np.zeros(n)
+        w = ivar
+        for _ in range(CLIP_ROUNDS):
+            clip = outlier_pixels(chi, w, cfg.clip_sigma)
+            redo = np.flatnonzero(clip.any(axis=1))
+            if len(redo) == 0:
+                break
+            chi2_clip[redo] += np.where(clip[redo], chi[redo].astype(np.float64) ** 2, 0).sum(axis=1)
+            out.n_clipped[redo] += clip[redo].sum(axis=1)
+            w = np.where(clip, 0, w).astype(np.float32)
+            again = self._fit(flux[redo], w[redo], np.asarray(pdf)[redo], np.asarray(z_net)[redo],
+                              None if skip is None else np.asarray(skip)[redo],
+                              None if z_err_net is None else np.asarray(z_err_net)[redo])
+            for fld in dataclasses.fields(RefineResult):
+                mine, theirs = getattr(out, fld.name), getattr(again, fld.name)
+                if theirs is not None and mine is not None and mine.shape[1:] == theirs.shape[1:]:
+                    mine[redo] = theirs
+            chi = np.zeros_like(chi)
+            chi[redo] = self.residuals(flux[redo], w[redo], out.z[redo], np.isfinite(out.rchi2[redo]))
+        out.outlier_dominated = chi2_clip > cfg.dominated_fraction * chi2_first
+        return out
+
+    def residuals(self, flux: np.ndarray, ivar: np.ndarray, z: np.ndarray, fitted: np.ndarray) -> np.ndarray:
+        """(flux - best-fit model at ``z``) * sqrt(ivar): (N, n_pix) float32, zero where not ``fitted``
+        (N,) or ivar is 0. flux, ivar as in :meth:`refine`, already cleaned."""
+        basis, cfg = self.basis, self.config
+        chi = np.zeros(flux.shape, np.float32)
+        rows = np.flatnonzero(np.asarray(fitted, bool) & np.isfinite(z))
+        if len(rows) == 0:
+            return chi
+        o_lo, o_hi = basis.offset_range
+        offs = np.clip(np.round(basis.offset(z[rows])).astype(np.int64), o_lo, o_hi)
+        for start in range(0, len(rows), cfg.chunk_rows):
+            sel = rows[start:start + cfg.chunk_rows]
+            w = torch.from_numpy(np.ascontiguousarray(ivar[sel]))
+            f = torch.from_numpy(np.ascontiguousarray(flux[sel]))
+            model = best_fit_model(basis, w, f, torch.from_numpy(offs[start:start + cfg.chunk_rows])).numpy()
+            chi[sel] = (flux[sel] - model) * np.sqrt(ivar[sel])
+        return chi
+
+    def _fit(self, flux: np.ndarray, ivar: np.ndarray, pdf: np.ndarray, z_net: np.ndarray,
+             skip: np.ndarray | None, z_err_net: np.ndarray | None) -> RefineResult:
+        """One refinement of N objects with cleaned float32 flux and ivar."""
+        cfg = self.config
+        n = len(flux)
         n_valid = (ivar > 0).sum(axis=1)
         skip = np.zeros(n, bool) if skip is None else np.asarray(skip, bool).copy()
         skip |= n_valid < cfg.min_valid_pixels
@@ -306,6 +366,10 @@ class Refiner:
         out.delta_chi2 = _next_best(out)
         out.fit_mass = np.where(out.refined >= 0, window_mass(pdf, self.edges, out.z, cfg.window), out.fit_mass)
         return out
+
+
+CLIP_ROUNDS = 3
+"""At most this many rounds of clipping against the best-fit model and refitting."""
 
 
 def combine(peak_z: np.ndarray, peak_zerr: np.ndarray, peak_chi2: np.ndarray, peak_mass: np.ndarray,

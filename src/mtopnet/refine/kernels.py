@@ -2,6 +2,8 @@
 trial offsets, batched over (object, peak, trial) with torch (float32 products, float64 solves)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -121,6 +123,40 @@ def fine_chi2(basis: RefineBasis, w: torch.Tensor, wf: torch.Tensor, offsets: to
     return _solve_chi2(a, b, wff[:, None])
 
 
+def best_fit_model(basis: RefineBasis, w: torch.Tensor, f: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """The least-squares model of the full basis at one trial offset per object.
+
+    w, f: (R, J) float32 ivar and flux; offsets: (R,) int64. Returns (R, J) float32, the
+    weighted least-squares combination of the basis vectors at each offset (same solve as
+    :func:`fine_chi2`: float64, Jacobi-scaled, ridge 1e-9).
+    """
+    t = _windows(_phase_major(basis), basis.oversample, offsets[:, None], w.shape[1])[:, 0]  # (R, J, K)
+    tw = t * w[:, :, None]
+    a = (tw.transpose(1, 2) @ t).double()
+    b = (tw.transpose(1, 2) @ f[:, :, None])[..., 0].double()
+    diag = torch.diagonal(a, dim1=-2, dim2=-1)
+    scale = torch.where(diag > 0, diag, torch.ones_like(diag)).rsqrt()
+    eye = torch.eye(a.shape[-1], dtype=a.dtype)
+    an = a * scale[:, :, None] * scale[:, None, :] + 1e-9 * eye
+    coeff = torch.linalg.solve(an + 1e-5 * eye * (torch.linalg.cholesky_ex(an)[1] != 0)[:, None, None],
+                               (b * scale)[..., None])[..., 0] * scale
+    return (t.double() @ coeff[:, :, None])[..., 0].float()
+
+
+def outlier_pixels(chi: np.ndarray, ivar: np.ndarray, clip_sigma: float) -> np.ndarray:
+    """(N, J) bool: pixels with |chi| (residual x sqrt(ivar) against a best-fit model) above
+    ``clip_sigma`` x max(1, the robust scatter of chi: 1.4826 x median |chi| over the pixels
+    with ivar > 0). A fit dragged off by one huge outlier leaves every pixel far from its
+    model; the robust scatter keeps the clip to the outlier itself."""
+    valid = ivar > 0
+    abschi = np.abs(chi)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no valid pixel
+        scale = 1.4826 * np.nanmedian(np.where(valid, abschi, np.nan), axis=1)
+    scale = np.where(np.isfinite(scale), np.maximum(scale, 1.0), 1.0)
+    return valid & (abschi > clip_sigma * scale[:, None])
+
+
 def _triu(k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column indices of the upper triangle of a k x k matrix (the packed order)."""
     iu = torch.triu_indices(k, k)
@@ -161,4 +197,4 @@ def _pixel_table(basis: RefineBasis, k: int) -> torch.Tensor:
     return basis.cache[key]
 
 
-__all__ = ["coarse_chi2", "fine_chi2"]
+__all__ = ["best_fit_model", "coarse_chi2", "fine_chi2", "outlier_pixels"]

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, UserError
+from .kernels import outlier_pixels
 
 """Minima closer than this to the best one do not count as a competing solution."""
 WEIGHT_FLOOR = 1e-6
@@ -286,6 +287,44 @@ class ZScanner:
             chi2[rows], best[rows], coeff[rows] = c2, bi, co
         return ZScanResult(z=self.z.copy(), chi2=chi2, chi2_zero=chi2_zero, npix=npix, best=best,
                            coeff=coeff, ok=ok)
+
+    def best_model(self, best: np.ndarray, coeff: np.ndarray) -> np.ndarray:
+        """The best-fit model (N, n_pix) float64 of a scan: ``best`` (N,) trial index (z order),
+        ``coeff`` (N, n_basis) its amplitudes (:class:`ZScanResult`)."""
+        n, p = len(best), self.n_pix
+        shift_idx = torch.from_numpy(self.stride * (self.n_trial - 1 - np.asarray(best, dtype=np.int64)))
+        t = self._crop64[shift_idx[:, None] + torch.arange(p)[None, :]]  # (n, P, K)
+        if self.n_poly:
+            t = torch.cat([t, self._poly64.T[None].expand(n, p, self.n_poly)], 2)
+        return (t @ torch.from_numpy(np.asarray(coeff, dtype=np.float64))[:, :, None])[..., 0].numpy()
+
+    def scan_clipped(self, flux: np.ndarray, ivar: np.ndarray, clip_sigma: float, chunk: int = 8,
+                     threads: int | None = 1) -> tuple[ZScanResult, np.ndarray, np.ndarray]:
+        """:meth:`scan`, then pixels far from the best fit (:func:`~mtopnet.refine.kernels.outlier_pixels`,
+        ``clip_sigma``) get zero weight and those spectra are scanned once more.
+
+        Returns the result, the clipped pixels per spectrum (N,) and the weights (N, n_pix)
+        float32 after clipping (non-finite and ivar <= 0 already zero).
+        """
+        with np.errstate(invalid="ignore"):
+            good = np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
+        w = np.where(good, ivar, 0).astype(np.float32)
+        f = np.where(good, flux, 0).astype(np.float32)
+        res = self.scan(f, w, chunk, threads)
+        n_clipped = np.zeros(len(f), np.int64)
+        rows = np.flatnonzero(res.ok)
+        for start in range(0, len(rows), 64):
+            sel = rows[start:start + 64]
+            chi = (f[sel] - self.best_model(res.best[sel], res.coeff[sel])) * np.sqrt(w[sel])
+            clip = outlier_pixels(chi, w[sel], clip_sigma)
+            n_clipped[sel] = clip.sum(axis=1)
+            w[sel] = np.where(clip, 0, w[sel])
+        redo = np.flatnonzero(n_clipped > 0)
+        if len(redo):
+            again = self.scan(f[redo], w[redo], chunk, threads)
+            for name in ("chi2", "chi2_zero", "npix", "best", "coeff", "ok"):
+                getattr(res, name)[redo] = getattr(again, name)
+        return res, n_clipped, w
 
     def correlations(self, w: np.ndarray, f: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The normal equations of a few objects at every shift: A (n, S, D, D), b (n, S, D)

@@ -47,6 +47,11 @@ class RefineConfig:
         chi2 there is higher by less than ``move_dchi2`` (unambiguous data may move z
         anywhere in the scan).
     min_valid_pixels: objects with fewer valid pixels are not refined.
+    clip_sigma: after the fit, pixels more than this many sigma from the best-fit model get
+        zero weight and the fit is redone once (a single wild pixel must not move z); None:
+        no clipping. The full-range scan clips the same way against its own best fit.
+    dominated_fraction: the fit was dominated by a few pixels (ZWarn.FIT_OUTLIERS, qop <= 3)
+        when the clipped pixels held more than this fraction of the first fit's chi2.
     chunk_rows: (object, peak) rows per batched product (memory ~ chunk_rows x 60 MB / 64).
     threads: torch threads while refining (restored after); None keeps torch's setting.
         Refinement is many medium-size products: with 2 threads on 2 busy cores they ran
@@ -73,6 +78,8 @@ class RefineConfig:
     max_shift: float = 1e-3
     move_dchi2: float = 1000.0
     min_valid_pixels: int = 100
+    clip_sigma: float | None = 10.0
+    dominated_fraction: float = 0.5
     chunk_rows: int = 64
     threads: int | None = 1
 
@@ -88,6 +95,8 @@ class RefineConfig:
                   ("max_rchi2", self.max_rchi2 > 0), ("min_density_ratio", 0 <= self.min_density_ratio < 1),
                   ("max_shift", self.max_shift > 0), ("move_dchi2", self.move_dchi2 >= 0),
                   ("min_valid_pixels", self.min_valid_pixels >= 1),
+                  ("clip_sigma", self.clip_sigma is None or self.clip_sigma > 0),
+                  ("dominated_fraction", 0 < self.dominated_fraction <= 1),
                   ("chunk_rows", self.chunk_rows >= 1), ("threads", self.threads is None or self.threads >= 1)]
         for name, ok in checks:
             if not ok:
