@@ -59,7 +59,7 @@ MIN_VALID_FRACTION = 0.2
 """Objects with valid data on less than this fraction of the model grid get LITTLE_COVERAGE."""
 
 class ZWarn(enum.IntFlag):
-    """Warning bits of the ``zwarn`` column (0 = no warning). Bits 14-15 are reserved."""
+    """Warning bits of the ``zwarn`` column (0 = no warning). Bit 15 is reserved."""
 
     LITTLE_COVERAGE = 1 << 0  # valid data on < MIN_VALID_FRACTION of the model's grid (qop forced to 1)
     ALL_MASKED = 1 << 1  # no valid pixel at all: outputs are the network's prior (qop 1, p_dz01 0)
@@ -74,6 +74,7 @@ class ZWarn(enum.IntFlag):
     IMPLAUSIBLE_FLUX = 1 << 10  # flux scale impossible for a galaxy (wrong unit?): M*, SFR meaningless (qop <= 2)
     SCAN_DISAGREE = 1 << 11  # the full-range template scan prefers another z by DELTACHI2 > 9 (qop <= 2)
     FIT_OUTLIERS = 1 << 12  # the template fit was dominated by a few pixels far from it; fitted without them (qop <= 3)
+    NET_EXCLUDES = 1 << 14  # the network PDF holds < 0.1% within +-0.01 of the reported z (qop <= 2)
     Z_AT_LIMIT = 1 << 13  # z within 0.01 of the model's redshift range: a featureless spectrum's pile-up (qop <= 2)
 
     @classmethod

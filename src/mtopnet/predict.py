@@ -287,9 +287,11 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             z_rep = np.asarray(summ["z"], dtype=np.float64)
             at_limit = (z_rep - zb.z_min < SUCCESS_DZ) | (zb.z_max - z_rep < SUCCESS_DZ)
             zwarn |= np.where(at_limit, int(ZWarn.Z_AT_LIMIT), 0).astype(np.int32)
+            excluded = features["log_net_mass"] < np.log(NET_EXCLUDES_MASS)
+            zwarn |= np.where(excluded, int(ZWarn.NET_EXCLUDES), 0).astype(np.int32)
             # what the calibration cannot see in a validation set: caps on qop (docs/quality.md)
             capped = (zwarn & int(ZWarn.OUT_OF_DOMAIN | ZWarn.REFINE_DISAGREE | ZWarn.SCAN_DISAGREE
-                                  | ZWarn.IMPLAUSIBLE_FLUX | ZWarn.Z_AT_LIMIT)) != 0
+                                  | ZWarn.IMPLAUSIBLE_FLUX | ZWarn.Z_AT_LIMIT | ZWarn.NET_EXCLUDES)) != 0
             qop = np.where(capped, np.minimum(qop, 2), qop)
         if fit is not None:  # a few wild pixels dominated the fit (refitted without them): never qop 4
             zwarn |= np.where(fit.outlier_dominated, int(ZWarn.FIT_OUTLIERS), 0).astype(np.int32)
@@ -334,6 +336,8 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         yield rows
 
 
+NET_EXCLUDES_MASS = 1e-3
+"""The network's PDF mass within +-0.01 of the reported z below which fit and PDF disagree (NET_EXCLUDES)."""
 SCAN_DISAGREE_DCHI2 = 9.0
 """The scan's own best z, > 0.01 from the reported one, fits better by more than this: SCAN_DISAGREE."""
 
