@@ -440,7 +440,7 @@ def fit_interval_levels(pdf: np.ndarray, edges: np.ndarray, z_true: np.ndarray,
 
 def fit_intervals(pdf: np.ndarray, edges: np.ndarray, z_true: np.ndarray,
                   targets: tuple[float, float] = (0.68, 0.95),
-                  temperatures: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+                  temperatures: tuple[float, ...] = (1.0,)
                   ) -> tuple[float, tuple[float, float]]:
     """(temperature, levels) for the reported intervals, on VALIDATION PDFs (N, K).
 
@@ -448,7 +448,12 @@ def fit_intervals(pdf: np.ndarray, edges: np.ndarray, z_true: np.ndarray,
     its 95% interval cannot hold 95% of redshifts while some answers are wrong. Tempering
     (:func:`temper`) gives such objects' other peaks back their weight. The smallest of
     ``temperatures`` whose 0.9999 interval holds the second target is used (the largest if
-    none does), with :func:`fit_interval_levels` at that temperature."""
+    none does), with :func:`fit_interval_levels` at that temperature.
+
+    The default is no tempering: one temperature for every object flattens the sharp
+    posteriors of certain objects along with the wrong ones (at 32, fitted on the training
+    prior's validation set, a qop-4 object's 68% interval spanned z 0.8-2.5). Where answers
+    are wrong, the 95% intervals then hold less than 95% of redshifts."""
     chosen = temperatures[-1]
     for temperature in temperatures:
         if interval_coverage(pdf, edges, z_true, 0.9999, temperature) > targets[1]:
