@@ -52,7 +52,7 @@ from .quality import (
     refined_summary,
     reliability,
 )
-from .refine import RefineConfig, Refiner, ScanConfig, ZScanner, chi2_on_bins, fit_combination, scan_dispersion
+from .refine import RefineConfig, Refiner, ScanConfig, ZScanner, fit_combination, scan_on_bins
 from .store import SpectraBatch, iter_store
 from .trained import load_model
 
@@ -145,8 +145,7 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     model = load_model(model_path)
     refiner = Refiner.from_model(model)
     zb = model.zbins
-    scanner = ZScanner.from_refine_basis(refiner.basis, (zb.z_min, zb.z_max), n_templates=scan.n_templates,
-                                         lines=scan.lines, n_poly=scan.n_poly, smooth=scan.smooth, stride=scan.stride)
+    scanner = ZScanner.from_scan_config(refiner.basis, (zb.z_min, zb.z_max), scan)
     truths = []
     for path in val_stores:
         truth = read_truth(path)
@@ -161,10 +160,8 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
             pdf_b = torch.softmax(logits.double(), dim=1).numpy()
             pnet.append(pdf_summary(pdf_b, zb.edges)["p_window"])
             pdfs.append(pdf_b.astype(np.float32))
-            clip = refiner.config.clip_sigma  # as prediction scans (mtopnet.predict._Scan)
-            res = scanner.scan(x.flux, x.ivar) if clip is None else scanner.scan_clipped(x.flux, x.ivar, clip)[0]
-            disp = scan_dispersion(res, scanner.n_basis)[:, None]
-            chi2s.append((chi2_on_bins(res.z, res.chi2, zb.edges) / disp).astype(np.float32))
+            res, chi2_bins = scan_on_bins(scanner, x.flux, x.ivar, zb.edges, refiner.config.clip_sigma)
+            chi2s.append(chi2_bins.astype(np.float32))
             oks.append(res.ok)
             ztrue.append(truth["z"][match_ids(np.asarray(batch.ids).astype(str), truth["id"])])
             if progress:

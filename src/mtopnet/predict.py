@@ -41,7 +41,7 @@ from .constants import SUCCESS_DZ
 from .instruments import load_instrument
 from .io import plan_inputs, read_spectra
 from .quality import central_intervals, pdf_summary, window_mass
-from .refine import Refiner, ZScanner, chi2_on_bins, combine_pdf, network_gate, scan_dispersion, scan_summary
+from .refine import Refiner, ZScanner, combine_pdf, network_gate, scan_on_bins, scan_summary
 from .store import SpectraBatch, check_writable
 from .trained import DEFAULT_MODEL, TrainedModel, load_model
 
@@ -158,9 +158,7 @@ class _Scan:
         self.clip_sigma = refiner.config.clip_sigma
         zb = model.zbins
         self.edges = zb.edges
-        self.scanner = ZScanner.from_refine_basis(refiner.basis, (zb.z_min, zb.z_max), n_templates=cfg.n_templates,
-                                                  lines=cfg.lines, n_poly=cfg.n_poly, smooth=cfg.smooth,
-                                                  stride=cfg.stride)
+        self.scanner = ZScanner.from_scan_config(refiner.basis, (zb.z_min, zb.z_max), cfg)
 
     def __call__(self, x, pdf_net: np.ndarray, p_net: np.ndarray, usable: np.ndarray
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -170,11 +168,7 @@ class _Scan:
         sel = np.flatnonzero(usable & (p_net < self.config.select_below))
         pdf = pdf_net
         if len(sel):
-            if self.clip_sigma is None:
-                res = self.scanner.scan(x.flux[sel], x.ivar[sel])
-            else:  # a wild pixel must not choose the redshift: clipped against the best fit, scanned again
-                res = self.scanner.scan_clipped(x.flux[sel], x.ivar[sel], self.clip_sigma)[0]
-            chi2_bins = chi2_on_bins(res.z, res.chi2, self.edges) / scan_dispersion(res, self.scanner.n_basis)[:, None]
+            res, chi2_bins = scan_on_bins(self.scanner, x.flux[sel], x.ivar[sel], self.edges, self.clip_sigma)
             pdf = pdf_net.copy()
             gate = network_gate(p_net[sel], self.config.gamma)
             pdf[sel] = combine_pdf(pdf_net[sel], chi2_bins, self.config.w_net, self.config.t, ok=res.ok, gate=gate)

@@ -137,29 +137,17 @@ def draw_conditions(n: int, n_arms: int, exposure: Exposure, source_re: np.ndarr
     offset = rng.uniform(-FLUXCAL_OFFSET_MAX, FLUXCAL_OFFSET_MAX, (n, n_arms))
     amp = rng.uniform(0.0, FLUXCAL_SHAPE_MAX, (n, n_arms))
     coef = rng.normal(0.0, 1.0, (n, n_arms, FLUXCAL_ORDER))
-    on = lambda name: name not in off  # noqa: E731
-    if on("airmass"):
-        c.airmass = airmass
-    if on("lsf"):
-        c.lsf_scale = lsf
-    if on("seeing"):
-        c.seeing = seeing
-    if on("exposure"):
-        c.n_sub = n_sub
-    if on("sky_residual"):
-        c.sky_residual = sky_res
-    if on("xsw"):
-        c.xsw = xsw
-    if on("throughput"):
-        c.throughput = thr
-    if on("source_size"):
-        c.source_re = re
-    if on("wavelength_shift"):
-        c.wave_shift = shift
-    if on("telluric"):
-        c.telluric_left = tell
-    if on("flux_calibration"):
-        c.fluxcal_offset, c.fluxcal_amp, c.fluxcal_coef = offset, amp, coef
+    drawn = {  # nuisance name -> the Conditions fields it sets
+        "airmass": {"airmass": airmass}, "lsf": {"lsf_scale": lsf}, "seeing": {"seeing": seeing},
+        "exposure": {"n_sub": n_sub}, "sky_residual": {"sky_residual": sky_res}, "xsw": {"xsw": xsw},
+        "throughput": {"throughput": thr}, "source_size": {"source_re": re}, "wavelength_shift": {"wave_shift": shift},
+        "telluric": {"telluric_left": tell},
+        "flux_calibration": {"fluxcal_offset": offset, "fluxcal_amp": amp, "fluxcal_coef": coef},
+    }
+    for name, fields in drawn.items():
+        if name not in off:
+            for field_name, value in fields.items():
+                setattr(c, field_name, value)
     c.sky_residual = np.where(c.xsw, 0.0, c.sky_residual)  # XSW has no sky-model scale error
     return c
 

@@ -8,7 +8,7 @@ from ._core import fail
 from ._fits import hdu_names, open_fits, table_columns
 from .desi import desi_arms
 from .generic_fits import arm_tables
-from .text import _role, looks_like_text_spectrum
+from .text import _role, decode_sample, looks_like_text_spectrum
 
 FORMATS = ("moons1d", "desi", "sdss", "fits", "text", "hdf5")
 """Names accepted by ``format=``: moons1d, desi, sdss, fits (generic), text, hdf5 (store)."""
@@ -89,13 +89,9 @@ def unknown_format_problem(path: str) -> str:
         return "gzip-compressed, but holds no FITS, HDF5 or text spectrum"
     if b"\x00" in head:
         return f"not a spectrum file (binary, neither FITS nor HDF5; it starts with {head[:8]!r})"
-    try:
-        text = head.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        try:
-            text = head[:-4].decode("utf-8-sig")
-        except UnicodeDecodeError:
-            return f"not a spectrum file (neither FITS, HDF5 nor UTF-8 text; it starts with {head[:8]!r})"
+    text = decode_sample(head)
+    if text is None:
+        return f"not a spectrum file (neither FITS, HDF5 nor UTF-8 text; it starts with {head[:8]!r})"
     content = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     if not content:
         return "text with no data rows (only comments or blank lines)"

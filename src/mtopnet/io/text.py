@@ -77,6 +77,21 @@ def _is_number(token: str) -> bool:
     return True
 
 
+def decode_sample(head: bytes) -> str | None:
+    """The start of a file as UTF-8 text (a byte-order mark dropped), or None if it is not text:
+    a NUL byte, or bytes that do not decode (a multi-byte character cut at the end of the
+    sample is fine)."""
+    if b"\x00" in head:
+        return None
+    try:
+        return head.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        try:
+            return head[:-4].decode("utf-8-sig")
+        except UnicodeDecodeError:
+            return None
+
+
 def looks_like_text_spectrum(path: str, max_bytes: int = 65536) -> bool:
     """Whether a file's start reads as a text spectrum (numbers in >= 2 columns)."""
     try:
@@ -84,16 +99,9 @@ def looks_like_text_spectrum(path: str, max_bytes: int = 65536) -> bool:
             head = handle.read(max_bytes)
     except OSError:
         return False
-    if b"\x00" in head:
+    text = decode_sample(head)
+    if text is None:
         return False
-    try:
-        text = head.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        # A multi-byte character cut at the end of the sample is fine.
-        try:
-            text = head[:-4].decode("utf-8-sig")
-        except UnicodeDecodeError:
-            return False
     lines = [ln.strip() for ln in text.splitlines()]
     if len(head) == max_bytes and lines:
         lines = lines[:-1]

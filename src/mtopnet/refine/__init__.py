@@ -53,7 +53,15 @@ Recalibration of a model's p_dz01 / QOP with refinement applied is ``mtopnet cal
 from __future__ import annotations
 
 from .basis import RefineBasis, build_basis
-from .combine import chi2_on_bins, combine_pdf, fit_combination, network_gate, scan_dispersion, scan_summary
+from .combine import (
+                      chi2_on_bins,
+                      combine_pdf,
+                      fit_combination,
+                      network_gate,
+                      scan_dispersion,
+                      scan_on_bins,
+                      scan_summary,
+)
 from .fit import Refiner, RefineResult, combine, parabola_vertex
 from .kernels import coarse_chi2, fine_chi2
 from .scan import ZScanner, ZScanResult, smooth_length
@@ -61,4 +69,4 @@ from .settings import RefineConfig, ScanConfig
 
 __all__ = ["RefineConfig", "ScanConfig", "RefineBasis", "RefineResult", "Refiner", "build_basis", "coarse_chi2",
            "fine_chi2", "combine", "parabola_vertex", "ZScanner", "ZScanResult", "smooth_length", "scan_summary",
-           "chi2_on_bins", "scan_dispersion", "network_gate", "combine_pdf", "fit_combination"]
+           "chi2_on_bins", "scan_dispersion", "scan_on_bins", "network_gate", "combine_pdf", "fit_combination"]

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import UserError
 from ..constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
-from .scan import ZScanResult
+from .scan import ZScanner, ZScanResult
 
 
 def _local_minima(chi2: np.ndarray) -> np.ndarray:
@@ -103,6 +103,16 @@ def scan_dispersion(res: ZScanResult, n_basis: int) -> np.ndarray:
     one temperature ``t`` suits every S/N (:func:`combine_pdf`)."""
     dof = np.maximum(np.asarray(res.npix, dtype=np.float64) - n_basis, 1.0)
     return np.maximum(np.asarray(res.chi2, dtype=np.float64).min(axis=1) / dof, 1.0)
+
+
+def scan_on_bins(scanner: ZScanner, flux: np.ndarray, ivar: np.ndarray, edges: np.ndarray,
+                 clip_sigma: float | None) -> tuple[ZScanResult, np.ndarray]:
+    """The scan that prediction and calibration run: N spectra (N, n_pix) scanned -- clipped
+    against the best fit and scanned again when ``clip_sigma`` is given, so that a wild pixel
+    cannot choose the redshift -- and the chi2 put on the z bins ``edges`` (K+1,) and divided
+    by :func:`scan_dispersion`. Returns (the scan's result, (N, K) float64 chi2)."""
+    res = scanner.scan(flux, ivar) if clip_sigma is None else scanner.scan_clipped(flux, ivar, clip_sigma)[0]
+    return res, chi2_on_bins(res.z, res.chi2, edges) / scan_dispersion(res, scanner.n_basis)[:, None]
 
 
 def network_gate(p_net: np.ndarray, gamma: float) -> np.ndarray:
@@ -266,4 +276,5 @@ def _fit_success(pdf: np.ndarray, dchi2_raw: np.ndarray, edges: np.ndarray, z_tr
                            "n": int(len(pdf)), "gamma": gamma, "success": True}
 
 
-__all__ = ["scan_summary", "chi2_on_bins", "scan_dispersion", "network_gate", "combine_pdf", "fit_combination"]
+__all__ = ["scan_summary", "chi2_on_bins", "scan_dispersion", "scan_on_bins", "network_gate", "combine_pdf",
+           "fit_combination"]

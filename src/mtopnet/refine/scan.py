@@ -56,6 +56,7 @@ import torch
 
 from ..config import ConfigError, UserError
 from .kernels import outlier_pixels
+from .settings import ScanConfig
 
 """Minima closer than this to the best one do not count as a competing solution."""
 WEIGHT_FLOOR = 1e-6
@@ -233,6 +234,14 @@ class ZScanner:
         names = tuple(basis.names[c] for c in cols)
         return cls(table, basis.x0, basis.dloglam, basis.ln_lam0, basis.n_pix, z_range, n_poly=n_poly,
                    names=names, **kwargs)
+
+    @classmethod
+    def from_scan_config(cls, basis: Any, z_range: tuple[float, float], config: ScanConfig) -> "ZScanner":
+        """The scanner a model's :class:`ScanConfig` describes, on a refinement basis
+        (:meth:`from_refine_basis` with the config's templates, lines, polynomials, smoothing
+        and stride)."""
+        return cls.from_refine_basis(basis, z_range, n_templates=config.n_templates, lines=config.lines,
+                                     n_poly=config.n_poly, smooth=config.smooth, stride=config.stride)
 
     @property
     def n_basis(self) -> int:

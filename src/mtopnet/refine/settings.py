@@ -9,6 +9,13 @@ from ..config import ConfigError, from_mapping
 from ..constants import SUCCESS_DZ
 
 
+def _check(where: str, config: Any, checks: list[tuple[str, bool]]) -> None:
+    """ConfigError naming the first field whose check failed (``where.name: invalid value``)."""
+    for name, ok in checks:
+        if not ok:
+            raise ConfigError(f"{where}.{name}: invalid value {getattr(config, name)!r}")
+
+
 @dataclass(frozen=True)
 class RefineConfig:
     """Constants of the refinement.
@@ -98,9 +105,7 @@ class RefineConfig:
                   ("clip_sigma", self.clip_sigma is None or self.clip_sigma > 0),
                   ("dominated_fraction", 0 < self.dominated_fraction <= 1),
                   ("chunk_rows", self.chunk_rows >= 1), ("threads", self.threads is None or self.threads >= 1)]
-        for name, ok in checks:
-            if not ok:
-                raise ConfigError(f"refine.{name}: invalid value {getattr(self, name)!r}")
+        _check("refine", self, checks)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,9 +148,7 @@ class ScanConfig:
                   ("stride", self.stride in (1, 2)), ("smooth", self.smooth >= 0),
                   ("select_below", self.select_below >= 0), ("w_net", self.w_net >= 0), ("t", self.t >= 0),
                   ("gamma", self.gamma >= 0)]
-        for name, ok in checks:
-            if not ok:
-                raise ConfigError(f"scan.{name}: invalid value {getattr(self, name)!r}")
+        _check("scan", self, checks)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
