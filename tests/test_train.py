@@ -57,3 +57,34 @@ def test_resume_continues_and_refuses_a_fresh_start(toy_stores, tmp_path):
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["kind"] == "training" and "optimizer" in last
     assert (out / "model.pt").is_file() and (out / "best.pt").is_file()
+
+
+def test_stacked_caches_read_as_one(toy_stores, tmp_path):
+    import numpy as np
+
+    from mtopnet.train import Cache
+    a = build_cache(toy_stores[2], TINY_PRE, tmp_path, progress=False)
+    b = build_cache(toy_stores[1], TINY_PRE, tmp_path, progress=False)
+    both = Cache.stack([a, b])
+    assert len(both) == len(a) + len(b)
+    idx = np.array([len(a) + 3, 0, len(a) - 1, len(a)])
+    expect = np.concatenate([np.asarray(a.spectrum), np.asarray(b.spectrum)])[idx]
+    assert np.array_equal(both.spectrum[idx], expect)
+    assert np.array_equal(both.labels["z"][idx], np.concatenate([a.labels["z"], b.labels["z"]])[idx])
+
+
+@pytest.mark.slow  # two short training runs: ~8 s
+def test_two_training_stores_and_init_from_a_checkpoint(toy_stores, tmp_path):
+    cfg = tiny_train_config(epochs=1)
+    first = train([toy_stores[0], toy_stores[2]], toy_stores[1], tmp_path / "a", cfg, progress=False)
+    ck = torch.load(first["model"], weights_only=True)
+    assert ck["provenance"]["n_train"] == 160 + 40
+    assert isinstance(ck["provenance"]["train_store"], list)
+    tuned = train(toy_stores[0], toy_stores[1], tmp_path / "b", cfg, progress=False, init=first["model"])
+    ck2 = torch.load(tuned["model"], weights_only=True)
+    assert ck2["label_norm"] == ck["label_norm"]  # the heads keep the first run's standardisation
+    assert "init" in ck2["provenance"]
+    import dataclasses
+    other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, latent=12))
+    with pytest.raises(UserError, match="--init"):
+        train(toy_stores[0], toy_stores[1], tmp_path / "c", other, progress=False, init=first["model"])

@@ -202,6 +202,40 @@ class Cache:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @classmethod
+    def stack(cls, caches: list["Cache"]) -> "Cache":
+        """Several caches read as one, in the given order (the memory maps are not copied)."""
+        if len(caches) == 1:
+            return caches[0]
+        return cls(path=caches[0].path, spectrum=_StackedRows([c.spectrum for c in caches]),
+                   continuum=_StackedRows([c.continuum for c in caches]),
+                   labels={k: np.concatenate([c.labels[k] for c in caches]) for k in _CACHE_LABELS},
+                   ids=np.concatenate([c.ids for c in caches]),
+                   valid_fraction=np.concatenate([c.valid_fraction for c in caches]))
+
+
+class _StackedRows:
+    """Row access to arrays (N_i, ...) of one dtype as if concatenated: ``rows[idx]`` for an
+    integer index array gives (len(idx), ...) in the order of ``idx``."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+        self.shape = (int(self.offsets[-1]), *parts[0].shape[1:])
+        self.dtype = parts[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64)
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
+        for k in np.unique(which):
+            rows = which == k
+            out[rows] = self.parts[k][idx[rows] - self.offsets[k]]
+        return out
+
 
 _CACHE_LABELS = ("z", "logmstar", "logsfr", "type", "hmag")
 
@@ -472,16 +506,43 @@ def inference_payload(net: MTopNet, config: TrainConfig, norm: LabelNorm, info: 
     }
 
 
+def _common_arms(stores: list) -> dict:
+    """The first store's :func:`store_info`, after checking every store has the same arms."""
+    infos = [store_info(s) for s in stores]
+    for s, info in zip(stores[1:], infos[1:], strict=True):
+        same = set(info["arms"]) == set(infos[0]["arms"]) and all(
+            np.array_equal(info["arms"][a], infos[0]["arms"][a]) for a in info["arms"])
+        if not same:
+            raise UserError(f"{s}: its arms differ from {stores[0]}'s; training stores must share one instrument")
+    return infos[0]
+
+
+def _init_from(net: MTopNet, path: str | Path, config: TrainConfig) -> LabelNorm:
+    """Load ``path``'s weights into ``net``; returns its label standardisation (so the
+    property heads keep their meaning). UserError if the model configs differ."""
+    ck = read_checkpoint(path)
+    if ck.get("model_config") != config.model.as_dict() or ck.get("preprocess") != config.preprocess.as_dict():
+        raise UserError(f"{path}: --init needs a checkpoint with this recipe's model and preprocess settings")
+    net.load_state_dict(ck["state_dict"])
+    norm = ck["label_norm"]
+    return LabelNorm(logmstar=tuple(norm["logmstar"]), logsfr=tuple(norm["logsfr"]))
+
+
 def _write_text(path: Path, text: str) -> None:
     write_file_atomic(path, text.encode())
 
 
-def train(train_store: str | Path, val_store: str | Path, out_dir: str | Path,
+def train(train_store: str | Path | list, val_store: str | Path, out_dir: str | Path,
           config: TrainConfig | None = None, *, epochs: int | None = None, seed: int | None = None,
-          resume: bool = False, progress: bool = True, device: str | torch.device = "cpu") -> dict[str, Any]:
+          resume: bool = False, progress: bool = True, device: str | torch.device = "cpu",
+          init: str | Path | None = None, lr: float | None = None) -> dict[str, Any]:
     """Train, validate, calibrate; returns the summary (also written to ``out_dir/summary.json``).
 
-    ``epochs`` and ``seed`` override the config's. Without ``resume``, an ``out_dir`` that
+    ``train_store``: one store or a list of stores read as one training set (same instrument
+    arms; UserError otherwise). ``init``: a checkpoint (same model config) whose weights and
+    label standardisation start the run (fine-tuning); optimizer and schedule start afresh.
+
+    ``epochs``, ``seed`` and ``lr`` (peak learning rate) override the config's. Without ``resume``, an ``out_dir`` that
     already holds a run (``last.pt``) is refused; with it, training continues from ``last.pt``
     (which must come from the same config and stores; the number of processes may differ).
     ``device``: ``cpu``, ``cuda`` or ``auto`` (:func:`~mtopnet.devices.resolve_device`; under
@@ -493,12 +554,17 @@ def train(train_store: str | Path, val_store: str | Path, out_dir: str | Path,
         config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, epochs=int(epochs)))
     if seed is not None:
         config = dataclasses.replace(config, seed=int(seed))
+    if lr is not None:
+        config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, lr=float(lr)))
     out = Path(out_dir)
     if (out / "last.pt").exists() and not resume:
         raise UserError(f"{out}: holds a training run (last.pt); pass --resume to continue it or choose another --out")
     if resume and not (out / "last.pt").exists():
         raise UserError(f"{out}: nothing to resume (no last.pt)")
-    for path in (train_store, val_store):
+    train_stores = [train_store] if isinstance(train_store, (str, Path)) else list(train_store)
+    if not train_stores:
+        raise UserError("--train: at least one store")
+    for path in (*train_stores, val_store):
         open_store(path).close()
     procs = processes_from_env()
     dev = resolve_device(device, procs.local_rank)
@@ -508,15 +574,15 @@ def train(train_store: str | Path, val_store: str | Path, out_dir: str | Path,
         raise write_error(out, exc) from None
     owns_group = join_process_group(procs, dev)
     try:
-        return _run(train_store, val_store, out, config, resume=resume, progress=progress and procs.is_main,
-                    procs=procs, dev=dev)
+        return _run(train_stores, val_store, out, config, resume=resume, progress=progress and procs.is_main,
+                    procs=procs, dev=dev, init=init)
     finally:
         if owns_group:
             leave_process_group()
 
 
-def _run(train_store: str | Path, val_store: str | Path, out: Path, config: TrainConfig, *, resume: bool,
-         progress: bool, procs: Processes, dev: torch.device) -> dict[str, Any]:
+def _run(train_stores: list, val_store: str | Path, out: Path, config: TrainConfig, *, resume: bool,
+         progress: bool, procs: Processes, dev: torch.device, init: str | Path | None) -> dict[str, Any]:
     """The body of :func:`train` in one process of ``procs``, its network on ``dev``."""
     last_path, best_path, model_path = out / "last.pt", out / "best.pt", out / "model.pt"
     main = procs.is_main
@@ -524,20 +590,25 @@ def _run(train_store: str | Path, val_store: str | Path, out: Path, config: Trai
 
     if not main:
         barrier(procs)  # rank 0 builds the caches, the others open them
-    train_cache = build_cache(train_store, config.preprocess, out / "cache", progress)
+    train_cache = Cache.stack([build_cache(s, config.preprocess, out / "cache", progress) for s in train_stores])
     val_cache = build_cache(val_store, config.preprocess, out / "cache", progress)
     if main:
         barrier(procs)
-    info_train = store_info(train_store)
+    info_train = _common_arms(train_stores)
     instrument = config.instrument or str(info_train["attrs"].get("instrument", "")) or None
     inst_info = instrument_info(instrument, info_train["arms"])
     coverage = Preprocessor(config.preprocess).coverage(info_train["arms"])
     norm = LabelNorm.fit(train_cache.labels)
     zbins = config.redshift
-    fingerprints = {"train": store_fingerprint(train_store), "val": store_fingerprint(val_store)}
+    train_prints = [store_fingerprint(s) for s in train_stores]
+    fingerprints = {"train": train_prints[0] if len(train_prints) == 1 else train_prints,
+                    "val": store_fingerprint(val_store)}
 
     torch.manual_seed(config.seed)
     net = MTopNet(config.model).to(dev)
+    if init is not None:
+        norm = _init_from(net, init, config)
+        fingerprints["init"] = hashlib.sha256(Path(init).read_bytes()).hexdigest()
     task = _Task(config, dev)
     opt = torch.optim.AdamW(net.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     steps_per_epoch = math.ceil(len(train_cache) / config.optim.batch_size)
@@ -562,7 +633,9 @@ def _run(train_store: str | Path, val_store: str | Path, out: Path, config: Trai
         torch.set_rng_state(ck["torch_rng"])
     if main:
         _write_text(out / "config.yaml", yaml.safe_dump(config.as_dict(), sort_keys=False))
-    provenance = {"train_store": str(train_store), "val_store": str(val_store), "fingerprints": fingerprints,
+    provenance = {"train_store": [str(s) for s in train_stores] if len(train_stores) > 1 else str(train_stores[0]),
+                  **({"init": str(init)} if init is not None else {}), "val_store": str(val_store),
+                  "fingerprints": fingerprints,
                   "seed": config.seed, "n_train": len(train_cache), "n_val": len(val_cache),
                   "n_parameters": count_parameters(net)}
     model = data_parallel(net, procs, dev)  # net itself for one process
@@ -662,13 +735,16 @@ def _run(train_store: str | Path, val_store: str | Path, out: Path, config: Trai
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--train", required=True, help="training store (HDF5)")
+    p.add_argument("--train", required=True, nargs="+", help="training store(s) (HDF5), read as one training set")
     p.add_argument("--val", required=True, help="validation store (HDF5); also calibrates p_dz01 and QOP")
     p.add_argument("--out", required=True, help="output folder (checkpoints, cache, history)")
     p.add_argument("--config", default=None, help="training recipe YAML (default: built-in defaults)")
     p.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
     p.add_argument("--seed", type=int, default=None, help="override seed")
+    p.add_argument("--lr", type=float, default=None, help="override optim.lr (peak learning rate)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (fine-tuning; same model config)")
     p.add_argument("--device", choices=DEVICES, default="cpu",
                    help="cpu (default), cuda (error without a GPU) or auto; several processes: start with "
                         "torchrun (docs/scale.md)")
@@ -678,9 +754,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs: must be >= 1, got {args.epochs}")
+    if args.lr is not None and not args.lr > 0:
+        raise UserError(f"--lr: must be positive, got {args.lr}")
     config = load_train_config(args.config)
     result = train(args.train, args.val, args.out, config, epochs=args.epochs, seed=args.seed,
-                   resume=args.resume, progress=not args.quiet, device=args.device)
+                   resume=args.resume, progress=not args.quiet, device=args.device, init=args.init,
+                   lr=args.lr)
     if not processes_from_env().is_main:
         return 0
     print(f"model: {result['model']} (best epoch {result['best_epoch']}, validation |dz|<0.01: "
