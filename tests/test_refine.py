@@ -214,3 +214,43 @@ def test_recalibrate_cli_errors_are_one_line(tmp_path, capsys):
     code = main(["calibrate", str(tmp_path / "none.pt"), str(tmp_path / "none.h5")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no such file" in err
+
+
+def test_smooth_basis_is_per_arm_and_zero_elsewhere():
+    import numpy as np
+
+    from mtopnet.refine.kernels import smooth_basis
+    a = np.zeros(400, bool)
+    a[10:200] = True
+    b = np.zeros(400, bool)
+    b[150:390] = True
+    s = smooth_basis([a, b], degree=3)
+    assert s.shape == (400, 8)
+    assert np.all(s[:10] == 0) and np.all(s[390:] == 0)
+    assert np.all(s[~a, :4] == 0) and np.all(s[~b, 4:] == 0)
+    assert np.allclose(s[10:200, 0], 1.0)
+
+
+def test_feature_dchi2_sees_features_not_smooth_continua():
+    """A Gaussian absorption line and a step are features; a steep power law and a flux offset
+    between arms are not, whatever the S/N."""
+    import numpy as np
+    import torch
+
+    from mtopnet.refine.kernels import feature_dchi2, smooth_basis
+    rng = np.random.default_rng(0)
+    j = 1000
+    x = np.arange(j)
+    arms = [x < 520, x >= 480]
+    smooth = torch.from_numpy(smooth_basis(arms))
+    line = -np.exp(-0.5 * ((x - 300) / 4.0) ** 2)
+    step = np.where(x > 700, 1.0, 0.0)
+    templates = torch.from_numpy(np.stack([line, step], 1)[None].repeat(4, 0))
+    law = (1 + x / 300.0) ** -2.5 * 50 * np.where(x >= 480, 1.1, 1.0)  # offset between arms
+    sigma = 0.2
+    noise = sigma * rng.standard_normal((4, j))
+    f = np.stack([law, law + 1.0 * line, law + 0.5 * step, np.zeros(j)]) + noise  # line S/N ~13
+    w = np.full((4, j), 1 / sigma ** 2)
+    ev = feature_dchi2(templates, torch.from_numpy(w), torch.from_numpy(f), smooth).numpy()
+    assert ev[0] < 15 and ev[3] < 15  # 2 template vectors: chi2 with 2 degrees of freedom
+    assert ev[1] > 100 and ev[2] > 100

@@ -89,7 +89,7 @@ def test_pure_noise_gets_qop_at_most_2(model):
     assert np.all(rows["qop"] <= 2), rows["qop"]
 
 
-@pytest.mark.xfail(strict=True, reason="known defect of model 0.2: the template scan fits some featureless power "
+@pytest.mark.xfail(strict=False, reason="known defect of model 0.2: the template scan fits some featureless power "
                                        "laws at z ~ 0.62 with a large DELTACHI2 and the quality model trusts it")
 def test_featureless_power_law_gets_qop_at_most_2(model):
     rows = next(predict_batches(model, [_no_signal(True)]))

@@ -76,6 +76,7 @@ class ZWarn(enum.IntFlag):
     FIT_OUTLIERS = 1 << 12  # the template fit was dominated by a few pixels far from it; fitted without them (qop <= 3)
     NET_EXCLUDES = 1 << 14  # the network PDF holds < 0.1% within +-0.01 of the reported z (qop <= 2)
     Z_AT_LIMIT = 1 << 13  # z within 0.01 of the model's redshift range: a featureless spectrum's pile-up (qop <= 2)
+    NO_FEATURES = 1 << 16  # templates at z fit no better than a smooth continuum (feature_dchi2 < 50; qop <= 2)
 
     @classmethod
     def names(cls, value: int) -> list[str]:
@@ -89,10 +90,12 @@ CATALOGUE_DTYPES = {"z": np.float64, "z_mean": np.float64, "z_lo68": np.float64,
            "z_lo95": np.float64, "z_hi95": np.float64, "p_dz01": np.float32, "qop": np.int16,
            "zwarn": np.int32, "logmstar": np.float32, "logmstar_err": np.float32, "logsfr": np.float32,
            "logsfr_err": np.float32}
-REFINE_COLUMNS = ("z_net", "z_err", "delta_chi2", "rchi2", "refined")
+REFINE_COLUMNS = ("z_net", "z_err", "delta_chi2", "rchi2", "refined", "feature_dchi2")
 REFINE_DTYPES = {"z_net": np.float64, "z_err": np.float64, "delta_chi2": np.float32, "rchi2": np.float32,
-                  "refined": np.int16}
-"""Columns added by the refinement (mtopnet.refine), after CATALOGUE_COLUMNS."""
+                  "refined": np.int16, "feature_dchi2": np.float32}
+"""Columns added by the refinement (mtopnet.refine), after CATALOGUE_COLUMNS. feature_dchi2: chi2 of
+a smooth per-arm continuum minus that of continuum + templates at z (evidence for any redshift
+feature; NaN where not fitted)."""
 SCAN_COLUMNS = ("scanned", "scan_z", "scan_dchi2")
 SCAN_DTYPES = {"scanned": np.int16, "scan_z": np.float64, "scan_dchi2": np.float32}
 """Columns of the full-range template scan (models calibrated with it), after REFINE_COLUMNS:

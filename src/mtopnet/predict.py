@@ -41,7 +41,7 @@ from .constants import SUCCESS_DZ
 from .instruments import load_instrument
 from .io import plan_inputs, read_spectra
 from .quality import central_intervals, pdf_summary, window_mass
-from .refine import Refiner, ZScanner, combine_pdf, network_gate, scan_on_bins, scan_summary
+from .refine import Refiner, ZScanner, combine_pdf, feature_evidence, network_gate, scan_on_bins, scan_summary
 from .store import SpectraBatch, check_writable
 from .trained import DEFAULT_MODEL, TrainedModel, load_model
 
@@ -226,12 +226,16 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         if scan is not None:
             pdf, scan_cols = scan(x, pdf_net, summ_net["p_window"], ~unusable)
             summ = pdf_summary(pdf, zb.edges)
-        fit = None
+        fit, evidence = None, None
         if refiner is not None:
             fit = refiner.refine(x.flux, x.ivar, pdf, summ["z"], skip=unusable,
                                  z_err_net=0.5 * (summ["z_hi68"] - summ["z_lo68"]))
             # p_dz01 and QOP describe the reported z: the PDF mass within +-0.01 of it
             summ = {**summ, "z": fit.z, "p_window": window_mass(pdf, zb.edges, fit.z, refiner.config.window)}
+            if scan is not None:
+                arm_masks = [pre.coverage({a: d["wave"]}) for a, d in batch.arms.items()]
+                evidence = feature_evidence(scan.scanner, x.flux, x.ivar, np.where(unusable, np.nan, fit.z),
+                                            arm_masks)
         key = b"".join(a.encode() + np.asarray(d["wave"]).tobytes()[:64] + str(len(d["wave"])).encode()
                        for a, d in batch.arms.items())
         if key not in domain_cache:
@@ -253,7 +257,7 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             domain_report.n_spectra += n
         features = {}
         if scan is not None:
-            features = _fit_features(summ, summ_net, pdf_net, zb.edges, fit, scan_cols, x, out_of_domain)
+            features = _fit_features(summ, summ_net, pdf_net, zb.edges, fit, scan_cols, x, out_of_domain, evidence)
         if cal is not None:
             p_dz01, qop = cal.apply({**summ, **features})
         else:
@@ -287,6 +291,10 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             capped = (zwarn & int(ZWarn.OUT_OF_DOMAIN | ZWarn.REFINE_DISAGREE | ZWarn.SCAN_DISAGREE
                                   | ZWarn.IMPLAUSIBLE_FLUX | ZWarn.Z_AT_LIMIT | ZWarn.NET_EXCLUDES)) != 0
             qop = np.where(capped, np.minimum(qop, 2), qop)
+        if evidence is not None:  # no redshift feature beyond a smooth continuum: the z is a guess
+            featureless = np.isfinite(evidence) & (evidence < NO_FEATURES_DCHI2)
+            zwarn |= np.where(featureless, int(ZWarn.NO_FEATURES), 0).astype(np.int32)
+            qop = np.where(featureless, np.minimum(qop, 2), qop)
         if fit is not None:  # a few wild pixels dominated the fit (refitted without them): never qop 4
             zwarn |= np.where(fit.outlier_dominated, int(ZWarn.FIT_OUTLIERS), 0).astype(np.int32)
             qop = np.where(fit.outlier_dominated, np.minimum(qop, 3), qop)
@@ -313,7 +321,8 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             # z_net: the network's own estimate (fit.z_net is the PDF's the refinement started from)
             rows.update(z_net=summ_net["z"] if scan is not None else fit.z_net, z_err=fit.z_err,
                         delta_chi2=fit.delta_chi2, rchi2=fit.rchi2,
-                        refined=fit.refined)
+                        refined=fit.refined,
+                        feature_dchi2=evidence if evidence is not None else np.full(n, np.nan))
             for k, dt in REFINE_DTYPES.items():
                 rows[k] = np.asarray(rows[k]).astype(dt)
         if scan_cols is not None:
@@ -324,12 +333,18 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         if with_net_pdf:
             rows["z_pdf_net"] = pdf_net.astype(np.float32)
             if not features:
-                features = _fit_features(summ, summ_net, pdf_net, zb.edges, fit, scan_cols, x, out_of_domain)
+                features = _fit_features(summ, summ_net, pdf_net, zb.edges, fit, scan_cols, x, out_of_domain,
+                                         evidence)
             for k, v in {**summ, **features}.items():
                 rows[f"q_{k}"] = np.asarray(v)
         yield rows
 
 
+NO_FEATURES_DCHI2 = 50.0
+"""Below this FEATURE_DCHI2 (the scan's templates at z vs a smooth continuum per arm) the
+spectrum shows no redshift feature: 300 pure-noise and featureless power-law spectra on
+validation spectra's noise give a median of 19, a 99th percentile of 36 and a maximum of 43
+(benchmarks/feature_evidence.py; docs/quality.md). NO_FEATURES, qop <= 2."""
 NET_EXCLUDES_MASS = 1e-3
 """The network's PDF mass within +-0.01 of the reported z below which fit and PDF disagree (NET_EXCLUDES)."""
 SCAN_DISAGREE_DCHI2 = 9.0
@@ -337,7 +352,7 @@ SCAN_DISAGREE_DCHI2 = 9.0
 
 
 def _fit_features(summ: dict, summ_net: dict, pdf_net: np.ndarray, edges: np.ndarray, fit, scan_cols: dict | None,
-                  x, out_of_domain: bool) -> dict[str, np.ndarray]:
+                  x, out_of_domain: bool, evidence: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The :data:`mtopnet.quality.FIT_FEATURES` of one batch (N,) each."""
     n = len(summ["z"])
     z = np.asarray(summ["z"], dtype=np.float64)
@@ -350,6 +365,8 @@ def _fit_features(summ: dict, summ_net: dict, pdf_net: np.ndarray, edges: np.nda
             "log_inv_snr": np.log10(np.maximum(x.noise, 1e-12) / np.maximum(x.scale, 1e-12)),
             "continuum_detected": np.asarray(x.continuum_detected, dtype=np.float64),
             "out_of_domain": np.full(n, float(out_of_domain)),
+            "log_feature_dchi2": np.log1p(np.maximum(np.nan_to_num(evidence), 0.0)) if evidence is not None
+            else np.zeros(n),
         }
         if scan_cols is not None:
             scanned = scan_cols["scanned"] > 0

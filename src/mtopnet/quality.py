@@ -37,14 +37,15 @@ from .constants import SUCCESS_DZ
 FEATURES = ("logit_p_window", "log_p_peak", "log_width68", "log_width95", "n_peaks", "entropy")
 """PDF statistics: the features of every calibration (the only ones before the template scan)."""
 FIT_FEATURES = ("log_rchi2", "log_scan_dchi2", "scanned", "scan_disagree", "net_disagree", "log_net_mass",
-                "valid_fraction", "log_inv_snr", "continuum_detected", "out_of_domain")
+                "valid_fraction", "log_inv_snr", "continuum_detected", "out_of_domain", "log_feature_dchi2")
 """Evidence beside the PDF (keys of the same name in the summary dict; 0 where absent):
 log_rchi2: ln of the refined fit's reduced chi2 (0 if not refined); log_scan_dchi2:
 ln(1 + DELTACHI2) of the full-range scan (0 if not scanned); scanned: 1 if it ran;
 scan_disagree: 1 if the scan's best z is > 0.01 from the reported z; net_disagree: 1 if the
 network's own point estimate is > 0.01 from it; log_net_mass: ln of the network PDF's mass
 within +-0.01 of the reported z; valid_fraction: of the model grid; log_inv_snr:
-log10(sigma / scale); continuum_detected, out_of_domain: 0/1."""
+log10(sigma / scale); continuum_detected, out_of_domain: 0/1; log_feature_dchi2: ln(1 + the
+templates' chi2 gain at z over a smooth per-arm continuum) (0 if not refined)."""
 _EPS = 1e-6
 PEAK_MIN_MASS = 0.05
 """A PDF peak counts (``n_peaks``, MULTI_PEAK, refined peaks) if it holds this mass within +-window."""

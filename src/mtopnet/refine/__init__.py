@@ -56,6 +56,7 @@ from .basis import RefineBasis, build_basis
 from .combine import (
                       chi2_on_bins,
                       combine_pdf,
+                      feature_evidence,
                       fit_combination,
                       network_gate,
                       scan_dispersion,
@@ -67,6 +68,7 @@ from .kernels import coarse_chi2, fine_chi2
 from .scan import ZScanner, ZScanResult, smooth_length
 from .settings import RefineConfig, ScanConfig
 
-__all__ = ["RefineConfig", "ScanConfig", "RefineBasis", "RefineResult", "Refiner", "build_basis", "coarse_chi2",
+__all__ = ["feature_evidence", "RefineConfig", "ScanConfig", "RefineBasis", "RefineResult", "Refiner", "build_basis",
+           "coarse_chi2",
            "fine_chi2", "combine", "parabola_vertex", "ZScanner", "ZScanResult", "smooth_length", "scan_summary",
            "chi2_on_bins", "scan_dispersion", "scan_on_bins", "network_gate", "combine_pdf", "fit_combination"]

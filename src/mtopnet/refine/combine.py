@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from ..config import UserError
 from ..constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
+from .kernels import feature_dchi2, smooth_basis
 from .scan import ZScanner, ZScanResult
 
 
@@ -113,6 +115,27 @@ def scan_on_bins(scanner: ZScanner, flux: np.ndarray, ivar: np.ndarray, edges: n
     by :func:`scan_dispersion`. Returns (the scan's result, (N, K) float64 chi2)."""
     res = scanner.scan(flux, ivar) if clip_sigma is None else scanner.scan_clipped(flux, ivar, clip_sigma)[0]
     return res, chi2_on_bins(res.z, res.chi2, edges) / scan_dispersion(res, scanner.n_basis)[:, None]
+
+
+def feature_evidence(scanner: ZScanner, flux: np.ndarray, ivar: np.ndarray, z: np.ndarray,
+                     arm_masks: list[np.ndarray], chunk: int = 64) -> np.ndarray:
+    """(N,) FEATURE_DCHI2 at z (:func:`~mtopnet.refine.kernels.feature_dchi2`) with the scan's
+    basis: chi2 of a smooth continuum per arm (:func:`~mtopnet.refine.kernels.smooth_basis`
+    of ``arm_masks``, one (n_pix,) bool per input arm) minus that of continuum + templates
+    at the trial nearest z; NaN where z is not finite. flux, ivar: (N, n_pix) on the model
+    grid (non-finite values and ivar <= 0 count as missing)."""
+    n = len(flux)
+    out = np.full(n, np.nan)
+    rows = np.flatnonzero(np.isfinite(z))
+    smooth = torch.from_numpy(smooth_basis(arm_masks))
+    with np.errstate(invalid="ignore"):
+        good = np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
+    for start in range(0, len(rows), chunk):
+        sel = rows[start:start + chunk]
+        w = torch.from_numpy(np.where(good[sel], ivar[sel], 0).astype(np.float32))
+        f = torch.from_numpy(np.where(good[sel], flux[sel], 0).astype(np.float32))
+        out[sel] = feature_dchi2(scanner.templates_at(z[sel]), w, f, smooth).numpy()
+    return out
 
 
 def network_gate(p_net: np.ndarray, gamma: float) -> np.ndarray:
@@ -276,5 +299,5 @@ def _fit_success(pdf: np.ndarray, dchi2_raw: np.ndarray, edges: np.ndarray, z_tr
                            "n": int(len(pdf)), "gamma": gamma, "success": True}
 
 
-__all__ = ["scan_summary", "chi2_on_bins", "scan_dispersion", "scan_on_bins", "network_gate", "combine_pdf",
-           "fit_combination"]
+__all__ = ["scan_summary", "chi2_on_bins", "feature_evidence", "scan_dispersion", "scan_on_bins", "network_gate",
+           "combine_pdf", "fit_combination"]

@@ -143,6 +143,61 @@ def best_fit_model(basis: RefineBasis, w: torch.Tensor, f: torch.Tensor, offsets
     return (t.double() @ coeff[:, :, None])[..., 0].float()
 
 
+SMOOTH_DEGREE = 3
+"""Degree of the per-arm polynomial continuum that :func:`feature_dchi2` compares the templates with."""
+
+
+def smooth_basis(arm_masks: list[np.ndarray], degree: int = SMOOTH_DEGREE, min_pixels: int = 50) -> np.ndarray:
+    """(J, P) float64: Legendre polynomials of degree 0..``degree`` on each contiguous run of
+    each arm's grid pixels (``arm_masks``: one (J,) bool per arm; runs shorter than
+    ``min_pixels`` skipped), zero elsewhere: a smooth continuum with its own level, slope
+    and curvature per arm (flux-calibration offsets between arms included), which no
+    redshift feature (line, break, absorption band) can be fitted by."""
+    cols = []
+    for covered in arm_masks:
+        covered = np.asarray(covered, bool)
+        j = len(covered)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], covered.astype(np.int8), [0]])))
+        for lo, hi in zip(edges[::2], edges[1::2], strict=True):
+            if hi - lo < min_pixels:
+                continue
+            x = np.linspace(-1.0, 1.0, hi - lo)
+            for d in range(degree + 1):
+                col = np.zeros(j)
+                col[lo:hi] = np.polynomial.legendre.Legendre.basis(d)(x)
+                cols.append(col)
+    return np.array(cols).T if cols else np.zeros((len(arm_masks[0]) if arm_masks else 0, 0))
+
+
+def _chi2_ls(t: torch.Tensor, w: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Weighted least-squares chi2 (R,) of f (R, J) by the columns of t (R, J, K), float64,
+    Jacobi-scaled with ridge 1e-9 (as :func:`best_fit_model`)."""
+    tw = t * w[:, :, None]
+    a = tw.transpose(1, 2) @ t
+    b = (tw.transpose(1, 2) @ f[:, :, None])[..., 0]
+    diag = torch.diagonal(a, dim1=-2, dim2=-1)
+    scale = torch.where(diag > 0, diag, torch.ones_like(diag)).rsqrt()
+    eye = torch.eye(a.shape[-1], dtype=a.dtype)
+    an = a * scale[:, :, None] * scale[:, None, :] + 1e-9 * eye
+    coeff = torch.linalg.solve(an, (b * scale)[..., None])[..., 0] * scale
+    return (w * f * f).sum(1) - (coeff * b).sum(1)
+
+
+def feature_dchi2(templates: torch.Tensor, w: torch.Tensor, f: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
+    """Evidence for redshift features: chi2 of a smooth continuum alone minus chi2 of the
+    smooth continuum plus the templates at each object's redshift.
+
+    templates: (R, J, K) float64 basis vectors at z; w, f: (R, J) ivar and flux; smooth:
+    (J, P) float64 (:func:`smooth_basis`). Returns (R,) float64 >= 0 (up to rounding): about
+    K for noise at a fixed z, more at the best of many trial redshifts; a featureless
+    continuum (a power law, a blackbody) the same, whatever its S/N.
+    """
+    w64, f64 = w.double(), f.double()
+    r, j = w.shape
+    s = smooth[None].expand(r, j, smooth.shape[1])
+    return _chi2_ls(s, w64, f64) - _chi2_ls(torch.cat([templates, s], 2), w64, f64)
+
+
 def outlier_pixels(chi: np.ndarray, ivar: np.ndarray, clip_sigma: float) -> np.ndarray:
     """(N, J) bool: pixels with |chi| (residual x sqrt(ivar) against a best-fit model) above
     ``clip_sigma`` x max(1, the robust scatter of chi: 1.4826 x median |chi| over the pixels
@@ -197,4 +252,5 @@ def _pixel_table(basis: RefineBasis, k: int) -> torch.Tensor:
     return basis.cache[key]
 
 
-__all__ = ["best_fit_model", "coarse_chi2", "fine_chi2", "outlier_pixels"]
+__all__ = ["best_fit_model", "coarse_chi2", "feature_dchi2", "fine_chi2", "outlier_pixels", "smooth_basis",
+           "SMOOTH_DEGREE"]

@@ -1,4 +1,4 @@
-"""Full-range redshift scan of a linear template basis, by FFT correlations, and its combination with the network's PDF.
+"""Full-range redshift scan of a linear template basis, by FFT correlations.
 
 On a grid uniform in ln(lambda) with step ``dloglam`` a trial redshift on the lattice
 ln(1 + z) = const - s * dloglam is a whole-pixel shift ``s`` of the rest-frame basis: data
@@ -26,14 +26,9 @@ so a shift with few valid pixels yields chi2 = sum w f^2, never NaN.
 Outputs (:class:`ZScanResult`) are on the scan's redshift grid (increasing z). Callers form
 delta chi2 against ``chi2_zero`` (the zero model) or against the minimum.
 
-Combination with the network (:func:`chi2_on_bins`, :func:`combine_pdf`):
-``log post_b = w_net * ln(pdf_b + eps) - 0.5 * t * (chi2_b - min chi2)``, normalised, with
-chi2_b the lowest scan chi2 inside z bin b. ``w_net`` (the prior's weight) and ``t`` (a
-temperature: the chi2 of an imperfect basis is over-dispersed) must be fitted on
-validation data, never on test data: :func:`fit_combination` maximises the mean log
-posterior of the true-z bin. :func:`scan_summary` gives the scan's own best z, its
-DELTACHI2 (to the best local minimum more than 1000 km/s away) and the number of local
-minima.
+The combination with the network's PDF (:func:`~mtopnet.refine.combine.combine_pdf`) and the
+scan's own best z and DELTACHI2 (:func:`~mtopnet.refine.combine.scan_summary`) live in
+:mod:`mtopnet.refine.combine`.
 
 Library use::
 
@@ -42,7 +37,7 @@ Library use::
     z_best, dchi2, n_min = scan_summary(res)
     post = combine_pdf(pdf, chi2_on_bins(res.z, res.chi2, edges), w_net, t, ok=res.ok)
 
-Combination: :mod:`mtopnet.refine.combine`. Benchmark: ``benchmarks/zscan.py``; choices and figures:
+Benchmark: ``benchmarks/zscan.py``; choices and figures:
 docs/zscan.md.
 """
 from __future__ import annotations
@@ -306,6 +301,13 @@ class ZScanner:
         if self.n_poly:
             t = torch.cat([t, self._poly64.T[None].expand(n, p, self.n_poly)], 2)
         return (t @ torch.from_numpy(np.asarray(coeff, dtype=np.float64))[:, :, None])[..., 0].numpy()
+
+    def templates_at(self, z: np.ndarray) -> torch.Tensor:
+        """(N, n_pix, K) float64: the basis vectors (no polynomials) at the trial nearest each z (N,)."""
+        i = np.clip(np.searchsorted(self.z, z), 1, self.n_trial - 1)
+        i = np.where(np.abs(self.z[i - 1] - z) < np.abs(self.z[i] - z), i - 1, i)
+        shift_idx = torch.from_numpy(self.stride * (self.n_trial - 1 - i.astype(np.int64)))
+        return self._crop64[shift_idx[:, None] + torch.arange(self.n_pix)[None, :]]
 
     def scan_clipped(self, flux: np.ndarray, ivar: np.ndarray, clip_sigma: float, chunk: int = 8,
                      threads: int | None = 1) -> tuple[ZScanResult, np.ndarray, np.ndarray]:
