@@ -72,3 +72,29 @@ def test_thresholds_respect_ties_and_empty_classes():
     assert (t4, t3, t2) == (3, 1, 1)
     t = choose_qop_thresholds(score, np.zeros(8, bool))
     assert t == [np.inf, np.inf, np.inf]
+
+
+def test_interval_levels_per_qop_class_hold_their_coverage():
+    """Two classes: sharp PDFs centred on the truth and PDFs whose truth is often outside; the
+    class levels give each class its own 68% coverage, and survive the checkpoint round trip."""
+    from mtopnet.quality import QualityCalibration, fit_levels_by_class, interval_coverage
+    rng = np.random.default_rng(3)
+    edges = np.linspace(0.0, 3.0, 301)
+    mid = 0.5 * (edges[1:] + edges[:-1])
+    n = 400
+    z_true = rng.uniform(0.5, 2.5, n)
+    qop = np.where(np.arange(n) < n // 2, 4, 1)
+    width = np.where(qop == 4, 0.02, 0.05)
+    centre = z_true + np.where(qop == 4, 0.0, rng.normal(0, 0.1, n))
+    pdf = np.exp(-0.5 * ((mid[None, :] - centre[:, None]) / width[:, None]) ** 2)
+    pdf /= pdf.sum(1, keepdims=True)
+    levels = fit_levels_by_class(pdf, edges, z_true, qop, min_objects=100)
+    assert set(levels) == {"1", "4"}
+    for q in ("1", "4"):
+        sel = qop == int(q)
+        assert abs(interval_coverage(pdf[sel], edges, z_true[sel], levels[q][0]) - 0.68) < 0.03
+    assert levels["4"][0] < levels["1"][0]  # the well-centred class needs a smaller level
+    raw = QualityCalibration(mean=(0.0,), std=(1.0,), coef=(1.0,), intercept=0.0, iso_x=(), iso_y=(),
+                             thresholds=(1.0, 0.0, -1.0), interval_levels_by_qop=levels).as_dict()
+    back = QualityCalibration.from_dict(raw)
+    assert back.levels_for(4) == tuple(levels["4"]) and back.levels_for(2) == (0.68, 0.95)

@@ -40,12 +40,13 @@ from .catalogue import match_ids, read_truth
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import UserError
 from .constants import SUCCESS_DZ
-from .predict import predict_batches
+from .predict import capped_qop, predict_batches
 from .quality import (
     FEATURES,
     FIT_FEATURES,
     fit_calibration,
     fit_intervals,
+    fit_levels_by_class,
     interval_coverage,
     pdf_summary,
     qop_report,
@@ -198,7 +199,7 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     for rows in predict_batches(model, batches(), batch_size=None, refine=refiner, with_pdf=True,
                                 with_net_pdf=True):
         for k, v in rows.items():
-            if k.startswith("q_") or k in ("z", "z_net", "scanned"):
+            if k.startswith("q_") or k in ("z", "z_net", "scanned", "zwarn"):
                 cols.setdefault(k, []).append(np.asarray(v))
         pdf_all.append(rows["z_pdf"])
         if progress:
@@ -210,10 +211,12 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     real = np.isfinite(z_true)  # the no-signal spectra have no redshift to hold
     temperature, levels = fit_intervals(pdf[real], zb.edges, z_true[real])
     cal = fit_calibration(summary, z_true, features=FEATURES + FIT_FEATURES, interval_levels=levels)
-    cal = dataclasses.replace(cal, interval_temperature=temperature)
+    p_new, qop = cal.apply(summary)
+    qop = capped_qop(qop, np.concatenate(cols["zwarn"]))  # the classes predict reports
+    by_qop = fit_levels_by_class(pdf[real], zb.edges, z_true[real], qop[real], temperature=temperature)
+    cal = dataclasses.replace(cal, interval_temperature=temperature, interval_levels_by_qop=by_qop)
     with np.errstate(invalid="ignore"):
         success = np.abs(z - z_true) < SUCCESS_DZ
-    p_new, _ = cal.apply(summary)
     changed = np.abs(np.concatenate(cols["z_net"]) - z) > SUCCESS_DZ
     report = {
         "w_net": float(w_net), "t": float(t), "gamma": float(info["gamma"]), "combination_fit": info,
@@ -223,6 +226,10 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
         "interval_temperature": temperature,
         "coverage68": interval_coverage(pdf[real], zb.edges, z_true[real], levels[0], temperature),
         "coverage95": interval_coverage(pdf[real], zb.edges, z_true[real], levels[1], temperature),
+        "interval_levels_by_qop": by_qop,
+        "coverage_by_qop": {q: [interval_coverage(pdf[real][qop[real] == int(q)], zb.edges,
+                                                  z_true[real][qop[real] == int(q)], lv, temperature) for lv in lvs]
+                            for q, lvs in by_qop.items()},
         **cal.report,
         "reliability": reliability(p_new, success),
     }

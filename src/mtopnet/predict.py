@@ -287,23 +287,25 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             zwarn |= np.where(at_limit, int(ZWarn.Z_AT_LIMIT), 0).astype(np.int32)
             excluded = features["log_net_mass"] < np.log(NET_EXCLUDES_MASS)
             zwarn |= np.where(excluded, int(ZWarn.NET_EXCLUDES), 0).astype(np.int32)
-            # what the calibration cannot see in a validation set: caps on qop (docs/quality.md)
-            capped = (zwarn & int(ZWarn.OUT_OF_DOMAIN | ZWarn.REFINE_DISAGREE | ZWarn.SCAN_DISAGREE
-                                  | ZWarn.IMPLAUSIBLE_FLUX | ZWarn.Z_AT_LIMIT | ZWarn.NET_EXCLUDES)) != 0
-            qop = np.where(capped, np.minimum(qop, 2), qop)
         if evidence is not None:  # no redshift feature beyond a smooth continuum: the z is a guess
             featureless = np.isfinite(evidence) & (evidence < NO_FEATURES_DCHI2)
             zwarn |= np.where(featureless, int(ZWarn.NO_FEATURES), 0).astype(np.int32)
-            qop = np.where(featureless, np.minimum(qop, 2), qop)
         if fit is not None:  # a few wild pixels dominated the fit (refitted without them): never qop 4
             zwarn |= np.where(fit.outlier_dominated, int(ZWarn.FIT_OUTLIERS), 0).astype(np.int32)
-            qop = np.where(fit.outlier_dominated, np.minimum(qop, 3), qop)
-        qop = np.where(unusable, 1, qop).astype(np.int16)
+        qop = capped_qop(qop, zwarn, scan is not None)
         p_dz01 = np.where(all_masked, 0.0, p_dz01)
         rows: dict[str, np.ndarray] = {"id": np.asarray(batch.ids)}
         temperature = cal.interval_temperature if cal is not None else 1.0
-        intervals = summ if levels == (0.68, 0.95) and temperature == 1.0 else \
-            central_intervals(pdf, zb.edges, levels, temperature)
+        if cal is not None and cal.interval_levels_by_qop:  # each QOP class its own levels
+            intervals = {k: np.empty(n) for k in ("z_lo68", "z_hi68", "z_lo95", "z_hi95")}
+            for q in np.unique(qop):
+                sel = qop == q
+                part = central_intervals(pdf[sel], zb.edges, cal.levels_for(int(q)), temperature)
+                for k in intervals:
+                    intervals[k][sel] = part[k]
+        else:
+            intervals = summ if levels == (0.68, 0.95) and temperature == 1.0 else \
+                central_intervals(pdf, zb.edges, levels, temperature)
         for k in ("z", "z_mean"):
             rows[k] = summ[k]
         for k in ("z_lo68", "z_hi68", "z_lo95", "z_hi95"):
@@ -338,6 +340,23 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             for k, v in {**summ, **features}.items():
                 rows[f"q_{k}"] = np.asarray(v)
         yield rows
+
+
+QOP_CAP_2 = (ZWarn.OUT_OF_DOMAIN | ZWarn.REFINE_DISAGREE | ZWarn.SCAN_DISAGREE | ZWarn.IMPLAUSIBLE_FLUX
+             | ZWarn.Z_AT_LIMIT | ZWarn.NET_EXCLUDES | ZWarn.NO_FEATURES)
+"""Flags that cap qop at 2 (models calibrated with the scan): what a calibration cannot see in a
+validation set (docs/quality.md)."""
+
+
+def capped_qop(qop: np.ndarray, zwarn: np.ndarray, caps: bool = True) -> np.ndarray:
+    """(N,) int16 qop after the caps of ``zwarn`` (N,): 1 without usable data (LITTLE_COVERAGE,
+    ALL_MASKED), at most 3 for FIT_OUTLIERS, and with ``caps`` at most 2 for :data:`QOP_CAP_2`."""
+    zwarn = np.asarray(zwarn)
+    qop = np.asarray(qop)
+    if caps:
+        qop = np.where((zwarn & int(QOP_CAP_2)) != 0, np.minimum(qop, 2), qop)
+    qop = np.where((zwarn & int(ZWarn.FIT_OUTLIERS)) != 0, np.minimum(qop, 3), qop)
+    return np.where((zwarn & int(ZWarn.LITTLE_COVERAGE | ZWarn.ALL_MASKED)) != 0, 1, qop).astype(np.int16)
 
 
 NO_FEATURES_DCHI2 = 50.0

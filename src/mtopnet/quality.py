@@ -23,7 +23,11 @@ calibrated with the template scan, the evidence of the fit and the data
 scan and the network agree with the reported z, the S/N and coverage of the data, the
 domain flags). Its ``interval_levels`` are the central-interval probabilities that held the
 truth 68% and 95% of the time on the validation data (:func:`fit_interval_levels`);
-:func:`pdf_summary` reports ``z_lo68`` ... ``z_hi95`` at those levels.
+:func:`pdf_summary` reports ``z_lo68`` ... ``z_hi95`` at those levels; with
+``interval_levels_by_qop``, each QOP class has its own (:func:`fit_levels_by_class`).
+
+Over 500 lines: the PDF statistics, the quality model and the interval calibration share one
+CDF and one interval routine; split, each would import the others' internals.
 """
 from __future__ import annotations
 
@@ -325,7 +329,10 @@ class QualityCalibration:
     report: purity/completeness per class measured on the validation set; features: the
     names of the features, in order (:data:`FEATURES`, :data:`FIT_FEATURES`);
     interval_levels: central-interval probabilities reported as the 68% and 95% intervals,
-    of the PDF tempered by ``interval_temperature`` (:func:`fit_intervals`).
+    of the PDF tempered by ``interval_temperature`` (:func:`fit_intervals`);
+    interval_levels_by_qop: the same per QOP class ("1".."4" -> [68%, 95%] levels), fitted on
+    each class's validation objects (:meth:`levels_for`), so that the coverage holds in each
+    class and a survey with another mix of classes than the validation set keeps it.
     """
 
     mean: tuple[float, ...]
@@ -340,6 +347,13 @@ class QualityCalibration:
     features: tuple[str, ...] = FEATURES
     interval_levels: tuple[float, float] = (0.68, 0.95)
     interval_temperature: float = 1.0
+    interval_levels_by_qop: dict = field(default_factory=dict)
+
+    def levels_for(self, qop: int) -> tuple[float, float]:
+        """The (68%, 95%) central-interval levels of QOP class ``qop`` (the global ones where
+        the class had too few validation objects)."""
+        levels = self.interval_levels_by_qop.get(str(int(qop)))
+        return (float(levels[0]), float(levels[1])) if levels else tuple(self.interval_levels)  # type: ignore
 
     def score(self, summary: dict[str, np.ndarray]) -> np.ndarray:
         """Logistic score (log-odds) of each object: (N,)."""
@@ -360,7 +374,8 @@ class QualityCalibration:
                 "thresholds": [float(t) for t in self.thresholds], "purities": list(self.purities),
                 "report": dict(self.report), "features": list(self.features),
                 "interval_levels": [float(a) for a in self.interval_levels],
-                "interval_temperature": float(self.interval_temperature)}
+                "interval_temperature": float(self.interval_temperature),
+                "interval_levels_by_qop": {k: [float(a) for a in v] for k, v in self.interval_levels_by_qop.items()}}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "QualityCalibration":
@@ -370,7 +385,8 @@ class QualityCalibration:
                    purities=tuple(raw.get("purities", (0.99, 0.9, 0.5))),  # type: ignore[arg-type]
                    report=dict(raw.get("report", {})), features=tuple(raw.get("features", FEATURES)),
                    interval_levels=tuple(raw.get("interval_levels", (0.68, 0.95))),  # type: ignore[arg-type]
-                   interval_temperature=float(raw.get("interval_temperature", 1.0)))
+                   interval_temperature=float(raw.get("interval_temperature", 1.0)),
+                   interval_levels_by_qop=dict(raw.get("interval_levels_by_qop", {})))
 
 
 def qop_report(qop: np.ndarray, success: np.ndarray) -> dict:
@@ -437,6 +453,19 @@ def fit_interval_levels(pdf: np.ndarray, edges: np.ndarray, z_true: np.ndarray,
                 hi = mid
         out.append(0.5 * (lo + hi))
     return float(out[0]), float(max(out[1], out[0]))
+
+
+def fit_levels_by_class(pdf: np.ndarray, edges: np.ndarray, z_true: np.ndarray, qop: np.ndarray,
+                        targets: tuple[float, float] = (0.68, 0.95), temperature: float = 1.0,
+                        min_objects: int = 100) -> dict[str, list[float]]:
+    """:func:`fit_interval_levels` on the VALIDATION objects of each QOP class (N,) with at
+    least ``min_objects`` objects: {"4": [level68, level95], ...}."""
+    out = {}
+    for q in (1, 2, 3, 4):
+        sel = np.asarray(qop) == q
+        if sel.sum() >= min_objects:
+            out[str(q)] = list(fit_interval_levels(pdf[sel], edges, np.asarray(z_true)[sel], targets, temperature))
+    return out
 
 
 def fit_intervals(pdf: np.ndarray, edges: np.ndarray, z_true: np.ndarray,
@@ -506,7 +535,8 @@ def fit_calibration(summary: dict[str, np.ndarray], z_true: np.ndarray,
     return QualityCalibration(**{**cal.__dict__, "report": report})
 
 
-__all__ = ["FEATURES", "FIT_FEATURES", "PEAK_MIN_MASS", "cdf_at", "local_maxima", "pdf_summary", "pdf_peaks",
+__all__ = ["fit_levels_by_class", "FEATURES", "FIT_FEATURES", "PEAK_MIN_MASS", "cdf_at", "local_maxima", "pdf_summary",
+           "pdf_peaks",
            "window_mass", "refined_summary", "reliability", "quality_features", "wilson_lower", "choose_qop_thresholds",
            "QualityCalibration", "qop_report", "temper", "central_intervals", "interval_coverage",
            "fit_interval_levels", "fit_intervals", "fit_calibration"]
