@@ -621,9 +621,9 @@ RR_PART = 100  # objects per cached Redrock part
 def run_redrock(spectra_dir: Path, ids: np.ndarray, out: Path, ncpu: int, log=print) -> dict[str, Any]:
     """The project's Redrock baseline on the FITS files, cached by parts of RR_PART objects.
 
-    Parts live in ``out/redrock_parts/`` (catalogue + cost each) and are reused when their ids
-    match, so a re-run (a new model, a larger N) does not redo Redrock; the whole catalogue is
-    written to ``out/redrock.fits``. Returns the catalogue's columns, ``cost`` (CPU and wall s
+    Parts live in ``out/redrock_parts/`` (catalogue + cost + template file name each) and are
+    reused when their ids and templates match, so a re-run (a new model, a larger N) does not
+    redo Redrock; the whole catalogue is written to ``out/redrock.fits``. Returns the catalogue's columns, ``cost`` (CPU and wall s
     summed over the parts, measured when they were made) and ``meta``.
     """
     from mtopnet.baselines.redrock import (
@@ -637,6 +637,8 @@ def run_redrock(spectra_dir: Path, ids: np.ndarray, out: Path, ncpu: int, log=pr
     from mtopnet.instruments import load_instrument
     from mtopnet.io import read_spectra
     from mtopnet.store import SpectraBatch
+    from mtopnet.templates import TEMPLATE_FILE
+    templates = TEMPLATE_FILE  # a part made with other templates is redone
     part_dir = out / "redrock_parts"
     part_dir.mkdir(exist_ok=True)
     runner = None
@@ -648,7 +650,8 @@ def run_redrock(spectra_dir: Path, ids: np.ndarray, out: Path, ncpu: int, log=pr
         meta_path = path.with_suffix(".json")
         if path.is_file() and meta_path.is_file():
             cat = read_catalogue(path)
-            if np.array_equal(cat["id"].astype(str), part_ids):
+            made_with = json.loads(meta_path.read_text()).get("templates")
+            if np.array_equal(cat["id"].astype(str), part_ids) and made_with == templates:
                 parts.append(cat)
                 part_cost = json.loads(meta_path.read_text())["cost"]
                 cost = {k: cost[k] + part_cost[k] for k in cost}
@@ -670,7 +673,7 @@ def run_redrock(spectra_dir: Path, ids: np.ndarray, out: Path, ncpu: int, log=pr
         cat_obj.meta = {**runner.meta, "INPUTS": str(spectra_dir)}
         write_catalogue(cat_obj, path)
         tmp = meta_path.with_name("." + meta_path.name + ".tmp")
-        tmp.write_text(json.dumps({"cost": part_cost}))
+        tmp.write_text(json.dumps({"cost": part_cost, "templates": templates}))
         os.replace(tmp, meta_path)
         cost = {k: cost[k] + part_cost[k] for k in cost}
         parts.append(read_catalogue(path))
