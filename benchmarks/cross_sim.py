@@ -623,8 +623,9 @@ def run_redrock(spectra_dir: Path, ids: np.ndarray, out: Path, ncpu: int, log=pr
 
     Parts live in ``out/redrock_parts/`` (catalogue + cost + template file name each) and are
     reused when their ids and templates match, so a re-run (a new model, a larger N) does not
-    redo Redrock; the whole catalogue is written to ``out/redrock.fits``. Returns the catalogue's columns, ``cost`` (CPU and wall s
-    summed over the parts, measured when they were made) and ``meta``.
+    redo Redrock; the whole catalogue is written to ``out/redrock.fits``. Returns the
+    catalogue's columns, ``cost`` (CPU and wall s summed over the parts, measured when they
+    were made) and ``meta``.
     """
     from mtopnet.baselines.redrock import (
         RedrockCatalogue,
