@@ -155,7 +155,7 @@ class _Scan:
         cfg = model.scan
         assert cfg is not None
         self.config = cfg
-        self.clip_sigma = refiner.config.clip_sigma
+        self.clip_sigma = cfg.clip_sigma
         zb = model.zbins
         self.edges = zb.edges
         self.scanner = ZScanner.from_scan_config(refiner.basis, (zb.z_min, zb.z_max), cfg)
