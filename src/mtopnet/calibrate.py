@@ -161,7 +161,7 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
             pdf_b = torch.softmax(logits.double(), dim=1).numpy()
             pnet.append(pdf_summary(pdf_b, zb.edges)["p_window"])
             pdfs.append(pdf_b.astype(np.float32))
-            res, chi2_bins = scan_on_bins(scanner, x.flux, x.ivar, zb.edges, scan.clip_sigma)
+            res, chi2_bins, _ = scan_on_bins(scanner, x.flux, x.ivar, zb.edges, scan.clip_sigma)
             chi2s.append(chi2_bins.astype(np.float32))
             oks.append(res.ok)
             ztrue.append(truth["z"][match_ids(np.asarray(batch.ids).astype(str), truth["id"])])

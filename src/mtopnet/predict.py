@@ -161,14 +161,18 @@ class _Scan:
         self.scanner = ZScanner.from_scan_config(refiner.basis, (zb.z_min, zb.z_max), cfg)
 
     def __call__(self, x, pdf_net: np.ndarray, p_net: np.ndarray, usable: np.ndarray
-                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Posterior PDFs (N, K) and the scan's columns for the objects it selects."""
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """Posterior PDFs (N, K), the scan's columns for the objects it selects, and the
+        weights (N, n_pix) the fits should use: x.ivar with the scan's clipped pixels at 0."""
         n = len(pdf_net)
         cols = {"scanned": np.zeros(n, np.int16), "scan_z": np.full(n, np.nan), "scan_dchi2": np.full(n, np.nan)}
         sel = np.flatnonzero(usable & (p_net < self.config.select_below))
         pdf = pdf_net
+        weights = x.ivar
         if len(sel):
-            res, chi2_bins = scan_on_bins(self.scanner, x.flux[sel], x.ivar[sel], self.edges, self.clip_sigma)
+            res, chi2_bins, w = scan_on_bins(self.scanner, x.flux[sel], x.ivar[sel], self.edges, self.clip_sigma)
+            weights = x.ivar.copy()
+            weights[sel] = np.where(w > 0, weights[sel], 0)
             pdf = pdf_net.copy()
             gate = network_gate(p_net[sel], self.config.gamma)
             pdf[sel] = combine_pdf(pdf_net[sel], chi2_bins, self.config.w_net, self.config.t, ok=res.ok, gate=gate)
@@ -176,7 +180,7 @@ class _Scan:
             cols["scanned"][sel] = res.ok
             cols["scan_z"][sel] = np.where(res.ok, z_best, np.nan)
             cols["scan_dchi2"][sel] = np.where(res.ok, dchi2, np.nan)
-        return pdf, cols
+        return pdf, cols, weights
 
 
 def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, with_pdf: bool = False,
@@ -222,9 +226,9 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             pdf_net = torch.softmax(out["z_logits"].double(), dim=1).numpy()
         summ_net = pdf_summary(pdf_net, zb.edges)
         unusable = (x.valid_fraction < min_valid_fraction) | (x.valid_fraction <= 0)
-        pdf, summ, scan_cols = pdf_net, summ_net, None
-        if scan is not None:
-            pdf, scan_cols = scan(x, pdf_net, summ_net["p_window"], ~unusable)
+        pdf, summ, scan_cols, weights = pdf_net, summ_net, None, x.ivar
+        if scan is not None:  # weights: without the pixels the scan clipped (the refinement clips its own)
+            pdf, scan_cols, weights = scan(x, pdf_net, summ_net["p_window"], ~unusable)
             summ = pdf_summary(pdf, zb.edges)
         fit, evidence = None, None
         if refiner is not None:
@@ -234,7 +238,7 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             summ = {**summ, "z": fit.z, "p_window": window_mass(pdf, zb.edges, fit.z, refiner.config.window)}
             if scan is not None:
                 arm_masks = [pre.coverage({a: d["wave"]}) for a, d in batch.arms.items()]
-                evidence = feature_evidence(scan.scanner, x.flux, x.ivar, np.where(unusable, np.nan, fit.z),
+                evidence = feature_evidence(scan.scanner, x.flux, weights, np.where(unusable, np.nan, fit.z),
                                             arm_masks)
         key = b"".join(a.encode() + np.asarray(d["wave"]).tobytes()[:64] + str(len(d["wave"])).encode()
                        for a, d in batch.arms.items())

@@ -108,13 +108,19 @@ def scan_dispersion(res: ZScanResult, n_basis: int) -> np.ndarray:
 
 
 def scan_on_bins(scanner: ZScanner, flux: np.ndarray, ivar: np.ndarray, edges: np.ndarray,
-                 clip_sigma: float | None) -> tuple[ZScanResult, np.ndarray]:
+                 clip_sigma: float | None) -> tuple[ZScanResult, np.ndarray, np.ndarray]:
     """The scan that prediction and calibration run: N spectra (N, n_pix) scanned -- clipped
     against the best fit and scanned again when ``clip_sigma`` is given, so that a wild pixel
     cannot choose the redshift -- and the chi2 put on the z bins ``edges`` (K+1,) and divided
-    by :func:`scan_dispersion`. Returns (the scan's result, (N, K) float64 chi2)."""
-    res = scanner.scan(flux, ivar) if clip_sigma is None else scanner.scan_clipped(flux, ivar, clip_sigma)[0]
-    return res, chi2_on_bins(res.z, res.chi2, edges) / scan_dispersion(res, scanner.n_basis)[:, None]
+    by :func:`scan_dispersion`. Returns (the scan's result, (N, K) float64 chi2, (N, n_pix)
+    float32 weights: ivar with non-finite values and the clipped pixels set to 0)."""
+    if clip_sigma is None:
+        res = scanner.scan(flux, ivar)
+        with np.errstate(invalid="ignore"):
+            w = np.where(np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0), ivar, 0).astype(np.float32)
+    else:
+        res, _, w = scanner.scan_clipped(flux, ivar, clip_sigma)
+    return res, chi2_on_bins(res.z, res.chi2, edges) / scan_dispersion(res, scanner.n_basis)[:, None], w
 
 
 def feature_evidence(scanner: ZScanner, flux: np.ndarray, ivar: np.ndarray, z: np.ndarray,
