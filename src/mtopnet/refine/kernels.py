@@ -2,8 +2,6 @@
 trial offsets, batched over (object, peak, trial) with torch (float32 products, float64 solves)."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 
@@ -205,9 +203,13 @@ def outlier_pixels(chi: np.ndarray, ivar: np.ndarray, clip_sigma: float) -> np.n
     model; the robust scatter keeps the clip to the outlier itself."""
     valid = ivar > 0
     abschi = np.abs(chi)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no valid pixel
-        scale = 1.4826 * np.nanmedian(np.where(valid, abschi, np.nan), axis=1)
+    # the median over valid pixels of each row: sorted with the invalid ones (inf) last
+    srt = np.sort(np.where(valid, abschi, np.inf), axis=1)
+    n = valid.sum(axis=1)
+    rows = np.arange(len(chi))
+    lo, hi = srt[rows, np.maximum(n - 1, 0) // 2], srt[rows, np.maximum(n, 1) // 2 - (n == 0)]
+    with np.errstate(invalid="ignore"):
+        scale = np.where(n > 0, 1.4826 * 0.5 * (lo + hi), np.nan)
     scale = np.where(np.isfinite(scale), np.maximum(scale, 1.0), 1.0)
     return valid & (abschi > clip_sigma * scale[:, None])
 
