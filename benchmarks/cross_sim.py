@@ -77,12 +77,17 @@ moons1d_compare.py does. The stellar library (BC03 + MILES, 2.5 A FWHM rest fram
 itself coarser than MOONS LR in the rest-frame optical; the lines are Gaussians of the drawn
 sigma. Bagpipes' wavelengths are used as they are (its line list is Cloudy's, air
 wavelengths; the stellar library is MILES, air), so the spectra sit at (1 + z) times air
-wavelengths on moons1d's vacuum grid: a shift of 2.8e-4 (1 + z) in z (<= 0.0011), far
-below the |dz| < 0.01 of the table. moons1d's pixel i is centred at
+wavelengths on moons1d's vacuum grid: a shift of 2.8e-4 (1 + z) in z (<= 0.0011). The
+truth table's ``z`` is therefore the redshift the spectra show on a vacuum grid,
+(1 + z_drawn) / n_air(5000 A) - 1 (``vacuum_redshift``; n_air varies by +-1e-5 over the
+rest-frame 3000-9000 A, far below a pixel), and ``z_drawn`` the redshift Bagpipes was given:
+without it, every right redshift is "off" by 2.8e-4 (1 + z) and the 68% intervals, ~1e-3
+wide for certain objects, miss the truth. moons1d's pixel i is centred at
 ``wave_min + i * dispersion`` (its own convention, kept; mtopnet's grid is half a pixel
 away), so Redrock is run on the files' own grid with the instrument's LSF.
 
-Truth table columns: id, index, z, logmstar (log10 LIVING stellar mass, Msun), logmformed,
+Truth table columns: id, index, z (as shown on a vacuum grid, above), z_drawn, logmstar
+(log10 LIVING stellar mass, Msun), logmformed,
 logsfr (log10 SFR averaged over 100 Myr, Msun/yr; -3 when below 1e-3), ssfr, hmag, quiescent,
 type, family, av, metallicity (log Z/Zsun), logu, veldisp, halpha_flux, oiii_flux
 ([OIII] 5007, erg/s/cm2, dust-attenuated), max_line_flux (of the two), line_snr (largest
@@ -542,7 +547,16 @@ def generate(n: int, seed: int, out: Path, workers: int = 2, log=print) -> list[
     return [rows[i] for i in range(n)]
 
 
-TRUTH_COLUMNS = ("id", "index", "z", "logmstar", "logmformed", "logsfr", "ssfr", "hmag", "quiescent", "type",
+def vacuum_redshift(z_drawn: np.ndarray | float) -> np.ndarray:
+    """The redshift Bagpipes' air-wavelength spectra show on moons1d's vacuum grid:
+    (1 + z_drawn) * lambda_air / lambda_vac at 5000 A (Morton 2000, specutils) - 1."""
+    import astropy.units as u
+    from specutils.utils.wcs_utils import air_to_vac
+    ratio = float(air_to_vac(5000.0 * u.AA, scheme="inversion", method="Morton2000").to_value(u.AA)) / 5000.0
+    return (1.0 + np.asarray(z_drawn, dtype=np.float64)) / ratio - 1.0
+
+
+TRUTH_COLUMNS = ("id", "index", "z", "z_drawn", "logmstar", "logmformed", "logsfr", "ssfr", "hmag", "quiescent", "type",
                  "family", "av", "metallicity", "logu", "veldisp", "halpha_flux", "oiii_flux", "max_line_flux",
                  "line_snr", "gen_cpu_s")
 
@@ -551,6 +565,7 @@ def write_truth(rows: list[dict[str, Any]], path: Path, meta: dict[str, Any] | N
     """The truth table as FITS (HDU ``TRUTH``), atomically."""
     from astropy.io import fits
     from astropy.table import Table
+    rows = [{**r, "z_drawn": r["z"], "z": float(vacuum_redshift(r["z"]))} for r in rows]
     table = Table({c: [r[c] for r in rows] for c in TRUTH_COLUMNS})
     hdu = fits.BinTableHDU(table, name="TRUTH")
     for key, value in (meta or {}).items():
