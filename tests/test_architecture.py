@@ -13,7 +13,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 0: facts and errors, importing nothing of mtopnet
     ("mtopnet", "mtopnet.constants", "mtopnet.config"),
     # 1: data descriptions
-    ("mtopnet.lines", "mtopnet.templates", "mtopnet.instruments", "mtopnet.store"),
+    ("mtopnet.lines", "mtopnet.templates", "mtopnet.instruments", "mtopnet.store", "mtopnet.columns",
+     "mtopnet.provenance"),
     # 2: physics and readers
     ("mtopnet.galaxies", "mtopnet.io", "mtopnet.preprocess", "mtopnet.model", "mtopnet.quality", "mtopnet.devices"),
     # 3: artefacts built on them

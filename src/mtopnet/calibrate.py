@@ -77,12 +77,12 @@ def recalibrate(model_path: str | os.PathLike, val_store: str | os.PathLike, out
     done = 0
     for rows in predict_batches(model, iter_store(val_store, batch_size), with_pdf=True, batch_size=batch_size,
                                 refine=refiner):
-        pdfs.append(rows["z_pdf"])
-        zs.append(rows["z"])
-        ids.append(rows["id"])
-        qops.append(rows["qop"])
-        pds.append(rows["p_dz01"])
-        done += len(rows["z"])
+        pdfs.append(rows["Z_PDF"])
+        zs.append(rows["Z"])
+        ids.append(rows["TARGETID"])
+        qops.append(rows["QOP"])
+        pds.append(rows["P_DZ01"])
+        done += len(rows["Z"])
         if progress:
             print(f"  recalibrate: {done} spectra", file=sys.stderr)
     if not zs:
@@ -198,14 +198,14 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     for rows in predict_batches(model, batches(), batch_size=None, refine=refiner, with_pdf=True,
                                 with_net_pdf=True):
         for k, v in rows.items():
-            if k.startswith("q_") or k in ("z", "z_net", "scanned"):
+            if k.startswith("q_") or k in ("Z", "Z_NET", "SCANNED"):
                 cols.setdefault(k, []).append(np.asarray(v))
-        pdf_all.append(rows["z_pdf"])
+        pdf_all.append(rows["Z_PDF"])
         if progress:
-            print(f"  calibrate (quality): {sum(len(v) for v in cols['z'])} spectra", file=sys.stderr)
+            print(f"  calibrate (quality): {sum(len(v) for v in cols['Z'])} spectra", file=sys.stderr)
     summary = {k[2:]: np.concatenate(v) for k, v in cols.items() if k.startswith("q_")}
     z_true = np.concatenate(zt_all)
-    z = np.concatenate(cols["z"])
+    z = np.concatenate(cols["Z"])
     pdf = np.concatenate(pdf_all).astype(np.float64)
     real = np.isfinite(z_true)  # the no-signal spectra have no redshift to hold
     temperature, levels = fit_intervals(pdf[real], zb.edges, z_true[real])
@@ -214,7 +214,7 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     with np.errstate(invalid="ignore"):
         success = np.abs(z - z_true) < SUCCESS_DZ
     p_new, _ = cal.apply(summary)
-    changed = np.abs(np.concatenate(cols["z_net"]) - z) > SUCCESS_DZ
+    changed = np.abs(np.concatenate(cols["Z_NET"]) - z) > SUCCESS_DZ
     report = {
         "w_net": float(w_net), "t": float(t), "gamma": float(info["gamma"]), "combination_fit": info,
         "n": int(len(z)), "n_garbage": n_garbage, "success_fraction": float(success.mean()),

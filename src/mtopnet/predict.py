@@ -33,13 +33,14 @@ from .catalogue import (
     REFINE_DTYPES,
     SCAN_DTYPES,
     CatalogueWriter,
-    ZWarn,
     catalogue_format,
 )
+from .columns import SMALL_DELTA_CHI2_LIMIT, ZInfo, ZWarn
 from .config import ConfigError, UserError
-from .constants import SUCCESS_DZ
+from .constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
 from .instruments import load_instrument
 from .io import plan_inputs, read_spectra
+from .provenance import catalogue_provenance
 from .quality import central_intervals, pdf_summary, window_mass
 from .refine import Refiner, ZScanner, combine_pdf, network_gate, scan_on_bins, scan_summary
 from .store import SpectraBatch, check_writable
@@ -49,7 +50,7 @@ COMMAND = "predict"
 
 
 class DomainWarning(UserWarning):
-    """Spectra unlike the model's training data (their zwarn has OUT_OF_DOMAIN); the message
+    """Spectra unlike the model's training data (their ZWARN has OUT_OF_DOMAIN); the message
     names the model's expected arms, coverage and resolution."""
 
 
@@ -72,7 +73,7 @@ class DomainReport:
         layouts = f" in {self.n_layouts} arm layouts; the first," if self.n_layouts > 1 else ""
         warnings.warn(DomainWarning(
             f"{self.n_spectra} spectra{layouts} {self.first}; the model expects {expected_domain(model)}; "
-            f"zwarn bit OUT_OF_DOMAIN ({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
+            f"ZWARN bit OUT_OF_DOMAIN ({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
 
 
 def expected_domain(model: TrainedModel) -> str:
@@ -164,7 +165,7 @@ class _Scan:
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Posterior PDFs (N, K) and the scan's columns for the objects it selects."""
         n = len(pdf_net)
-        cols = {"scanned": np.zeros(n, np.int16), "scan_z": np.full(n, np.nan), "scan_dchi2": np.full(n, np.nan)}
+        cols = {"SCANNED": np.zeros(n, np.int16), "SCAN_Z": np.full(n, np.nan), "SCAN_DCHI2": np.full(n, np.nan)}
         sel = np.flatnonzero(usable & (p_net < self.config.select_below))
         pdf = pdf_net
         if len(sel):
@@ -173,9 +174,9 @@ class _Scan:
             gate = network_gate(p_net[sel], self.config.gamma)
             pdf[sel] = combine_pdf(pdf_net[sel], chi2_bins, self.config.w_net, self.config.t, ok=res.ok, gate=gate)
             z_best, dchi2, _ = scan_summary(res)
-            cols["scanned"][sel] = res.ok
-            cols["scan_z"][sel] = np.where(res.ok, z_best, np.nan)
-            cols["scan_dchi2"][sel] = np.where(res.ok, dchi2, np.nan)
+            cols["SCANNED"][sel] = res.ok
+            cols["SCAN_Z"][sel] = np.where(res.ok, z_best, np.nan)
+            cols["SCAN_DCHI2"][sel] = np.where(res.ok, dchi2, np.nan)
         return pdf, cols
 
 
@@ -184,11 +185,11 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
                     min_valid_fraction: float = MIN_VALID_FRACTION,
                     refine: bool | Refiner = True, with_net_pdf: bool = False,
                     domain_report: DomainReport | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Catalogue rows for each batch (input order): dict column -> (n,) array.
+    """Catalogue rows for each batch (input order): dict column -> (n,) array (COEFF: (n, K)).
 
     Columns are :data:`CATALOGUE_COLUMNS`, then (with ``refine``) :data:`REFINE_COLUMNS`, then
     (for a model calibrated with the full-range scan, ``model.scan``) :data:`SCAN_COLUMNS`;
-    with ``with_pdf`` also ``z_pdf`` (n, n_bins) float32, the PDF the redshift comes from (the
+    with ``with_pdf`` also ``Z_PDF`` (n, n_bins) float32, the PDF the redshift comes from (the
     network's, or its combination with the scan); with ``with_net_pdf`` also ``z_pdf_net``
     (the network's alone) and the quality features (``q_<name>``, for calibration).
     Batches longer than ``batch_size`` are split. ``arm_resolution`` (arm -> R), when known,
@@ -243,7 +244,7 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
                         f"{problem}")
                 if domain_report is None:
                     warnings.warn(DomainWarning(
-                        f"spectra {what}; the model expects {expected_domain(model)}; zwarn bit OUT_OF_DOMAIN "
+                        f"spectra {what}; the model expects {expected_domain(model)}; ZWARN bit OUT_OF_DOMAIN "
                         f"({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
                 else:
                     domain_report.n_layouts += 1
@@ -258,69 +259,69 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             p_dz01, qop = cal.apply({**summ, **features})
         else:
             p_dz01, qop = summ["p_window"], np.ones(n, dtype=np.int16)
-        zwarn = np.zeros(n, dtype=np.int32)
-        zwarn |= np.where(x.valid_fraction < min_valid_fraction, int(ZWarn.LITTLE_COVERAGE), 0).astype(np.int32)
+        zwarn = np.zeros(n, dtype=np.int64)
+        info = np.zeros(n, dtype=np.int32)
+        zwarn |= np.where(x.valid_fraction < min_valid_fraction, int(ZWarn.LITTLE_COVERAGE), 0)
         all_masked = x.valid_fraction <= 0
-        zwarn |= np.where(all_masked, int(ZWarn.ALL_MASKED), 0).astype(np.int32)
-        zwarn |= np.where(~x.continuum_detected & ~all_masked, int(ZWarn.LOW_SN), 0).astype(np.int32)
-        zwarn |= np.where(x.bad_input, int(ZWarn.BAD_INPUT), 0).astype(np.int32)
+        zwarn |= np.where(all_masked, int(ZWarn.NODATA), 0)
+        info |= np.where(~x.continuum_detected & ~all_masked, int(ZInfo.LOW_SN), 0).astype(np.int32)
+        zwarn |= np.where(x.bad_input, int(ZWarn.POORDATA), 0)
         if "noise_estimated" in batch.labels:
             est = np.asarray(batch.labels["noise_estimated"]).astype(bool)
-            zwarn |= np.where(est, int(ZWarn.NOISE_ESTIMATED), 0).astype(np.int32)
+            info |= np.where(est, int(ZInfo.NOISE_ESTIMATED), 0).astype(np.int32)
         if out_of_domain:
             zwarn |= int(ZWarn.OUT_OF_DOMAIN)
-        zwarn |= np.where(summ["n_peaks"] > 1, int(ZWarn.MULTI_PEAK), 0).astype(np.int32)
-        zwarn |= np.where(p_dz01 < 0.5, int(ZWarn.LOW_PEAK_PROB), 0).astype(np.int32)
+        info |= np.where(summ["n_peaks"] > 1, int(ZInfo.MULTI_PEAK), 0).astype(np.int32)
+        zwarn |= np.where(p_dz01 < 0.5, int(ZWarn.LOW_PEAK_PROB), 0)
         if fit is not None:
-            zwarn |= np.where(fit.disagree, int(ZWarn.REFINE_DISAGREE), 0).astype(np.int32)
-        zwarn |= np.where(x.outside_coverage, int(ZWarn.UNTRAINED_PIXELS), 0).astype(np.int32)
-        zwarn |= np.where(x.implausible_flux, int(ZWarn.IMPLAUSIBLE_FLUX), 0).astype(np.int32)
+            zwarn |= np.where(fit.disagree, int(ZWarn.REFINE_DISAGREE), 0)
+            zwarn |= np.where(np.isfinite(fit.rchi2) & (fit.refined < 0), int(ZWarn.BAD_MINFIT), 0)
+        info |= np.where(x.outside_coverage, int(ZInfo.UNTRAINED_PIXELS), 0).astype(np.int32)
+        zwarn |= np.where(x.implausible_flux, int(ZWarn.IMPLAUSIBLE_FLUX), 0)
         if scan is not None:
-            disagree = (features["scan_disagree"] > 0) & (np.nan_to_num(scan_cols["scan_dchi2"]) > SCAN_DISAGREE_DCHI2)
-            zwarn |= np.where(disagree, int(ZWarn.SCAN_DISAGREE), 0).astype(np.int32)
+            disagree = (features["scan_disagree"] > 0) & (np.nan_to_num(scan_cols["SCAN_DCHI2"]) > SCAN_DISAGREE_DCHI2)
+            zwarn |= np.where(disagree, int(ZWarn.SCAN_DISAGREE), 0)
             z_rep = np.asarray(summ["z"], dtype=np.float64)
             at_limit = (z_rep - zb.z_min < SUCCESS_DZ) | (zb.z_max - z_rep < SUCCESS_DZ)
-            zwarn |= np.where(at_limit, int(ZWarn.Z_AT_LIMIT), 0).astype(np.int32)
+            zwarn |= np.where(at_limit, int(ZWarn.Z_FITLIMIT), 0)
             excluded = features["log_net_mass"] < np.log(NET_EXCLUDES_MASS)
-            zwarn |= np.where(excluded, int(ZWarn.NET_EXCLUDES), 0).astype(np.int32)
+            zwarn |= np.where(excluded, int(ZWarn.NET_EXCLUDES), 0)
             # what the calibration cannot see in a validation set: caps on qop (docs/quality.md)
             capped = (zwarn & int(ZWarn.OUT_OF_DOMAIN | ZWarn.REFINE_DISAGREE | ZWarn.SCAN_DISAGREE
-                                  | ZWarn.IMPLAUSIBLE_FLUX | ZWarn.Z_AT_LIMIT | ZWarn.NET_EXCLUDES)) != 0
+                                  | ZWarn.IMPLAUSIBLE_FLUX | ZWarn.Z_FITLIMIT | ZWarn.NET_EXCLUDES)) != 0
             qop = np.where(capped, np.minimum(qop, 2), qop)
         if fit is not None:  # a few wild pixels dominated the fit (refitted without them): never qop 4
-            zwarn |= np.where(fit.outlier_dominated, int(ZWarn.FIT_OUTLIERS), 0).astype(np.int32)
+            zwarn |= np.where(fit.outlier_dominated, int(ZWarn.FIT_OUTLIERS), 0)
             qop = np.where(fit.outlier_dominated, np.minimum(qop, 3), qop)
         qop = np.where(unusable, 1, qop).astype(np.int16)
         p_dz01 = np.where(all_masked, 0.0, p_dz01)
-        rows: dict[str, np.ndarray] = {"id": np.asarray(batch.ids)}
         temperature = cal.interval_temperature if cal is not None else 1.0
         intervals = summ if levels == (0.68, 0.95) and temperature == 1.0 else \
             central_intervals(pdf, zb.edges, levels, temperature)
-        for k in ("z", "z_mean"):
-            rows[k] = summ[k]
-        for k in ("z_lo68", "z_hi68", "z_lo95", "z_hi95"):
-            rows[k] = intervals[k]
-        rows["p_dz01"] = p_dz01
-        rows["qop"] = qop
-        rows["zwarn"] = zwarn
-        rows["logmstar"] = out["logmstar_mean"].numpy() * m_sd + m_mu
-        rows["logmstar_err"] = np.exp(out["logmstar_logsigma"].numpy()) * m_sd
-        rows["logsfr"] = out["logsfr_mean"].numpy() * s_sd + s_mu
-        rows["logsfr_err"] = np.exp(out["logsfr_logsigma"].numpy()) * s_sd
+        fitted = fit.refined >= 0 if fit is not None else np.zeros(n, bool)
+        rows = _redrock_columns(batch, x, summ, intervals, fit, scan_cols, fitted)
+        rows["ZWARN"] = zwarn | np.where(rows["DELTACHI2"] < SMALL_DELTA_CHI2_LIMIT, int(ZWarn.SMALL_DELTA_CHI2), 0)
+        rows.update({"Z_MEAN": summ["z_mean"], **{k.upper(): intervals[k] for k in
+                                                   ("z_lo68", "z_hi68", "z_lo95", "z_hi95")}})
+        rows.update(P_DZ01=p_dz01, QOP=qop, ZWARN_INFO=info,
+                    LOGMSTAR=out["logmstar_mean"].numpy() * m_sd + m_mu,
+                    LOGMSTAR_ERR=np.exp(out["logmstar_logsigma"].numpy()) * m_sd,
+                    LOGSFR=out["logsfr_mean"].numpy() * s_sd + s_mu,
+                    LOGSFR_ERR=np.exp(out["logsfr_logsigma"].numpy()) * s_sd)
         for k, dt in CATALOGUE_DTYPES.items():
-            rows[k] = np.nan_to_num(np.asarray(rows[k]).astype(dt))
+            keep_nan = k in ("CHI2", "DELTACHI2")  # NaN: no fit ran
+            value = np.asarray(rows[k])
+            rows[k] = value.astype(dt) if keep_nan or dt.kind == "U" else np.nan_to_num(value.astype(dt))
         if fit is not None:
-            # z_net: the network's own estimate (fit.z_net is the PDF's the refinement started from)
-            rows.update(z_net=summ_net["z"] if scan is not None else fit.z_net, z_err=fit.z_err,
-                        delta_chi2=fit.delta_chi2, rchi2=fit.rchi2,
-                        refined=fit.refined)
+            # Z_NET: the network's own estimate (fit.z_net is the PDF's the refinement started from)
+            rows.update(Z_NET=summ_net["z"] if scan is not None else fit.z_net, RCHI2=fit.rchi2, REFINED=fit.refined)
             for k, dt in REFINE_DTYPES.items():
                 rows[k] = np.asarray(rows[k]).astype(dt)
         if scan_cols is not None:
             for k, dt in SCAN_DTYPES.items():
                 rows[k] = np.asarray(scan_cols[k]).astype(dt)
         if with_pdf:
-            rows["z_pdf"] = pdf.astype(np.float32)
+            rows["Z_PDF"] = pdf.astype(np.float32)
         if with_net_pdf:
             rows["z_pdf_net"] = pdf_net.astype(np.float32)
             if not features:
@@ -328,6 +329,42 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             for k, v in {**summ, **features}.items():
                 rows[f"q_{k}"] = np.asarray(v)
         yield rows
+
+
+def _redrock_columns(batch: SpectraBatch, x, summ: dict, intervals: dict, fit, scan_cols: dict | None,
+                     fitted: np.ndarray) -> dict[str, np.ndarray]:
+    """Redrock's columns (:data:`mtopnet.columns.REDROCK_SCHEMA`) of one batch, but ZWARN.
+
+    DELTACHI2: the refinement's (chi2 of the best other PDF peak > SEPARATION_KMS away minus
+    the best) where it fitted two peaks or more; else, where the full-range scan ran, the scan's
+    (its best minimum > SEPARATION_KMS away minus its best) if the scan's best is within
+    SEPARATION_KMS of Z, 0 if not (another z fits at least as well); NaN where no fit ran.
+    """
+    n = len(batch)
+    rows: dict[str, np.ndarray] = {"TARGETID": np.asarray(batch.ids), "Z": summ["z"]}
+    z = np.asarray(summ["z"], dtype=np.float64)
+    rows["ZERR"] = np.where(fitted, fit.z_err, 0.5 * (intervals["z_hi68"] - intervals["z_lo68"])) \
+        if fit is not None else 0.5 * (intervals["z_hi68"] - intervals["z_lo68"])
+    dchi2 = np.full(n, np.nan)
+    if fit is not None:
+        k = np.clip(fit.refined, 0, None).astype(np.int64)
+        rows["CHI2"] = np.where(fitted, fit.peak_chi2[np.arange(n), k], np.nan)
+        rows["COEFF"] = np.where(fitted[:, None], fit.coeff, 0.0)
+        rows["NPIXELS"] = fit.n_pixels
+        dchi2 = np.where(fitted, fit.delta_chi2, np.nan)
+    else:
+        rows["CHI2"], rows["COEFF"] = np.full(n, np.nan), np.zeros((n, 1))
+        rows["NPIXELS"] = (np.asarray(x.ivar) > 0).sum(axis=1)
+    if scan_cols is not None:
+        with np.errstate(invalid="ignore"):
+            same = np.abs(np.log1p(scan_cols["SCAN_Z"]) - np.log1p(z)) <= SEPARATION_KMS / C_KMS
+        from_scan = np.where(same, scan_cols["SCAN_DCHI2"], 0.0)
+        dchi2 = np.where(np.isnan(dchi2) & (scan_cols["SCANNED"] > 0), from_scan, dchi2)
+    rows["FITMETHOD"] = np.where(fitted, "PCA", "NONE")
+    rows["SPECTYPE"], rows["SUBTYPE"] = np.full(n, "GALAXY"), np.full(n, "")
+    rows["NCOEFF"] = np.where(fitted, rows["COEFF"].shape[1], 0)
+    rows["DELTACHI2"] = dchi2
+    return rows
 
 
 NET_EXCLUDES_MASS = 1e-3
@@ -352,11 +389,11 @@ def _fit_features(summ: dict, summ_net: dict, pdf_net: np.ndarray, edges: np.nda
             "out_of_domain": np.full(n, float(out_of_domain)),
         }
         if scan_cols is not None:
-            scanned = scan_cols["scanned"] > 0
+            scanned = scan_cols["SCANNED"] > 0
             feats["scanned"] = scanned.astype(np.float64)
-            feats["log_scan_dchi2"] = np.where(scanned, np.log1p(np.maximum(np.nan_to_num(scan_cols["scan_dchi2"]),
+            feats["log_scan_dchi2"] = np.where(scanned, np.log1p(np.maximum(np.nan_to_num(scan_cols["SCAN_DCHI2"]),
                                                                             0)), 0.0)
-            feats["scan_disagree"] = (scanned & (np.abs(np.nan_to_num(scan_cols["scan_z"], nan=-9.0) - z)
+            feats["scan_disagree"] = (scanned & (np.abs(np.nan_to_num(scan_cols["SCAN_Z"], nan=-9.0) - z)
                                                  > SUCCESS_DZ)).astype(np.float64)
     return {k: np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in feats.items()}
 
@@ -415,11 +452,9 @@ def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, ou
     for path in inputs:
         if not Path(path).exists() and not any(ch in str(path) for ch in "*?["):
             raise UserError(f"{path}: no such file")
-    meta = {"model": Path(model.source).name, "modelver": model.meta.get("mtopnet_version")}
     if refine is True:
         refine = Refiner.from_model(model)
-    if refine is not False and refine is not None:
-        meta["refine"] = Path(refine.basis.meta.get("templates", "")).name
+    meta = catalogue_provenance(model, list(inputs), refine if refine is not False and refine is not None else None)
     report = DomainReport()
     rows = predict_batches(model, _input_batches(list(inputs), batch_size, format), with_pdf=with_pdf,
                            batch_size=batch_size, arm_resolution=_store_resolution(list(inputs)), refine=refine,
@@ -428,7 +463,7 @@ def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, ou
     with CatalogueWriter(out, model.zbins.centres if with_pdf else None, meta, overwrite=overwrite) as writer:
         for chunk in rows:
             writer.write(chunk)
-            bar.update(len(chunk["id"]))
+            bar.update(len(chunk["TARGETID"]))
     bar.close()
     report.warn(model)  # once per run, with the count
     return writer.n_rows

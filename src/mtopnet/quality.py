@@ -47,7 +47,7 @@ within +-0.01 of the reported z; valid_fraction: of the model grid; log_inv_snr:
 log10(sigma / scale); continuum_detected, out_of_domain: 0/1."""
 _EPS = 1e-6
 PEAK_MIN_MASS = 0.05
-"""A PDF peak counts (``n_peaks``, MULTI_PEAK, refined peaks) if it holds this mass within +-window."""
+"""A PDF peak counts (``n_peaks``, ZWARN_INFO MULTI_PEAK, refined peaks) if it holds this mass within +-window."""
 
 
 def _cdf(pdf: np.ndarray) -> np.ndarray:
