@@ -170,3 +170,14 @@ def test_csv_and_parquet_have_the_fits_names(tmp_path, tiny_model_path, toy_stor
             assert list(cat[name]) == list(fits_cat[name]), (ext, name)
         np.testing.assert_allclose(cat["COEFF"], fits_cat["COEFF"], rtol=1e-12)
         np.testing.assert_array_equal(cat["ZWARN"], fits_cat["ZWARN"])
+
+
+def test_docs_table_has_every_bit_and_column():
+    """docs/catalogue.md is the one table of bits and columns: every name, at its value."""
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "docs" / "catalogue.md").read_text()
+    for column, flags in (("ZWARN", ZWarn), ("ZWARN_INFO", ZInfo)):
+        for bit in flags:
+            assert f"| {column} | {int(bit).bit_length() - 1} | {int(bit)} | {bit.name} |" in text, bit.name
+    for name in ALL_COLUMNS:
+        assert name in text, name
