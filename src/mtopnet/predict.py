@@ -7,10 +7,10 @@ Library use::
         ...                                         # dict column -> (n,) array per batch
     predict_store(model, ["a.h5"], "cat.fits")      # files -> catalogue, streaming
 
-One catalogue row per input spectrum, in input order; the columns, the ZWarn bits and the
-file formats are :mod:`mtopnet.catalogue`'s. The model comes from :mod:`mtopnet.trained`,
-the PDF statistics from :mod:`mtopnet.quality`, the template refinement of z (the default;
-``--no-refine`` skips it) from :mod:`mtopnet.refine`.
+One catalogue row per input spectrum, in input order; the columns and the ZWARN bits are
+:mod:`mtopnet.columns`' (docs/catalogue.md), the file formats :mod:`mtopnet.catalogue`'s.
+The model comes from :mod:`mtopnet.trained`, the PDF statistics from :mod:`mtopnet.quality`,
+the template refinement of z (the default; ``--no-refine`` skips it) from :mod:`mtopnet.refine`.
 """
 from __future__ import annotations
 
