@@ -18,7 +18,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 2: physics and readers
     ("mtopnet.galaxies", "mtopnet.io", "mtopnet.preprocess", "mtopnet.model", "mtopnet.quality", "mtopnet.devices"),
     # 3: artefacts built on them
-    ("mtopnet.checkpoint", "mtopnet.catalogue", "mtopnet.simulate", "mtopnet.refine", "mtopnet.plots"),
+    ("mtopnet.checkpoint", "mtopnet.catalogue", "mtopnet.simulate", "mtopnet.refine", "mtopnet.plots",
+     "mtopnet.priors"),
     # 4: a trained model
     ("mtopnet.trained",),
     # 5: workflows

@@ -40,6 +40,7 @@ from .config import ConfigError, UserError
 from .constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
 from .instruments import load_instrument
 from .io import plan_inputs, read_spectra
+from .priors import prior_columns, write_priors
 from .provenance import catalogue_provenance
 from .quality import central_intervals, pdf_summary, window_mass
 from .refine import Refiner, ZScanner, combine_pdf, network_gate, scan_on_bins, scan_summary
@@ -435,18 +436,22 @@ def _store_resolution(inputs: list[str | Path]) -> dict[str, float] | None:
 
 def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, out: str | Path, *,
                   batch_size: int = 1024, with_pdf: bool = False, overwrite: bool = False,
-                  progress: bool = False, format: str | None = None, refine: bool | Refiner = True) -> int:
+                  progress: bool = False, format: str | None = None, refine: bool | Refiner = True,
+                  priors_out: str | Path | None = None) -> int:
     """Predict for every spectrum of ``inputs`` (stores or files mtopnet.io reads) into catalogue ``out``.
 
     Streams: memory stays flat in the number of objects. Returns the number of rows written.
     Out-of-domain spectra give one :class:`DomainWarning` at the end, with their number. While
     it runs, a second writer of ``out`` is refused (:class:`mtopnet.catalogue.CatalogueWriter`).
     ``refine``: as in :func:`predict_batches` (True: template refinement of z, the default).
+    ``priors_out``: also a Redrock priors file there (:mod:`mtopnet.priors`; integer ids only).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     catalogue_format(out)
     check_writable(out, overwrite)
+    if priors_out is not None:
+        check_writable(priors_out, overwrite)
     if batch_size < 1:
         raise UserError(f"batch size: must be >= 1, got {batch_size}")
     for path in inputs:
@@ -460,11 +465,16 @@ def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, ou
                            batch_size=batch_size, arm_resolution=_store_resolution(list(inputs)), refine=refine,
                            domain_report=report)
     bar = tqdm(desc="predict", unit="spec", disable=not progress, file=sys.stderr)
+    priors: list[dict[str, np.ndarray]] = []
     with CatalogueWriter(out, model.zbins.centres if with_pdf else None, meta, overwrite=overwrite) as writer:
         for chunk in rows:
+            if priors_out is not None:
+                priors.append(prior_columns(chunk))
             writer.write(chunk)
             bar.update(len(chunk["TARGETID"]))
     bar.close()
+    if priors_out is not None:
+        write_priors(priors_out, priors)
     report.warn(model)  # once per run, with the count
     return writer.n_rows
 
@@ -478,6 +488,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pdf", action="store_true", help="also write the full redshift PDF and the bin centres")
     p.add_argument("--format", default=None, help="input format (default: detected)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing catalogue")
+    p.add_argument("--priors-out", default=None, metavar="FILE.fits",
+                   help="also write a Redrock priors file (rrdesi --priors FILE; integer ids only)")
     p.add_argument("--no-refine", action="store_true",
                    help="report the network's z alone (no template refinement, see docs/refine.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -494,8 +506,8 @@ def run_cli(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device)
     n = predict_store(model, args.inputs, args.out, batch_size=args.batch_size, with_pdf=args.pdf,
                       overwrite=args.overwrite, progress=not args.quiet, format=args.format,
-                      refine=not args.no_refine)
-    print(f"{args.out}: {n} rows")
+                      refine=not args.no_refine, priors_out=args.priors_out)
+    print(f"{args.out}: {n} rows" + (f"; Redrock priors in {args.priors_out}" if args.priors_out else ""))
     return 0
 
 
