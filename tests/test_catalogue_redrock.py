@@ -181,3 +181,31 @@ def test_docs_table_has_every_bit_and_column():
             assert f"| {column} | {int(bit).bit_length() - 1} | {int(bit)} | {bit.name} |" in text, bit.name
     for name in ALL_COLUMNS:
         assert name in text, name
+
+
+def test_desi_fibermap_is_passed_through(tiny_model_path, tmp_path):
+    """The two DESI coadds of tests/data: HDU FIBERMAP holds their FIBERMAP rows, in the
+    catalogue's order; mixed with a non-DESI input, or in Parquet, there is none."""
+    from pathlib import Path
+    data = Path(__file__).resolve().parent / "data"
+    desi = sorted(str(p) for p in (data / "desi").glob("coadd-*.fits"))
+    model = load_model(tiny_model_path)
+    out = tmp_path / "desi.fits"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # out of the tiny model's domain
+        predict_store(model, desi, out)
+        with fits.open(out) as hdul:
+            ids = hdul["REDSHIFTS"].data["TARGETID"]
+            fibermap = hdul["FIBERMAP"].data
+            inputs = [fits.getdata(p, "FIBERMAP") for p in desi]
+            common = [n for n in inputs[0].columns.names if all(n in t.columns.names for t in inputs)]
+            assert list(fibermap.columns.names) == common and len(common) > 10  # the columns all files have
+            np.testing.assert_array_equal(fibermap["TARGETID"], ids)
+            for name in ("TARGETID", "TARGET_RA", "TARGET_DEC", "OBJTYPE"):
+                np.testing.assert_array_equal(fibermap[name], np.concatenate([t[name] for t in inputs]))
+        sdss = sorted(str(p) for p in (data / "sdss").glob("spec-*.fits"))[:1]
+        predict_store(model, [*desi, *sdss], tmp_path / "mixed.fits")
+        predict_store(model, desi, tmp_path / "desi.parquet")
+    with fits.open(tmp_path / "mixed.fits") as hdul:
+        assert "FIBERMAP" not in hdul
+    assert len(read_catalogue(tmp_path / "desi.parquet")["TARGETID"]) == len(ids)

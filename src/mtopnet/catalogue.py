@@ -169,18 +169,20 @@ class CatalogueWriter:
     path: output (format from the extension); rows: column -> (n,) or, for
     :data:`VECTOR_COLUMNS`, (n, K) arrays; zbin_centres: (K,) written with ``Z_PDF``; meta:
     provenance, FITS keyword -> value or (value, comment), into headers / metadata; overwrite: False refuses
-    a ``path`` that exists once the lock is held (another run may just have finished it).
+    a ``path`` that exists once the lock is held (another run may just have finished it);
+    fibermap: (n_rows,) structured array written, FITS only, as HDU FIBERMAP (same row order).
     The lock on ``path`` (:class:`OutputLock`) is taken on construction and held until
     ``close()`` or ``abort()``. UserError: another run writes ``path``, or a write failed
     (full disk, read-only folder; the temporary file is removed).
     """
 
     def __init__(self, path: str | Path, zbin_centres: np.ndarray | None = None, meta: dict | None = None,
-                 overwrite: bool = True):
+                 overwrite: bool = True, fibermap: np.ndarray | None = None):
         self.path = Path(path)
         self.format = catalogue_format(path)
         self.centres = zbin_centres
         self.meta = meta or {}
+        self.fibermap = fibermap if self.format == "fits" else None
         self.n_rows = 0
         self._impl: Any = None
         self.lock = OutputLock(self.path).acquire()
@@ -205,12 +207,18 @@ class CatalogueWriter:
         self.n_rows += len(rows["TARGETID"])
 
     def close(self) -> None:
+        if self.fibermap is not None and len(self.fibermap) != self.n_rows:
+            self.abort()
+            raise UserError(f"{self.path}: {len(self.fibermap)} FIBERMAP rows for {self.n_rows} catalogue rows")
         try:
             if self._impl is None:  # no rows: an empty catalogue with the right columns
                 empty = {"TARGETID": np.zeros(0, np.int64),
                          **{k: np.zeros(0, dt) for k, dt in CATALOGUE_DTYPES.items()}}
                 self._open(empty, None)
             self._impl.close()
+            if self.fibermap is not None:
+                from astropy.io import fits
+                fits.append(self.tmp, self.fibermap, fits.Header([("EXTNAME", "FIBERMAP")]))
             os.replace(self.tmp, self.path)
         except OSError as exc:
             self.abort()

@@ -39,7 +39,7 @@ from .columns import SMALL_DELTA_CHI2_LIMIT, ZInfo, ZWarn
 from .config import ConfigError, UserError
 from .constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
 from .instruments import load_instrument
-from .io import plan_inputs, read_spectra
+from .io import input_fibermap, plan_inputs, read_spectra
 from .priors import prior_columns, write_priors
 from .provenance import catalogue_provenance
 from .quality import central_intervals, pdf_summary, window_mass
@@ -445,6 +445,7 @@ def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, ou
     it runs, a second writer of ``out`` is refused (:class:`mtopnet.catalogue.CatalogueWriter`).
     ``refine``: as in :func:`predict_batches` (True: template refinement of z, the default).
     ``priors_out``: also a Redrock priors file there (:mod:`mtopnet.priors`; integer ids only).
+    FITS catalogues of DESI files get their FIBERMAP rows as HDU FIBERMAP (:func:`mtopnet.io.input_fibermap`).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -466,7 +467,9 @@ def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, ou
                            domain_report=report)
     bar = tqdm(desc="predict", unit="spec", disable=not progress, file=sys.stderr)
     priors: list[dict[str, np.ndarray]] = []
-    with CatalogueWriter(out, model.zbins.centres if with_pdf else None, meta, overwrite=overwrite) as writer:
+    fibermap = input_fibermap([str(p) for p in inputs], format) if catalogue_format(out) == "fits" else None
+    with CatalogueWriter(out, model.zbins.centres if with_pdf else None, meta, overwrite=overwrite,
+                         fibermap=fibermap) as writer:
         for chunk in rows:
             if priors_out is not None:
                 priors.append(prior_columns(chunk))
