@@ -733,27 +733,28 @@ def _nan(x: float) -> float | None:
 
 def tool_metrics(z_true: np.ndarray, cat: dict[str, np.ndarray], sel: np.ndarray, kind: str,
                  truth: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """Metrics of one tool on the rows ``sel``. kind: 'mtopnet' or 'redrock'."""
+    """Metrics of one tool on the rows ``sel``. kind: 'mtopnet' (an mtopnet catalogue: Redrock-shaped
+    names) or 'redrock' (the baseline's catalogue: lowercase names)."""
     n = int(sel.sum())
     if n == 0:
         return {"n": 0}
-    dz = np.asarray(cat["z"], dtype=np.float64)[sel] - z_true[sel]
+    dz = np.asarray(cat["Z" if kind == "mtopnet" else "z"], dtype=np.float64)[sel] - z_true[sel]
     ok = np.abs(dz) < SUCCESS_DZ
     out: dict[str, Any] = {"n": n, "success": float(ok.mean()),
                            "catastrophic": float(np.mean(np.abs(dz) / (1 + z_true[sel]) > CATASTROPHIC))}
     if kind == "mtopnet":
-        qop = np.asarray(cat["qop"])[sel]
+        qop = np.asarray(cat["QOP"])[sel]
         for name, chosen in (("qop4", qop == 4), ("qop>=3", qop >= 3)):
             k = int(chosen.sum())
             out[name] = {"purity": _nan(ok[chosen].mean()) if k else None, "share": k / n}
-        out["ece_p_dz01"] = expected_calibration_error(np.asarray(cat["p_dz01"])[sel], ok)
+        out["ece_p_dz01"] = expected_calibration_error(np.asarray(cat["P_DZ01"])[sel], ok)
         for level in ("68", "95"):
-            lo, hi = np.asarray(cat[f"z_lo{level}"])[sel], np.asarray(cat[f"z_hi{level}"])[sel]
+            lo, hi = np.asarray(cat[f"Z_LO{level}"])[sel], np.asarray(cat[f"Z_HI{level}"])[sel]
             out[f"coverage{level}"] = float(np.mean((lo <= z_true[sel]) & (z_true[sel] <= hi)))
         if truth is not None:
             m = sel & (truth["hmag"] <= MASS_HMAX)
             if m.any():
-                d = np.asarray(cat["logmstar"], dtype=np.float64)[m] - truth["logmstar"][m]
+                d = np.asarray(cat["LOGMSTAR"], dtype=np.float64)[m] - truth["logmstar"][m]
                 out["logmstar_bias_h24"] = float(np.median(d))
                 out["logmstar_scatter_h24"] = robust_scatter(d)
                 out["logmstar_n_h24"] = int(m.sum())
@@ -816,8 +817,8 @@ def build_tables(truth: dict[str, np.ndarray], ours: dict[str, np.ndarray] | Non
 
 
 def match_catalogue(cat: dict[str, np.ndarray], ids: np.ndarray) -> dict[str, np.ndarray]:
-    """Rows of ``cat`` reordered to ``ids`` (every id must be present)."""
-    cid = np.asarray(cat["id"]).astype(str)
+    """Rows of ``cat`` reordered to ``ids`` (every id must be present); ids in TARGETID (mtopnet) or id (Redrock)."""
+    cid = np.asarray(cat["TARGETID" if "TARGETID" in cat else "id"]).astype(str)
     pos = {v: i for i, v in enumerate(cid)}
     missing = [i for i in ids if i not in pos]
     if missing:
@@ -829,7 +830,7 @@ def match_catalogue(cat: dict[str, np.ndarray], ids: np.ndarray) -> dict[str, np
 def read_parquet(path: Path) -> dict[str, np.ndarray]:
     import pyarrow.parquet as pq
     t = pq.read_table(path)
-    return {c: t[c].to_numpy() for c in t.column_names if c != "z_pdf"}
+    return {c: t[c].to_numpy() for c in t.column_names if c not in ("Z_PDF", "COEFF")}
 
 
 # ----------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def run_network(store: Path, out_dir: Path, model_name: str | None, ncpu: int):
     reap_children()
     cpu = cpu_seconds() - c0
     table = pq.read_table(cat_path)
-    cols = {c: table[c].to_numpy() for c in ("id", "z", "qop") if c in table.column_names}
+    cols = {c: table[c].to_numpy() for c in ("TARGETID", "Z", "QOP") if c in table.column_names}
     return cols, cpu, f"model {Path(model.source).name}"
 
 
@@ -176,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         ours_cols, cpu_ours, note = run_network(store, out, args.model, args.ncpu)
         ours = None
         if ours_cols is not None:
-            if not np.array_equal(ours_cols["id"], truth["id"]):
+            if not np.array_equal(ours_cols["TARGETID"], truth["id"]):
                 raise UserError("M-TOPnet's catalogue rows do not match the store's ids")
-            ours = {"z": ours_cols["z"].astype(np.float64), "confident": ours_cols["qop"] >= QOP_CONFIDENT,
-                    "qop": ours_cols["qop"]}
+            ours = {"z": ours_cols["Z"].astype(np.float64), "confident": ours_cols["QOP"] >= QOP_CONFIDENT,
+                    "qop": ours_cols["QOP"]}
             print(f"M-TOPnet: {note}, {cpu_ours / args.n:.4f} CPU s per spectrum", file=sys.stderr)
         else:
             print(f"M-TOPnet: not run: {note}", file=sys.stderr)

@@ -106,8 +106,8 @@ def combine_store(path: str, model_name: str, basis, k: int, q: int, stride: int
     model = load_model(model_name)
     edges = model.zbins.edges
     rows = list(predict_batches(model, iter_store(path, 512), with_pdf=True, refine=False))
-    pdf = np.concatenate([r["z_pdf"] for r in rows]).astype(np.float64)
-    z_net = np.concatenate([r["z"] for r in rows])
+    pdf = np.concatenate([r["Z_PDF"] for r in rows]).astype(np.float64)
+    z_net = np.concatenate([r["Z"] for r in rows])
     flux, ivar, z_true = [], [], []
     for batch in iter_store(path, 1024):
         f, iv, _ = model.preprocessor.rebin(batch)

@@ -5,7 +5,7 @@
 CATALOGUE is what ``mtopnet predict tests/data/desi/coadd-*.fits tests/data/sdss/*.fits
 --pdf`` wrote. The survey redshifts are the pipelines' own: SDSS ``SPECOBJ.Z`` (and
 ``CLASS``), DESI Redrock ``REDSHIFTS.Z`` from the ``redrock-*.fits`` file beside each coadd.
-Prints a Markdown table (z_true, z_pred, p_dz01, qop, zwarn and its bit names) and draws
+Prints a Markdown table (z_true, z_pred, P_DZ01, QOP, ZWARN and its bit names) and draws
 each spectrum with its redshift PDF.
 """
 from __future__ import annotations
@@ -50,14 +50,14 @@ def main() -> None:
     cat = read_catalogue(args.catalogue)
     centres = read_zbin_centres(args.catalogue)
     truth = survey_truth()
-    ids = [str(i) for i in cat["id"]]
-    print("| object | survey class | z_true | z_pred | z 68% | p_dz01 | qop | zwarn |")
+    ids = [str(i) for i in cat["TARGETID"]]
+    print("| object | survey class | z_true | z_pred | z 68% | P_DZ01 | QOP | ZWARN |")
     print("|---|---|---|---|---|---|---|---|")
     for k, oid in enumerate(ids):
         zt, cls, _ = truth.get(oid, (np.nan, "?", "?"))
-        bits = ", ".join(ZWarn.names(int(cat["zwarn"][k]))) or "-"
-        print(f"| {oid} | {cls} | {zt:.4f} | {cat['z'][k]:.4f} | {cat['z_lo68'][k]:.3f}-{cat['z_hi68'][k]:.3f} | "
-              f"{cat['p_dz01'][k]:.2f} | {cat['qop'][k]} | {int(cat['zwarn'][k])} ({bits}) |")
+        bits = ", ".join(ZWarn.names(int(cat["ZWARN"][k]))) or "-"
+        print(f"| {oid} | {cls} | {zt:.4f} | {cat['Z'][k]:.4f} | {cat['Z_LO68'][k]:.3f}-{cat['Z_HI68'][k]:.3f} | "
+              f"{cat['P_DZ01'][k]:.2f} | {cat['QOP'][k]} | {int(cat['ZWARN'][k])} ({bits}) |")
     inputs = sorted(str(p) for p in (DATA / "desi").glob("coadd-*.fits")) + \
         sorted(str(p) for p in (DATA / "sdss").glob("spec-*.fits"))
     spectra = {}
@@ -73,14 +73,14 @@ def main() -> None:
             good = ivar > 0
             smooth = np.convolve(np.where(good, flux, 0), np.ones(9) / 9, mode="same")
             ax.plot(wave, np.where(good, smooth, np.nan), lw=0.5, color="k")
-        ax.set_title(f"{name} ({oid}), {cls}: z_true {zt:.4f}, z_pred {cat['z'][k]:.4f}, "
-                     f"p_dz01 {cat['p_dz01'][k]:.2f}, qop {cat['qop'][k]}, zwarn {int(cat['zwarn'][k])}", fontsize=8)
+        ax.set_title(f"{name} ({oid}), {cls}: z_true {zt:.4f}, z_pred {cat['Z'][k]:.4f}, "
+                     f"P_DZ01 {cat['P_DZ01'][k]:.2f}, QOP {cat['QOP'][k]}, ZWARN {int(cat['ZWARN'][k])}", fontsize=8)
         ax.set_ylabel("flux [1e-17]", fontsize=7)
         ax2 = axes[k, 1]
-        if centres is not None and "z_pdf" in cat:
-            ax2.plot(centres, cat["z_pdf"][k], lw=0.8)
+        if centres is not None and "Z_PDF" in cat:
+            ax2.plot(centres, cat["Z_PDF"][k], lw=0.8)
         ax2.axvline(zt, color="g", lw=1, label="pipeline")
-        ax2.axvline(cat["z"][k], color="r", lw=1, ls="--", label="M-TOPnet")
+        ax2.axvline(cat["Z"][k], color="r", lw=1, ls="--", label="M-TOPnet")
         ax2.set_xlabel("z", fontsize=7)
         ax2.legend(fontsize=6)
     axes[-1, 0].set_xlabel("vacuum wavelength [A]")

@@ -13,15 +13,17 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 0: facts and errors, importing nothing of mtopnet
     ("mtopnet", "mtopnet.constants", "mtopnet.config"),
     # 1: data descriptions
-    ("mtopnet.lines", "mtopnet.templates", "mtopnet.instruments", "mtopnet.store"),
+    ("mtopnet.lines", "mtopnet.templates", "mtopnet.instruments", "mtopnet.store", "mtopnet.columns",
+     "mtopnet.provenance"),
     # 2: physics and readers
     ("mtopnet.galaxies", "mtopnet.io", "mtopnet.preprocess", "mtopnet.model", "mtopnet.quality", "mtopnet.devices"),
     # 3: artefacts built on them
-    ("mtopnet.checkpoint", "mtopnet.catalogue", "mtopnet.simulate", "mtopnet.refine", "mtopnet.plots"),
+    ("mtopnet.checkpoint", "mtopnet.catalogue", "mtopnet.simulate", "mtopnet.refine", "mtopnet.plots",
+     "mtopnet.priors"),
     # 4: a trained model
     ("mtopnet.trained",),
     # 5: workflows
-    ("mtopnet.predict", "mtopnet.train", "mtopnet.baselines", "mtopnet.testing", "mtopnet.testing"),
+    ("mtopnet.predict", "mtopnet.domain", "mtopnet.train", "mtopnet.baselines", "mtopnet.testing"),
     # 6: workflows on workflows
     ("mtopnet.evaluate", "mtopnet.inspect", "mtopnet.calibrate"),
     # 7: entry points

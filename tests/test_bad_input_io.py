@@ -97,10 +97,10 @@ def test_bugcase_gap_stretch_dropped_equals_masked(tmp_path):
         model = load_model("moons-lr")
         parts = list(predict_batches(model, read_spectra([str(case / "moons_r8_noisyedge_dropped.fits"),
                                                           str(case / "moons_r8_noisyedge_masked.fits")])))
-    rows = {k: np.concatenate([p[k] for p in parts]) for k in ("z", "logmstar", "logsfr", "zwarn")}
-    assert abs(rows["logmstar"][0] - rows["logmstar"][1]) < 0.3
-    assert abs(rows["logsfr"][0] - rows["logsfr"][1]) < 0.5
-    assert abs(rows["z"][0] - rows["z"][1]) < 0.002
+    rows = {k: np.concatenate([p[k] for p in parts]) for k in ("Z", "LOGMSTAR", "LOGSFR", "ZWARN")}
+    assert abs(rows["LOGMSTAR"][0] - rows["LOGMSTAR"][1]) < 0.3
+    assert abs(rows["LOGSFR"][0] - rows["LOGSFR"][1]) < 0.5
+    assert abs(rows["Z"][0] - rows["Z"][1]) < 0.002
 
 
 @pytest.mark.parametrize("factor, expected", [(1.0, False), (1e-6, True), (1e7, True), (1e-3, False)])
@@ -254,7 +254,7 @@ def _text_spectrum(path: Path, flux: np.ndarray, ivar: np.ndarray) -> Path:
 
 def test_readers_count_the_pixels_they_clean(tmp_path):
     """Issue 13 item 7: NaN/inf flux, inf ivar and negative ivar cleaned by a reader are counted
-    per object in ``SpectraBatch.n_bad_pixels`` and make ``bad_input`` (zwarn BAD_INPUT) true;
+    per object in ``SpectraBatch.n_bad_pixels`` and make ``bad_input`` (ZWARN bit POORDATA) true;
     a clean file counts zero. (Before: the readers cleaned them silently, so the bit was never set.)"""
     from mtopnet.io import read_file, read_spectra
     rng = np.random.default_rng(2)
@@ -289,7 +289,7 @@ def test_store_reader_counts_cleaned_pixels(tmp_path):
 
 @pytest.mark.skipif(not (BUGCASES / "bad-input-bit-never-set").is_dir(), reason="shared bug cases not present")
 def test_bugcase_bad_input_bit_is_set():
-    """Issue 13 item 7 (bug case bad-input-bit-never-set): 10% NaN flux and 20 inf ivar -> BAD_INPUT."""
+    """Issue 13 item 7 (bug case bad-input-bit-never-set): 10% NaN flux and 20 inf ivar -> POORDATA (once BAD_INPUT)."""
     import warnings
 
     from mtopnet.io import read_spectra
@@ -299,7 +299,7 @@ def test_bugcase_bad_input_bit_is_set():
         batch = list(read_spectra([str(BUGCASES / "bad-input-bit-never-set" / "moons-nan10pct.fits")]))[0]
         assert batch.n_bad_pixels[0] > 1000
         rows = list(predict_batches(load_model("moons-lr"), [batch]))[0]
-    assert rows["zwarn"][0] & int(ZWarn.BAD_INPUT)
+    assert rows["ZWARN"][0] & int(ZWarn.POORDATA)
 
 
 # --- issue 13 item 11: a silent misread of plain text ---------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 
 import mtopnet
 from conftest import TINY_PRE
-from mtopnet.catalogue import CATALOGUE_DTYPES, CatalogueWriter, read_catalogue
+from mtopnet.catalogue import CATALOGUE_DTYPES, CatalogueWriter, ZWarn, read_catalogue
 from mtopnet.cli import main
 from mtopnet.config import UserError
 
@@ -30,7 +30,7 @@ import sys
 import numpy as np
 from mtopnet.catalogue import CATALOGUE_DTYPES, CatalogueWriter
 writer = CatalogueWriter(sys.argv[1])
-writer.write({"id": np.array([7, 8, 9]), **{k: np.zeros(3, dt) for k, dt in CATALOGUE_DTYPES.items()}})
+writer.write({"TARGETID": np.array([7, 8, 9]), **{k: np.zeros(3, dt) for k, dt in CATALOGUE_DTYPES.items()}})
 print("ready", flush=True)
 if sys.stdin.readline().strip() == "close":
     writer.close()
@@ -47,7 +47,7 @@ def _holder(out: Path) -> subprocess.Popen:
 
 
 def _rows(n: int, start: int = 0) -> dict[str, np.ndarray]:
-    return {"id": np.arange(start, start + n), **{k: np.zeros(n, dt) for k, dt in CATALOGUE_DTYPES.items()}}
+    return {"TARGETID": np.arange(start, start + n), **{k: np.zeros(n, dt) for k, dt in CATALOGUE_DTYPES.items()}}
 
 
 # --- issue 13 item 1: two runs, one output -------------------------------------------------------
@@ -89,12 +89,12 @@ def test_bugcase_concurrent_predict_same_out_second_run_is_refused(tmp_path, tin
     finally:
         holder.kill()
         holder.wait()
-    assert list(read_catalogue(out)["id"]) == [7, 8, 9]
+    assert list(read_catalogue(out)["TARGETID"]) == [7, 8, 9]
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
     # the second run, given --overwrite now that the first is done, writes its own catalogue
     assert main(["predict", str(toy_stores[2]), "--model", str(tiny_model_path), "--out", str(out), "--quiet",
                  "--overwrite"]) == 0
-    assert len(read_catalogue(out)["id"]) == 40
+    assert len(read_catalogue(out)["TARGETID"]) == 40
 
 
 def test_a_run_that_waited_for_the_lock_does_not_replace_a_finished_catalogue(tmp_path):
@@ -107,7 +107,7 @@ def test_a_run_that_waited_for_the_lock_does_not_replace_a_finished_catalogue(tm
         CatalogueWriter(out, overwrite=False)
     with CatalogueWriter(out, overwrite=True) as writer:
         writer.write(_rows(1))
-    assert len(read_catalogue(out)["id"]) == 1
+    assert len(read_catalogue(out)["TARGETID"]) == 1
 
 
 def test_lock_of_a_killed_run_does_not_block_the_next(tmp_path):
@@ -122,7 +122,7 @@ def test_lock_of_a_killed_run_does_not_block_the_next(tmp_path):
     with CatalogueWriter(out, overwrite=False) as writer:
         writer.write(_rows(5))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.fits"]
-    assert len(read_catalogue(out)["id"]) == 5
+    assert len(read_catalogue(out)["TARGETID"]) == 5
 
 
 # --- issue 13 item 4: full disk, read-only folder ------------------------------------------------
@@ -274,8 +274,8 @@ def test_out_of_domain_warning_is_said_once_per_run_with_the_count(tmp_path, tin
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
     assert len(lines) == 1, lines
     assert "36 spectra in 3 arm layouts" in lines[0] and "out of the model's domain" in lines[0]
-    zwarn = read_catalogue(out)["zwarn"]
-    assert int(np.sum((zwarn & 32) > 0)) == 36
+    zwarn = read_catalogue(out)["ZWARN"]
+    assert int(np.sum((zwarn & ZWarn.OUT_OF_DOMAIN) > 0)) == 36
     model = load_model(tiny_model_path)
     batches = [toy_batch(3, {"A": toy_waves["A"][:150]}, seed=s) for s in range(4)]
     with warnings.catch_warnings(record=True) as seen:
@@ -312,7 +312,6 @@ def test_wild_pixel_in_predict_sets_fit_outliers_and_never_qop4():
     with one wild pixel, through the shipped model: z as for the clean spectrum, the row
     carries ZWarn.FIT_OUTLIERS and qop <= 3; the clean row does not carry the bit. (Before:
     z moved by ~0.01 with z_err ~1e-8 and qop 4.)"""
-    from mtopnet.catalogue import ZWarn
     from mtopnet.io import read_spectra
     from mtopnet.predict import predict_batches
     from mtopnet.store import SpectraBatch
@@ -325,11 +324,11 @@ def test_wild_pixel_in_predict_sets_fit_outliers_and_never_qop4():
     r0 = next(predict_batches(model, [clean]))
     for seed in range(3):
         r1 = next(predict_batches(model, [_wild(clean, seed=seed)]))
-        assert not np.any(r0["zwarn"] & ZWarn.FIT_OUTLIERS)
-        assert np.all(r1["zwarn"] & ZWarn.FIT_OUTLIERS) and np.all(r1["qop"] <= 3)
-        np.testing.assert_allclose(r1["z"], r0["z"], atol=2e-4)
+        assert not np.any(r0["ZWARN"] & ZWarn.FIT_OUTLIERS)
+        assert np.all(r1["ZWARN"] & ZWarn.FIT_OUTLIERS) and np.all(r1["QOP"] <= 3)
+        np.testing.assert_allclose(r1["Z"], r0["Z"], atol=2e-4)
     # the same without clipping (the old fit): the wild pixel moves z or fakes a tiny error
     from mtopnet.refine import RefineConfig, Refiner
     plain = Refiner.from_model(model, RefineConfig(clip_sigma=None))
     r2 = next(predict_batches(model, [_wild(clean, seed=0)], refine=plain))
-    assert np.any((np.abs(r2["z"] - r0["z"]) > 2e-4) | (r2["z_err"] < 0.1 * r0["z_err"]))
+    assert np.any((np.abs(r2["Z"] - r0["Z"]) > 2e-4) | (r2["ZERR"] < 0.1 * r0["ZERR"]))

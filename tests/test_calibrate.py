@@ -36,11 +36,14 @@ def test_calibrate_with_scan_writes_scan_and_fit_features(tiny_model_path, toy_s
     model = load_model(out)
     assert model.scan is not None
     rows = next(predict_batches(model, iter_store(toy_stores[2], 40)))
-    assert {"scanned", "scan_z", "scan_dchi2"} <= set(rows)
-    assert rows["scanned"].sum() > 0
-    capped = (rows["zwarn"] & int(ZWarn.OUT_OF_DOMAIN | ZWarn.REFINE_DISAGREE | ZWarn.SCAN_DISAGREE)) != 0
-    assert np.all(rows["qop"][capped] <= 2)
+    assert {"SCANNED", "SCAN_Z", "SCAN_DCHI2"} <= set(rows)
+    assert rows["SCANNED"].sum() > 0
+    capped = (rows["ZWARN"] & int(ZWarn.OUT_OF_DOMAIN | ZWarn.REFINE_DISAGREE | ZWarn.SCAN_DISAGREE)) != 0
+    assert np.all(rows["QOP"][capped] <= 2)
+    # DELTACHI2 is finite wherever a fit ran: the scan's where the refinement fitted one peak
+    fitted = rows["FITMETHOD"] == "PCA"
+    assert fitted.any() and np.all(np.isfinite(rows["DELTACHI2"][fitted]))
     # no-signal input is never confident
     junk = garbage_batch(read_store(toy_stores[2], 0, 40), np.random.default_rng(5), 0)
     jrows = next(predict_batches(model, [junk]))
-    assert np.all(jrows["qop"] <= 2)
+    assert np.all(jrows["QOP"] <= 2)

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from mtopnet.catalogue import CATALOGUE_COLUMNS, ZWarn, read_catalogue
+from mtopnet.catalogue import CATALOGUE_COLUMNS, CATALOGUE_DTYPES, ZWarn, read_catalogue
 from mtopnet.cli import main
 
 DATA = Path(__file__).parent / "data"
@@ -88,11 +88,12 @@ def test_simulate_train_predict_evaluate_on_a_users_instrument(tmp_path, capsys)
                      "--quiet"], capsys)
     assert "60 rows" in out and "warning" not in err
     rows = read_catalogue(cat)
-    assert set(CATALOGUE_COLUMNS) <= set(rows) and len(rows["id"]) == 60
-    for col in CATALOGUE_COLUMNS[1:]:
-        assert np.all(np.isfinite(rows[col].astype(float))), col
-    assert np.all((rows["z"] >= 0) & (rows["z"] <= 0.6)) and set(np.unique(rows["qop"])) <= {1, 2, 3, 4}
-    assert not np.any(rows["zwarn"] & ZWarn.OUT_OF_DOMAIN)
+    assert set(CATALOGUE_COLUMNS) <= set(rows) and len(rows["TARGETID"]) == 60
+    for col, dt in CATALOGUE_DTYPES.items():
+        if dt.kind != "U" and col not in ("CHI2", "DELTACHI2"):  # text; NaN where no fit ran
+            assert np.all(np.isfinite(rows[col].astype(float))), col
+    assert np.all((rows["Z"] >= 0) & (rows["Z"] <= 0.6)) and set(np.unique(rows["QOP"])) <= {1, 2, 3, 4}
+    assert not np.any(rows["ZWARN"] & ZWarn.OUT_OF_DOMAIN)
 
     report = tmp_path / "report"
     out, _ = _cli(["evaluate", str(cat), "--truth", str(stores["test"]), "--report", str(report)], capsys)
@@ -120,9 +121,9 @@ def test_simulate_train_predict_evaluate_on_a_users_instrument(tmp_path, capsys)
     assert all(line.startswith("mtopnet predict: warning: spectra with arms ") for line in warnings)
     assert re.search(r"the model expects tiny-optical \(V 450\d-749\d A, R 600\), read on 4500-7500 A", warnings[0])
     rows = read_catalogue(real)
-    assert [str(i) for i in rows["id"]] == ["39633345008634465", "39089837499744649", "0280-51612-0117",
+    assert [str(i) for i in rows["TARGETID"]] == ["39633345008634465", "39089837499744649", "0280-51612-0117",
                                             "0295-51585-0596", "1599-53089-0469"]
-    assert np.all(rows["zwarn"] & ZWarn.OUT_OF_DOMAIN)
+    assert np.all(rows["ZWARN"] & ZWarn.OUT_OF_DOMAIN)
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -109,10 +109,10 @@ def test_truth_table_and_store_round_trip(made, tmp_path):
 def test_metrics_on_known_values():
     """|dz| success, qop purity/share, ECE and coverage on a hand-made catalogue."""
     z_true = np.array([1.0, 1.0, 2.0, 2.0])
-    cat = {"z": np.array([1.005, 1.5, 2.0, 2.02]), "qop": np.array([4, 4, 3, 1]),
-           "p_dz01": np.array([0.95, 0.95, 0.55, 0.05]),
-           "z_lo68": z_true - 0.01, "z_hi68": z_true + 0.01, "z_lo95": np.array([0.9, 0.9, 2.1, 1.9]),
-           "z_hi95": np.array([1.1, 1.1, 2.2, 2.1]), "logmstar": np.array([10.1, 10.0, 9.9, 11.0])}
+    cat = {"Z": np.array([1.005, 1.5, 2.0, 2.02]), "QOP": np.array([4, 4, 3, 1]),
+           "P_DZ01": np.array([0.95, 0.95, 0.55, 0.05]),
+           "Z_LO68": z_true - 0.01, "Z_HI68": z_true + 0.01, "Z_LO95": np.array([0.9, 0.9, 2.1, 1.9]),
+           "Z_HI95": np.array([1.1, 1.1, 2.2, 2.1]), "LOGMSTAR": np.array([10.1, 10.0, 9.9, 11.0])}
     truth = {"hmag": np.array([21.0, 23.0, 23.5, 24.5]), "logmstar": np.array([10.0, 10.0, 10.0, 10.0])}
     m = cs.tool_metrics(z_true, cat, np.ones(4, bool), "mtopnet", truth)
     assert m["success"] == 0.5 and m["catastrophic"] == 0.25
@@ -121,5 +121,5 @@ def test_metrics_on_known_values():
     # bins: 0.95 (2 objects, 1 right) -> |0.95-0.5|, 0.55 (right) -> 0.45, 0.05 (wrong) -> 0.05
     assert m["ece_p_dz01"] == pytest.approx(0.5 * 0.45 + 0.25 * 0.45 + 0.25 * 0.05)
     assert m["logmstar_n_h24"] == 3 and m["logmstar_bias_h24"] == pytest.approx(0.0)
-    rr = cs.tool_metrics(z_true, {"z": cat["z"], "zwarn": np.array([0, 4, 0, 0])}, np.ones(4, bool), "redrock")
+    rr = cs.tool_metrics(z_true, {"z": cat["Z"], "zwarn": np.array([0, 4, 0, 0])}, np.ones(4, bool), "redrock")
     assert rr["zwarn0"]["share"] == 0.75 and rr["zwarn0"]["purity"] == pytest.approx(2 / 3)

@@ -269,8 +269,8 @@ def test_predict_on_the_gpu_matches_the_cpu(tiny_model_path, toy_stores):
         model = load_model(tiny_model_path, device=device)
         assert next(model.network.parameters()).device.type == device
         rows[device] = next(predict_batches(model, iter_store(toy_stores[2]), refine=False, with_pdf=True))
-    np.testing.assert_allclose(rows["cuda"]["z_pdf"], rows["cpu"]["z_pdf"], atol=1e-4)
-    np.testing.assert_allclose(rows["cuda"]["logmstar"], rows["cpu"]["logmstar"], atol=1e-3)
+    np.testing.assert_allclose(rows["cuda"]["Z_PDF"], rows["cpu"]["Z_PDF"], atol=1e-4)
+    np.testing.assert_allclose(rows["cuda"]["LOGMSTAR"], rows["cpu"]["LOGMSTAR"], atol=1e-3)
 
 
 @NEEDS_GPU

@@ -18,11 +18,11 @@ def test_metrics_on_a_known_catalogue():
              "logmstar": np.full(n, 10.0), "logsfr": np.full(n, 1.0), "type": np.r_[np.zeros(50), np.ones(50)]}
     z = np.full(n, 1.0)
     z[:10] = 1.2  # 10% catastrophic failures
-    cat = {"id": np.arange(n)[::-1].copy(), "z": z[::-1].copy(), "z_lo68": np.full(n, 0.99), "z_hi68": np.full(n, 1.01),
-           "z_lo95": np.full(n, 0.9), "z_hi95": np.full(n, 1.1), "qop": np.where(z[::-1] == 1.0, 4, 1),
-           "p_dz01": np.where(z[::-1] == 1.0, 0.95, 0.05), "logmstar": np.full(n, 10.1),
-           "logmstar_err": np.full(n, 0.2),
-           "logsfr": np.full(n, 1.0), "logsfr_err": np.full(n, 0.1)}
+    cat = {"TARGETID": np.arange(n)[::-1].copy(), "Z": z[::-1].copy(), "Z_LO68": np.full(n, 0.99),
+           "Z_HI68": np.full(n, 1.01), "Z_LO95": np.full(n, 0.9), "Z_HI95": np.full(n, 1.1),
+           "QOP": np.where(z[::-1] == 1.0, 4, 1), "P_DZ01": np.where(z[::-1] == 1.0, 0.95, 0.05),
+           "LOGMSTAR": np.full(n, 10.1), "LOGMSTAR_ERR": np.full(n, 0.2),
+           "LOGSFR": np.full(n, 1.0), "LOGSFR_ERR": np.full(n, 0.1)}
     m = compute_metrics(cat, truth)
     r = m["redshift"]["all"]
     assert r["frac_dz01"] == pytest.approx(0.9) and r["catastrophic"] == pytest.approx(0.1)

@@ -95,12 +95,12 @@ def _check(model, spec: dict) -> None:
         except UserError:  # ConfigError is a UserError: a one-line refusal is a valid answer
             return
     for r in rows:
-        zwarn = np.asarray(r["zwarn"])
-        for name in ("z", "z_mean", "p_dz01", "logmstar", "logsfr", "z_lo68", "z_hi68"):
+        zwarn = np.asarray(r["ZWARN"])
+        for name in ("Z", "Z_MEAN", "P_DZ01", "LOGMSTAR", "LOGSFR", "Z_LO68", "Z_HI68"):
             nan = ~np.isfinite(np.asarray(r[name], dtype=np.float64))
             assert not np.any(nan & (zwarn == 0)), (name, spec)
         if not signal and not any(k == "outlier" for k in spec["bad"]):
-            assert np.all(np.asarray(r["qop"]) < 3), (r["qop"], r["zwarn"], spec)
+            assert np.all(np.asarray(r["QOP"]) < 3), (r["QOP"], r["ZWARN"], spec)
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,7 @@ def toy_catalogues(tmp_path_factory, tiny_model_path, toy_stores):
 def test_the_page_files(toy_catalogues, toy_stores, tmp_path):
     cat_path, csv_path = toy_catalogues
     info = write_inspection(cat_path, toy_stores[2], tmp_path / "page")
-    n = len(read_catalogue(cat_path)["id"])
+    n = len(read_catalogue(cat_path)["TARGETID"])
     assert info["n_objects"] == info["n_with_spectra"] == n and info["has_pdf"]
     page = tmp_path / "page"
     assert {p.name for p in page.iterdir()} == {"index.html", "inspect.js", "inspect.css", "catalogue.js", "objects"}

@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from mtopnet.catalogue import CATALOGUE_COLUMNS, ZWarn, read_catalogue, read_zbin_centres, write_catalogue
+from mtopnet.catalogue import (
+    CATALOGUE_COLUMNS,
+    CATALOGUE_DTYPES,
+    ZInfo,
+    ZWarn,
+    read_catalogue,
+    read_zbin_centres,
+    write_catalogue,
+)
 from mtopnet.config import UserError
 from mtopnet.predict import DomainWarning, predict_batches, predict_store
 from mtopnet.store import SpectraBatch, read_store
@@ -25,7 +33,7 @@ def test_checkpoint_round_trip_rebuilds_the_model(tiny_model_path, toy_stores):
     b = read_store(toy_stores[2], 0, 5)
     a1 = next(predict_batches(model, [b]))
     a2 = next(predict_batches(load_model(tiny_model_path), [b]))
-    assert np.allclose(a1["z"], a2["z"]) and np.allclose(a1["logmstar"], a2["logmstar"])
+    assert np.allclose(a1["Z"], a2["Z"]) and np.allclose(a1["LOGMSTAR"], a2["LOGMSTAR"])
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated zip"])
@@ -59,17 +67,26 @@ def test_predictions_columns_and_zwarn_bits(tiny_model_path, toy_waves):
     b.labels["noise_estimated"] = np.array([0, 0, 0, 0, 1], bool)
     rows = next(predict_batches(model, [b], with_pdf=True))
     assert set(CATALOGUE_COLUMNS) <= set(rows)
-    for k in CATALOGUE_COLUMNS[1:]:
-        assert np.all(np.isfinite(rows[k])), k
-    zw = rows["zwarn"]
-    assert zw[1] & ZWarn.ALL_MASKED and zw[1] & ZWarn.LITTLE_COVERAGE and rows["qop"][1] == 1
-    assert rows["p_dz01"][1] == 0
-    assert zw[2] & ZWarn.BAD_INPUT and zw[3] & ZWarn.BAD_INPUT and not zw[0] & ZWarn.BAD_INPUT
-    assert zw[4] & ZWarn.NOISE_ESTIMATED
+    for k, dt in CATALOGUE_DTYPES.items():
+        assert rows[k].dtype == dt, k
+        if dt.kind == "f" and k not in ("CHI2", "DELTACHI2"):  # those two are NaN where no fit ran
+            assert np.all(np.isfinite(rows[k])), k
+    zw, info = rows["ZWARN"], rows["ZWARN_INFO"]
+    assert zw[1] & ZWarn.NODATA and zw[1] & ZWarn.LITTLE_COVERAGE and rows["QOP"][1] == 1
+    assert rows["P_DZ01"][1] == 0 and rows["FITMETHOD"][1] == "NONE" and rows["NCOEFF"][1] == 0
+    assert np.isnan(rows["DELTACHI2"][1]) and not zw[1] & ZWarn.SMALL_DELTA_CHI2  # no fit: no DELTACHI2
+    assert zw[2] & ZWarn.POORDATA and zw[3] & ZWarn.POORDATA and not zw[0] & ZWarn.POORDATA
+    assert info[4] & ZInfo.NOISE_ESTIMATED and not info[0] & ZInfo.NOISE_ESTIMATED  # informational: not in ZWARN
     assert not np.any(zw & ZWarn.OUT_OF_DOMAIN)
-    assert np.allclose(rows["z_pdf"].sum(axis=1), 1, atol=1e-4)
-    assert np.all(rows["z_lo95"] <= rows["z_lo68"]) and np.all(rows["z_hi68"] <= rows["z_hi95"])
-    assert ZWarn.names(int(zw[1]))[:2] == ["LITTLE_COVERAGE", "ALL_MASKED"]
+    assert np.all(rows["SPECTYPE"] == "GALAXY") and np.array_equal(rows["TARGETID"], b.ids)
+    fitted = rows["FITMETHOD"] == "PCA"
+    assert np.all(np.isfinite(rows["CHI2"][fitted])) and np.all(np.isfinite(rows["DELTACHI2"][fitted]))
+    small = np.where(np.isnan(rows["DELTACHI2"]), False, rows["DELTACHI2"] < 9)
+    assert np.array_equal((zw & ZWarn.SMALL_DELTA_CHI2) != 0, small)
+    assert np.all(rows["NCOEFF"][fitted] == rows["COEFF"].shape[1]) and np.all(rows["COEFF"][~fitted] == 0)
+    assert np.allclose(rows["Z_PDF"].sum(axis=1), 1, atol=1e-4)
+    assert np.all(rows["Z_LO95"] <= rows["Z_LO68"]) and np.all(rows["Z_HI68"] <= rows["Z_HI95"])
+    assert ZWarn.names(int(zw[1]))[:2] == ["LITTLE_COVERAGE", "NODATA"]
 
 
 def test_other_coverage_is_out_of_domain(tiny_model_path, toy_waves):
@@ -80,11 +97,11 @@ def test_other_coverage_is_out_of_domain(tiny_model_path, toy_waves):
     with pytest.warns(DomainWarning, match=rf"arms A {a_lo:.0f}-{a_hi:.0f} A .*covers \d+% of the model's "
                                            rf"wavelengths.*expects .*A {a_lo:.0f}-{a_hi:.0f} A.*read on 6400-18100 A"):
         rows = next(predict_batches(model, [b]))
-    assert np.all(rows["zwarn"] & ZWarn.OUT_OF_DOMAIN)
+    assert np.all(rows["ZWARN"] & ZWarn.OUT_OF_DOMAIN)
     finer = {a: np.linspace(w[0], w[-1], 5 * len(w)) for a, w in toy_waves.items()}
     with pytest.warns(DomainWarning, match="pixels are 0.20 x the width"):
         rows = next(predict_batches(model, [toy_batch(2, finer, seed=1)]))
-    assert np.all(rows["zwarn"] & ZWarn.OUT_OF_DOMAIN)
+    assert np.all(rows["ZWARN"] & ZWarn.OUT_OF_DOMAIN)
 
 
 def test_in_domain_spectra_raise_no_domain_warning(tiny_model_path, toy_waves):
@@ -93,20 +110,19 @@ def test_in_domain_spectra_raise_no_domain_warning(tiny_model_path, toy_waves):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DomainWarning)
         rows = next(predict_batches(model, [toy_batch(3, toy_waves, seed=2)]))
-    assert not np.any(rows["zwarn"] & ZWarn.OUT_OF_DOMAIN)
+    assert not np.any(rows["ZWARN"] & ZWarn.OUT_OF_DOMAIN)
 
 
 def _rows(n, with_pdf, string_ids=False):
     rng = np.random.default_rng(0)
     ids = np.array([f"obj-{i}" for i in range(n)]) if string_ids else np.arange(n, dtype=np.int64) + 7
-    rows = {"id": ids, "z": rng.uniform(0.6, 3, n), "z_mean": rng.uniform(0.6, 3, n), "z_lo68": np.zeros(n),
-            "z_hi68": np.ones(n), "z_lo95": np.zeros(n), "z_hi95": np.ones(n),
-            "p_dz01": rng.random(n).astype(np.float32), "qop": rng.integers(1, 5, n).astype(np.int16),
-            "zwarn": rng.integers(0, 512, n).astype(np.int32), "logmstar": rng.random(n).astype(np.float32),
-            "logmstar_err": rng.random(n).astype(np.float32), "logsfr": rng.random(n).astype(np.float32),
-            "logsfr_err": rng.random(n).astype(np.float32)}
+    rows = {"TARGETID": ids, "COEFF": rng.normal(size=(n, 4))}
+    for k, dt in CATALOGUE_DTYPES.items():
+        text = {"FITMETHOD": ["PCA", "NONE"], "SPECTYPE": ["GALAXY"], "SUBTYPE": ["", "ELG"]}
+        rows[k] = rng.choice(text.get(k, [""]), n) if dt.kind == "U" else \
+            rng.integers(0, 1 << 20, n).astype(dt) if dt.kind == "i" else rng.uniform(0.6, 3, n).astype(dt)
     if with_pdf:
-        rows["z_pdf"] = rng.random((n, 6)).astype(np.float32)
+        rows["Z_PDF"] = rng.random((n, 6)).astype(np.float32)
     return rows
 
 
@@ -123,12 +139,12 @@ def test_writers_round_trip(tmp_path, ext, with_pdf, string_ids):
     assert list(back)[: len(CATALOGUE_COLUMNS)] == list(CATALOGUE_COLUMNS)
     for k in CATALOGUE_COLUMNS:
         expect = np.concatenate([a[k], b[k]])
-        if k == "id":
-            assert [str(x) for x in back[k]] == [str(x) for x in expect]
+        if k == "TARGETID" or expect.dtype.kind == "U":
+            assert [str(x) for x in back[k]] == [str(x) for x in expect], k
         else:
             assert np.allclose(back[k], expect, rtol=1e-6), k
     if with_pdf:
-        assert np.allclose(back["z_pdf"], np.concatenate([a["z_pdf"], b["z_pdf"]]), rtol=1e-6)
+        assert np.allclose(back["Z_PDF"], np.concatenate([a["Z_PDF"], b["Z_PDF"]]), rtol=1e-6)
         assert np.allclose(read_zbin_centres(path), centres, atol=1e-6)
     else:
         assert read_zbin_centres(path) is None
@@ -145,7 +161,7 @@ def test_predict_store_streams_and_refuses_overwrite(tiny_model_path, toy_stores
     n = predict_store(model, [toy_stores[2], toy_stores[1]], out, batch_size=16)
     cat = read_catalogue(out)
     ids = np.concatenate([read_store(toy_stores[2]).ids, read_store(toy_stores[1]).ids])
-    assert n == len(ids) and np.array_equal(cat["id"], ids)
+    assert n == len(ids) and np.array_equal(cat["TARGETID"], ids)
     with pytest.raises(UserError, match="exists"):
         predict_store(model, [toy_stores[2]], out)
     with pytest.raises(UserError, match="format"):
@@ -157,4 +173,4 @@ def test_empty_batches_give_an_empty_catalogue(tiny_model_path, tmp_path, toy_wa
     empty = toy_batch(0, toy_waves)
     assert isinstance(empty, SpectraBatch)
     assert write_catalogue(tmp_path / "e.fits", predict_batches(model, [empty])) == 0
-    assert len(read_catalogue(tmp_path / "e.fits")["id"]) == 0
+    assert len(read_catalogue(tmp_path / "e.fits")["TARGETID"]) == 0

@@ -191,13 +191,17 @@ def test_predict_refines_by_default_and_no_refine_keeps_the_network(tiny_model_p
     ref, net = read_catalogue(a), read_catalogue(b)
     assert list(ref)[:len(CATALOGUE_COLUMNS) + len(REFINE_COLUMNS)] == list(CATALOGUE_COLUMNS + REFINE_COLUMNS)
     assert not set(REFINE_COLUMNS) & set(net)
-    assert np.allclose(ref["z_net"], net["z"])
-    moved = ref["refined"] >= 0
-    reach = 0.01 + 2 * (1 + ref["z_net"]) * model.preprocessor.config.dloglam  # window + pixel rounding
-    assert np.all(np.abs(ref["z"][moved] - ref["z_net"][moved]) <= reach[moved])
-    assert np.array_equal(ref["z"][~moved], ref["z_net"][~moved])
-    same = ~int(ZWarn.LOW_PEAK_PROB | ZWarn.REFINE_DISAGREE | ZWarn.FIT_OUTLIERS)  # the bits refinement may change
-    assert np.array_equal(ref["zwarn"] & same, net["zwarn"] & same)
+    assert np.allclose(ref["Z_NET"], net["Z"])
+    moved = ref["REFINED"] >= 0
+    reach = 0.01 + 2 * (1 + ref["Z_NET"]) * model.preprocessor.config.dloglam  # window + pixel rounding
+    assert np.all(np.abs(ref["Z"][moved] - ref["Z_NET"][moved]) <= reach[moved])
+    assert np.array_equal(ref["Z"][~moved], ref["Z_NET"][~moved])
+    assert np.array_equal(ref["FITMETHOD"] == "PCA", moved) and np.all(net["FITMETHOD"] == "NONE")
+    assert np.all(np.isnan(net["CHI2"])) and np.all(np.isfinite(ref["CHI2"][moved]))
+    # the bits refinement may change
+    same = ~int(ZWarn.LOW_PEAK_PROB | ZWarn.REFINE_DISAGREE | ZWarn.FIT_OUTLIERS | ZWarn.SMALL_DELTA_CHI2
+                | ZWarn.BAD_MINFIT)
+    assert np.array_equal(ref["ZWARN"] & same, net["ZWARN"] & same)
 
 
 def test_recalibrate_writes_a_refined_calibration(tiny_model_path, toy_stores, tmp_path):

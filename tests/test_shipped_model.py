@@ -55,7 +55,7 @@ def _observe(params: GalaxyParams, hmag: float, hours: float, seed: int = 0) -> 
 def test_a_quiescent_spectrum_without_lines_is_found_within_0001(model, z):
     batch = _observe(_quiescent(z), hmag=20.5, hours=500.0)  # practically noiseless
     row = next(predict_batches(model, [batch]))
-    assert abs(row["z"][0] - z) < 0.001, (row["z"][0], z)
+    assert abs(row["Z"][0] - z) < 0.001, (row["Z"][0], z)
 
 
 def test_the_redshift_does_not_depend_on_the_flux_scale(model):
@@ -64,8 +64,8 @@ def test_the_redshift_does_not_depend_on_the_flux_scale(model):
     for factor in (1.0, 0.3, 3.0):
         arms = {k: {**a, "flux": a["flux"] * factor, "ivar": a["ivar"] / factor ** 2} for k, a in batch.arms.items()}
         row = next(predict_batches(model, [dataclasses.replace(batch, arms=arms)]))
-        zs.append(row["z"][0])
-        nets.append(row["z_net"][0])
+        zs.append(row["Z"][0])
+        nets.append(row["Z_NET"][0])
     assert max(nets) - min(nets) < 1e-6, nets  # the network: the same PDF (to float32 rounding)
     assert max(zs) - min(zs) < 1e-4, zs  # the template fit: float32 rounding of the chi2 (z_err ~ 1e-4)
 
@@ -86,7 +86,7 @@ def _no_signal(power_law: bool, n: int = 8, seed: int = 11) -> SpectraBatch:
 
 def test_pure_noise_gets_qop_at_most_2(model):
     rows = next(predict_batches(model, [_no_signal(False)]))
-    assert np.all(rows["qop"] <= 2), rows["qop"]
+    assert np.all(rows["QOP"] <= 2), rows["QOP"]
 
 
 @pytest.mark.xfail(strict=True, reason="known defect: a featureless power law at S/N 4 per pixel can be fitted "
@@ -94,13 +94,13 @@ def test_pure_noise_gets_qop_at_most_2(model):
                                        "qop 4 with FEATURE_DCHI2 62 (NO_FEATURES below 50; docs/quality.md)")
 def test_featureless_power_law_gets_qop_at_most_2(model):
     rows = next(predict_batches(model, [_no_signal(True)]))
-    assert np.all(rows["qop"] <= 2), rows["qop"]
+    assert np.all(rows["QOP"] <= 2), rows["QOP"]
 
 
 def test_optical_desi_spectra_are_not_qop_4(model):
     batches = list(read_spectra(sorted(str(p) for p in (DATA / "desi").glob("coadd-*.fits"))))
     rows = [r for b in batches for r in [next(predict_batches(model, [b]))]]
-    qop = np.concatenate([r["qop"] for r in rows])
-    zwarn = np.concatenate([r["zwarn"] for r in rows])
+    qop = np.concatenate([r["QOP"] for r in rows])
+    zwarn = np.concatenate([r["ZWARN"] for r in rows])
     assert np.all(qop < 4)
     assert np.all(zwarn & int(ZWarn.OUT_OF_DOMAIN))

@@ -38,9 +38,10 @@ import torch
 
 from .catalogue import match_ids, read_truth
 from .checkpoint import read_checkpoint, save_checkpoint
+from .columns import capped_qop
 from .config import UserError
 from .constants import SUCCESS_DZ
-from .predict import capped_qop, predict_batches
+from .predict import predict_batches
 from .quality import (
     FEATURES,
     FIT_FEATURES,
@@ -78,12 +79,12 @@ def recalibrate(model_path: str | os.PathLike, val_store: str | os.PathLike, out
     done = 0
     for rows in predict_batches(model, iter_store(val_store, batch_size), with_pdf=True, batch_size=batch_size,
                                 refine=refiner):
-        pdfs.append(rows["z_pdf"])
-        zs.append(rows["z"])
-        ids.append(rows["id"])
-        qops.append(rows["qop"])
-        pds.append(rows["p_dz01"])
-        done += len(rows["z"])
+        pdfs.append(rows["Z_PDF"])
+        zs.append(rows["Z"])
+        ids.append(rows["TARGETID"])
+        qops.append(rows["QOP"])
+        pds.append(rows["P_DZ01"])
+        done += len(rows["Z"])
         if progress:
             print(f"  recalibrate: {done} spectra", file=sys.stderr)
     if not zs:
@@ -199,25 +200,25 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     for rows in predict_batches(model, batches(), batch_size=None, refine=refiner, with_pdf=True,
                                 with_net_pdf=True):
         for k, v in rows.items():
-            if k.startswith("q_") or k in ("z", "z_net", "scanned", "zwarn"):
+            if k.startswith("q_") or k in ("Z", "Z_NET", "SCANNED", "ZWARN"):
                 cols.setdefault(k, []).append(np.asarray(v))
-        pdf_all.append(rows["z_pdf"])
+        pdf_all.append(rows["Z_PDF"])
         if progress:
-            print(f"  calibrate (quality): {sum(len(v) for v in cols['z'])} spectra", file=sys.stderr)
+            print(f"  calibrate (quality): {sum(len(v) for v in cols['Z'])} spectra", file=sys.stderr)
     summary = {k[2:]: np.concatenate(v) for k, v in cols.items() if k.startswith("q_")}
     z_true = np.concatenate(zt_all)
-    z = np.concatenate(cols["z"])
+    z = np.concatenate(cols["Z"])
     pdf = np.concatenate(pdf_all).astype(np.float64)
     real = np.isfinite(z_true)  # the no-signal spectra have no redshift to hold
     temperature, levels = fit_intervals(pdf[real], zb.edges, z_true[real])
     cal = fit_calibration(summary, z_true, features=FEATURES + FIT_FEATURES, interval_levels=levels)
     p_new, qop = cal.apply(summary)
-    qop = capped_qop(qop, np.concatenate(cols["zwarn"]))  # the classes predict reports
+    qop = capped_qop(qop, np.concatenate(cols["ZWARN"]))  # the classes predict reports
     by_qop = fit_levels_by_class(pdf[real], zb.edges, z_true[real], qop[real], temperature=temperature)
     cal = dataclasses.replace(cal, interval_temperature=temperature, interval_levels_by_qop=by_qop)
     with np.errstate(invalid="ignore"):
         success = np.abs(z - z_true) < SUCCESS_DZ
-    changed = np.abs(np.concatenate(cols["z_net"]) - z) > SUCCESS_DZ
+    changed = np.abs(np.concatenate(cols["Z_NET"]) - z) > SUCCESS_DZ
     report = {
         "w_net": float(w_net), "t": float(t), "gamma": float(info["gamma"]), "combination_fit": info,
         "n": int(len(z)), "n_garbage": n_garbage, "success_fraction": float(success.mean()),

@@ -1,31 +1,13 @@
-"""The catalogue: its columns, the ZWarn bits, and every writer and reader of it.
+"""The catalogue: its columns, the ZWARN bits, and every writer and reader of it.
 
-Catalogue columns (one row per input spectrum, input order)::
-
-    id            input identifier
-    z             the redshift: the template fit within the PDF's peaks (mtopnet.refine);
-                  with --no-refine the PDF point estimate (the z maximising the PDF mass
-                  within +-0.01, refined to the PDF mean inside that window, mtopnet.quality)
-    z_mean        PDF mean
-    z_lo68, z_hi68, z_lo95, z_hi95   central 68% / 95% intervals
-    p_dz01        calibrated probability that |z - z_true| < 0.01 (from the PDF mass within
-                  +-0.01 of the reported z)
-    qop           4 (>= 99% reliable on validation), 3 (>= 90%), 2 (>= 50%), 1 (unreliable)
-    zwarn         ZWarn bitmask (0 = no warning)
-    logmstar, logmstar_err   log10 M*/Msun and its 1-sigma error
-    logsfr, logsfr_err       log10 SFR/(Msun/yr) and its 1-sigma error
-
-With refinement (the default) also, after those (mtopnet.refine, docs/refine.md)::
-
-    z_net         the network's point estimate (the ``z`` of --no-refine)
-    z_err         1-sigma error of z (chi2 curvature; half the 68% interval if not refined)
-    delta_chi2    chi2 of the next-best PDF peak minus the best (NaN: one peak fitted)
-    rchi2         reduced chi2 of the best template fit (NaN if not refined)
-    refined       which PDF peak was reported (0 = the main one), -1 if not refined
-
-With ``--pdf`` the PDF is added (FITS: a vector column ``z_pdf`` plus an HDU ``ZBINS`` with
-the bin centres; Parquet: a fixed-size-list column ``z_pdf`` and the centres in the schema
-metadata; CSV: one column per bin named ``pdf_z<centre>``).
+One row per input spectrum, input order. The columns (names, dtypes, units, descriptions)
+and the ZWARN / ZWARN_INFO bits are :mod:`mtopnet.columns`' one table (docs/catalogue.md).
+FITS: HDU ``REDSHIFTS`` with TUNIT and TCOMM for every column, the provenance in both
+headers, with ``--pdf`` an HDU ``ZBINS`` of the bin centres of ``Z_PDF``; Parquet: the same
+names, with units and descriptions as field metadata, the provenance and the bin centres as
+schema metadata; CSV: the same names, vector columns spread as ``COEFF_<i>`` and
+``PDF_Z<centre>``. Catalogues of the layout before this one (lowercase names) are read as
+today's (:func:`mtopnet.columns.upgrade_legacy`).
 
 Writing (:class:`CatalogueWriter`): rows go to a temporary file ``NAME.<pid>.<random>.tmp`` in
 the output's folder, renamed to ``NAME`` when complete, so a reader never sees half a
@@ -39,7 +21,6 @@ removes the killed run's temporary files. A full disk or a read-only folder ends
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
 import fcntl
 import json
@@ -51,61 +32,37 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from .columns import ALL_COLUMNS, BASE_SCHEMA, REFINE_SCHEMA, SCAN_SCHEMA, ZInfo, ZWarn, upgrade_legacy
 from .config import UserError
+from .provenance import header_cards
 from .store import open_store, remove_partial, write_error
 
 MIN_VALID_FRACTION = 0.2
 """Objects with valid data on less than this fraction of the model grid get LITTLE_COVERAGE."""
 
-class ZWarn(enum.IntFlag):
-    """Warning bits of the ``zwarn`` column (0 = no warning). Bit 15 is reserved."""
-
-    LITTLE_COVERAGE = 1 << 0  # valid data on < MIN_VALID_FRACTION of the model's grid (qop forced to 1)
-    ALL_MASKED = 1 << 1  # no valid pixel at all: outputs are the network's prior (qop 1, p_dz01 0)
-    LOW_SN = 1 << 2  # continuum not detected (block medians below their noise); z rests on lines
-    BAD_INPUT = 1 << 3  # NaN/inf flux or ivar, or negative ivar, in unmasked pixels (they were masked)
-    NOISE_ESTIMATED = 1 << 4  # the reader estimated ivar from the flux scatter (mtopnet.io)
-    OUT_OF_DOMAIN = 1 << 5  # wavelength coverage, sampling or resolution differs from the training data
-    MULTI_PEAK = 1 << 6  # the PDF has more than one peak holding >= 5% probability within +-0.01
-    LOW_PEAK_PROB = 1 << 7  # p_dz01 < 0.5
-    REFINE_DISAGREE = 1 << 8  # template fit vs PDF: a weakly-supported peak fits best, or no peak fits (rchi2 > 3)
-    UNTRAINED_PIXELS = 1 << 9  # data where the model saw none in training (voided before the network)
-    IMPLAUSIBLE_FLUX = 1 << 10  # flux scale impossible for a galaxy (wrong unit?): M*, SFR meaningless (qop <= 2)
-    SCAN_DISAGREE = 1 << 11  # the full-range template scan prefers another z by DELTACHI2 > 9 (qop <= 2)
-    FIT_OUTLIERS = 1 << 12  # the template fit was dominated by a few pixels far from it; fitted without them (qop <= 3)
-    NET_EXCLUDES = 1 << 14  # the network PDF holds < 0.1% within +-0.01 of the reported z (qop <= 2)
-    Z_AT_LIMIT = 1 << 13  # z within 0.01 of the model's redshift range: a featureless spectrum's pile-up (qop <= 2)
-    NO_FEATURES = 1 << 16  # templates at z fit no better than a smooth continuum (feature_dchi2 < 50; qop <= 2)
-
-    @classmethod
-    def names(cls, value: int) -> list[str]:
-        """Names of the bits set in ``value``."""
-        return [bit.name for bit in cls if value & bit and bit.name]
+CATALOGUE_COLUMNS = tuple(c.name for c in BASE_SCHEMA)
+"""Columns of every catalogue, in order."""
+CATALOGUE_DTYPES = {c.name: np.dtype(c.dtype) for c in BASE_SCHEMA if c.name not in ("TARGETID", "COEFF")}
+"""Their dtypes (TARGETID's follows the input's ids; COEFF is a vector of float64)."""
+REFINE_COLUMNS = tuple(c.name for c in REFINE_SCHEMA)
+REFINE_DTYPES = {c.name: np.dtype(c.dtype) for c in REFINE_SCHEMA}
+"""Columns added by the refinement (mtopnet.refine), after CATALOGUE_COLUMNS."""
+SCAN_COLUMNS = tuple(c.name for c in SCAN_SCHEMA)
+SCAN_DTYPES = {c.name: np.dtype(c.dtype) for c in SCAN_SCHEMA}
+"""Columns of the full-range template scan (models calibrated with it), after REFINE_COLUMNS."""
+VECTOR_COLUMNS = ("COEFF", "Z_PDF")
+"""Columns holding one vector per row (rows["COEFF"]: (n, K))."""
 
 
-CATALOGUE_COLUMNS = ("id", "z", "z_mean", "z_lo68", "z_hi68", "z_lo95", "z_hi95", "p_dz01", "qop", "zwarn",
-                     "logmstar", "logmstar_err", "logsfr", "logsfr_err")
-CATALOGUE_DTYPES = {"z": np.float64, "z_mean": np.float64, "z_lo68": np.float64, "z_hi68": np.float64,
-           "z_lo95": np.float64, "z_hi95": np.float64, "p_dz01": np.float32, "qop": np.int16,
-           "zwarn": np.int32, "logmstar": np.float32, "logmstar_err": np.float32, "logsfr": np.float32,
-           "logsfr_err": np.float32}
-REFINE_COLUMNS = ("z_net", "z_err", "delta_chi2", "rchi2", "refined", "feature_dchi2")
-REFINE_DTYPES = {"z_net": np.float64, "z_err": np.float64, "delta_chi2": np.float32, "rchi2": np.float32,
-                  "refined": np.int16, "feature_dchi2": np.float32}
-"""Columns added by the refinement (mtopnet.refine), after CATALOGUE_COLUMNS. feature_dchi2: chi2 of
-a smooth per-arm continuum minus that of continuum + templates at z (evidence for any redshift
-feature; NaN where not fitted)."""
-SCAN_COLUMNS = ("scanned", "scan_z", "scan_dchi2")
-SCAN_DTYPES = {"scanned": np.int16, "scan_z": np.float64, "scan_dchi2": np.float32}
-"""Columns of the full-range template scan (models calibrated with it), after REFINE_COLUMNS:
-scanned 1 where it ran; scan_z its best redshift; scan_dchi2 the chi2 of the best minimum more
-than 1000 km/s away minus the best (NaN where it did not run)."""
+def _columns(rows: dict) -> dict[str, np.dtype]:
+    """Column name -> element dtype of a catalogue chunk (TARGETID excluded), in catalogue order:
+    the scalar columns of :data:`CATALOGUE_COLUMNS`, the others where ``rows`` has them."""
+    return {name: np.dtype(col.dtype) for name, col in ALL_COLUMNS.items() if name != "TARGETID" and (
+        name in rows or (name in CATALOGUE_COLUMNS and name not in VECTOR_COLUMNS))}
 
 
-def _columns(rows: dict) -> dict[str, Any]:
-    """Column name -> dtype of a catalogue chunk (without id and z_pdf), in catalogue order."""
-    return {**CATALOGUE_DTYPES, **{k: dt for k, dt in {**REFINE_DTYPES, **SCAN_DTYPES}.items() if k in rows}}
+def _text_width(dt: np.dtype) -> int:
+    return dt.itemsize // 4 if dt.kind == "U" else dt.itemsize
 
 
 # ----------------------------------------------------------------------------- writers
@@ -209,20 +166,23 @@ def _glob_escape(name: str) -> str:
 class CatalogueWriter:
     """Streaming catalogue writer: ``write(rows)`` per batch, ``close()`` renames the temp file.
 
-    path: output (format from the extension); zbin_centres: (K,) written with ``z_pdf``;
-    meta: provenance (version, model) written into headers / metadata; overwrite: False refuses
-    a ``path`` that exists once the lock is held (another run may just have finished it).
+    path: output (format from the extension); rows: column -> (n,) or, for
+    :data:`VECTOR_COLUMNS`, (n, K) arrays; zbin_centres: (K,) written with ``Z_PDF``; meta:
+    provenance, FITS keyword -> value or (value, comment), into headers / metadata; overwrite: False refuses
+    a ``path`` that exists once the lock is held (another run may just have finished it);
+    fibermap: (n_rows,) structured array written, FITS only, as HDU FIBERMAP (same row order).
     The lock on ``path`` (:class:`OutputLock`) is taken on construction and held until
     ``close()`` or ``abort()``. UserError: another run writes ``path``, or a write failed
     (full disk, read-only folder; the temporary file is removed).
     """
 
     def __init__(self, path: str | Path, zbin_centres: np.ndarray | None = None, meta: dict | None = None,
-                 overwrite: bool = True):
+                 overwrite: bool = True, fibermap: np.ndarray | None = None):
         self.path = Path(path)
         self.format = catalogue_format(path)
         self.centres = zbin_centres
         self.meta = meta or {}
+        self.fibermap = fibermap if self.format == "fits" else None
         self.n_rows = 0
         self._impl: Any = None
         self.lock = OutputLock(self.path).acquire()
@@ -244,14 +204,21 @@ class CatalogueWriter:
         except OSError as exc:
             self.abort()
             raise write_error(self.path, exc) from None
-        self.n_rows += len(rows["id"])
+        self.n_rows += len(rows["TARGETID"])
 
     def close(self) -> None:
+        if self.fibermap is not None and len(self.fibermap) != self.n_rows:
+            self.abort()
+            raise UserError(f"{self.path}: {len(self.fibermap)} FIBERMAP rows for {self.n_rows} catalogue rows")
         try:
             if self._impl is None:  # no rows: an empty catalogue with the right columns
-                empty = {"id": np.zeros(0, np.int64), **{k: np.zeros(0, dt) for k, dt in CATALOGUE_DTYPES.items()}}
+                empty = {"TARGETID": np.zeros(0, np.int64),
+                         **{k: np.zeros(0, dt) for k, dt in CATALOGUE_DTYPES.items()}}
                 self._open(empty, None)
             self._impl.close()
+            if self.fibermap is not None:
+                from astropy.io import fits
+                fits.append(self.tmp, self.fibermap, fits.Header([("EXTNAME", "FIBERMAP")]))
             os.replace(self.tmp, self.path)
         except OSError as exc:
             self.abort()
@@ -283,26 +250,31 @@ def _id_array(ids: np.ndarray, width: int | None = None) -> np.ndarray:
 
 
 class _FitsSink:
-    """BINTABLE 'CATALOG' streamed to disk: header (NAXIS2 patched at the end), raw rows, padding."""
+    """BINTABLE 'REDSHIFTS' streamed to disk: header (NAXIS2 patched at the end), raw rows, padding."""
 
     def __init__(self, tmp: Path, first: dict, centres: np.ndarray | None, meta: dict):
         from astropy.io import fits
         self.fits = fits
-        ids = np.asarray(first["id"])
+        ids = np.asarray(first["TARGETID"])
         self.id_width = None if ids.dtype.kind in "iu" else max(64, max((len(str(i)) for i in ids), default=1))
-        fields = [("id", ">i8" if self.id_width is None else f"S{self.id_width}")]
+        fields: list[tuple] = [("TARGETID", ">i8" if self.id_width is None else f"S{self.id_width}")]
         self.columns = _columns(first)
-        fields += [(k, np.dtype(dt).newbyteorder(">").str) for k, dt in self.columns.items()]
-        self.pdf = "z_pdf" in first
-        if self.pdf:
-            fields.append(("z_pdf", ">f4", (first["z_pdf"].shape[1],)))
+        for name, dt in self.columns.items():
+            base = f"S{_text_width(dt)}" if dt.kind == "U" else dt.newbyteorder(">").str
+            fields.append((name, base, (np.asarray(first[name]).shape[1],)) if name in VECTOR_COLUMNS
+                          else (name, base))
         self.dtype = np.dtype(fields)
-        hdu = fits.BinTableHDU.from_columns(np.zeros(0, dtype=self.dtype), name="CATALOG")
-        self.header = hdu.header
+        hdu = fits.BinTableHDU.from_columns(np.zeros(0, dtype=self.dtype), name="REDSHIFTS")
+        for i, name in enumerate(self.dtype.names, start=1):
+            col = ALL_COLUMNS[name]
+            if col.unit:
+                hdu.header[f"TUNIT{i}"] = col.unit
+            hdu.header[f"TCOMM{i}"] = col.description
         primary = fits.PrimaryHDU()
-        primary.header["MTOPVER"] = (__version__, "mtopnet version")
-        for key, value in meta.items():
-            primary.header[key[:8].upper()] = str(value)[:68]
+        for key, value, comment in header_cards(meta):
+            primary.header[key] = (value, comment)
+            hdu.header[key] = (value, comment)
+        self.header = hdu.header
         self.centres = centres
         self.fh = open(tmp, "wb")  # noqa: SIM115 - the sink streams rows into it until close()
         self.fh.write(primary.header.tostring().encode("ascii"))
@@ -312,16 +284,16 @@ class _FitsSink:
         self.n = 0
 
     def write(self, rows: dict) -> None:
-        n = len(rows["id"])
+        n = len(rows["TARGETID"])
         rec = np.zeros(n, dtype=self.dtype)
-        ids = _id_array(rows["id"], self.id_width)
+        ids = _id_array(rows["TARGETID"], self.id_width)
         if self.id_width is not None and ids.dtype.itemsize > self.id_width:
-            raise UserError(f"id longer than {self.id_width} characters cannot be written to FITS; use .parquet")
-        rec["id"] = ids
-        for k in self.columns:
-            rec[k] = rows[k]
-        if self.pdf:
-            rec["z_pdf"] = rows["z_pdf"]
+            raise UserError(f"TARGETID longer than {self.id_width} characters cannot be written to FITS; "
+                            f"use .parquet")
+        rec["TARGETID"] = ids
+        for k, dt in self.columns.items():
+            value = np.asarray(rows[k])
+            rec[k] = np.char.encode(value.astype(str), "ascii") if dt.kind == "U" else value
         self.fh.write(rec.tobytes())
         self.n += n
 
@@ -342,29 +314,47 @@ class _FitsSink:
         self.fh.seek(self.header_at)
         self.fh.write(text)
         self.fh.seek(0, os.SEEK_END)
-        if self.pdf and self.centres is not None:
+        if "Z_PDF" in self.columns and self.centres is not None:
             data = np.asarray(self.centres, dtype=">f8")
             zb = self.fits.ImageHDU(data, name="ZBINS")
-            zb.header["COMMENT"] = "redshift bin centres of the z_pdf column"
+            zb.header["COMMENT"] = "redshift bin centres of the Z_PDF column"
             self.fh.write(zb.header.tostring().encode("ascii"))
             self.fh.write(data.tobytes() + b"\0" * ((-data.nbytes) % 2880))
         self.fh.flush()
 
 
-def _arrow_fields(pa, first: dict) -> tuple[list, dict, int]:
-    """Arrow fields of the id and scalar columns, the scalar columns' dtypes, PDF bin count."""
-    ids = np.asarray(first["id"])
-    fields = [pa.field("id", pa.int64() if ids.dtype.kind in "iu" else pa.string())]
-    columns = _columns(first)
-    fields += [pa.field(k, pa.from_numpy_dtype(np.dtype(dt))) for k, dt in columns.items()]
-    return fields, columns, (first["z_pdf"].shape[1] if "z_pdf" in first else 0)
+def _arrow_type(pa, name: str, dt: np.dtype, first: dict):
+    if dt.kind == "U":
+        return pa.string()
+    if name in VECTOR_COLUMNS:
+        return pa.list_(pa.from_numpy_dtype(dt), np.asarray(first[name]).shape[1])
+    return pa.from_numpy_dtype(dt)
+
+
+def _arrow_fields(pa, first: dict, vectors: bool = True) -> tuple[list, dict]:
+    """Arrow fields of the columns (unit and description as field metadata), and their dtypes.
+    ``vectors``: False leaves out the vector columns (CSV spreads them over scalar columns)."""
+    ids = np.asarray(first["TARGETID"])
+    columns = {k: dt for k, dt in _columns(first).items() if vectors or k not in VECTOR_COLUMNS}
+    types = {"TARGETID": pa.int64() if ids.dtype.kind in "iu" else pa.string()}
+    types.update({k: _arrow_type(pa, k, dt, first) for k, dt in columns.items()})
+    fields = [pa.field(k, t, metadata={"unit": ALL_COLUMNS[k].unit, "description": ALL_COLUMNS[k].description})
+              for k, t in types.items()]
+    return fields, columns
 
 
 def _arrow_arrays(pa, rows: dict, columns: dict) -> list:
-    """Arrow arrays of the id and scalar columns of a chunk of catalogue rows."""
-    ids = np.asarray(rows["id"])
+    """Arrow arrays of the TARGETID and the ``columns`` of a chunk of catalogue rows."""
+    ids = np.asarray(rows["TARGETID"])
     cols = [pa.array(ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str))]
-    return cols + [pa.array(np.asarray(rows[k])) for k in columns]
+    for k, dt in columns.items():
+        value = np.asarray(rows[k])
+        if k in VECTOR_COLUMNS:
+            flat = pa.array(np.ascontiguousarray(value, dtype=dt).ravel())
+            cols.append(pa.FixedSizeListArray.from_arrays(flat, value.shape[1]))
+        else:
+            cols.append(pa.array(value.astype(str) if dt.kind == "U" else value.astype(dt)))
+    return cols
 
 
 class _ParquetSink:
@@ -372,44 +362,47 @@ class _ParquetSink:
         import pyarrow as pa
         import pyarrow.parquet as pq
         self.pa = pa
-        fields, self.columns, self.nbins = _arrow_fields(pa, first)
-        if self.nbins:
-            fields.append(pa.field("z_pdf", pa.list_(pa.float32(), self.nbins)))
-        md = {"mtopnet_version": __version__, **{k: str(v) for k, v in meta.items()}}
-        if self.nbins and centres is not None:
+        fields, self.columns = _arrow_fields(pa, first)
+        md = {key: str(value) for key, value, _ in header_cards(meta)}
+        if "Z_PDF" in self.columns and centres is not None:
             md["z_bin_centres"] = json.dumps([float(c) for c in centres])
         self.schema = pa.schema(fields, metadata={k.encode(): v.encode() for k, v in md.items()})
         self.writer = pq.ParquetWriter(str(tmp), self.schema)
 
     def write(self, rows: dict) -> None:
-        pa = self.pa
-        cols = _arrow_arrays(pa, rows, self.columns)
-        if self.nbins:
-            flat = pa.array(np.ascontiguousarray(rows["z_pdf"], dtype=np.float32).ravel())
-            cols.append(pa.FixedSizeListArray.from_arrays(flat, self.nbins))
-        self.writer.write_table(pa.Table.from_arrays(cols, schema=self.schema))
+        self.writer.write_table(self.pa.Table.from_arrays(_arrow_arrays(self.pa, rows, self.columns),
+                                                          schema=self.schema))
 
     def close(self) -> None:
         self.writer.close()
 
 
 class _CsvSink:
+    """CSV: the scalar columns, then COEFF as COEFF_<i> and the PDF as PDF_Z<centre>."""
+
     def __init__(self, tmp: Path, first: dict, centres: np.ndarray | None, meta: dict):
         import pyarrow as pa
         import pyarrow.csv as pcsv
         self.pa = pa
-        fields, self.columns, self.nbins = _arrow_fields(pa, first)
-        if self.nbins:
-            centres = centres if centres is not None else np.arange(self.nbins, dtype=float)
-            fields += [pa.field(f"pdf_z{c:.6f}", pa.float32()) for c in centres]
+        fields, self.columns = _arrow_fields(pa, first, vectors=False)
+        self.spread = {}
+        if "COEFF" in first:
+            self.spread["COEFF"] = [f"COEFF_{i}" for i in range(np.asarray(first["COEFF"]).shape[1])]
+        if "Z_PDF" in first:
+            nbins = np.asarray(first["Z_PDF"]).shape[1]
+            centres = centres if centres is not None else np.arange(nbins, dtype=float)
+            self.spread["Z_PDF"] = [f"PDF_Z{c:.6f}" for c in centres]
+        for k, names in self.spread.items():
+            fields += [pa.field(n, pa.from_numpy_dtype(np.dtype(ALL_COLUMNS[k].dtype))) for n in names]
         self.schema = pa.schema(fields)
         self.writer = pcsv.CSVWriter(str(tmp), self.schema)
 
     def write(self, rows: dict) -> None:
         pa = self.pa
         cols = _arrow_arrays(pa, rows, self.columns)
-        if self.nbins:
-            cols += [pa.array(np.ascontiguousarray(rows["z_pdf"][:, j])) for j in range(self.nbins)]
+        for k, names in self.spread.items():
+            value = np.asarray(rows[k], dtype=ALL_COLUMNS[k].dtype)
+            cols += [pa.array(np.ascontiguousarray(value[:, j])) for j in range(len(names))]
         self.writer.write_table(pa.Table.from_arrays(cols, schema=self.schema))
 
     def close(self) -> None:
@@ -429,30 +422,42 @@ def write_catalogue(path: str | Path, chunks: Iterable[dict[str, np.ndarray]], z
 
 
 def read_catalogue(path: str | Path) -> dict[str, np.ndarray]:
-    """A catalogue written by ``mtopnet predict`` (FITS, Parquet or CSV) as column arrays."""
+    """A catalogue written by ``mtopnet predict`` (FITS, Parquet or CSV) as column arrays.
+
+    Text columns come back as ``str`` arrays, vector columns (COEFF, Z_PDF) as (n, K) arrays,
+    in catalogue order; a catalogue of the layout before the Redrock one is returned in
+    today's names and bits (:func:`mtopnet.columns.upgrade_legacy`).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     fmt = catalogue_format(path)
     try:
-        if fmt == "parquet":
+        if fmt == "fits":
+            from astropy.table import Table
+            table = Table.read(path, format="fits")
+            out = {name: np.asarray(table[name]) for name in table.colnames}
+        else:
+            import pyarrow as pa
+            import pyarrow.csv as pcsv
             import pyarrow.parquet as pq
-            table = pq.read_table(path)
+            text = pcsv.ConvertOptions(column_types={c.name: pa.string() for c in ALL_COLUMNS.values()
+                                                     if c.dtype.startswith("U")})
+            table = pq.read_table(path) if fmt == "parquet" else pcsv.read_csv(path, convert_options=text)
             out = {}
             for name in table.column_names:
-                col = table.column(name)
-                out[name] = (np.asarray(col.combine_chunks().flatten()).reshape(len(col), -1)
-                             if name == "z_pdf" else col.to_numpy())
-            return out
-        from astropy.table import Table
-        table = Table.read(path, format="fits" if fmt == "fits" else "ascii.csv")
-        out = {name: np.asarray(table[name]) for name in table.colnames if not name.startswith("pdf_z")}
-        pdf_cols = [n for n in table.colnames if n.startswith("pdf_z")]
-        if pdf_cols:
-            out["z_pdf"] = np.stack([np.asarray(table[n]) for n in pdf_cols], axis=1)
-        if "id" in out and out["id"].dtype.kind == "S":
-            out["id"] = out["id"].astype(str)
-        return out
+                col = table.column(name).combine_chunks()
+                out[name] = (np.asarray(col.flatten()).reshape(len(col), -1) if pa.types.is_fixed_size_list(col.type)
+                             else col.to_numpy(zero_copy_only=False))
+        for k, prefix in {"COEFF": "COEFF_", "Z_PDF": "PDF_Z", "z_pdf": "pdf_z"}.items():  # CSV: spread vectors
+            parts = [n for n in out if n.startswith(prefix)]
+            if parts:
+                out[k] = np.stack([out.pop(n) for n in parts], axis=1)
+        for name, value in out.items():
+            if value.dtype.kind in "SO":
+                out[name] = np.char.decode(value, "ascii") if value.dtype.kind == "S" else value.astype(str)
+        out = upgrade_legacy(out)
+        return {**{k: out[k] for k in ALL_COLUMNS if k in out}, **out}
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"{path}: cannot read the catalogue ({str(exc).splitlines()[0]})") from None
 
@@ -471,8 +476,8 @@ def read_zbin_centres(path: str | Path) -> np.ndarray | None:
             raw = md.get(b"z_bin_centres")
             return np.asarray(json.loads(raw), dtype=np.float64) if raw else None
         with open(path) as fh:
-            names = fh.readline().strip().split(",")
-        centres = [float(n.strip('"')[len("pdf_z"):]) for n in names if n.strip('"').startswith("pdf_z")]
+            names = [n.strip('"') for n in fh.readline().strip().split(",")]
+        centres = [float(n[len("PDF_Z"):]) for n in names if n.upper().startswith("PDF_Z")]
         return np.asarray(centres) if centres else None
     except (OSError, ValueError, KeyError):
         return None
@@ -502,7 +507,7 @@ def match_ids(cat_ids: np.ndarray, truth_ids: np.ndarray) -> np.ndarray:
     return np.where(found, order[pos] if len(order) else -1, -1).astype(np.int64)
 
 
-__all__ = ["ZWarn", "MIN_VALID_FRACTION", "CATALOGUE_COLUMNS", "CATALOGUE_DTYPES", "REFINE_COLUMNS", "REFINE_DTYPES",
-           "SCAN_COLUMNS", "SCAN_DTYPES",
+__all__ = ["ZWarn", "ZInfo", "MIN_VALID_FRACTION", "VECTOR_COLUMNS", "CATALOGUE_COLUMNS", "CATALOGUE_DTYPES",
+           "REFINE_COLUMNS", "REFINE_DTYPES", "SCAN_COLUMNS", "SCAN_DTYPES",
            "catalogue_format", "CatalogueWriter", "OutputLock", "temp_name", "write_catalogue", "read_catalogue",
            "read_zbin_centres", "read_truth", "match_ids"]

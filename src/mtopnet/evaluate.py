@@ -98,18 +98,18 @@ def redshift_metrics(z: np.ndarray, z_true: np.ndarray, cat: dict[str, np.ndarra
         "sigma_nmad": _f(nmad),
     }
     for level in ("68", "95"):
-        lo, hi = cat.get(f"z_lo{level}"), cat.get(f"z_hi{level}")
+        lo, hi = cat.get(f"Z_LO{level}"), cat.get(f"Z_HI{level}")
         if lo is not None and hi is not None:
             out[f"coverage{level}"] = float(np.mean((lo[sel] <= z_true[sel]) & (z_true[sel] <= hi[sel])))
-    if "qop" in cat:
-        qop = cat["qop"][sel]
+    if "QOP" in cat:
+        qop = cat["QOP"][sel]
         n_ok = max(int(ok.sum()), 1)
         for name, chosen in (("qop>=3", qop >= 3), ("qop4", qop == 4)):
             k = int(chosen.sum())
             out[name] = {"n": k, "fraction": float(k / n), "purity": _f(ok[chosen].mean()) if k else None,
                          "completeness": float((ok & chosen).sum() / n_ok)}
-    if "p_dz01" in cat:
-        p = cat["p_dz01"][sel]
+    if "P_DZ01" in cat:
+        p = cat["P_DZ01"][sel]
         out["p_dz01_mean"] = float(p.mean())
         out["brier"] = float(np.mean((p - ok) ** 2))
     return out
@@ -132,42 +132,42 @@ def compute_metrics(cat: dict[str, np.ndarray], truth: dict[str, np.ndarray], ba
     """All metrics of catalogue ``cat`` against ``truth`` (both dicts of column arrays).
 
     band: the selection band of a ``labels/mag`` store (for naming its bins)."""
-    idx = match_ids(cat["id"], truth["id"])
+    idx = match_ids(cat["TARGETID"], truth["id"])
     matched = idx >= 0
     if not matched.any():
         raise UserError("no catalogue id matches the truth store's ids")
-    c = {k: v[matched] for k, v in cat.items() if k != "z_pdf"}
+    c = {k: v[matched] for k, v in cat.items() if k != "Z_PDF"}
     t = {k: np.asarray(v)[idx[matched]] for k, v in truth.items()}
     z_true = t["z"].astype(np.float64)
-    z = c["z"].astype(np.float64)
+    z = c["Z"].astype(np.float64)
     everyone = np.ones(len(z), dtype=bool)
     hmag, band_name, mag_bins, issue_bins = selection_magnitude(t, band)
     sf = t["type"] == 0 if "type" in t else everyone
-    out: dict[str, Any] = {"n_catalogue": int(len(cat["id"])), "n_matched": int(matched.sum()),
+    out: dict[str, Any] = {"n_catalogue": int(len(cat["TARGETID"])), "n_matched": int(matched.sum()),
                            "selection_band": band_name,
                            "redshift": {"all": redshift_metrics(z, z_true, c, everyone)}}
     for name, lo, hi in issue_bins:
         out["redshift"][name] = redshift_metrics(z, z_true, c, (hmag > lo) & (hmag <= hi))
     out["redshift_by_hmag"] = {name: redshift_metrics(z, z_true, c, (hmag > lo) & (hmag <= hi))
                                for name, lo, hi in mag_bins}
-    if "logmstar" in c and "logmstar" in t:
-        pm = {"all": property_metrics(c["logmstar"], c["logmstar_err"], t["logmstar"].astype(float), everyone)}
+    if "LOGMSTAR" in c and "logmstar" in t:
+        pm = {"all": property_metrics(c["LOGMSTAR"], c["LOGMSTAR_ERR"], t["logmstar"].astype(float), everyone)}
         for name, lo, hi in issue_bins:
-            pm[name] = property_metrics(c["logmstar"], c["logmstar_err"], t["logmstar"].astype(float),
+            pm[name] = property_metrics(c["LOGMSTAR"], c["LOGMSTAR_ERR"], t["logmstar"].astype(float),
                                         (hmag > lo) & (hmag <= hi))
         out["logmstar"] = pm
-    if "logsfr" in c and "logsfr" in t:
-        ps = {"star-forming": property_metrics(c["logsfr"], c["logsfr_err"], t["logsfr"].astype(float), sf)}
+    if "LOGSFR" in c and "logsfr" in t:
+        ps = {"star-forming": property_metrics(c["LOGSFR"], c["LOGSFR_ERR"], t["logsfr"].astype(float), sf)}
         for name, lo, hi in issue_bins:
-            ps[name] = property_metrics(c["logsfr"], c["logsfr_err"], t["logsfr"].astype(float),
+            ps[name] = property_metrics(c["LOGSFR"], c["LOGSFR_ERR"], t["logsfr"].astype(float),
                                         sf & (hmag > lo) & (hmag <= hi))
         out["logsfr"] = ps
-    if "p_dz01" in c:
+    if "P_DZ01" in c:
         ok = np.abs(z - z_true) < SUCCESS_DZ
         edges = np.linspace(0, 1, 11)
-        which = np.clip(np.digitize(c["p_dz01"], edges) - 1, 0, 9)
+        which = np.clip(np.digitize(c["P_DZ01"], edges) - 1, 0, 9)
         out["reliability"] = [{"p_lo": float(edges[i]), "p_hi": float(edges[i + 1]), "n": int((which == i).sum()),
-                               "p_mean": _f(c["p_dz01"][which == i].mean()) if (which == i).any() else None,
+                               "p_mean": _f(c["P_DZ01"][which == i].mean()) if (which == i).any() else None,
                                "success": _f(ok[which == i].mean()) if (which == i).any() else None}
                               for i in range(10)]
     return out
@@ -225,18 +225,18 @@ def metrics_markdown(m: dict) -> str:
 def _plots(cat: dict[str, np.ndarray], truth: dict[str, np.ndarray], truth_path: Path, out: Path,
            zbin_centres: np.ndarray | None = None, max_points: int = 20000, band: str | None = None) -> list[Path]:
     """Every figure of the report (:mod:`mtopnet.plots.evaluation`), on the matched rows."""
-    idx = match_ids(cat["id"], truth["id"])
+    idx = match_ids(cat["TARGETID"], truth["id"])
     m = idx >= 0
     c = {k: v[m] for k, v in cat.items()}
     t = {k: np.asarray(v)[idx[m]] for k, v in truth.items()}
-    z, zt = c["z"].astype(float), t["z"].astype(float)
+    z, zt = c["Z"].astype(float), t["z"].astype(float)
     ok = np.abs(z - zt) < SUCCESS_DZ
     mag, band_name, _, _ = selection_magnitude(t, band)
-    qop = c.get("qop", np.ones(len(z), int))
+    qop = c.get("QOP", np.ones(len(z), int))
     sf = t["type"] == 0 if "type" in t else np.ones(len(z), bool)
     files = [figures.success_vs_mag(ok, qop, mag, band_name, out), figures.dz_vs_z(z, zt, qop, out, max_points)]
-    if "p_dz01" in c:
-        p = c["p_dz01"].astype(float)
+    if "P_DZ01" in c:
+        p = c["P_DZ01"].astype(float)
         files += [figures.screening(p, ok, qop, out), figures.reliability(p, ok, out)]
     files.append(figures.coverage(c, t, sf, out))
     files += figures.properties(c, t, sf, out)
@@ -263,7 +263,7 @@ def _example_rows(ok: np.ndarray, qop: np.ndarray, hmag: np.ndarray, band_name: 
 def evaluate(catalogue: str | Path, truth: str | Path, report_dir: str | Path, plots: bool = True) -> dict:
     """Metrics of ``catalogue`` against ``truth`` into ``report_dir`` (metrics.json/.md, PNGs)."""
     cat = read_catalogue(catalogue)
-    for col in ("id", "z"):
+    for col in ("TARGETID", "Z"):
         if col not in cat:
             raise UserError(f"{catalogue}: no column {col!r}")
     tr = read_truth(truth)

@@ -63,25 +63,27 @@ ASSETS = ("index.html", "inspect.js", "inspect.css")
 """Static files of the page, package data under ``mtopnet/data/inspect/``."""
 
 TABLE_COLUMNS: tuple[tuple[str, tuple[str, ...], str, int], ...] = (
-    ("id", ("id", "targetid"), "id", -1),
-    ("z", ("z",), "z", 5),
-    ("qop", ("qop",), "qop", 0),
-    ("zwarn", ("zwarn",), "zwarn", 0),
-    ("p_dz01", ("p_dz01",), "p_dz01", 3),
+    ("id", ("targetid",), "TARGETID", -1),
+    ("z", ("z",), "Z", 5),
+    ("qop", ("qop",), "QOP", 0),
+    ("zwarn", ("zwarn",), "ZWARN", 0),
+    ("p_dz01", ("p_dz01",), "P_DZ01", 3),
     ("logmstar", ("logmstar",), "log M*", 2),
     ("logsfr", ("logsfr",), "log SFR", 2),
-    ("z_err", ("z_err", "zerr"), "z_err", 5),
-    ("rchi2", ("rchi2",), "rchi2", 2),
-    ("delta_chi2", ("delta_chi2", "deltachi2"), "dchi2", 1),
-    ("z_net", ("z_net",), "z_net", 5),
-    ("scan_z", ("scan_z",), "scan_z", 5),
-    ("scan_dchi2", ("scan_dchi2",), "scan_dchi2", 1),
-    ("z_lo95", ("z_lo95",), "z_lo95", 4),
-    ("z_hi95", ("z_hi95",), "z_hi95", 4),
+    ("z_err", ("zerr",), "ZERR", 5),
+    ("rchi2", ("rchi2",), "RCHI2", 2),
+    ("delta_chi2", ("deltachi2",), "DELTACHI2", 1),
+    ("zwarn_info", ("zwarn_info",), "ZWARN_INFO", 0),
+    ("z_net", ("z_net",), "Z_NET", 5),
+    ("scan_z", ("scan_z",), "SCAN_Z", 5),
+    ("scan_dchi2", ("scan_dchi2",), "SCAN_DCHI2", 1),
+    ("z_lo95", ("z_lo95",), "Z_LO95", 4),
+    ("z_hi95", ("z_hi95",), "Z_HI95", 4),
 )
-"""Table columns: key, catalogue names (any case; the first found is used), header, decimals
-(-1: text). id, z, qop, zwarn, p_dz01, logmstar, logsfr are required; the rest are shown
-when the catalogue has them."""
+"""Table columns: the page's key, catalogue names (any case; the first found is used; a
+catalogue of the layout before the Redrock one is read in today's names by
+:func:`mtopnet.catalogue.read_catalogue`), header, decimals (-1: text). TARGETID, Z, QOP,
+ZWARN, P_DZ01, LOGMSTAR, LOGSFR are required; the rest are shown when the catalogue has them."""
 REQUIRED = ("id", "z", "qop", "zwarn", "p_dz01", "logmstar", "logsfr")
 LEVELS = 2000
 """Spectra are written as integers: value / (robust amplitude / LEVELS), 4-5 digits each."""
@@ -356,7 +358,7 @@ def write_inspection(catalogue: str | os.PathLike, inputs: list[str | os.PathLik
     table = catalogue_table(cat)
     n = len(table["id"])
     centres = read_zbin_centres(catalogue)
-    z_pdf = cat.get("z_pdf")
+    z_pdf = cat.get("Z_PDF")
     has_pdf = z_pdf is not None and centres is not None and z_pdf.shape[1] == len(centres)
     lines = _resolve_lines(model)
     basis = NativeBasis(templates) if fit else None

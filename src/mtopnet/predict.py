@@ -7,10 +7,10 @@ Library use::
         ...                                         # dict column -> (n,) array per batch
     predict_store(model, ["a.h5"], "cat.fits")      # files -> catalogue, streaming
 
-One catalogue row per input spectrum, in input order; the columns, the ZWarn bits and the
-file formats are :mod:`mtopnet.catalogue`'s. The model comes from :mod:`mtopnet.trained`,
-the PDF statistics from :mod:`mtopnet.quality`, the template refinement of z (the default;
-``--no-refine`` skips it) from :mod:`mtopnet.refine`.
+One catalogue row per input spectrum, in input order; the columns and the ZWARN bits are
+:mod:`mtopnet.columns`' (docs/catalogue.md), the file formats :mod:`mtopnet.catalogue`'s.
+The model comes from :mod:`mtopnet.trained`, the PDF statistics from :mod:`mtopnet.quality`,
+the template refinement of z (the default; ``--no-refine`` skips it) from :mod:`mtopnet.refine`.
 """
 from __future__ import annotations
 
@@ -33,110 +33,31 @@ from .catalogue import (
     REFINE_DTYPES,
     SCAN_DTYPES,
     CatalogueWriter,
-    ZWarn,
     catalogue_format,
 )
+from .columns import SMALL_DELTA_CHI2_LIMIT, ZInfo, ZWarn, capped_qop
 from .config import ConfigError, UserError
-from .constants import SUCCESS_DZ
+from .constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
+from .domain import DomainReport, DomainWarning, describe_arms, domain_check, domain_problem, expected_domain
 from .instruments import load_instrument
-from .io import plan_inputs, read_spectra
+from .io import input_fibermap, plan_inputs, read_spectra
+from .priors import prior_columns, write_priors
+from .provenance import catalogue_provenance
 from .quality import central_intervals, pdf_summary, window_mass
-from .refine import Refiner, ZScanner, combine_pdf, feature_evidence, network_gate, scan_on_bins, scan_summary
+from .refine import (
+    NO_FEATURES_DCHI2,
+    Refiner,
+    ZScanner,
+    combine_pdf,
+    feature_evidence,
+    network_gate,
+    scan_on_bins,
+    scan_summary,
+)
 from .store import SpectraBatch, check_writable
 from .trained import DEFAULT_MODEL, TrainedModel, load_model
 
 COMMAND = "predict"
-
-
-class DomainWarning(UserWarning):
-    """Spectra unlike the model's training data (their zwarn has OUT_OF_DOMAIN); the message
-    names the model's expected arms, coverage and resolution."""
-
-
-@dataclasses.dataclass
-class DomainReport:
-    """Out-of-domain spectra of one run, collected for one :class:`DomainWarning` at its end.
-
-    n_spectra: spectra that got OUT_OF_DOMAIN; n_layouts: distinct arm layouts among them;
-    first: the first such layout's description and problem (None if none).
-    """
-
-    n_spectra: int = 0
-    n_layouts: int = 0
-    first: str | None = None
-
-    def warn(self, model: TrainedModel) -> None:
-        """One DomainWarning for the whole run (nothing if no spectrum was out of the domain)."""
-        if not self.n_spectra:
-            return
-        layouts = f" in {self.n_layouts} arm layouts; the first," if self.n_layouts > 1 else ""
-        warnings.warn(DomainWarning(
-            f"{self.n_spectra} spectra{layouts} {self.first}; the model expects {expected_domain(model)}; "
-            f"zwarn bit OUT_OF_DOMAIN ({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
-
-
-def expected_domain(model: TrainedModel) -> str:
-    """What the model was trained on, in words: instrument, arms (range, R) and grid range."""
-    info = model.instrument or {}
-    arms = []
-    for tarm in info.get("arms", []):
-        if tarm.get("wave_min") is None:
-            continue
-        res = f", R {tarm['resolution']:.0f}" if tarm.get("resolution") else ""
-        arms.append(f"{tarm['name']} {tarm['wave_min']:.0f}-{tarm['wave_max']:.0f} A{res}")
-    pre = model.preprocessor.config
-    name = Path(str(info["name"])).stem if info.get("name") else "its training data"
-    return (f"{name} ({'; '.join(arms) or 'arms unknown'}), read on {pre.wave_min:.0f}-{pre.wave_max:.0f} A")
-
-
-def domain_problem(model: TrainedModel, batch: SpectraBatch, arm_resolution: dict[str, float] | None = None,
-                   tolerance: float = 0.05) -> str | None:
-    """Why ``batch``'s arms differ from what the model was trained on (None if they match).
-
-    Out of domain if the covered grid pixels differ from the training coverage by more than
-    ``tolerance`` (of the training coverage), if an arm's log-wavelength sampling differs from
-    the overlapping training arm's by more than a factor 2, or if a given resolution
-    (``arm_resolution``: arm name -> R) differs from the overlapping training arm's by > 25%.
-    """
-    waves = {a: np.asarray(d["wave"], dtype=np.float64) for a, d in batch.arms.items()}
-    cov = model.preprocessor.coverage(waves)
-    train = model.coverage
-    n_train = max(int(train.sum()), 1)
-    missing, extra = (train & ~cov).sum() / n_train, (cov & ~train).sum() / n_train
-    if missing > tolerance:
-        return f"covers {100 * (1 - missing):.0f}% of the model's wavelengths"
-    if extra > tolerance:
-        return f"{100 * extra:.0f}% of its coverage is where the model saw no data"
-    for name, wave in waves.items():
-        w = wave[np.isfinite(wave)]
-        if len(w) < 2:
-            continue
-        dll = float(np.median(np.diff(np.log(w))))
-        for tarm in model.instrument.get("arms", []):
-            if tarm.get("wave_min") is None or tarm["wave_max"] < w[0] or tarm["wave_min"] > w[-1]:
-                continue
-            if tarm.get("dloglam") and not 0.5 <= dll / tarm["dloglam"] <= 2.0:
-                return (f"arm {name}'s pixels are {dll / tarm['dloglam']:.2f} x the width of the training "
-                        f"arm {tarm['name']}'s")
-            res = (arm_resolution or {}).get(name)
-            if res and tarm.get("resolution") and abs(res / tarm["resolution"] - 1) > 0.25:
-                return f"arm {name} has R {res:.0f}, the training arm {tarm['name']} R {tarm['resolution']:.0f}"
-    return None
-
-
-def domain_check(model: TrainedModel, batch: SpectraBatch, arm_resolution: dict[str, float] | None = None,
-                 tolerance: float = 0.05) -> bool:
-    """True if ``batch``'s arms match what the model was trained on (see :func:`domain_problem`)."""
-    return domain_problem(model, batch, arm_resolution, tolerance) is None
-
-
-def _describe_arms(batch: SpectraBatch) -> str:
-    parts = []
-    for name, arm in batch.arms.items():
-        w = np.asarray(arm["wave"], dtype=np.float64)
-        w = w[np.isfinite(w)]
-        parts.append(f"{name} {w[0]:.0f}-{w[-1]:.0f} A" if len(w) else f"{name} (empty)")
-    return ", ".join(parts)
 
 
 def _chunks(batches: Iterable[SpectraBatch], size: int | None) -> Iterator[SpectraBatch]:
@@ -165,7 +86,7 @@ class _Scan:
         """Posterior PDFs (N, K), the scan's columns for the objects it selects, and the
         weights (N, n_pix) the fits should use: x.ivar with the scan's clipped pixels at 0."""
         n = len(pdf_net)
-        cols = {"scanned": np.zeros(n, np.int16), "scan_z": np.full(n, np.nan), "scan_dchi2": np.full(n, np.nan)}
+        cols = {"SCANNED": np.zeros(n, np.int16), "SCAN_Z": np.full(n, np.nan), "SCAN_DCHI2": np.full(n, np.nan)}
         sel = np.flatnonzero(usable & (p_net < self.config.select_below))
         pdf = pdf_net
         weights = x.ivar
@@ -177,9 +98,9 @@ class _Scan:
             gate = network_gate(p_net[sel], self.config.gamma)
             pdf[sel] = combine_pdf(pdf_net[sel], chi2_bins, self.config.w_net, self.config.t, ok=res.ok, gate=gate)
             z_best, dchi2, _ = scan_summary(res)
-            cols["scanned"][sel] = res.ok
-            cols["scan_z"][sel] = np.where(res.ok, z_best, np.nan)
-            cols["scan_dchi2"][sel] = np.where(res.ok, dchi2, np.nan)
+            cols["SCANNED"][sel] = res.ok
+            cols["SCAN_Z"][sel] = np.where(res.ok, z_best, np.nan)
+            cols["SCAN_DCHI2"][sel] = np.where(res.ok, dchi2, np.nan)
         return pdf, cols, weights
 
 
@@ -188,11 +109,11 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
                     min_valid_fraction: float = MIN_VALID_FRACTION,
                     refine: bool | Refiner = True, with_net_pdf: bool = False,
                     domain_report: DomainReport | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Catalogue rows for each batch (input order): dict column -> (n,) array.
+    """Catalogue rows for each batch (input order): dict column -> (n,) array (COEFF: (n, K)).
 
     Columns are :data:`CATALOGUE_COLUMNS`, then (with ``refine``) :data:`REFINE_COLUMNS`, then
     (for a model calibrated with the full-range scan, ``model.scan``) :data:`SCAN_COLUMNS`;
-    with ``with_pdf`` also ``z_pdf`` (n, n_bins) float32, the PDF the redshift comes from (the
+    with ``with_pdf`` also ``Z_PDF`` (n, n_bins) float32, the PDF the redshift comes from (the
     network's, or its combination with the scan); with ``with_net_pdf`` also ``z_pdf_net``
     (the network's alone) and the quality features (``q_<name>``, for calibration).
     Batches longer than ``batch_size`` are split. ``arm_resolution`` (arm -> R), when known,
@@ -247,11 +168,11 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             domain_cache[key] = problem is None
             if problem is not None:
                 first = str(np.asarray(batch.ids)[0])
-                what = (f"with arms {_describe_arms(batch)} (first id {first}) are out of the model's domain: "
+                what = (f"with arms {describe_arms(batch)} (first id {first}) are out of the model's domain: "
                         f"{problem}")
                 if domain_report is None:
                     warnings.warn(DomainWarning(
-                        f"spectra {what}; the model expects {expected_domain(model)}; zwarn bit OUT_OF_DOMAIN "
+                        f"spectra {what}; the model expects {expected_domain(model)}; ZWARN bit OUT_OF_DOMAIN "
                         f"({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
                 else:
                     domain_report.n_layouts += 1
@@ -266,76 +187,74 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             p_dz01, qop = cal.apply({**summ, **features})
         else:
             p_dz01, qop = summ["p_window"], np.ones(n, dtype=np.int16)
-        zwarn = np.zeros(n, dtype=np.int32)
-        zwarn |= np.where(x.valid_fraction < min_valid_fraction, int(ZWarn.LITTLE_COVERAGE), 0).astype(np.int32)
+        zwarn = np.zeros(n, dtype=np.int64)
+        info = np.zeros(n, dtype=np.int32)
+        zwarn |= np.where(x.valid_fraction < min_valid_fraction, int(ZWarn.LITTLE_COVERAGE), 0)
         all_masked = x.valid_fraction <= 0
-        zwarn |= np.where(all_masked, int(ZWarn.ALL_MASKED), 0).astype(np.int32)
-        zwarn |= np.where(~x.continuum_detected & ~all_masked, int(ZWarn.LOW_SN), 0).astype(np.int32)
-        zwarn |= np.where(x.bad_input, int(ZWarn.BAD_INPUT), 0).astype(np.int32)
+        zwarn |= np.where(all_masked, int(ZWarn.NODATA), 0)
+        info |= np.where(~x.continuum_detected & ~all_masked, int(ZInfo.LOW_SN), 0).astype(np.int32)
+        zwarn |= np.where(x.bad_input, int(ZWarn.POORDATA), 0)
         if "noise_estimated" in batch.labels:
             est = np.asarray(batch.labels["noise_estimated"]).astype(bool)
-            zwarn |= np.where(est, int(ZWarn.NOISE_ESTIMATED), 0).astype(np.int32)
+            info |= np.where(est, int(ZInfo.NOISE_ESTIMATED), 0).astype(np.int32)
         if out_of_domain:
             zwarn |= int(ZWarn.OUT_OF_DOMAIN)
-        zwarn |= np.where(summ["n_peaks"] > 1, int(ZWarn.MULTI_PEAK), 0).astype(np.int32)
-        zwarn |= np.where(p_dz01 < 0.5, int(ZWarn.LOW_PEAK_PROB), 0).astype(np.int32)
+        info |= np.where(summ["n_peaks"] > 1, int(ZInfo.MULTI_PEAK), 0).astype(np.int32)
+        zwarn |= np.where(p_dz01 < 0.5, int(ZWarn.LOW_PEAK_PROB), 0)
         if fit is not None:
-            zwarn |= np.where(fit.disagree, int(ZWarn.REFINE_DISAGREE), 0).astype(np.int32)
-        zwarn |= np.where(x.outside_coverage, int(ZWarn.UNTRAINED_PIXELS), 0).astype(np.int32)
-        zwarn |= np.where(x.implausible_flux, int(ZWarn.IMPLAUSIBLE_FLUX), 0).astype(np.int32)
+            zwarn |= np.where(fit.disagree, int(ZWarn.REFINE_DISAGREE), 0)
+            zwarn |= np.where(np.isfinite(fit.rchi2) & (fit.refined < 0), int(ZWarn.BAD_MINFIT), 0)
+        info |= np.where(x.outside_coverage, int(ZInfo.UNTRAINED_PIXELS), 0).astype(np.int32)
+        zwarn |= np.where(x.implausible_flux, int(ZWarn.IMPLAUSIBLE_FLUX), 0)
         if scan is not None:
-            disagree = (features["scan_disagree"] > 0) & (np.nan_to_num(scan_cols["scan_dchi2"]) > SCAN_DISAGREE_DCHI2)
-            zwarn |= np.where(disagree, int(ZWarn.SCAN_DISAGREE), 0).astype(np.int32)
+            disagree = (features["scan_disagree"] > 0) & (np.nan_to_num(scan_cols["SCAN_DCHI2"]) > SCAN_DISAGREE_DCHI2)
+            zwarn |= np.where(disagree, int(ZWarn.SCAN_DISAGREE), 0)
             z_rep = np.asarray(summ["z"], dtype=np.float64)
             at_limit = (z_rep - zb.z_min < SUCCESS_DZ) | (zb.z_max - z_rep < SUCCESS_DZ)
-            zwarn |= np.where(at_limit, int(ZWarn.Z_AT_LIMIT), 0).astype(np.int32)
+            zwarn |= np.where(at_limit, int(ZWarn.Z_FITLIMIT), 0)
             excluded = features["log_net_mass"] < np.log(NET_EXCLUDES_MASS)
-            zwarn |= np.where(excluded, int(ZWarn.NET_EXCLUDES), 0).astype(np.int32)
+            zwarn |= np.where(excluded, int(ZWarn.NET_EXCLUDES), 0)
         if evidence is not None:  # no redshift feature beyond a smooth continuum: the z is a guess
-            featureless = np.isfinite(evidence) & (evidence < NO_FEATURES_DCHI2)
-            zwarn |= np.where(featureless, int(ZWarn.NO_FEATURES), 0).astype(np.int32)
+            zwarn |= np.where(np.isfinite(evidence) & (evidence < NO_FEATURES_DCHI2), int(ZWarn.NO_FEATURES), 0)
         if fit is not None:  # a few wild pixels dominated the fit (refitted without them): never qop 4
-            zwarn |= np.where(fit.outlier_dominated, int(ZWarn.FIT_OUTLIERS), 0).astype(np.int32)
+            zwarn |= np.where(fit.outlier_dominated, int(ZWarn.FIT_OUTLIERS), 0)
         qop = capped_qop(qop, zwarn, scan is not None)
         p_dz01 = np.where(all_masked, 0.0, p_dz01)
-        rows: dict[str, np.ndarray] = {"id": np.asarray(batch.ids)}
         temperature = cal.interval_temperature if cal is not None else 1.0
         if cal is not None and cal.interval_levels_by_qop:  # each QOP class its own levels
             intervals = {k: np.empty(n) for k in ("z_lo68", "z_hi68", "z_lo95", "z_hi95")}
             for q in np.unique(qop):
-                sel = qop == q
-                part = central_intervals(pdf[sel], zb.edges, cal.levels_for(int(q)), temperature)
+                part = central_intervals(pdf[qop == q], zb.edges, cal.levels_for(int(q)), temperature)
                 for k in intervals:
-                    intervals[k][sel] = part[k]
+                    intervals[k][qop == q] = part[k]
         else:
             intervals = summ if levels == (0.68, 0.95) and temperature == 1.0 else \
                 central_intervals(pdf, zb.edges, levels, temperature)
-        for k in ("z", "z_mean"):
-            rows[k] = summ[k]
-        for k in ("z_lo68", "z_hi68", "z_lo95", "z_hi95"):
-            rows[k] = intervals[k]
-        rows["p_dz01"] = p_dz01
-        rows["qop"] = qop
-        rows["zwarn"] = zwarn
-        rows["logmstar"] = out["logmstar_mean"].numpy() * m_sd + m_mu
-        rows["logmstar_err"] = np.exp(out["logmstar_logsigma"].numpy()) * m_sd
-        rows["logsfr"] = out["logsfr_mean"].numpy() * s_sd + s_mu
-        rows["logsfr_err"] = np.exp(out["logsfr_logsigma"].numpy()) * s_sd
+        fitted = fit.refined >= 0 if fit is not None else np.zeros(n, bool)
+        rows = _redrock_columns(batch, x, summ, intervals, fit, scan_cols, fitted)
+        rows["ZWARN"] = zwarn | np.where(rows["DELTACHI2"] < SMALL_DELTA_CHI2_LIMIT, int(ZWarn.SMALL_DELTA_CHI2), 0)
+        rows.update({"Z_MEAN": summ["z_mean"], **{k.upper(): intervals[k] for k in
+                                                   ("z_lo68", "z_hi68", "z_lo95", "z_hi95")}})
+        rows.update(P_DZ01=p_dz01, QOP=qop, ZWARN_INFO=info,
+                    LOGMSTAR=out["logmstar_mean"].numpy() * m_sd + m_mu,
+                    LOGMSTAR_ERR=np.exp(out["logmstar_logsigma"].numpy()) * m_sd,
+                    LOGSFR=out["logsfr_mean"].numpy() * s_sd + s_mu,
+                    LOGSFR_ERR=np.exp(out["logsfr_logsigma"].numpy()) * s_sd)
         for k, dt in CATALOGUE_DTYPES.items():
-            rows[k] = np.nan_to_num(np.asarray(rows[k]).astype(dt))
+            keep_nan = k in ("CHI2", "DELTACHI2")  # NaN: no fit ran
+            value = np.asarray(rows[k])
+            rows[k] = value.astype(dt) if keep_nan or dt.kind == "U" else np.nan_to_num(value.astype(dt))
         if fit is not None:
-            # z_net: the network's own estimate (fit.z_net is the PDF's the refinement started from)
-            rows.update(z_net=summ_net["z"] if scan is not None else fit.z_net, z_err=fit.z_err,
-                        delta_chi2=fit.delta_chi2, rchi2=fit.rchi2,
-                        refined=fit.refined,
-                        feature_dchi2=evidence if evidence is not None else np.full(n, np.nan))
+            # Z_NET: the network's own estimate (fit.z_net is the PDF's the refinement started from)
+            rows.update(Z_NET=summ_net["z"] if scan is not None else fit.z_net, RCHI2=fit.rchi2, REFINED=fit.refined,
+                        FEATURE_DCHI2=evidence if evidence is not None else np.full(n, np.nan))
             for k, dt in REFINE_DTYPES.items():
                 rows[k] = np.asarray(rows[k]).astype(dt)
         if scan_cols is not None:
             for k, dt in SCAN_DTYPES.items():
                 rows[k] = np.asarray(scan_cols[k]).astype(dt)
         if with_pdf:
-            rows["z_pdf"] = pdf.astype(np.float32)
+            rows["Z_PDF"] = pdf.astype(np.float32)
         if with_net_pdf:
             rows["z_pdf_net"] = pdf_net.astype(np.float32)
             if not features:
@@ -346,28 +265,42 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         yield rows
 
 
-QOP_CAP_2 = (ZWarn.OUT_OF_DOMAIN | ZWarn.REFINE_DISAGREE | ZWarn.SCAN_DISAGREE | ZWarn.IMPLAUSIBLE_FLUX
-             | ZWarn.Z_AT_LIMIT | ZWarn.NET_EXCLUDES | ZWarn.NO_FEATURES)
-"""Flags that cap qop at 2 (models calibrated with the scan): what a calibration cannot see in a
-validation set (docs/quality.md)."""
+def _redrock_columns(batch: SpectraBatch, x, summ: dict, intervals: dict, fit, scan_cols: dict | None,
+                     fitted: np.ndarray) -> dict[str, np.ndarray]:
+    """Redrock's columns (:data:`mtopnet.columns.REDROCK_SCHEMA`) of one batch, but ZWARN.
+
+    DELTACHI2: the refinement's (chi2 of the best other PDF peak > SEPARATION_KMS away minus
+    the best) where it fitted two peaks or more; else, where the full-range scan ran, the scan's
+    (its best minimum > SEPARATION_KMS away minus its best) if the scan's best is within
+    SEPARATION_KMS of Z, 0 if not (another z fits at least as well); NaN where no fit ran.
+    """
+    n = len(batch)
+    rows: dict[str, np.ndarray] = {"TARGETID": np.asarray(batch.ids), "Z": summ["z"]}
+    z = np.asarray(summ["z"], dtype=np.float64)
+    rows["ZERR"] = np.where(fitted, fit.z_err, 0.5 * (intervals["z_hi68"] - intervals["z_lo68"])) \
+        if fit is not None else 0.5 * (intervals["z_hi68"] - intervals["z_lo68"])
+    dchi2 = np.full(n, np.nan)
+    if fit is not None:
+        k = np.clip(fit.refined, 0, None).astype(np.int64)
+        rows["CHI2"] = np.where(fitted, fit.peak_chi2[np.arange(n), k], np.nan)
+        rows["COEFF"] = np.where(fitted[:, None], fit.coeff, 0.0)
+        rows["NPIXELS"] = fit.n_pixels
+        dchi2 = np.where(fitted, fit.delta_chi2, np.nan)
+    else:
+        rows["CHI2"], rows["COEFF"] = np.full(n, np.nan), np.zeros((n, 1))
+        rows["NPIXELS"] = (np.asarray(x.ivar) > 0).sum(axis=1)
+    if scan_cols is not None:
+        with np.errstate(invalid="ignore"):
+            same = np.abs(np.log1p(scan_cols["SCAN_Z"]) - np.log1p(z)) <= SEPARATION_KMS / C_KMS
+        from_scan = np.where(same, scan_cols["SCAN_DCHI2"], 0.0)
+        dchi2 = np.where(np.isnan(dchi2) & (scan_cols["SCANNED"] > 0), from_scan, dchi2)
+    rows["FITMETHOD"] = np.where(fitted, "PCA", "NONE")
+    rows["SPECTYPE"], rows["SUBTYPE"] = np.full(n, "GALAXY"), np.full(n, "")
+    rows["NCOEFF"] = np.where(fitted, rows["COEFF"].shape[1], 0)
+    rows["DELTACHI2"] = dchi2
+    return rows
 
 
-def capped_qop(qop: np.ndarray, zwarn: np.ndarray, caps: bool = True) -> np.ndarray:
-    """(N,) int16 qop after the caps of ``zwarn`` (N,): 1 without usable data (LITTLE_COVERAGE,
-    ALL_MASKED), at most 3 for FIT_OUTLIERS, and with ``caps`` at most 2 for :data:`QOP_CAP_2`."""
-    zwarn = np.asarray(zwarn)
-    qop = np.asarray(qop)
-    if caps:
-        qop = np.where((zwarn & int(QOP_CAP_2)) != 0, np.minimum(qop, 2), qop)
-    qop = np.where((zwarn & int(ZWarn.FIT_OUTLIERS)) != 0, np.minimum(qop, 3), qop)
-    return np.where((zwarn & int(ZWarn.LITTLE_COVERAGE | ZWarn.ALL_MASKED)) != 0, 1, qop).astype(np.int16)
-
-
-NO_FEATURES_DCHI2 = 50.0
-"""Below this FEATURE_DCHI2 (the scan's templates at z vs a smooth continuum per arm) the
-spectrum shows no redshift feature: 300 pure-noise and featureless power-law spectra on
-validation spectra's noise give a median of 19, a 99th percentile of 36 and a maximum of 43
-(benchmarks/feature_evidence.py; docs/quality.md). NO_FEATURES, qop <= 2."""
 NET_EXCLUDES_MASS = 1e-3
 """The network's PDF mass within +-0.01 of the reported z below which fit and PDF disagree (NET_EXCLUDES)."""
 SCAN_DISAGREE_DCHI2 = 9.0
@@ -392,11 +325,11 @@ def _fit_features(summ: dict, summ_net: dict, pdf_net: np.ndarray, edges: np.nda
             else np.zeros(n),
         }
         if scan_cols is not None:
-            scanned = scan_cols["scanned"] > 0
+            scanned = scan_cols["SCANNED"] > 0
             feats["scanned"] = scanned.astype(np.float64)
-            feats["log_scan_dchi2"] = np.where(scanned, np.log1p(np.maximum(np.nan_to_num(scan_cols["scan_dchi2"]),
+            feats["log_scan_dchi2"] = np.where(scanned, np.log1p(np.maximum(np.nan_to_num(scan_cols["SCAN_DCHI2"]),
                                                                             0)), 0.0)
-            feats["scan_disagree"] = (scanned & (np.abs(np.nan_to_num(scan_cols["scan_z"], nan=-9.0) - z)
+            feats["scan_disagree"] = (scanned & (np.abs(np.nan_to_num(scan_cols["SCAN_Z"], nan=-9.0) - z)
                                                  > SUCCESS_DZ)).astype(np.float64)
     return {k: np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in feats.items()}
 
@@ -438,38 +371,48 @@ def _store_resolution(inputs: list[str | Path]) -> dict[str, float] | None:
 
 def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, out: str | Path, *,
                   batch_size: int = 1024, with_pdf: bool = False, overwrite: bool = False,
-                  progress: bool = False, format: str | None = None, refine: bool | Refiner = True) -> int:
+                  progress: bool = False, format: str | None = None, refine: bool | Refiner = True,
+                  priors_out: str | Path | None = None) -> int:
     """Predict for every spectrum of ``inputs`` (stores or files mtopnet.io reads) into catalogue ``out``.
 
     Streams: memory stays flat in the number of objects. Returns the number of rows written.
     Out-of-domain spectra give one :class:`DomainWarning` at the end, with their number. While
     it runs, a second writer of ``out`` is refused (:class:`mtopnet.catalogue.CatalogueWriter`).
     ``refine``: as in :func:`predict_batches` (True: template refinement of z, the default).
+    ``priors_out``: also a Redrock priors file there (:mod:`mtopnet.priors`; integer ids only).
+    FITS catalogues of DESI files get their FIBERMAP rows as HDU FIBERMAP (:func:`mtopnet.io.input_fibermap`).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     catalogue_format(out)
     check_writable(out, overwrite)
+    if priors_out is not None:
+        check_writable(priors_out, overwrite)
     if batch_size < 1:
         raise UserError(f"batch size: must be >= 1, got {batch_size}")
     for path in inputs:
         if not Path(path).exists() and not any(ch in str(path) for ch in "*?["):
             raise UserError(f"{path}: no such file")
-    meta = {"model": Path(model.source).name, "modelver": model.meta.get("mtopnet_version")}
     if refine is True:
         refine = Refiner.from_model(model)
-    if refine is not False and refine is not None:
-        meta["refine"] = Path(refine.basis.meta.get("templates", "")).name
+    meta = catalogue_provenance(model, list(inputs), refine if refine is not False and refine is not None else None)
     report = DomainReport()
     rows = predict_batches(model, _input_batches(list(inputs), batch_size, format), with_pdf=with_pdf,
                            batch_size=batch_size, arm_resolution=_store_resolution(list(inputs)), refine=refine,
                            domain_report=report)
     bar = tqdm(desc="predict", unit="spec", disable=not progress, file=sys.stderr)
-    with CatalogueWriter(out, model.zbins.centres if with_pdf else None, meta, overwrite=overwrite) as writer:
+    priors: list[dict[str, np.ndarray]] = []
+    fibermap = input_fibermap([str(p) for p in inputs], format) if catalogue_format(out) == "fits" else None
+    with CatalogueWriter(out, model.zbins.centres if with_pdf else None, meta, overwrite=overwrite,
+                         fibermap=fibermap) as writer:
         for chunk in rows:
+            if priors_out is not None:
+                priors.append(prior_columns(chunk))
             writer.write(chunk)
-            bar.update(len(chunk["id"]))
+            bar.update(len(chunk["TARGETID"]))
     bar.close()
+    if priors_out is not None:
+        write_priors(priors_out, priors)
     report.warn(model)  # once per run, with the count
     return writer.n_rows
 
@@ -483,6 +426,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pdf", action="store_true", help="also write the full redshift PDF and the bin centres")
     p.add_argument("--format", default=None, help="input format (default: detected)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing catalogue")
+    p.add_argument("--priors-out", default=None, metavar="FILE.fits",
+                   help="also write a Redrock priors file (rrdesi --priors FILE; integer ids only)")
     p.add_argument("--no-refine", action="store_true",
                    help="report the network's z alone (no template refinement, see docs/refine.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -499,8 +444,8 @@ def run_cli(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device)
     n = predict_store(model, args.inputs, args.out, batch_size=args.batch_size, with_pdf=args.pdf,
                       overwrite=args.overwrite, progress=not args.quiet, format=args.format,
-                      refine=not args.no_refine)
-    print(f"{args.out}: {n} rows")
+                      refine=not args.no_refine, priors_out=args.priors_out)
+    print(f"{args.out}: {n} rows" + (f"; Redrock priors in {args.priors_out}" if args.priors_out else ""))
     return 0
 
 

@@ -164,7 +164,7 @@ class NetInputs:
     implausible_flux: (N,) bool -- the flux scale is physically impossible for a galaxy: the
         continuum is brighter than SCALE_MAX, or detected below LEVEL_MIN (fainter than a
         10^6 M_sun galaxy): the flux unit is wrong, and masses and SFRs are meaningless.
-        (Fluxes so small that their ivar exceeds IVAR_MAX are void pixels: ALL_MASKED. A
+        (Fluxes so small that their ivar exceeds IVAR_MAX are void pixels: NODATA. A
         negative continuum is not flagged: sky over-subtraction makes it common for faint
         galaxies.)
     outside_coverage: (N,) bool -- the input had valid data on grid pixels outside the

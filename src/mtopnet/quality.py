@@ -52,7 +52,7 @@ log10(sigma / scale); continuum_detected, out_of_domain: 0/1; log_feature_dchi2:
 templates' chi2 gain at z over a smooth per-arm continuum) (0 if not refined)."""
 _EPS = 1e-6
 PEAK_MIN_MASS = 0.05
-"""A PDF peak counts (``n_peaks``, MULTI_PEAK, refined peaks) if it holds this mass within +-window."""
+"""A PDF peak counts (``n_peaks``, ZWARN_INFO MULTI_PEAK, refined peaks) if it holds this mass within +-window."""
 
 
 def _cdf(pdf: np.ndarray) -> np.ndarray:

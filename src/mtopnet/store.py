@@ -66,7 +66,7 @@ class SpectraBatch:
     ``wave`` (L,), ``flux``/``ivar`` (N, L) float32 and ``mask`` (N, L) uint8.
     n_bad_pixels: (N,) int64, pixels per object that a reader found corrupt and cleaned (NaN or
     inf flux, NaN/inf/negative ivar or error, outside any bad-pixel mask the file gave); zeros
-    when not given. Prediction sets zwarn BAD_INPUT where it is > 0. Not stored in the HDF5 file.
+    when not given. Prediction sets ZWARN bit POORDATA where it is > 0. Not stored in the HDF5 file.
     """
 
     ids: np.ndarray

@@ -54,7 +54,7 @@ class TrainedModel:
     calibration: p_dz01/QOP map (None for a checkpoint saved before calibration: p_dz01 is
     then the raw PDF mass within +-0.01 and qop is 1); coverage: (n_pix,) bool grid pixels
     the training arms cover; instrument: training arms (name, range, resolution, dloglam);
-    lines: line list; source: where it was loaded from; meta: version and provenance;
+    lines: line list; source: where it was loaded from; meta: version, provenance, train_config;
     scan: how prediction scans the templates over the whole z range and combines them with
     the PDF (None for a checkpoint calibrated without it: the PDF alone, refined).
     The preprocessor voids data outside ``coverage`` (NetInputs.outside_coverage).
@@ -118,7 +118,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str | torc
     if coverage.shape != (pre_config.n_pix,):
         raise UserError(f"{path}: inconsistent checkpoint (coverage {coverage.shape}, grid {pre_config.n_pix})")
     pre = Preprocessor(pre_config, coverage=coverage)
-    meta = {"mtopnet_version": payload.get("mtopnet_version"), "provenance": payload.get("provenance", {})}
+    meta = {"mtopnet_version": payload.get("mtopnet_version"), "provenance": payload.get("provenance", {}),
+            "train_config": payload.get("train_config")}
     return TrainedModel(network=net.to(dev), preprocessor=pre, zbins=zbins, label_norm=norm, calibration=cal,
                         coverage=coverage, instrument=dict(payload.get("instrument") or {}), lines=lines,
                         source=str(path), meta=meta, scan=scan)

@@ -101,3 +101,10 @@ def read_desi(path: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[SpectraBatch]
                     mask = map_specmask(_rows(hdul, f"{arm}_MASK", start, stop, path))
                 raw[arm] = RawArm(wave=wave, flux=flux, noise=ivar, noise_kind="ivar", mask=mask)
             yield build_block(path, ids[start:stop], raw, estimate_if_unusable=False)
+
+
+def read_fibermap(path: str) -> np.ndarray:
+    """The FIBERMAP HDU of a DESI file: (N,) structured array, one row per target in the order
+    :func:`read_desi` reads them."""
+    with open_fits(path) as hdul:
+        return np.array(read_data(hdul, "FIBERMAP", path))

@@ -13,7 +13,7 @@ import numpy as np
 from ..config import UserError
 from ..store import SpectraBatch, iter_store
 from ._core import NoiseEstimatedWarning, ReaderWarning, count_corrupt, fail, first_line, sanitize
-from .desi import read_desi
+from .desi import read_desi, read_fibermap
 from .detect import FORMATS, detect_format, sniff_format
 from .generic_fits import read_generic_fits
 from .moons1d import moons_band, moons_stem, read_moons1d
@@ -126,6 +126,29 @@ def plan_inputs(inputs: Iterable[Any] | str | os.PathLike, format: str | None = 
         raise UserError("no spectra found in the inputs" + (f" (skipped {len(skipped)} file(s) of unknown format)"
                                                             if skipped else ""))
     return units
+
+
+def input_fibermap(inputs: list[str], format: str | None = None) -> np.ndarray | None:
+    """The FIBERMAP rows of every target of ``inputs``, in reading order (one per spectrum
+    :func:`read_spectra` yields), when every input is a DESI file; None otherwise. (N,)
+    structured array of the columns every file's FIBERMAP has (astropy ``vstack``, inner join);
+    None also if those columns cannot be stacked (e.g. different vector lengths)."""
+    from astropy.table import Table, vstack
+    from astropy.utils.metadata import MergeConflictWarning
+    with warnings.catch_warnings():  # read_spectra repeats any warning of the plan
+        warnings.simplefilter("ignore")
+        units = plan_inputs(inputs, format)
+    if any(unit.fmt != "desi" for unit in units):
+        return None
+    parts = [Table(read_fibermap(unit.paths[0])) for unit in units]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MergeConflictWarning)
+            return vstack(parts, join_type="inner", metadata_conflicts="silent").as_array()
+    except (ValueError, TypeError) as exc:  # astropy's TableMergeError is a ValueError
+        warnings.warn(ReaderWarning(f"FIBERMAP not copied: the inputs' FIBERMAPs do not stack ({first_line(exc)})"),
+                      stacklevel=2)
+        return None
 
 
 def _guarded(unit: _Unit, batch_size: int) -> Iterator[SpectraBatch]:

@@ -105,19 +105,19 @@ def reliability(p: np.ndarray, ok: np.ndarray, out: Path) -> Path:
 def coverage(c: dict[str, np.ndarray], t: dict[str, np.ndarray], sf: np.ndarray, out: Path) -> Path:
     """Nominal vs observed coverage of the z intervals and of the log M* / log SFR errors
     (log SFR on star-forming ``sf`` objects). ``coverage.png``."""
-    z, zt = c["z"], t["z"].astype(float)
+    z, zt = c["Z"], t["z"].astype(float)
     labels, nominal, observed = [], [], []
     for lv, nom in (("68", 0.68), ("95", 0.95)):
-        if f"z_lo{lv}" in c:
+        if f"Z_LO{lv}" in c:
             labels.append(f"z {lv}%")
             nominal.append(nom)
-            observed.append(np.mean((c[f"z_lo{lv}"] <= zt) & (zt <= c[f"z_hi{lv}"])))
+            observed.append(np.mean((c[f"Z_LO{lv}"] <= zt) & (zt <= c[f"Z_HI{lv}"])))
     for key, sel in (("logmstar", np.ones(len(z), bool)), ("logsfr", sf)):
-        if key in c and key in t:
+        if key.upper() in c and key in t:
             tt = t[key].astype(float)
             s = sel & np.isfinite(tt)
             if s.any():
-                pull = np.abs(c[key][s] - tt[s]) / np.maximum(c[f"{key}_err"][s], 1e-6)
+                pull = np.abs(c[key.upper()][s] - tt[s]) / np.maximum(c[f"{key.upper()}_ERR"][s], 1e-6)
                 for k, nom in ((1.0, 0.6827), (2.0, 0.9545)):
                     labels.append(f"{key} {int(k)}s")
                     nominal.append(nom)
@@ -134,17 +134,17 @@ def coverage(c: dict[str, np.ndarray], t: dict[str, np.ndarray], sf: np.ndarray,
 
 def properties(c: dict[str, np.ndarray], t: dict[str, np.ndarray], sf: np.ndarray, out: Path) -> list[Path]:
     """Predicted vs true log M* (all) and log SFR (star-forming ``sf``). ``logmstar.png``, ``logsfr.png``."""
-    z = c["z"]
+    z = c["Z"]
     files = []
     for key, sel, label in (("logmstar", np.ones(len(z), bool), "log M* [Msun]"),
                             ("logsfr", sf, "log SFR [Msun/yr] (star-forming)")):
-        if key in c and key in t:
-            tt = t[key].astype(float)
+        if key.upper() in c and key in t:
+            tt, pred = t[key].astype(float), c[key.upper()]
             s = sel & np.isfinite(tt)
             fig, ax = plt.subplots(figsize=(4.5, 4.5))
             if s.any():
-                ax.hexbin(tt[s], c[key][s], gridsize=50, mincnt=1, bins="log", cmap="Blues")
-                lo, hi = np.percentile(np.concatenate([tt[s], c[key][s]]), [0.5, 99.5])
+                ax.hexbin(tt[s], pred[s], gridsize=50, mincnt=1, bins="log", cmap="Blues")
+                lo, hi = np.percentile(np.concatenate([tt[s], pred[s]]), [0.5, 99.5])
                 ax.plot([lo, hi], [lo, hi], "k:")
             ax.set(xlabel=f"true {label}", ylabel=f"predicted {label}")
             files.append(_save(fig, out / f"{key}.png"))
@@ -169,7 +169,7 @@ def examples(picks: list[tuple[int, str]], c: dict[str, np.ndarray], zt: np.ndar
     """Example spectra (rows ``picks``: (matched row, title)), lines marked at the predicted z,
     beside their PDFs zoomed on the peaks (:func:`pdf_zoom`; intervals without a PDF); spectra
     read from the truth store at ``store_rows``. ``examples.png``."""
-    z, qop, hmag = c["z"].astype(float), c.get("qop", np.ones(len(c["z"]), int)), mag
+    z, qop, hmag = c["Z"].astype(float), c.get("QOP", np.ones(len(c["Z"]), int)), mag
     fig, axes = plt.subplots(len(picks), 2, figsize=(11, 2.5 * len(picks)), squeeze=False,
                              gridspec_kw={"width_ratios": [3, 1]}, layout="constrained")
     for row, (i, title) in enumerate(picks):
@@ -188,17 +188,17 @@ def examples(picks: list[tuple[int, str]], c: dict[str, np.ndarray], zt: np.ndar
             w = line.wave * (1 + z[i])
             if lo < w < hi:
                 ax.axvline(w, color="tab:red" if line.kind == "emission" else "tab:blue", lw=0.4, alpha=0.6)
-        ax.set_title(f"{title}: id {c['id'][i]}, {band_name}={hmag[i]:.1f}, z={zt[i]:.4f}, z_pred={z[i]:.4f}, "
-                     f"qop {qop[i]}", fontsize=8, loc="left")
+        ax.set_title(f"{title}: TARGETID {c['TARGETID'][i]}, {band_name}={hmag[i]:.1f}, z={zt[i]:.4f}, "
+                     f"z_pred={z[i]:.4f}, qop {qop[i]}", fontsize=8, loc="left")
         ax.set_ylabel("flux [1e-17]", fontsize=7)
         ax2 = axes[row, 1]
-        if "z_pdf" in c and zbin_centres is not None and len(zbin_centres) == c["z_pdf"].shape[1]:
-            ax2.plot(zbin_centres, c["z_pdf"][i], lw=0.8)
-            ax2.set_xlim(*pdf_zoom(zbin_centres, c["z_pdf"][i], (zt[i], z[i])))
+        if "Z_PDF" in c and zbin_centres is not None and len(zbin_centres) == c["Z_PDF"].shape[1]:
+            ax2.plot(zbin_centres, c["Z_PDF"][i], lw=0.8)
+            ax2.set_xlim(*pdf_zoom(zbin_centres, c["Z_PDF"][i], (zt[i], z[i])))
             ax2.set_ylabel("p per bin", fontsize=7)
         else:
-            ax2.axvspan(c["z_lo95"][i], c["z_hi95"][i], alpha=0.2, label="95%")
-            ax2.axvspan(c["z_lo68"][i], c["z_hi68"][i], alpha=0.3, label="68%")
+            ax2.axvspan(c["Z_LO95"][i], c["Z_HI95"][i], alpha=0.2, label="95%")
+            ax2.axvspan(c["Z_LO68"][i], c["Z_HI68"][i], alpha=0.3, label="68%")
         ax2.axvline(zt[i], color="g", lw=1, label="true")
         ax2.axvline(z[i], color="r", lw=1, ls="--", label="pred")
         ax2.set_xlabel("z", fontsize=7)

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 from .basis import RefineBasis, build_basis
 from .combine import (
+                      NO_FEATURES_DCHI2,
                       chi2_on_bins,
                       combine_pdf,
                       feature_evidence,
@@ -68,7 +69,8 @@ from .kernels import coarse_chi2, fine_chi2
 from .scan import ZScanner, ZScanResult, smooth_length
 from .settings import RefineConfig, ScanConfig
 
-__all__ = ["feature_evidence", "RefineConfig", "ScanConfig", "RefineBasis", "RefineResult", "Refiner", "build_basis",
+__all__ = ["NO_FEATURES_DCHI2",
+           "feature_evidence", "RefineConfig", "ScanConfig", "RefineBasis", "RefineResult", "Refiner", "build_basis",
            "coarse_chi2",
            "fine_chi2", "combine", "parabola_vertex", "ZScanner", "ZScanResult", "smooth_length", "scan_summary",
            "chi2_on_bins", "scan_dispersion", "scan_on_bins", "network_gate", "combine_pdf", "fit_combination"]

@@ -123,6 +123,13 @@ def scan_on_bins(scanner: ZScanner, flux: np.ndarray, ivar: np.ndarray, edges: n
     return res, chi2_on_bins(res.z, res.chi2, edges) / scan_dispersion(res, scanner.n_basis)[:, None], w
 
 
+NO_FEATURES_DCHI2 = 50.0
+"""Below this FEATURE_DCHI2 (:func:`feature_evidence`) a spectrum shows no redshift feature:
+300 pure-noise and featureless power-law spectra on validation spectra's noise give a median
+of 19, a 99th percentile of 36 and a maximum of 43 (benchmarks/feature_evidence.py;
+docs/quality.md). ZWarn.NO_FEATURES, QOP <= 2."""
+
+
 def feature_evidence(scanner: ZScanner, flux: np.ndarray, ivar: np.ndarray, z: np.ndarray,
                      arm_masks: list[np.ndarray], chunk: int = 64) -> np.ndarray:
     """(N,) FEATURE_DCHI2 at z (:func:`~mtopnet.refine.kernels.feature_dchi2`) with the scan's
@@ -305,5 +312,5 @@ def _fit_success(pdf: np.ndarray, dchi2_raw: np.ndarray, edges: np.ndarray, z_tr
                            "n": int(len(pdf)), "gamma": gamma, "success": True}
 
 
-__all__ = ["scan_summary", "chi2_on_bins", "feature_evidence", "scan_dispersion", "scan_on_bins", "network_gate",
-           "combine_pdf", "fit_combination"]
+__all__ = ["NO_FEATURES_DCHI2", "scan_summary", "chi2_on_bins", "feature_evidence", "scan_dispersion", "scan_on_bins",
+           "network_gate", "combine_pdf", "fit_combination"]

@@ -13,7 +13,7 @@ import torch
 from ..constants import C_KMS, SEPARATION_KMS
 from ..quality import pdf_peaks, window_mass
 from .basis import RefineBasis, build_basis
-from .kernels import best_fit_model, coarse_chi2, fine_chi2, outlier_pixels
+from .kernels import best_fit_coeff, best_fit_model, coarse_chi2, fine_chi2, outlier_pixels
 from .settings import RefineConfig
 
 """Trials closer than this to the best fit do not count as the 'next best' solution."""
@@ -48,7 +48,9 @@ class RefineResult:
     peak_z, peak_chi2, peak_mass: (N, P) per-peak refined z, fine chi2, PDF mass (NaN/inf/0
     where absent). n_clipped: pixels given zero weight as outliers of the first fit
     (``RefineConfig.clip_sigma``); outlier_dominated: those pixels held more than
-    ``dominated_fraction`` of the first fit's chi2 (ZWarn.FIT_OUTLIERS).
+    ``dominated_fraction`` of the first fit's chi2 (ZWarn.FIT_OUTLIERS). coeff: (N, K)
+    least-squares coefficients of the basis at z with the final pixel weights (0 where not
+    refined); n_pixels: pixels the final fit used (ivar > 0, not clipped).
     """
 
     z: np.ndarray
@@ -65,6 +67,8 @@ class RefineResult:
     peak_zerr: np.ndarray
     n_clipped: np.ndarray | None = None
     outlier_dominated: np.ndarray | None = None
+    coeff: np.ndarray | None = None
+    n_pixels: np.ndarray | None = None
 
 
 class Refiner:
@@ -284,7 +288,7 @@ class Refiner:
         out.n_clipped = np.zeros(n, np.int64)
         out.outlier_dominated = np.zeros(n, bool)
         if cfg.clip_sigma is None:
-            return out
+            return self._with_coeff(out, flux, ivar)
         fitted = np.isfinite(out.rchi2)
         chi = self.residuals(flux, ivar, out.z, fitted)
         chi2_first = (chi.astype(np.float64) ** 2).sum(axis=1)
@@ -308,6 +312,21 @@ class Refiner:
             chi = np.zeros_like(chi)
             chi[redo] = self.residuals(flux[redo], w[redo], out.z[redo], np.isfinite(out.rchi2[redo]))
         out.outlier_dominated = chi2_clip > cfg.dominated_fraction * chi2_first
+        return self._with_coeff(out, flux, w)
+
+    def _with_coeff(self, out: RefineResult, flux: np.ndarray, ivar: np.ndarray) -> RefineResult:
+        """``out`` with ``coeff`` and ``n_pixels`` of the final fit (``ivar``: its pixel weights)."""
+        basis = self.basis
+        out.n_pixels = (ivar > 0).sum(axis=1).astype(np.int64)
+        out.coeff = np.zeros((len(flux), basis.table.shape[1]))
+        rows = np.flatnonzero((out.refined >= 0) & np.isfinite(out.z))
+        offs = np.clip(np.round(basis.offset(out.z[rows])).astype(np.int64), *basis.offset_range)
+        for start in range(0, len(rows), self.config.chunk_rows):
+            sel = rows[start:start + self.config.chunk_rows]
+            coeff, _ = best_fit_coeff(basis, torch.from_numpy(np.ascontiguousarray(ivar[sel])),
+                                      torch.from_numpy(np.ascontiguousarray(flux[sel])),
+                                      torch.from_numpy(offs[start:start + self.config.chunk_rows]))
+            out.coeff[sel] = coeff.numpy()
         return out
 
     def residuals(self, flux: np.ndarray, ivar: np.ndarray, z: np.ndarray, fitted: np.ndarray) -> np.ndarray:

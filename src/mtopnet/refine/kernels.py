@@ -121,12 +121,13 @@ def fine_chi2(basis: RefineBasis, w: torch.Tensor, wf: torch.Tensor, offsets: to
     return _solve_chi2(a, b, wff[:, None])
 
 
-def best_fit_model(basis: RefineBasis, w: torch.Tensor, f: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """The least-squares model of the full basis at one trial offset per object.
+def best_fit_coeff(basis: RefineBasis, w: torch.Tensor, f: torch.Tensor, offsets: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The least-squares coefficients of the full basis at one trial offset per object.
 
-    w, f: (R, J) float32 ivar and flux; offsets: (R,) int64. Returns (R, J) float32, the
-    weighted least-squares combination of the basis vectors at each offset (same solve as
-    :func:`fine_chi2`: float64, Jacobi-scaled, ridge 1e-9).
+    w, f: (R, J) float32 ivar and flux; offsets: (R,) int64. Returns coeff (R, K) float64
+    (flux units of ``f`` per unit basis vector) and the basis at those offsets (R, J, K)
+    float32 (same solve as :func:`fine_chi2`: float64, Jacobi-scaled, ridge 1e-9).
     """
     t = _windows(_phase_major(basis), basis.oversample, offsets[:, None], w.shape[1])[:, 0]  # (R, J, K)
     tw = t * w[:, :, None]
@@ -138,6 +139,13 @@ def best_fit_model(basis: RefineBasis, w: torch.Tensor, f: torch.Tensor, offsets
     an = a * scale[:, :, None] * scale[:, None, :] + 1e-9 * eye
     coeff = torch.linalg.solve(an + 1e-5 * eye * (torch.linalg.cholesky_ex(an)[1] != 0)[:, None, None],
                                (b * scale)[..., None])[..., 0] * scale
+    return coeff, t
+
+
+def best_fit_model(basis: RefineBasis, w: torch.Tensor, f: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """The least-squares model of the full basis at one trial offset per object: (R, J) float32,
+    the :func:`best_fit_coeff` combination of the basis vectors (w, f, offsets as there)."""
+    coeff, t = best_fit_coeff(basis, w, f, offsets)
     return (t.double() @ coeff[:, :, None])[..., 0].float()
 
 
@@ -254,5 +262,5 @@ def _pixel_table(basis: RefineBasis, k: int) -> torch.Tensor:
     return basis.cache[key]
 
 
-__all__ = ["best_fit_model", "coarse_chi2", "feature_dchi2", "fine_chi2", "outlier_pixels", "smooth_basis",
-           "SMOOTH_DEGREE"]
+__all__ = ["best_fit_coeff", "best_fit_model", "coarse_chi2", "feature_dchi2", "fine_chi2", "outlier_pixels",
+           "smooth_basis", "SMOOTH_DEGREE"]
