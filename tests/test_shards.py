@@ -131,3 +131,16 @@ def test_two_dask_workers_give_the_single_process_catalogue(tiny_model_path, toy
     assert n == 160
     _same(two, one)
     assert two.read_bytes() == one.read_bytes()
+
+
+def test_cli_rerun_says_how_many_shards_it_reused(tiny_model_path, toy_stores, tmp_path, spy, capsys):
+    out = tmp_path / "cat.fits"
+    args = ["predict", str(toy_stores[1]), "--model", str(tiny_model_path), "--out", str(out), "--quiet",
+            "--batch-size", "8", "--shard-size", "16"]
+    spy.fail_at = 3
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == "mtopnet predict: error: stopped"
+    spy.computed, spy.fail_at = [], None
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip() == f"{out}: 120 rows (3 of 8 shards from an earlier run)"
+    assert spy.computed == list(range(3, 8))

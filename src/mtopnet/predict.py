@@ -38,7 +38,17 @@ from .constants import SUCCESS_DZ
 from .instruments import load_instrument
 from .quality import central_intervals, pdf_summary, window_mass
 from .refine import Refiner, ZScanner, combine_pdf, network_gate, scan_on_bins, scan_summary
-from .shards import SHARD_SIZE, Shard, drop_cached, file_digest, plan_shards, run_sharded, seed_cache, worker_cached
+from .shards import (
+    SHARD_SIZE,
+    Shard,
+    ShardRun,
+    drop_cached,
+    file_digest,
+    plan_shards,
+    run_sharded,
+    seed_cache,
+    worker_cached,
+)
 from .store import SpectraBatch, check_writable
 from .trained import DEFAULT_MODEL, TrainedModel, load_model
 
@@ -386,6 +396,20 @@ def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, ou
                   progress: bool = False, format: str | None = None, refine: bool | Refiner = True,
                   workers: int = 1, scheduler: str | None = None, shard_size: int = SHARD_SIZE,
                   threads: int = 1) -> int:
+    """Predict for every spectrum of ``inputs`` into catalogue ``out``; returns the number of rows.
+
+    :func:`predict_sharded` (same arguments), for a caller that needs only the row count.
+    """
+    return predict_sharded(model, inputs, out, batch_size=batch_size, with_pdf=with_pdf, overwrite=overwrite,
+                           progress=progress, format=format, refine=refine, workers=workers, scheduler=scheduler,
+                           shard_size=shard_size, threads=threads).n_rows
+
+
+def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, out: str | Path, *,
+                    batch_size: int = 1024, with_pdf: bool = False, overwrite: bool = False,
+                    progress: bool = False, format: str | None = None, refine: bool | Refiner = True,
+                    workers: int = 1, scheduler: str | None = None, shard_size: int = SHARD_SIZE,
+                    threads: int = 1) -> ShardRun:
     """Predict for every spectrum of ``inputs`` (stores or files mtopnet.io reads) into catalogue ``out``.
 
     Sharded and resumable (:mod:`mtopnet.shards`): the inputs are cut into shards of
@@ -395,7 +419,8 @@ def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, ou
     LocalCluster of that many processes, ``scheduler`` (an address) on a Dask cluster. Every
     shard is computed with ``threads`` torch threads, whatever runs it: float rounding depends
     on the thread count, so with it fixed the catalogue is the same bytes for any ``workers``.
-    Streams: memory stays flat in the number of objects. Returns the number of rows written.
+    Streams: memory stays flat in the number of objects. Returns the run's
+    :class:`~mtopnet.shards.ShardRun` (rows written, shards reused and computed).
     Out-of-domain spectra give one :class:`DomainWarning` at the end, with their number. While
     it runs, a second run on ``out`` is refused. ``refine``: as in :func:`predict_batches`
     (True: template refinement of z, the default).
@@ -438,7 +463,7 @@ def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, ou
         report.n_layouts = max(report.n_layouts, shard_report.n_layouts)
         report.first = report.first or shard_report.first
     report.warn(model)  # once per run, with the count
-    return run.n_rows
+    return run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,13 +539,14 @@ def run_cli(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     model = load_model(args.model, device=args.device)
-    n = predict_store(model, args.inputs, args.out, batch_size=args.batch_size, with_pdf=args.pdf,
-                      overwrite=args.overwrite, progress=not args.quiet, format=args.format,
-                      refine=not args.no_refine, workers=args.workers, scheduler=args.scheduler,
-                      shard_size=args.shard_size, threads=args.threads)
-    print(f"{args.out}: {n} rows")
+    run = predict_sharded(model, args.inputs, args.out, batch_size=args.batch_size, with_pdf=args.pdf,
+                          overwrite=args.overwrite, progress=not args.quiet, format=args.format,
+                          refine=not args.no_refine, workers=args.workers, scheduler=args.scheduler,
+                          shard_size=args.shard_size, threads=args.threads)
+    resumed = f" ({run.n_reused} of {run.n_shards} shards from an earlier run)" if run.n_reused else ""
+    print(f"{args.out}: {run.n_rows} rows{resumed}")
     return 0
 
 
 __all__ = ["TrainedModel", "load_model", "predict_batches", "domain_check", "domain_problem", "expected_domain",
-           "DomainWarning", "DomainReport", "predict_store", "COMMAND", "add_arguments", "run_cli"]
+           "DomainWarning", "DomainReport", "predict_store", "predict_sharded", "COMMAND", "add_arguments", "run_cli"]
