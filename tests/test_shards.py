@@ -25,7 +25,8 @@ def _same(a, b) -> None:
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Shard indices computed by predict_store; ``spy.fail_at`` makes that shard raise (a killed run)."""
+    """Shard indices computed by predict_store; at ``spy.fail_at`` the run is interrupted (Ctrl-C),
+    which, like a kill, leaves the shards done for the next run."""
     real = predict_mod._predict_shard
 
     class Spy:
@@ -35,7 +36,7 @@ def spy(monkeypatch):
         @staticmethod
         def shard(job, shard, info):
             if shard.index == Spy.fail_at:
-                raise UserError("stopped")
+                raise KeyboardInterrupt
             Spy.computed.append(shard.index)
             yield from real(job, shard, info)
 
@@ -74,7 +75,7 @@ def test_resumed_run_redoes_only_the_missing_shards_and_equals_one_run(tiny_mode
     assert not (tmp_path / f"ref{ext}.shards").exists() and not (tmp_path / f"ref{ext}.shards.lock").exists()
     out = tmp_path / f"cat{ext}"
     spy.computed, spy.fail_at = [], 5
-    with pytest.raises(UserError, match="stopped"):
+    with pytest.raises(KeyboardInterrupt):
         predict_store(model, inputs, out, batch_size=8, shard_size=16, with_pdf=True)
     assert not out.exists()
     work = tmp_path / f"cat{ext}.shards"
@@ -92,7 +93,7 @@ def test_changed_options_are_not_taken_for_done_shards(tiny_model_path, toy_stor
     model = load_model(tiny_model_path)
     out = tmp_path / "cat.fits"
     spy.fail_at = 2
-    with pytest.raises(UserError, match="stopped"):
+    with pytest.raises(KeyboardInterrupt):
         predict_store(model, [toy_stores[1]], out, batch_size=8, shard_size=16)
     spy.computed, spy.fail_at = [], None
     predict_store(model, [toy_stores[1]], out, batch_size=8, shard_size=16, refine=False)
@@ -100,6 +101,21 @@ def test_changed_options_are_not_taken_for_done_shards(tiny_model_path, toy_stor
     ref = tmp_path / "ref.fits"
     predict_store(model, [toy_stores[1]], ref, batch_size=8, shard_size=16, refine=False)
     assert out.read_bytes() == ref.read_bytes()
+
+
+def test_a_run_that_ends_in_an_error_leaves_nothing(tiny_model_path, toy_stores, tmp_path, monkeypatch):
+    real = predict_mod._predict_shard
+
+    def failing(job, shard, info):
+        if shard.index == 2:
+            raise UserError("unreadable")
+        yield from real(job, shard, info)
+
+    monkeypatch.setattr(predict_mod, "_predict_shard", failing)
+    with pytest.raises(UserError, match="unreadable"):
+        predict_store(load_model(tiny_model_path), [toy_stores[1]], tmp_path / "cat.fits", batch_size=8,
+                      shard_size=16)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_second_run_on_the_same_output_is_refused(tiny_model_path, toy_stores, tmp_path, capsys):
@@ -138,8 +154,8 @@ def test_cli_rerun_says_how_many_shards_it_reused(tiny_model_path, toy_stores, t
     args = ["predict", str(toy_stores[1]), "--model", str(tiny_model_path), "--out", str(out), "--quiet",
             "--batch-size", "8", "--shard-size", "16"]
     spy.fail_at = 3
-    assert main(args) == 2
-    assert capsys.readouterr().err.strip() == "mtopnet predict: error: stopped"
+    assert main(args) == 130
+    assert capsys.readouterr().err.strip() == "mtopnet predict: interrupted"
     spy.computed, spy.fail_at = [], None
     assert main(args) == 0
     assert capsys.readouterr().out.strip() == f"{out}: 120 rows (3 of 8 shards from an earlier run)"

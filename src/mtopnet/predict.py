@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -44,6 +45,7 @@ from .shards import (
     ShardRun,
     drop_cached,
     file_digest,
+    json_digest,
     plan_shards,
     run_sharded,
     seed_cache,
@@ -65,12 +67,21 @@ class DomainReport:
     """Out-of-domain spectra of one run, collected for one :class:`DomainWarning` at its end.
 
     n_spectra: spectra that got OUT_OF_DOMAIN; n_layouts: distinct arm layouts among them;
-    first: the first such layout's description and problem (None if none).
+    first: the first such layout's description and problem (None if none); layouts: a digest
+    of each layout (to count distinct ones over the shards of a run).
     """
 
     n_spectra: int = 0
     n_layouts: int = 0
     first: str | None = None
+    layouts: list[str] = dataclasses.field(default_factory=list)
+
+    def merge(self, other: "DomainReport") -> None:
+        """Add another part's report (a shard's): layouts met in both count once."""
+        self.n_spectra += other.n_spectra
+        self.layouts += [k for k in other.layouts if k not in self.layouts]
+        self.n_layouts = len(self.layouts)
+        self.first = self.first or other.first
 
     def warn(self, model: TrainedModel) -> None:
         """One DomainWarning for the whole run (nothing if no spectrum was out of the domain)."""
@@ -254,6 +265,7 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
                         f"({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
                 else:
                     domain_report.n_layouts += 1
+                    domain_report.layouts.append(hashlib.sha256(key).hexdigest()[:16])
                     domain_report.first = domain_report.first or what
         out_of_domain = not domain_cache[key]
         if out_of_domain and domain_report is not None:
@@ -437,31 +449,30 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
         if not Path(path).exists() and not any(ch in str(path) for ch in "*?["):
             raise UserError(f"{path}: no such file")
     meta = {"model": Path(model.source).name, "modelver": model.meta.get("mtopnet_version")}
+    shipped_refiner = refine is True  # a worker builds it from the model: not sent with every shard
     if refine is True:
         refine = Refiner.from_model(model)
     if refine is not False and refine is not None:
         meta["refine"] = Path(refine.basis.meta.get("templates", "")).name
     device = str(next(model.network.parameters()).device)
-    settings = {"model": file_digest(model.source), "device": device, "batch_size": batch_size,
-                "with_pdf": with_pdf, "format": format, "threads": threads,
-                "refine": None if not refine else [repr(refine.config), refine.basis.meta]}
+    loaded = {"model": file_digest(model.source), "device": device,  # what a worker loads, by content
+              "refine": None if not refine else [repr(refine.config), refine.basis.meta]}
+    settings = {**loaded, "batch_size": batch_size, "with_pdf": with_pdf, "format": format, "threads": threads}
     shards = plan_shards(list(inputs), format, shard_size, settings)
     kinds = {unit.fmt in _INTEGER_ID_FORMATS for shard in shards for unit in shard.units}
-    job = _ShardJob(model.source, device, batch_size, with_pdf, refine or False, threads, as_text=len(kinds) > 1,
-                    arm_resolution=_store_resolution(list(inputs)), cache_key=f"predict-{os.getpid()}-{id(model)}")
+    job = _ShardJob(model.source, device, batch_size, with_pdf, True if shipped_refiner else (refine or False),
+                    threads, as_text=len(kinds) > 1,
+                    arm_resolution=_store_resolution(list(inputs)), cache_key=f"predict-{json_digest(loaded)}")
     seed_cache(job.cache_key, (model, refine or None))  # in this process: the model given, not a reload
     try:
         run = run_sharded(_predict_shard, job, shards, out, workers=workers, scheduler=scheduler,
                           overwrite=overwrite, progress=progress,
-                          zbin_centres=model.zbins.centres if with_pdf else None, meta=meta)
+                          zbin_centres=model.zbins.centres if with_pdf else None, meta=meta, chunk_rows=batch_size)
     finally:
         drop_cached(job.cache_key)
     report = DomainReport()
-    for info in run.infos:  # layouts: the most of one shard (a layout met in several shards counts once)
-        shard_report = DomainReport(**info.get("domain", {}))
-        report.n_spectra += shard_report.n_spectra
-        report.n_layouts = max(report.n_layouts, shard_report.n_layouts)
-        report.first = report.first or shard_report.first
+    for info in run.infos:
+        report.merge(DomainReport(**info.get("domain", {})))
     report.warn(model)  # once per run, with the count
     return run
 

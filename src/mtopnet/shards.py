@@ -80,6 +80,11 @@ class Shard:
         return read_units(list(self.units), batch_size)
 
 
+class ResumableError(UserError):
+    """A run stopped by something other than its inputs (its Dask workers died): the shards
+    done stay in the work folder, and the same command resumes."""
+
+
 @dataclasses.dataclass
 class ShardRun:
     """What :func:`run_sharded` did: rows written, shards in all, reused from an earlier run,
@@ -116,10 +121,13 @@ def _identity(unit: Any) -> list:
     return [unit.fmt, files, list(unit.rows) if unit.rows is not None else None]
 
 
+def json_digest(value: Any) -> str:
+    """SHA-256 (hex) of a JSON-able value (keys sorted; other objects by their ``str``)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _fingerprint(settings: Mapping[str, Any], units: list) -> str:
-    text = json.dumps({"mtopnet": __version__, "settings": settings, "inputs": [_identity(u) for u in units]},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return json_digest({"mtopnet": __version__, "settings": settings, "inputs": [_identity(u) for u in units]})
 
 
 def plan_shards(inputs: list[str | Path], format: str | None, shard_size: int,
@@ -158,11 +166,20 @@ def plan_shards(inputs: list[str | Path], format: str | None, shard_size: int,
 # ----------------------------------------------------------------------------- one shard
 
 _CACHE: dict[Any, Any] = {}
+_CACHE_SIZE = 2
+"""Entries a process keeps (a long-lived Dask worker serving runs of several models)."""
 
 
 def worker_cached(key: Any, load: Callable[[], Any]) -> Any:
-    """``load()``'s result, computed once per process for ``key`` (a model per Dask worker)."""
+    """``load()``'s result, computed once per process for ``key`` (a model per Dask worker).
+
+    ``key`` must name what ``load`` loads (e.g. the model file's digest): a worker of a
+    cluster that outlives the run keeps its entries for the next run. The oldest entry goes
+    when more than :data:`_CACHE_SIZE` are held.
+    """
     if key not in _CACHE:
+        while len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = load()
     return _CACHE[key]
 
@@ -271,7 +288,7 @@ def _dask_client(scheduler: str | None, workers: int) -> tuple[Any, Any]:
 
 def _run_on_dask(compute: ComputeFn, job: Any, todo: list[Shard], workdir: Path, done: Callable,
                  scheduler: str | None, workers: int) -> None:
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
     client, cluster = _dask_client(scheduler, workers)
     futures = []
     try:
@@ -282,7 +299,12 @@ def _run_on_dask(compute: ComputeFn, job: Any, todo: list[Shard], workdir: Path,
             futures.append(fut)
             by_key[fut.key] = shard
         for fut in as_completed(futures):
-            done(by_key[fut.key], fut.result())  # a task's exception (UserError included) is raised here
+            try:
+                record = fut.result()  # a task's exception (UserError included) is raised here
+            except KilledWorker:
+                raise ResumableError(f"{by_key[fut.key].name}: the workers computing it died (out of memory?); "
+                                f"see the workers' logs; the same command resumes") from None
+            done(by_key[fut.key], record)
     finally:
         with contextlib.suppress(Exception):
             client.cancel(futures)
@@ -298,16 +320,22 @@ def _run_on_dask(compute: ComputeFn, job: Any, todo: list[Shard], workdir: Path,
 
 def run_sharded(compute: ComputeFn, job: Any, shards: list[Shard], out: str | Path, *, workers: int = 1,
                 scheduler: str | None = None, overwrite: bool = False, progress: bool = False,
-                zbin_centres: np.ndarray | None = None, meta: dict | None = None) -> ShardRun:
+                zbin_centres: np.ndarray | None = None, meta: dict | None = None,
+                chunk_rows: int | None = None) -> ShardRun:
     """Compute the shards not done yet, then assemble catalogue ``out`` from all of them.
 
     compute, job: see :data:`ComputeFn` (both picklable by reference for Dask); shards: from
     :func:`plan_shards`; workers: 1 runs in this process, more start a LocalCluster of that
     many single-threaded processes; scheduler: a Dask scheduler address (``workers`` is then
-    ignored); zbin_centres, meta: as :class:`~mtopnet.catalogue.CatalogueWriter`'s.
+    ignored); zbin_centres, meta: as :class:`~mtopnet.catalogue.CatalogueWriter`'s;
+    chunk_rows: rows per write when assembling (None: a shard per write).
     Warnings of the shards (those computed now and those reused) are repeated once each.
+
     UserError: ``out`` exists without ``overwrite``, another run writes ``out``, a shard's
-    input is unreadable, a write failed; the shards done so far stay for the next run.
+    input is unreadable, a write failed. A run that ends in an error removes its work folder
+    (nothing is left but what was there before); only a run that is killed, interrupted
+    (Ctrl-C) or loses its Dask workers (:class:`ResumableError`) leaves the shards done for
+    the next run.
     """
     out = Path(out)
     catalogue_format(out)
@@ -315,6 +343,7 @@ def run_sharded(compute: ComputeFn, job: Any, shards: list[Shard], out: str | Pa
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise UserError(f"--workers: must be >= 1, got {workers!r}")
     workdir = out.with_name(out.name + ".shards")
+    OutputLock(out).acquire().release()  # another writer of ``out`` itself: refused before any work
     with OutputLock(workdir):
         try:
             workdir.mkdir(exist_ok=True)
@@ -346,17 +375,24 @@ def run_sharded(compute: ComputeFn, job: Any, shards: list[Shard], out: str | Pa
                 _run_in_process(compute, job, todo, workdir, done)
             else:
                 _run_on_dask(compute, job, todo, workdir, done, scheduler, workers)
+            bar.close()
+            n_rows = _assemble(workdir, shards, records, out, overwrite, zbin_centres, meta, chunk_rows)
+        except (KeyboardInterrupt, ResumableError):
+            raise
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         finally:
             bar.close()
-        n_rows = _assemble(workdir, shards, records, out, overwrite, zbin_centres, meta)
         shutil.rmtree(workdir, ignore_errors=True)
     _repeat_warnings(records[s.index] for s in shards)
     return ShardRun(n_rows, len(shards), n_reused, len(todo), [records[s.index].get("info", {}) for s in shards])
 
 
 def _assemble(workdir: Path, shards: list[Shard], records: dict[int, dict], out: Path, overwrite: bool,
-              zbin_centres: np.ndarray | None, meta: dict | None) -> int:
-    """Write ``out`` from the shards' rows in input order (one shard in memory at a time)."""
+              zbin_centres: np.ndarray | None, meta: dict | None, chunk_rows: int | None) -> int:
+    """Write ``out`` from the shards' rows in input order (one shard in memory at a time),
+    ``chunk_rows`` rows per write (None: a shard per write)."""
     with CatalogueWriter(out, zbin_centres, meta, overwrite=overwrite) as writer:
         for shard in shards:
             if not records[shard.index]["rows"]:
@@ -365,7 +401,9 @@ def _assemble(workdir: Path, shards: list[Shard], records: dict[int, dict], out:
             if len(rows["id"]) != records[shard.index]["rows"]:
                 raise UserError(f"{_rows_path(workdir, shard)}: holds {len(rows['id'])} rows, its record "
                                 f"{records[shard.index]['rows']}; remove {workdir} and run again")
-            writer.write(rows)
+            step = chunk_rows or len(rows["id"])
+            for start in range(0, len(rows["id"]), step):
+                writer.write({k: v[start:start + step] for k, v in rows.items()})
     return writer.n_rows
 
 
@@ -382,5 +420,5 @@ def _repeat_warnings(records) -> None:
         warnings.warn(messages[0] + more, _warning_category(category), stacklevel=3)
 
 
-__all__ = ["SHARD_SIZE", "Shard", "ShardRun", "ComputeFn", "plan_shards", "run_shard", "run_sharded",
-           "file_digest", "worker_cached", "seed_cache", "drop_cached"]
+__all__ = ["SHARD_SIZE", "Shard", "ShardRun", "ResumableError", "ComputeFn", "plan_shards", "run_shard", "run_sharded",
+           "file_digest", "json_digest", "worker_cached", "seed_cache", "drop_cached"]
