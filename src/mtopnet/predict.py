@@ -5,12 +5,18 @@ Library use::
     model = load_model("moons-lr")                  # shipped name, or a path to a .pt
     for rows in predict_batches(model, batches):    # any iterable of SpectraBatch
         ...                                         # dict column -> (n,) array per batch
-    predict_store(model, ["a.h5"], "cat.fits")      # files -> catalogue, streaming
+    predict_store(model, ["a.h5"], "cat.fits")      # files -> catalogue, sharded, resumable
+    predict_store(model, ["a.h5"], "cat.fits", workers=8)            # on a Dask LocalCluster
 
 One catalogue row per input spectrum, in input order; the columns, the ZWarn bits and the
 file formats are :mod:`mtopnet.catalogue`'s. The model comes from :mod:`mtopnet.trained`,
 the PDF statistics from :mod:`mtopnet.quality`, the template refinement of z (the default;
-``--no-refine`` skips it) from :mod:`mtopnet.refine`.
+``--no-refine`` skips it) from :mod:`mtopnet.refine`; shards, resuming and Dask from
+:mod:`mtopnet.shards`, which this module gives its per-shard computation.
+
+Over 500 lines: the rows of a batch, the domain checks that flag them and the computation of
+one shard (with the job every worker gets) are inference's one workflow; the generic parts
+(shards, fingerprints, executors, assembly) live in :mod:`mtopnet.shards`.
 """
 from __future__ import annotations
 
