@@ -281,8 +281,8 @@ def _dask_client(scheduler: str | None, workers: int) -> tuple[Any, Any]:
         except (OSError, TimeoutError, ValueError) as exc:
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise UserError(f"--scheduler {scheduler}: cannot connect ({reason})") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=logging.ERROR)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           silence_logs=logging.ERROR)  # ":0": any free port, never a clash with another run
     return Client(cluster), cluster
 
 
@@ -303,7 +303,7 @@ def _run_on_dask(compute: ComputeFn, job: Any, todo: list[Shard], workdir: Path,
                 record = fut.result()  # a task's exception (UserError included) is raised here
             except KilledWorker:
                 raise ResumableError(f"{by_key[fut.key].name}: the workers computing it died (out of memory?); "
-                                f"see the workers' logs; the same command resumes") from None
+                                     f"see the workers' logs; the same command resumes") from None
             done(by_key[fut.key], record)
     finally:
         with contextlib.suppress(Exception):
@@ -361,7 +361,7 @@ def run_sharded(compute: ComputeFn, job: Any, shards: list[Shard], out: str | Pa
                 records[shard.index] = record
         n_reused = len(records)
         from tqdm import tqdm
-        bar = tqdm(total=len(shards), initial=n_reused, unit="shard", desc=f"predict {out.name}",
+        bar = tqdm(total=len(shards), initial=n_reused, unit="shard", desc=out.name,
                    disable=not progress, file=sys.stderr)
 
         def done(shard: Shard, record: dict) -> None:
