@@ -160,3 +160,14 @@ def test_cli_rerun_says_how_many_shards_it_reused(tiny_model_path, toy_stores, t
     assert main(args) == 0
     assert capsys.readouterr().out.strip() == f"{out}: 120 rows (3 of 8 shards from an earlier run)"
     assert spy.computed == list(range(3, 8))
+
+
+def test_scheduler_address_runs_the_shards_on_that_cluster(tiny_model_path, toy_stores, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    model = load_model(tiny_model_path)
+    one, via = tmp_path / "one.parquet", tmp_path / "via.parquet"
+    predict_store(model, [toy_stores[2]], one, batch_size=8, shard_size=16)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        assert predict_store(model, [toy_stores[2]], via, batch_size=8, shard_size=16,
+                             scheduler=cluster.scheduler_address) == 40
+    _same(via, one)
