@@ -398,11 +398,12 @@ def _assemble(workdir: Path, shards: list[Shard], records: dict[int, dict], out:
             if not records[shard.index]["rows"]:
                 continue
             rows = read_catalogue(_rows_path(workdir, shard))
-            if len(rows["id"]) != records[shard.index]["rows"]:
-                raise UserError(f"{_rows_path(workdir, shard)}: holds {len(rows['id'])} rows, its record "
+            n = len(next(iter(rows.values())))  # whatever the id column's name
+            if n != records[shard.index]["rows"]:
+                raise UserError(f"{_rows_path(workdir, shard)}: holds {n} rows, its record "
                                 f"{records[shard.index]['rows']}; remove {workdir} and run again")
-            step = chunk_rows or len(rows["id"])
-            for start in range(0, len(rows["id"]), step):
+            step = chunk_rows or n
+            for start in range(0, n, step):
                 writer.write({k: v[start:start + step] for k, v in rows.items()})
     return writer.n_rows
 
