@@ -2,20 +2,29 @@
 
 For each command: one uninterrupted run (the reference, timed), then ``--kills`` times: start
 the command, SIGKILL it at a uniformly random moment within the reference's duration, re-run
-it to completion (simulate: the same command, which resumes; predict: the same command with
---overwrite; train: --resume when the killed run left last.pt), and compare the output with the
-reference's (simulate: every array of the store; predict: every catalogue column; train: the
-final model's weights). Also checks that no partial catalogue (``*.tmp``) is left by predict.
+it to completion (simulate and predict: the same command, which resumes; train: --resume when
+the killed run left last.pt), and compare the output with the reference's (simulate: every
+array of the store; predict: the catalogue's bytes, FITS; train: the final model's weights).
+Also checks that no partial catalogue (``*.tmp``) is left by predict.
+
+Predict runs in shards (``--shard-size`` rows, ``--workers`` processes; mtopnet.shards). After
+each kill the benchmark reads the work folder ``OUT.shards/``: the shards done (their record
+written) and those in flight (started: their lock or temporary file is there, no record); the
+re-run says how many shards it reused. A shard done before the kill must be reused, so the
+re-run redoes only the shards in flight (at most ``--workers``).
 
 Prints a table: command, kills, re-runs completed, outputs equal to the reference, leftovers
-(temporary files left after the re-run; for predict also a partial catalogue under the final name).
+(temporary files left after the re-run; for predict also a partial catalogue under the final
+name); for predict also, per kill, the shards done, in flight, reused and computed again.
 
     python benchmarks/sigkill.py [--n 1000] [--kills 10] [--epochs 2] [--workdir DIR]
+    python benchmarks/sigkill.py --only predict --store A.h5 A.h5 --shard-size 2048 --kills 5
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -58,6 +67,21 @@ def _same_store(a: Path, b: Path) -> bool:
             np.array_equal(np.asarray(fa[n]), np.asarray(fb[n]), equal_nan=fa[n].dtype.kind == "f") for n in names)
 
 
+def _run_output(cmd: list[str]) -> tuple[int, str]:
+    """Run ``cmd`` to completion: (return code, stdout)."""
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=False)
+    return proc.returncode, proc.stdout
+
+
+def _shard_state(work: Path) -> tuple[int, int]:
+    """(shards done, shards in flight) in a predict work folder ``OUT.shards/``."""
+    if not work.is_dir():
+        return 0, 0
+    done = {p.name.split(".")[0] for p in work.glob("shard_*.json")}
+    started = {p.name.split(".")[0] for p in work.glob("shard_*.parquet.*")}  # lock or temporary file
+    return len(done), len(started - done)
+
+
 def _same_catalogue(a: Path, b: Path) -> bool:
     from mtopnet.catalogue import read_catalogue
     ca, cb = read_catalogue(a), read_catalogue(b)
@@ -80,6 +104,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--workdir", default=None, help="folder for the runs (default: a temporary one, removed)")
     ap.add_argument("--only", nargs="+", default=("simulate", "predict", "train"))
+    ap.add_argument("--store", nargs="+", default=None,
+                    help="predict these stores instead of the simulated one (e.g. one store twice)")
+    ap.add_argument("--shard-size", type=int, default=256, help="predict: rows per shard (default 256)")
+    ap.add_argument("--workers", type=int, default=1, help="predict: processes (default 1)")
+    ap.add_argument("--no-refine", action="store_true", help="predict: the network's z alone (faster)")
     args = ap.parse_args()
     from conftest import tiny_train_config
     from mtopnet.train import _DERIVED_MODEL_FIELDS
@@ -89,8 +118,10 @@ def main() -> None:
     store = work / "ref.h5"
     sim = ["simulate", "--n", str(args.n), "--seed", str(args.seed), "--quiet"]
     rows = []
-    code, t_sim = _run(_mtopnet(*sim, "--out", str(store)))
-    assert code == 0, "the reference simulate failed"
+    t_sim = 0.0
+    if args.store is None or {"simulate", "train"} & set(args.only):
+        code, t_sim = _run(_mtopnet(*sim, "--out", str(store)))
+        assert code == 0, "the reference simulate failed"
 
     if "simulate" in args.only:
         done = equal = left = 0
@@ -107,22 +138,44 @@ def main() -> None:
         print("done:", *rows[-1], flush=True)
 
     if "predict" in args.only:
+        from mtopnet.provenance import without_date
+        inputs = args.store or [str(store)]
+        opts = ["--quiet", "--shard-size", str(args.shard_size), "--workers", str(args.workers)]
+        opts += ["--no-refine"] if args.no_refine else []
         ref = work / "ref.fits"
-        code, t_pred = _run(_mtopnet("predict", str(store), "--out", str(ref), "--quiet"))
+        code, t_pred = _run(_mtopnet("predict", *inputs, "--out", str(ref), *opts))
         assert code == 0, "the reference predict failed"
-        done = equal = left = 0
+        done = equal = left = redone_done = max_flight = 0
+        print(f"{'kill':>4s} {'at s':>6s} {'shards done':>11s} {'in flight':>9s} {'reused':>6s} {'computed':>8s} "
+              f"{'equal':>5s}", flush=True)
         for k in range(args.kills):
             out = work / f"cat{k}.fits"
-            _run(_mtopnet("predict", str(store), "--out", str(out), "--quiet"), kill_after=rng.uniform(0, t_pred))
+            at = rng.uniform(0, t_pred)
+            _run(_mtopnet("predict", *inputs, "--out", str(out), *opts), kill_after=at)
             left += out.exists() and not _same_catalogue(out, ref)  # a partial catalogue under the final name
-            code = _run(_mtopnet("predict", str(store), "--out", str(out), "--quiet", "--overwrite"))[0]
+            n_done, n_flight = _shard_state(work / f"cat{k}.fits.shards")
+            if out.exists():  # killed after the catalogue was complete: nothing to resume
+                code, said = 0, ""
+            else:
+                code, said = _run_output(_mtopnet("predict", *inputs, "--out", str(out), *opts))
+            found = re.search(r"\((\d+) of (\d+) shards from an earlier run\)", said)
+            reused, n_shards = (int(found.group(1)), int(found.group(2))) if found else (0, None)
+            same = out.exists() and without_date(out.read_bytes()) == without_date(ref.read_bytes())
+            computed = (n_shards - reused) if n_shards is not None else ("-" if not said else "all")
+            print(f"{k:4d} {at:6.1f} {n_done:11d} {n_flight:9d} {reused:6d} {computed!s:>8s} {same!s:>5s}",
+                  flush=True)
+            redone_done += bool(said) and reused != n_done  # a shard done before the kill computed again
+            max_flight = max(max_flight, n_flight)
             done += code == 0
-            equal += out.exists() and _same_catalogue(out, ref)
+            equal += same
             left += any(p.name != out.name for p in work.glob(f"cat{k}.fits*"))  # after: the catalogue alone (no
-            # temporary file, no lock file)
+            # temporary file, no lock file, no work folder)
             out.unlink(missing_ok=True)
         rows.append(("predict", args.kills, done, equal, left))
         print("done:", *rows[-1], flush=True)
+        print(f"predict: {len(inputs)} input(s), shards of {args.shard_size} rows, {args.workers} worker(s); "
+              f"re-runs that computed a shard done before the kill again: {redone_done}; most shards in flight "
+              f"at a kill: {max_flight}", flush=True)
 
     if "train" in args.only:
         config = work / "tiny.yaml"

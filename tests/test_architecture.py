@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 4: a trained model
     ("mtopnet.trained",),
     # 5: workflows
-    ("mtopnet.predict", "mtopnet.domain", "mtopnet.train", "mtopnet.baselines", "mtopnet.testing"),
+    ("mtopnet.shards", "mtopnet.predict", "mtopnet.domain", "mtopnet.train", "mtopnet.baselines", "mtopnet.testing"),
     # 6: workflows on workflows
     ("mtopnet.evaluate", "mtopnet.inspect", "mtopnet.calibrate"),
     # 7: entry points

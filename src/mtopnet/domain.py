@@ -28,12 +28,21 @@ class DomainReport:
     """Out-of-domain spectra of one run, collected for one :class:`DomainWarning` at its end.
 
     n_spectra: spectra that got OUT_OF_DOMAIN; n_layouts: distinct arm layouts among them;
-    first: the first such layout's description and problem (None if none).
+    first: the first such layout's description and problem (None if none); layouts: a digest
+    of each layout (to count distinct ones over the shards of a run).
     """
 
     n_spectra: int = 0
     n_layouts: int = 0
     first: str | None = None
+    layouts: list[str] = dataclasses.field(default_factory=list)
+
+    def merge(self, other: "DomainReport") -> None:
+        """Add another part's report (a shard's): layouts met in both count once."""
+        self.n_spectra += other.n_spectra
+        self.layouts += [k for k in other.layouts if k not in self.layouts]
+        self.n_layouts = len(self.layouts)
+        self.first = self.first or other.first
 
     def warn(self, model: TrainedModel) -> None:
         """One DomainWarning for the whole run (nothing if no spectrum was out of the domain)."""

@@ -5,19 +5,26 @@ Library use::
     model = load_model("moons-lr")                  # shipped name, or a path to a .pt
     for rows in predict_batches(model, batches):    # any iterable of SpectraBatch
         ...                                         # dict column -> (n,) array per batch
-    predict_store(model, ["a.h5"], "cat.fits")      # files -> catalogue, streaming
+    predict_store(model, ["a.h5"], "cat.fits")      # files -> catalogue, sharded, resumable
+    predict_store(model, ["a.h5"], "cat.fits", workers=8)            # on a Dask LocalCluster
 
 One catalogue row per input spectrum, in input order; the columns and the ZWARN bits are
 :mod:`mtopnet.columns`' (docs/catalogue.md), the file formats :mod:`mtopnet.catalogue`'s.
 The model comes from :mod:`mtopnet.trained`, the PDF statistics from :mod:`mtopnet.quality`,
-the template refinement of z (the default; ``--no-refine`` skips it) from :mod:`mtopnet.refine`.
+the template refinement of z (the default; ``--no-refine`` skips it) from :mod:`mtopnet.refine`;
+shards, resuming and Dask from :mod:`mtopnet.shards`, which this module gives its per-shard
+computation; the domain check from :mod:`mtopnet.domain`.
+
+Over 500 lines: the rows of a batch and the computation of one shard (with the job every
+worker gets) are inference's one workflow; the generic parts (shards, fingerprints,
+executors, assembly) live in :mod:`mtopnet.shards`.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import os
-import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,14 +32,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .catalogue import (
     CATALOGUE_DTYPES,
     MIN_VALID_FRACTION,
     REFINE_DTYPES,
     SCAN_DTYPES,
-    CatalogueWriter,
     catalogue_format,
 )
 from .columns import SMALL_DELTA_CHI2_LIMIT, ZInfo, ZWarn, capped_qop
@@ -40,7 +45,7 @@ from .config import ConfigError, UserError
 from .constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
 from .domain import DomainReport, DomainWarning, describe_arms, domain_check, domain_problem, expected_domain
 from .instruments import load_instrument
-from .io import input_fibermap, plan_inputs, read_spectra
+from .io import input_fibermap
 from .priors import prior_columns, write_priors
 from .provenance import catalogue_provenance
 from .quality import central_intervals, pdf_summary, window_mass
@@ -53,6 +58,18 @@ from .refine import (
     network_gate,
     scan_on_bins,
     scan_summary,
+)
+from .shards import (
+    SHARD_SIZE,
+    Shard,
+    ShardRun,
+    drop_cached,
+    file_digest,
+    json_digest,
+    plan_shards,
+    run_sharded,
+    seed_cache,
+    worker_cached,
 )
 from .store import SpectraBatch, check_writable
 from .trained import DEFAULT_MODEL, TrainedModel, load_model
@@ -176,6 +193,7 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
                         f"({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
                 else:
                     domain_report.n_layouts += 1
+                    domain_report.layouts.append(hashlib.sha256(key).hexdigest()[:16])
                     domain_report.first = domain_report.first or what
         out_of_domain = not domain_cache[key]
         if out_of_domain and domain_report is not None:
@@ -341,18 +359,6 @@ _INTEGER_ID_FORMATS = ("desi", "hdf5")
 """Input formats whose ids are integers (DESI TARGETID, store ids); the others' are text."""
 
 
-def _input_batches(inputs: list[str | Path], batch_size: int, format: str | None) -> Iterator[SpectraBatch]:
-    paths = [str(p) for p in inputs]
-    with warnings.catch_warnings():  # read_spectra repeats any warning of the plan
-        warnings.simplefilter("ignore")
-        kinds = {unit.fmt in _INTEGER_ID_FORMATS for unit in plan_inputs(paths, format)}
-    as_text = len(kinds) > 1  # integer and text ids mixed (DESI + SDSS): one text id column
-    for batch in read_spectra(paths, format=format, batch_size=batch_size):
-        if as_text:
-            batch = dataclasses.replace(batch, ids=np.asarray(batch.ids).astype(str))
-        yield batch
-
-
 def _store_resolution(inputs: list[str | Path]) -> dict[str, float] | None:
     """Arm resolutions of the instrument named in the first HDF5 store among ``inputs``."""
     for path in inputs:
@@ -372,15 +378,38 @@ def _store_resolution(inputs: list[str | Path]) -> dict[str, float] | None:
 def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, out: str | Path, *,
                   batch_size: int = 1024, with_pdf: bool = False, overwrite: bool = False,
                   progress: bool = False, format: str | None = None, refine: bool | Refiner = True,
-                  priors_out: str | Path | None = None) -> int:
+                  priors_out: str | Path | None = None, workers: int = 1, scheduler: str | None = None,
+                  shard_size: int = SHARD_SIZE, threads: int = 1) -> int:
+    """Predict for every spectrum of ``inputs`` into catalogue ``out``; returns the number of rows.
+
+    :func:`predict_sharded` (same arguments), for a caller that needs only the row count.
+    """
+    return predict_sharded(model, inputs, out, batch_size=batch_size, with_pdf=with_pdf, overwrite=overwrite,
+                           progress=progress, format=format, refine=refine, priors_out=priors_out, workers=workers,
+                           scheduler=scheduler, shard_size=shard_size, threads=threads).n_rows
+
+
+def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, out: str | Path, *,
+                    batch_size: int = 1024, with_pdf: bool = False, overwrite: bool = False,
+                    progress: bool = False, format: str | None = None, refine: bool | Refiner = True,
+                    priors_out: str | Path | None = None, workers: int = 1, scheduler: str | None = None,
+                    shard_size: int = SHARD_SIZE, threads: int = 1) -> ShardRun:
     """Predict for every spectrum of ``inputs`` (stores or files mtopnet.io reads) into catalogue ``out``.
 
-    Streams: memory stays flat in the number of objects. Returns the number of rows written.
+    Sharded and resumable (:mod:`mtopnet.shards`): the inputs are cut into shards of
+    ``shard_size`` store rows or files, each written to ``OUT.shards/`` when done; a re-run
+    with the same model, inputs and options skips the shards done, and the catalogue is
+    assembled from the shards in input order. ``workers`` > 1 runs the shards on a Dask
+    LocalCluster of that many processes, ``scheduler`` (an address) on a Dask cluster. Every
+    shard is computed with ``threads`` torch threads, whatever runs it: float rounding depends
+    on the thread count, so with it fixed the catalogue is the same bytes for any ``workers``.
+    Streams: memory stays flat in the number of objects. Returns the run's
+    :class:`~mtopnet.shards.ShardRun` (rows written, shards reused and computed).
     Out-of-domain spectra give one :class:`DomainWarning` at the end, with their number. While
-    it runs, a second writer of ``out`` is refused (:class:`mtopnet.catalogue.CatalogueWriter`).
-    ``refine``: as in :func:`predict_batches` (True: template refinement of z, the default).
-    ``priors_out``: also a Redrock priors file there (:mod:`mtopnet.priors`; integer ids only).
-    FITS catalogues of DESI files get their FIBERMAP rows as HDU FIBERMAP (:func:`mtopnet.io.input_fibermap`).
+    it runs, a second run on ``out`` is refused. ``refine``: as in :func:`predict_batches`
+    (True: template refinement of z, the default). ``priors_out``: also a Redrock priors file
+    there (:mod:`mtopnet.priors`; integer ids only). FITS catalogues of DESI files get their
+    FIBERMAP rows as HDU FIBERMAP (:func:`mtopnet.io.input_fibermap`).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -390,31 +419,82 @@ def predict_store(model: TrainedModel, inputs: list[str | Path] | str | Path, ou
         check_writable(priors_out, overwrite)
     if batch_size < 1:
         raise UserError(f"batch size: must be >= 1, got {batch_size}")
+    if threads < 1:
+        raise UserError(f"threads: must be >= 1, got {threads}")
     for path in inputs:
         if not Path(path).exists() and not any(ch in str(path) for ch in "*?["):
             raise UserError(f"{path}: no such file")
+    shipped_refiner = refine is True  # a worker builds it from the model: not sent with every shard
     if refine is True:
         refine = Refiner.from_model(model)
     meta = catalogue_provenance(model, list(inputs), refine if refine is not False and refine is not None else None)
-    report = DomainReport()
-    rows = predict_batches(model, _input_batches(list(inputs), batch_size, format), with_pdf=with_pdf,
-                           batch_size=batch_size, arm_resolution=_store_resolution(list(inputs)), refine=refine,
-                           domain_report=report)
-    bar = tqdm(desc="predict", unit="spec", disable=not progress, file=sys.stderr)
-    priors: list[dict[str, np.ndarray]] = []
+    device = str(next(model.network.parameters()).device)
+    loaded = {"model": file_digest(model.source), "device": device,  # what a worker loads, by content
+              "refine": None if not refine else [repr(refine.config), refine.basis.meta]}
+    settings = {**loaded, "batch_size": batch_size, "with_pdf": with_pdf, "format": format, "threads": threads}
+    shards = plan_shards(list(inputs), format, shard_size, settings)
+    kinds = {unit.fmt in _INTEGER_ID_FORMATS for shard in shards for unit in shard.units}
+    job = _ShardJob(model.source, device, batch_size, with_pdf, True if shipped_refiner else (refine or False),
+                    threads, as_text=len(kinds) > 1,
+                    arm_resolution=_store_resolution(list(inputs)), cache_key=f"predict-{json_digest(loaded)}")
     fibermap = input_fibermap([str(p) for p in inputs], format) if catalogue_format(out) == "fits" else None
-    with CatalogueWriter(out, model.zbins.centres if with_pdf else None, meta, overwrite=overwrite,
-                         fibermap=fibermap) as writer:
-        for chunk in rows:
-            if priors_out is not None:
-                priors.append(prior_columns(chunk))
-            writer.write(chunk)
-            bar.update(len(chunk["TARGETID"]))
-    bar.close()
+    priors: list[dict[str, np.ndarray]] = []
+    seed_cache(job.cache_key, (model, refine or None))  # in this process: the model given, not a reload
+    try:
+        run = run_sharded(_predict_shard, job, shards, out, workers=workers, scheduler=scheduler,
+                          overwrite=overwrite, progress=progress,
+                          zbin_centres=model.zbins.centres if with_pdf else None, meta=meta, chunk_rows=batch_size,
+                          fibermap=fibermap,
+                          on_rows=(lambda rows: priors.append(prior_columns(rows))) if priors_out is not None
+                          else None)
+    finally:
+        drop_cached(job.cache_key)
     if priors_out is not None:
         write_priors(priors_out, priors)
+    report = DomainReport()
+    for info in run.infos:
+        report.merge(DomainReport(**info.get("domain", {})))
     report.warn(model)  # once per run, with the count
-    return writer.n_rows
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardJob:
+    """What every shard of one predict run shares (pickled to Dask workers): the model (path as
+    :func:`load_model` takes it) and device, the options, the id type, the arms' resolution."""
+
+    model: str
+    device: str
+    batch_size: int
+    with_pdf: bool
+    refine: bool | Refiner
+    threads: int
+    as_text: bool
+    arm_resolution: dict[str, float] | None
+    cache_key: str
+
+
+def _load_for_job(job: _ShardJob) -> tuple[TrainedModel, Refiner | None]:
+    model = load_model(job.model, device=job.device)
+    refiner = Refiner.from_model(model) if job.refine is True else (job.refine or None)
+    return model, refiner
+
+
+def _predict_shard(job: _ShardJob, shard: Shard, info: dict) -> Iterator[dict[str, np.ndarray]]:
+    """Catalogue rows of one shard (:data:`mtopnet.shards.ComputeFn`); its DomainReport goes to ``info``."""
+    model, refiner = worker_cached(job.cache_key, lambda: _load_for_job(job))  # once per worker process
+    batches = shard.batches(job.batch_size)
+    if job.as_text:  # integer and text ids mixed (DESI + SDSS): one text id column
+        batches = (dataclasses.replace(b, ids=np.asarray(b.ids).astype(str)) for b in batches)
+    report = DomainReport()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(job.threads)
+    try:
+        yield from predict_batches(model, batches, with_pdf=job.with_pdf, batch_size=job.batch_size,
+                                   arm_resolution=job.arm_resolution, refine=refiner or False, domain_report=report)
+    finally:
+        torch.set_num_threads(threads)
+    info["domain"] = dataclasses.asdict(report)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -431,6 +511,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-refine", action="store_true",
                    help="report the network's z alone (no template refinement, see docs/refine.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes: 1 (default) runs in this process, N > 1 on a Dask LocalCluster (docs/scale.md)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the shards on the Dask cluster of this scheduler (e.g. tcp://host:8786)")
+    p.add_argument("--shard-size", type=int, default=SHARD_SIZE,
+                   help=f"store rows, or files, per shard (default {SHARD_SIZE}); a re-run skips the shards done")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process (default 1; use --workers for more cores)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the network runs: cpu (default) or cuda (error without a GPU); "
                         "preprocessing and refinement run on the CPU")
@@ -441,13 +529,19 @@ def run_cli(args: argparse.Namespace) -> int:
     check_writable(args.out, args.overwrite)
     if args.batch_size < 1:
         raise UserError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    for name in ("workers", "shard_size", "threads"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     model = load_model(args.model, device=args.device)
-    n = predict_store(model, args.inputs, args.out, batch_size=args.batch_size, with_pdf=args.pdf,
-                      overwrite=args.overwrite, progress=not args.quiet, format=args.format,
-                      refine=not args.no_refine, priors_out=args.priors_out)
-    print(f"{args.out}: {n} rows" + (f"; Redrock priors in {args.priors_out}" if args.priors_out else ""))
+    run = predict_sharded(model, args.inputs, args.out, batch_size=args.batch_size, with_pdf=args.pdf,
+                          overwrite=args.overwrite, progress=not args.quiet, format=args.format,
+                          refine=not args.no_refine, priors_out=args.priors_out, workers=args.workers,
+                          scheduler=args.scheduler, shard_size=args.shard_size, threads=args.threads)
+    resumed = f" ({run.n_reused} of {run.n_shards} shards from an earlier run)" if run.n_reused else ""
+    print(f"{args.out}: {run.n_rows} rows{resumed}" + (f"; Redrock priors in {args.priors_out}" if args.priors_out
+                                                        else ""))
     return 0
 
 
 __all__ = ["TrainedModel", "load_model", "predict_batches", "domain_check", "domain_problem", "expected_domain",
-           "DomainWarning", "DomainReport", "predict_store", "COMMAND", "add_arguments", "run_cli"]
+           "DomainWarning", "DomainReport", "predict_store", "predict_sharded", "COMMAND", "add_arguments", "run_cli"]

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ..config import UserError
-from ..store import SpectraBatch, iter_store
+from ..store import SpectraBatch, iter_store, read_store
 from ._core import NoiseEstimatedWarning, ReaderWarning, count_corrupt, fail, first_line, sanitize
 from .desi import read_desi, read_fibermap
 from .detect import FORMATS, detect_format, sniff_format
@@ -27,17 +27,29 @@ _GLOB_CHARS = set("*?[")
 
 @dataclass
 class _Unit:
-    """One object source in the stream: a file, a moons1d object's arm files, or a Spectrum."""
+    """One object source in the stream: a file, a moons1d object's arm files, or a Spectrum.
+
+    rows: for a store (``fmt`` 'hdf5'), only its rows [start, stop) (None: all of them).
+    """
 
     fmt: str
     paths: list[str] = field(default_factory=list)
     obj: Any = None
     label: str = ""
+    rows: tuple[int, int] | None = None
 
 
-def read_hdf5(path: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[SpectraBatch]:
-    """Stream an mtopnet store (int64 ids, labels kept) through the same sanitising rules."""
-    for batch in iter_store(path, batch_size=batch_size):
+def read_hdf5(path: str, batch_size: int = DEFAULT_BATCH_SIZE,
+              rows: tuple[int, int] | None = None) -> Iterator[SpectraBatch]:
+    """Stream an mtopnet store (int64 ids, labels kept) through the same sanitising rules.
+
+    rows: only rows [start, stop) of the store, in batches from ``start`` (None: all rows).
+    """
+    if rows is None:
+        batches: Iterable[SpectraBatch] = iter_store(path, batch_size=batch_size)
+    else:
+        batches = (read_store(path, a, min(a + batch_size, rows[1])) for a in range(rows[0], rows[1], batch_size))
+    for batch in batches:
         for arm in batch.arms.values():
             batch.n_bad_pixels = batch.n_bad_pixels + count_corrupt(arm["flux"], arm["ivar"], arm["mask"])
             arm["flux"], arm["ivar"], arm["mask"] = sanitize(arm["flux"], arm["ivar"], arm["mask"])
@@ -159,7 +171,7 @@ def _guarded(unit: _Unit, batch_size: int) -> Iterator[SpectraBatch]:
         elif unit.fmt == "moons1d":
             yield from read_moons1d(unit.paths)
         elif unit.fmt == "hdf5":
-            yield from read_hdf5(unit.paths[0], batch_size)
+            yield from read_hdf5(unit.paths[0], batch_size, unit.rows)
         elif unit.fmt == "desi":  # many targets per file: read in chunks
             yield from read_desi(unit.paths[0], chunk_rows=batch_size)
         else:
@@ -261,6 +273,12 @@ def read_spectra(inputs: Iterable[Any] | str | os.PathLike, format: str | None =
         raise UserError(f"batch_size: must be a positive integer, got {batch_size!r}")
     units = plan_inputs(inputs, format)
     return rebatch(_blocks(units, int(batch_size)), int(batch_size))
+
+
+def read_units(units: list[_Unit], batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[SpectraBatch]:
+    """The stream of :func:`read_spectra` for object sources already planned (:func:`plan_inputs`),
+    e.g. a part of them with store rows restricted (``_Unit.rows``): one run's shard."""
+    return rebatch(_blocks(list(units), int(batch_size)), int(batch_size))
 
 
 def read_file(path: str | os.PathLike, format: str | None = None) -> SpectraBatch:
