@@ -104,3 +104,13 @@ def test_optical_desi_spectra_are_not_qop_4(model):
     zwarn = np.concatenate([r["ZWARN"] for r in rows])
     assert np.all(qop < 4)
     assert np.all(zwarn & int(ZWarn.OUT_OF_DOMAIN))
+    assert np.all(np.concatenate([r["P_DZ01"] for r in rows]) <= 0.5)  # a capped object's P_DZ01 too
+
+
+def test_optical_sdss_spectra_get_no_confident_probability(model):
+    """Out of the MOONS domain: the calibration never saw such spectra, so neither QOP nor
+    P_DZ01 may claim the redshift is certain (both capped)."""
+    batches = list(read_spectra(sorted(str(p) for p in (DATA / "sdss").glob("*.fits"))))
+    rows = [next(predict_batches(model, [b])) for b in batches]
+    assert np.all(np.concatenate([r["QOP"] for r in rows]) <= 2)
+    assert np.all(np.concatenate([r["P_DZ01"] for r in rows]) <= 0.5)

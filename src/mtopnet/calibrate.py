@@ -38,7 +38,7 @@ import torch
 
 from .catalogue import match_ids, read_truth
 from .checkpoint import read_checkpoint, save_checkpoint
-from .columns import capped_qop
+from .columns import capped_p, capped_qop
 from .config import UserError
 from .constants import SUCCESS_DZ
 from .predict import predict_batches
@@ -213,7 +213,8 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     temperature, levels = fit_intervals(pdf[real], zb.edges, z_true[real])
     cal = fit_calibration(summary, z_true, features=FEATURES + FIT_FEATURES, interval_levels=levels)
     p_new, qop = cal.apply(summary)
-    qop = capped_qop(qop, np.concatenate(cols["ZWARN"]))  # the classes predict reports
+    zwarn_all = np.concatenate(cols["ZWARN"])
+    qop, p_new = capped_qop(qop, zwarn_all), capped_p(p_new, zwarn_all)  # the classes and p predict reports
     by_qop = fit_levels_by_class(pdf[real], zb.edges, z_true[real], qop[real], temperature=temperature)
     cal = dataclasses.replace(cal, interval_temperature=temperature, interval_levels_by_qop=by_qop)
     with np.errstate(invalid="ignore"):

@@ -71,6 +71,21 @@ def capped_qop(qop: np.ndarray, zwarn: np.ndarray, caps: bool = True) -> np.ndar
     return np.where((zwarn & int(ZWarn.LITTLE_COVERAGE | ZWarn.NODATA)) != 0, 1, qop).astype(np.int16)
 
 
+CAPPED_P_MAX = 0.5
+"""P_DZ01 of an object whose QOP a :data:`QOP_CAP_2` bit capped is at most this: the calibration
+never saw such spectra, so its probability cannot be trusted above the QOP-2 level."""
+
+
+def capped_p(p_dz01: np.ndarray, zwarn: np.ndarray, caps: bool = True) -> np.ndarray:
+    """(N,) P_DZ01 after the caps of ``zwarn`` (N,): at most :data:`CAPPED_P_MAX` where a
+    :data:`QOP_CAP_2` bit is set (with ``caps``), 0 without any valid pixel (NODATA)."""
+    zwarn = np.asarray(zwarn, dtype=np.int64)
+    p = np.asarray(p_dz01)
+    if caps:
+        p = np.where((zwarn & int(QOP_CAP_2)) != 0, np.minimum(p, CAPPED_P_MAX), p)
+    return np.where((zwarn & int(ZWarn.NODATA)) != 0, 0.0, p).astype(np.asarray(p_dz01).dtype)
+
+
 class ZInfo(enum.IntFlag):
     """Bits of ``ZWARN_INFO``: facts about the input that do not make Z less reliable."""
 
@@ -189,6 +204,6 @@ def upgrade_legacy(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-__all__ = ["ZWarn", "ZInfo", "QOP_CAP_2", "capped_qop",
+__all__ = ["ZWarn", "ZInfo", "QOP_CAP_2", "capped_qop", "CAPPED_P_MAX", "capped_p",
            "SMALL_DELTA_CHI2_LIMIT", "Column", "REDROCK_SCHEMA", "BASE_SCHEMA", "REFINE_SCHEMA",
            "SCAN_SCHEMA", "PDF_SCHEMA", "ALL_COLUMNS", "LEGACY_NAMES", "upgrade_legacy"]

@@ -40,7 +40,7 @@ from .catalogue import (
     SCAN_DTYPES,
     catalogue_format,
 )
-from .columns import SMALL_DELTA_CHI2_LIMIT, ZInfo, ZWarn, capped_qop
+from .columns import SMALL_DELTA_CHI2_LIMIT, ZInfo, ZWarn, capped_p, capped_qop
 from .config import ConfigError, UserError
 from .constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
 from .domain import DomainReport, DomainWarning, describe_arms, domain_check, domain_problem, expected_domain
@@ -237,7 +237,7 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         if fit is not None:  # a few wild pixels dominated the fit (refitted without them): never qop 4
             zwarn |= np.where(fit.outlier_dominated, int(ZWarn.FIT_OUTLIERS), 0)
         qop = capped_qop(qop, zwarn, scan is not None)
-        p_dz01 = np.where(all_masked, 0.0, p_dz01)
+        p_dz01 = capped_p(p_dz01, zwarn, scan is not None)  # a capped object's probability is not trusted
         temperature = cal.interval_temperature if cal is not None else 1.0
         if cal is not None and cal.interval_levels_by_qop:  # each QOP class its own levels
             intervals = {k: np.empty(n) for k in ("z_lo68", "z_hi68", "z_lo95", "z_hi95")}
