@@ -102,9 +102,10 @@ def test_interval_levels_per_qop_class_hold_their_coverage():
 
 def test_capped_p_and_qop_follow_the_flags():
     from mtopnet.columns import CAPPED_P_MAX, ZWarn, capped_p, capped_qop
-    zwarn = np.array([0, int(ZWarn.OUT_OF_DOMAIN), int(ZWarn.FIT_OUTLIERS), int(ZWarn.NODATA), int(ZWarn.NO_FEATURES)])
-    p = np.array([0.99, 0.99, 0.99, 0.99, 0.3], dtype=np.float32)
-    assert np.array_equal(capped_qop(np.full(5, 4), zwarn), [4, 2, 3, 1, 2])
-    assert np.allclose(capped_p(p, zwarn), [0.99, CAPPED_P_MAX, 0.99, 0.0, 0.3])
+    zwarn = np.array([0, int(ZWarn.OUT_OF_DOMAIN), int(ZWarn.FIT_OUTLIERS), int(ZWarn.NODATA),
+                      int(ZWarn.NO_FEATURES), int(ZWarn.REFINE_DISAGREE)])
+    p = np.array([0.99, 0.99, 0.99, 0.99, 0.3, 0.99], dtype=np.float32)
+    assert np.array_equal(capped_qop(np.full(6, 4), zwarn), [4, 2, 3, 1, 2, 2])
+    assert np.allclose(capped_p(p, zwarn), [0.99, CAPPED_P_MAX, 0.99, 0.0, 0.3, 0.99])
     assert capped_p(p, zwarn).dtype == np.float32
-    assert np.allclose(capped_p(p, zwarn, caps=False), [0.99, 0.99, 0.99, 0.0, 0.3])
+    assert np.allclose(capped_p(p, zwarn, caps=False), [0.99, 0.99, 0.99, 0.0, 0.3, 0.99])
