@@ -172,3 +172,12 @@ def test_scheduler_address_runs_the_shards_on_that_cluster(tiny_model_path, toy_
         assert predict_store(model, [toy_stores[2]], via, batch_size=8, shard_size=16,
                              scheduler=cluster.scheduler_address) == 40
     _same(via, one)
+
+
+def test_shards_of_other_code_are_redone(toy_stores, monkeypatch):
+    """A development checkout changed between a killed run and its re-run: the fingerprints differ."""
+    import mtopnet.shards as shards_mod
+    before = plan_shards([toy_stores[2]], None, 16, {"a": 1})
+    monkeypatch.setattr(shards_mod, "code_digest", lambda: "other code")
+    after = plan_shards([toy_stores[2]], None, 16, {"a": 1})
+    assert all(a.fingerprint != b.fingerprint for a, b in zip(before, after, strict=True))

@@ -10,7 +10,7 @@ prediction) and written to the run's work folder ``OUT.shards/`` beside the outp
     OUT.shards/shard_00000.json      written after it: fingerprint, row count, ``info``, warnings
 
 A shard is done when its record exists and holds the shard's fingerprint: a SHA-256 of the
-run's settings (model file digest, options, package version) and of the shard's inputs
+run's settings (model file digest, options, package version and source code) and of the shard's inputs
 (resolved path, size and modification time of each file, store rows). A re-run skips done
 shards and computes the others; a changed model, input file or option changes the fingerprint,
 so an old shard is never mistaken for done. When all are done the catalogue is assembled from
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -126,8 +127,20 @@ def json_digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """SHA-256 (hex) of mtopnet's own source files (the package's ``*.py``): a shard computed by
+    other code (a development checkout changed between a killed run and its re-run) is redone."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
 def _fingerprint(settings: Mapping[str, Any], units: list) -> str:
-    return json_digest({"mtopnet": __version__, "settings": settings, "inputs": [_identity(u) for u in units]})
+    return json_digest({"mtopnet": __version__, "code": code_digest(), "settings": settings,
+                        "inputs": [_identity(u) for u in units]})
 
 
 def plan_shards(inputs: list[str | Path], format: str | None, shard_size: int,
