@@ -166,7 +166,7 @@ def test_formats_are_detected_from_content(tmp_path):
     renamed = tmp_path / "whatever.dat"
     shutil.copy(DESI_COADDS[0], renamed)
     assert detect_format(renamed) == "desi"
-    assert set(FORMATS) == {"moons1d", "desi", "sdss", "fits", "text", "hdf5"}
+    assert set(FORMATS) == {"moons1d", "desi", "sdss", "fits", "text", "hdf5", "specutils"}
 
 
 # ----------------------------------------------------------------------------- moons1d
@@ -559,3 +559,49 @@ def test_readers_sanitising_handles_random_bad_arrays(length, kind, data):
 def test_only_empty_arms_is_an_error():
     with pytest.raises(UserError, match="no spectrum data"), pytest.warns(ReaderWarning):
         build_block("empty.fits", ["x"], {"A": RawArm(wave=np.zeros(0), flux=np.zeros((1, 0)))})
+
+
+# ----------------------------------------------------------------------------- specutils
+
+
+def test_a_format_only_specutils_knows_is_read_through_its_registry(tmp_path, rng):
+    """A 1-D FITS image with a wavelength WCS (IRAF, many archives): none of mtopnet's readers
+    knows it, specutils' ``wcs1d-fits`` loader does; read through SpectrumList.read."""
+    n = 3000
+    flux = rng.normal(2.0, 0.1, n).astype(np.float32)
+    h = fits.Header()
+    h.update(CRVAL1=6500.0, CDELT1=3.8, CRPIX1=1, CTYPE1="WAVE", CUNIT1="Angstrom",
+             BUNIT="1e-17 erg / (s cm2 Angstrom)")
+    path = tmp_path / "iraf.fits"
+    fits.PrimaryHDU(flux, header=h).writeto(path)
+    assert detect_format(path) == "specutils"
+    batch = read_file(path)
+    arm = next(iter(batch.arms.values()))
+    np.testing.assert_allclose(arm["wave"], 6500.0 + 3.8 * np.arange(n), rtol=1e-9)
+    np.testing.assert_allclose(arm["flux"][0], flux, rtol=1e-6)
+    assert read_file(path, format="specutils").ids.tolist() == batch.ids.tolist()
+
+
+def test_moons1d_reader_registered_with_specutils(tmp_path, rng):
+    import warnings
+
+    from specutils import Spectrum
+
+    import mtopnet.io.specutils_io as sio
+    n = 400
+    flux = rng.normal(2e-18, 1e-19, n)
+    err = np.full(n, 1e-19)
+    sky = np.zeros(n, bool)
+    sky[10:12] = True
+    path = tmp_path / "gal7_YJ.fits"
+    _write_moons1d(path, "YJ", 9340.0, 0.96, flux, err, sky)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec = Spectrum.read(str(path))  # identified by content: mtopnet's loader
+        named = Spectrum.read(str(path), format=sio.MOONS1D_LOADER)
+    np.testing.assert_allclose(spec.spectral_axis.to_value(u.AA), 9340.0 + 0.96 * np.arange(n), rtol=1e-12)
+    np.testing.assert_allclose(spec.flux.to_value(u.erg / u.s / u.cm ** 2 / u.AA), flux, rtol=1e-6)
+    assert spec.meta["band"] == "YJ" and spec.meta["id"] == "gal7"
+    assert np.array_equal(spec.mask[10:12], [True, True]) and not spec.mask[0]
+    np.testing.assert_allclose(named.flux.value, spec.flux.value)
+    sio.register_moons1d()  # a second registration is a no-op

@@ -10,7 +10,7 @@ from .desi import desi_arms
 from .generic_fits import arm_tables
 from .text import _role, decode_sample, looks_like_text_spectrum
 
-FORMATS = ("moons1d", "desi", "sdss", "fits", "text", "hdf5")
+FORMATS = ("moons1d", "desi", "sdss", "fits", "text", "hdf5", "specutils")
 """Names accepted by ``format=``: moons1d, desi, sdss, fits (generic), text, hdf5 (store)."""
 
 _FITS_MAGIC = b"SIMPLE  ="
@@ -102,11 +102,38 @@ def unknown_format_problem(path: str) -> str:
             "expected columns: wavelength, flux[, error[, mask]]")
 
 
+def specutils_formats(path: str | Path) -> list[str]:
+    """The specutils loaders that identify ``path``, for FITS and ASDF files that none of
+    mtopnet's readers knows (a 1-D image with a wavelength WCS, an instrument's own layout);
+    empty for anything else (text: specutils' ASCII loader would take any table), or if
+    specutils is missing. Reading: :mod:`mtopnet.io.specutils_io`."""
+    head = _head(str(path))
+    body = head[3:] if head.startswith(b"gz:") else head
+    if not (body.startswith(_FITS_MAGIC) or body.startswith(b"#ASDF")):
+        return []
+    try:
+        from astropy.io import registry
+        from specutils import SpectrumList
+    except ImportError:
+        return []
+    try:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return list(registry.identify_format("read", SpectrumList, str(path), None, [], {}))
+    except Exception:  # an identifier that fails on this file identifies nothing
+        return []
+
+
 def detect_format(path: str | Path) -> str:
     """The format of one file; UserError (one line) if it is not a known spectrum format,
-    saying what is wrong with the file (empty, no data rows, not FITS, ...)."""
+    saying what is wrong with the file (empty, no data rows, not FITS, ...). A file none of
+    mtopnet's readers knows but one of specutils' loaders identifies is ``specutils``
+    (:mod:`mtopnet.io.specutils_io`)."""
     fmt = sniff_format(str(path))
     if fmt is None:
+        if specutils_formats(path):  # specutils' registry: a fallback (slow, so last)
+            return "specutils"
         raise fail(path, f"{unknown_format_problem(str(path))}: not a moons1d, DESI, SDSS, generic FITS or text "
                          f"spectrum, nor an mtopnet store; {FORCE_HINT}")
     return fmt

@@ -57,7 +57,13 @@ def read_hdf5(path: str, batch_size: int = DEFAULT_BATCH_SIZE,
         yield batch
 
 
+def _read_specutils(path: str) -> Iterator[SpectraBatch]:
+    from .specutils_io import read_specutils  # imports specutils (~2 s): only when needed
+    yield from read_specutils(path)
+
+
 _READERS: dict[str, Callable[[str], Iterator[SpectraBatch]]] = {
+    "specutils": _read_specutils,
     "sdss": read_sdss,
     "fits": read_generic_fits,
     "text": read_text,
