@@ -237,7 +237,7 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         if fit is not None:  # a few wild pixels dominated the fit (refitted without them): never qop 4
             zwarn |= np.where(fit.outlier_dominated, int(ZWarn.FIT_OUTLIERS), 0)
         qop = capped_qop(qop, zwarn, scan is not None)
-        p_dz01 = capped_p(p_dz01, zwarn, scan is not None)  # a capped object's probability is not trusted
+        p_dz01 = capped_p(p_dz01, zwarn, scan is not None)  # outside the calibration's domain: not trusted
         temperature = cal.interval_temperature if cal is not None else 1.0
         if cal is not None and cal.interval_levels_by_qop:  # each QOP class its own levels
             intervals = {k: np.empty(n) for k in ("z_lo68", "z_hi68", "z_lo95", "z_hi95")}
