@@ -377,8 +377,8 @@ def run_sharded(compute: ComputeFn, job: Any, shards: list[Shard], out: str | Pa
                 records[shard.index] = record
         n_reused = len(records)
         from tqdm import tqdm
-        bar = tqdm(total=len(shards), initial=n_reused, unit="shard", desc=out.name,
-                   disable=not progress, file=sys.stderr)
+        bar = tqdm(total=len(shards), initial=n_reused, unit="shard", desc=out.name,  # shown after 1 s: not
+                   disable=not progress, file=sys.stderr, delay=1.0)  # before a one-line input error
 
         def done(shard: Shard, record: dict) -> None:
             records[shard.index] = record
