@@ -565,7 +565,8 @@ def write_truth(rows: list[dict[str, Any]], path: Path, meta: dict[str, Any] | N
     """The truth table as FITS (HDU ``TRUTH``), atomically."""
     from astropy.io import fits
     from astropy.table import Table
-    rows = [{**r, "z_drawn": r["z"], "z": float(vacuum_redshift(r["z"]))} for r in rows]
+    z_shown = vacuum_redshift([r["z"] for r in rows])  # one air-to-vacuum ratio for all
+    rows = [{**r, "z_drawn": r["z"], "z": float(zs)} for r, zs in zip(rows, z_shown, strict=True)]
     table = Table({c: [r[c] for r in rows] for c in TRUTH_COLUMNS})
     hdu = fits.BinTableHDU(table, name="TRUTH")
     for key, value in (meta or {}).items():

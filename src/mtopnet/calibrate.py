@@ -208,30 +208,34 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     summary = {k[2:]: np.concatenate(v) for k, v in cols.items() if k.startswith("q_")}
     z_true = np.concatenate(zt_all)
     z = np.concatenate(cols["Z"])
-    pdf = np.concatenate(pdf_all).astype(np.float64)
     real = np.isfinite(z_true)  # the no-signal spectra have no redshift to hold
-    temperature, levels = fit_intervals(pdf[real], zb.edges, z_true[real])
+    pdf = np.concatenate(pdf_all)[real].astype(np.float64)
+    zt_real = z_true[real]
+    temperature, levels = fit_intervals(pdf, zb.edges, zt_real)
     cal = fit_calibration(summary, z_true, features=FEATURES + FIT_FEATURES, interval_levels=levels)
     p_new, qop = cal.apply(summary)
     zwarn_all = np.concatenate(cols["ZWARN"])
     qop, p_new = capped_qop(qop, zwarn_all), capped_p(p_new, zwarn_all)  # the classes and p predict reports
-    by_qop = fit_levels_by_class(pdf[real], zb.edges, z_true[real], qop[real], temperature=temperature)
+    qop_real = qop[real]
+    by_qop = fit_levels_by_class(pdf, zb.edges, zt_real, qop_real, temperature=temperature)
     cal = dataclasses.replace(cal, interval_temperature=temperature, interval_levels_by_qop=by_qop)
     with np.errstate(invalid="ignore"):
         success = np.abs(z - z_true) < SUCCESS_DZ
     changed = np.abs(np.concatenate(cols["Z_NET"]) - z) > SUCCESS_DZ
+    coverage_by_qop = {}
+    for q, lvs in by_qop.items():
+        sel = qop_real == int(q)
+        coverage_by_qop[q] = [interval_coverage(pdf[sel], zb.edges, zt_real[sel], lv, temperature) for lv in lvs]
     report = {
         "w_net": float(w_net), "t": float(t), "gamma": float(info["gamma"]), "combination_fit": info,
         "n": int(len(z)), "n_garbage": n_garbage, "success_fraction": float(success.mean()),
         "scan_changed_answer": float(changed.mean()),
         "interval_levels": list(levels),
         "interval_temperature": temperature,
-        "coverage68": interval_coverage(pdf[real], zb.edges, z_true[real], levels[0], temperature),
-        "coverage95": interval_coverage(pdf[real], zb.edges, z_true[real], levels[1], temperature),
+        "coverage68": interval_coverage(pdf, zb.edges, zt_real, levels[0], temperature),
+        "coverage95": interval_coverage(pdf, zb.edges, zt_real, levels[1], temperature),
         "interval_levels_by_qop": by_qop,
-        "coverage_by_qop": {q: [interval_coverage(pdf[real][qop[real] == int(q)], zb.edges,
-                                                  z_true[real][qop[real] == int(q)], lv, temperature) for lv in lvs]
-                            for q, lvs in by_qop.items()},
+        "coverage_by_qop": coverage_by_qop,
         **cal.report,
         "reliability": reliability(p_new, success),
     }

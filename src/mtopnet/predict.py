@@ -242,9 +242,10 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         if cal is not None and cal.interval_levels_by_qop:  # each QOP class its own levels
             intervals = {k: np.empty(n) for k in ("z_lo68", "z_hi68", "z_lo95", "z_hi95")}
             for q in np.unique(qop):
-                part = central_intervals(pdf[qop == q], zb.edges, cal.levels_for(int(q)), temperature)
+                sel = qop == q
+                part = central_intervals(pdf[sel], zb.edges, cal.levels_for(int(q)), temperature)
                 for k in intervals:
-                    intervals[k][qop == q] = part[k]
+                    intervals[k][sel] = part[k]
         else:
             intervals = summ if levels == (0.68, 0.95) and temperature == 1.0 else \
                 central_intervals(pdf, zb.edges, levels, temperature)

@@ -176,17 +176,10 @@ def smooth_basis(arm_masks: list[np.ndarray], degree: int = SMOOTH_DEGREE, min_p
 
 
 def _chi2_ls(t: torch.Tensor, w: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Weighted least-squares chi2 (R,) of f (R, J) by the columns of t (R, J, K), float64,
-    Jacobi-scaled with ridge 1e-9 (as :func:`best_fit_model`)."""
+    """Weighted least-squares chi2 (R,) of f (R, J) by the columns of t (R, J, K), float64
+    (the normal equations solved by :func:`_solve_chi2`)."""
     tw = t * w[:, :, None]
-    a = tw.transpose(1, 2) @ t
-    b = (tw.transpose(1, 2) @ f[:, :, None])[..., 0]
-    diag = torch.diagonal(a, dim1=-2, dim2=-1)
-    scale = torch.where(diag > 0, diag, torch.ones_like(diag)).rsqrt()
-    eye = torch.eye(a.shape[-1], dtype=a.dtype)
-    an = a * scale[:, :, None] * scale[:, None, :] + 1e-9 * eye
-    coeff = torch.linalg.solve(an, (b * scale)[..., None])[..., 0] * scale
-    return (w * f * f).sum(1) - (coeff * b).sum(1)
+    return _solve_chi2(tw.transpose(1, 2) @ t, (tw.transpose(1, 2) @ f[:, :, None])[..., 0], (w * f * f).sum(1))
 
 
 def feature_dchi2(templates: torch.Tensor, w: torch.Tensor, f: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
