@@ -1,13 +1,24 @@
-"""End-to-end inference speed and memory: HDF5 store -> catalogue, with and without refinement.
+"""End-to-end inference speed and memory: HDF5 store (or per-object FITS files) -> catalogue.
 
     python benchmarks/predict.py [--store FILE.h5] [--model NAME_OR_PATH] [--sizes 2000 8000]
                                  [--batch-size 1024] [--format parquet] [--threads 2]
+                                 [--workers 1 2] [--fits "DIR/*.fits" --fits-n 500] [--no-stages]
 
-Each size runs in a fresh process (so the peak RSS is that run's own), once with the template
-refinement of z (``mtopnet predict``'s default, mtopnet.refine) and once without
-(``--no-refine``): it streams the first N objects of the store through ``predict_batches``
-into a catalogue and prints spectra/s and the peak resident memory. Equal peaks for
-different N show memory flat in N.
+1. **In-process, per size**: each size runs in a fresh process (so the peak RSS is that run's
+   own), once with the template refinement of z (``mtopnet predict``'s default,
+   mtopnet.refine) and once without (``--no-refine``): it streams the first N objects of the
+   store through ``predict_batches`` into a catalogue and prints spectra/s and the peak
+   resident memory. Equal peaks for different N show memory flat in N (a size larger than
+   the store reads it again from the start, so 10^5 needs no 10^5 store).
+2. **Stages** (the first size, default path, unless ``--no-stages``): the same run under
+   cProfile, each stage's share of the time: reading, preprocessing, network, full-range
+   scan (with its combination with the PDF), refinement, feature evidence, writing, other.
+3. **Workers** (``--workers``): the real CLI, ``mtopnet predict STORE --workers N`` (Dask
+   LocalCluster for N > 1, one torch thread per worker), on the first size's objects, timed
+   from outside (process start and model loading included): throughput for 1 and 2 workers.
+4. **FITS files** (``--fits GLOB``): the CLI on per-object files (e.g. moons1d's, one file
+   per arm as ``benchmarks/cross_sim.py`` writes them), the first ``--fits-n`` objects,
+   with each ``--workers`` count.
 
 Defaults: the shipped model if present, else an untrained network of the shipped recipe
 (same cost); the store ``data/test.h5`` if present, else a toy store on the MOONS LR pixel
@@ -61,7 +72,34 @@ def _toy_store(path: Path, n: int) -> Path:
     return path
 
 
-def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: bool, threads: int) -> dict:
+STAGES = (  # (stage, source file suffix, function name): cumulative time under cProfile
+    ("read", "mtopnet/store.py", "read_store"),
+    ("preprocess", "mtopnet/preprocess.py", "__call__"),
+    ("network", "mtopnet/model/network.py", "forward"),
+    ("scan", "mtopnet/predict.py", "__call__"),
+    ("refine", "mtopnet/refine/fit.py", "refine"),
+    ("feature evidence", "mtopnet/refine/combine.py", "feature_evidence"),
+)
+
+
+def _stage_shares(stats, total: float) -> dict[str, float]:
+    """Seconds per stage from a pstats.Stats of a run; writing = write_catalogue minus the
+    predict_batches generator it drives; other = the rest."""
+    def cum(suffix: str, name: str) -> float:
+        return sum(v[3] for k, v in stats.stats.items() if k[0].endswith(suffix) and k[2] == name)
+
+    out = {stage: cum(suffix, name) for stage, suffix, name in STAGES}
+    out["write"] = max(cum("mtopnet/catalogue.py", "write_catalogue") - cum("mtopnet/predict.py", "predict_batches")
+                       - out["read"], 0.0)
+    out["other"] = max(total - sum(out.values()), 0.0)
+    return out
+
+
+def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: bool, threads: int,
+            profile: bool = False) -> dict:
+    import cProfile
+    import pstats
+
     import torch
 
     from mtopnet.catalogue import write_catalogue
@@ -76,17 +114,56 @@ def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: b
         from mtopnet.refine import Refiner
         refiner = Refiner.from_model(m)  # built once per run, as predict_store does
 
-    def batches():
+    from mtopnet.store import store_info
+
+    available = store_info(store)["n"]
+
+    def batches():  # the store read again from the start where N exceeds it
         for start in range(0, n, batch_size):
-            yield read_store(store, start, min(n, start + batch_size))
+            lo = start % available
+            yield read_store(store, lo, min(available, lo + min(batch_size, n - start)))
 
     # warm up (first-call allocations, rebinning matrices) on a small batch, not timed
     list(predict_batches(m, [read_store(store, 0, 64)], refine=refiner))
+    prof = cProfile.Profile() if profile else None
     t0 = time.perf_counter()
+    if prof is not None:
+        prof.enable()
     rows = write_catalogue(out, predict_batches(m, batches(), batch_size=batch_size, refine=refiner))
+    if prof is not None:
+        prof.disable()
     dt = time.perf_counter() - t0
-    return {"n": rows, "seconds": dt, "spectra_per_s": rows / dt,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    res = {"n": rows, "seconds": dt, "spectra_per_s": rows / dt,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if prof is not None:
+        res["stages"] = _stage_shares(pstats.Stats(prof), dt)
+    return res
+
+
+def _cli_rate(inputs: list[str], n: int, model: str, workers: int, out: Path, fmt: str) -> dict:
+    """``mtopnet predict INPUTS --workers N`` in a subprocess: wall seconds (process start,
+    model loading and assembly included) and spectra/s for n objects."""
+    cmd = [sys.executable, "-m", "mtopnet.cli", "predict", *inputs, "--out", str(out), "--model", model,
+           "--workers", str(workers), "--overwrite"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"mtopnet predict failed ({proc.returncode}): {proc.stderr.strip()[-1000:]}")
+    return {"n": n, "seconds": dt, "spectra_per_s": n / dt}
+
+
+def _fits_objects(pattern: str, n: int) -> list[str]:
+    """The files of the first n objects matching ``pattern`` (an object = the files sharing a
+    name up to its last ``_``, as moons1d's per-arm files ``ID_ARM.fits`` do)."""
+    import glob
+    files = sorted(glob.glob(pattern))
+    objects: dict[str, list[str]] = {}
+    for f in files:
+        key = Path(f).name.rsplit("_", 1)[0]
+        if key in objects or len(objects) < n:
+            objects.setdefault(key, []).append(f)
+    return [f for fs in objects.values() for f in fs]
 
 
 def main() -> int:
@@ -97,6 +174,10 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--format", default="parquet", choices=["fits", "parquet", "csv"])
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--workers", type=int, nargs="*", default=[], help="CLI runs with these --workers counts")
+    p.add_argument("--fits", default=None, help="glob of per-object FITS files for CLI runs")
+    p.add_argument("--fits-n", type=int, default=500, help="objects of --fits to predict (default 500)")
+    p.add_argument("--no-stages", action="store_true", help="skip the profiled run")
     p.add_argument("--worker", nargs=4, metavar=("STORE", "MODEL", "N", "REFINE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +185,7 @@ def main() -> int:
         if args.worker:
             store, model, n, refine = args.worker
             print(json.dumps(_worker(store, model, int(n), args.batch_size, str(tmp_path / f"cat.{args.format}"),
-                                     refine == "refine", args.threads)))
+                                     refine in ("refine", "profile"), args.threads, refine == "profile")))
             return 0
         from mtopnet.store import store_info
         from mtopnet.trained import shipped_model_path
@@ -114,18 +195,47 @@ def main() -> int:
                                else str(_toy_store(tmp_path / "toy.h5", max(args.sizes))))
         available = store_info(store)["n"]
         print(f"store {store} ({available} objects), model {model}, batch {args.batch_size}, "
-              f"{os.cpu_count()} CPUs")
+              f"{os.cpu_count()} CPUs, {args.threads} torch threads in-process")
+
+        def worker(n: int, mode: str) -> dict:
+            res = subprocess.run([sys.executable, __file__, "--worker", store, model, str(n), mode,
+                                  "--batch-size", str(args.batch_size), "--format", args.format,
+                                  "--threads", str(args.threads)],
+                                 capture_output=True, text=True, check=True)
+            return json.loads(res.stdout.strip().splitlines()[-1])
+
         print(f"{'refine':>9} {'N':>8} {'seconds':>8} {'spectra/s':>10} {'peak RSS MB':>12}")
         for n in args.sizes:
-            n = min(n, available)
             for mode in ("refine", "no-refine"):
-                res = subprocess.run([sys.executable, __file__, "--worker", store, model, str(n), mode,
-                                      "--batch-size", str(args.batch_size), "--format", args.format,
-                                      "--threads", str(args.threads)],
-                                     capture_output=True, text=True, check=True)
-                r = json.loads(res.stdout.strip().splitlines()[-1])
+                r = worker(n, mode)
                 print(f"{mode:>9} {r['n']:>8} {r['seconds']:>8.1f} {r['spectra_per_s']:>10.0f} "
-                      f"{r['peak_rss_mb']:>12.0f}")
+                      f"{r['peak_rss_mb']:>12.0f}", flush=True)
+        n0 = args.sizes[0]
+        if not args.no_stages:
+            r = worker(n0, "profile")
+            print(f"stages of the default path, {r['n']} spectra under cProfile "
+                  f"({r['spectra_per_s']:.0f} spectra/s with the profiler's overhead):")
+            for stage, sec in r["stages"].items():
+                print(f"  {stage:>17} {sec:8.2f} s {100 * sec / r['seconds']:5.1f}%")
+        if args.workers:
+            sub = tmp_path / "sub.h5"
+            if n0 < available:
+                from mtopnet.store import read_store, write_store
+                write_store(sub, read_store(store, 0, n0),
+                            {k: v for k, v in store_info(store)["attrs"].items() if isinstance(v, str)})
+            else:
+                sub, n0 = Path(store), available
+            print(f"CLI `mtopnet predict --workers N` on {n0} spectra of the store (default path; start included):")
+            for w in args.workers:
+                r = _cli_rate([str(sub)], n0, model, w, tmp_path / f"cli-{w}.{args.format}", args.format)
+                print(f"  workers {w}: {r['seconds']:7.1f} s {r['spectra_per_s']:8.0f} spectra/s", flush=True)
+        if args.fits:
+            files = _fits_objects(args.fits, args.fits_n)
+            n_obj = len({Path(f).name.rsplit("_", 1)[0] for f in files})
+            print(f"CLI on {n_obj} objects of per-object FITS files ({len(files)} files, {args.fits}):")
+            for w in args.workers or [1]:
+                r = _cli_rate(files, n_obj, model, w, tmp_path / f"fits-{w}.{args.format}", args.format)
+                print(f"  workers {w}: {r['seconds']:7.1f} s {r['spectra_per_s']:8.0f} spectra/s", flush=True)
     return 0
 
 

@@ -290,7 +290,8 @@ class Refiner:
         if cfg.clip_sigma is None:
             return self._with_coeff(out, flux, ivar)
         fitted = np.isfinite(out.rchi2)
-        chi = self.residuals(flux, ivar, out.z, fitted)
+        coeff = np.zeros((n, self.basis.table.shape[1]))  # the fit's coefficients at out.z with weights w
+        chi = self.residuals(flux, ivar, out.z, fitted, coeff)
         chi2_first = (chi.astype(np.float64) ** 2).sum(axis=1)
         chi2_clip = np.zeros(n)
         w = ivar
@@ -310,16 +311,26 @@ class Refiner:
                 if theirs is not None and mine is not None and mine.shape[1:] == theirs.shape[1:]:
                     mine[redo] = theirs
             chi = np.zeros_like(chi)
-            chi[redo] = self.residuals(flux[redo], w[redo], out.z[redo], np.isfinite(out.rchi2[redo]))
+            coeff_redo = np.zeros((len(redo), coeff.shape[1]))
+            chi[redo] = self.residuals(flux[redo], w[redo], out.z[redo], np.isfinite(out.rchi2[redo]), coeff_redo)
+            coeff[redo] = coeff_redo
         out.outlier_dominated = chi2_clip > cfg.dominated_fraction * chi2_first
-        return self._with_coeff(out, flux, w)
+        return self._with_coeff(out, flux, w, coeff, fitted=np.isfinite(out.rchi2))
 
-    def _with_coeff(self, out: RefineResult, flux: np.ndarray, ivar: np.ndarray) -> RefineResult:
-        """``out`` with ``coeff`` and ``n_pixels`` of the final fit (``ivar``: its pixel weights)."""
+    def _with_coeff(self, out: RefineResult, flux: np.ndarray, ivar: np.ndarray,
+                    coeff: np.ndarray | None = None, fitted: np.ndarray | None = None) -> RefineResult:
+        """``out`` with ``coeff`` and ``n_pixels`` of the final fit (``ivar``: its pixel weights).
+        ``coeff`` (N, K): coefficients already solved at ``out.z`` with these weights, for the
+        rows ``fitted`` (:meth:`residuals` solves the same systems); the others are solved here."""
         basis = self.basis
         out.n_pixels = (ivar > 0).sum(axis=1).astype(np.int64)
+        wanted = (out.refined >= 0) & np.isfinite(out.z)
         out.coeff = np.zeros((len(flux), basis.table.shape[1]))
-        rows = np.flatnonzero((out.refined >= 0) & np.isfinite(out.z))
+        if coeff is not None and fitted is not None:
+            known = wanted & fitted
+            out.coeff[known] = coeff[known]
+            wanted &= ~known
+        rows = np.flatnonzero(wanted)
         offs = np.clip(np.round(basis.offset(out.z[rows])).astype(np.int64), *basis.offset_range)
         for start in range(0, len(rows), self.config.chunk_rows):
             sel = rows[start:start + self.config.chunk_rows]
@@ -329,9 +340,11 @@ class Refiner:
             out.coeff[sel] = coeff.numpy()
         return out
 
-    def residuals(self, flux: np.ndarray, ivar: np.ndarray, z: np.ndarray, fitted: np.ndarray) -> np.ndarray:
+    def residuals(self, flux: np.ndarray, ivar: np.ndarray, z: np.ndarray, fitted: np.ndarray,
+                  coeff: np.ndarray | None = None) -> np.ndarray:
         """(flux - best-fit model at ``z``) * sqrt(ivar): (N, n_pix) float32, zero where not ``fitted``
-        (N,) or ivar is 0. flux, ivar as in :meth:`refine`, already cleaned."""
+        (N,) or ivar is 0. flux, ivar as in :meth:`refine`, already cleaned. ``coeff`` (N, K),
+        when given, receives the fit's coefficients (:func:`best_fit_coeff`) of the fitted rows."""
         basis, cfg = self.basis, self.config
         chi = np.zeros(flux.shape, np.float32)
         rows = np.flatnonzero(np.asarray(fitted, bool) & np.isfinite(z))
@@ -343,8 +356,10 @@ class Refiner:
             sel = rows[start:start + cfg.chunk_rows]
             w = torch.from_numpy(np.ascontiguousarray(ivar[sel]))
             f = torch.from_numpy(np.ascontiguousarray(flux[sel]))
-            model = best_fit_model(basis, w, f, torch.from_numpy(offs[start:start + cfg.chunk_rows])).numpy()
-            chi[sel] = (flux[sel] - model) * np.sqrt(ivar[sel])
+            model, c = best_fit_model(basis, w, f, torch.from_numpy(offs[start:start + cfg.chunk_rows]))
+            chi[sel] = (flux[sel] - model.numpy()) * np.sqrt(ivar[sel])
+            if coeff is not None:
+                coeff[sel] = c.numpy()
         return chi
 
     def _fit(self, flux: np.ndarray, ivar: np.ndarray, pdf: np.ndarray, z_net: np.ndarray,

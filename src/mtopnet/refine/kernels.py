@@ -142,11 +142,13 @@ def best_fit_coeff(basis: RefineBasis, w: torch.Tensor, f: torch.Tensor, offsets
     return coeff, t
 
 
-def best_fit_model(basis: RefineBasis, w: torch.Tensor, f: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def best_fit_model(basis: RefineBasis, w: torch.Tensor, f: torch.Tensor, offsets: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The least-squares model of the full basis at one trial offset per object: (R, J) float32,
-    the :func:`best_fit_coeff` combination of the basis vectors (w, f, offsets as there)."""
+    the :func:`best_fit_coeff` combination of the basis vectors (w, f, offsets as there), and
+    those coefficients (R, K) float64."""
     coeff, t = best_fit_coeff(basis, w, f, offsets)
-    return (t.double() @ coeff[:, :, None])[..., 0].float()
+    return (t.double() @ coeff[:, :, None])[..., 0].float(), coeff
 
 
 SMOOTH_DEGREE = 3
@@ -175,26 +177,25 @@ def smooth_basis(arm_masks: list[np.ndarray], degree: int = SMOOTH_DEGREE, min_p
     return np.array(cols).T if cols else np.zeros((len(arm_masks[0]) if arm_masks else 0, 0))
 
 
-def _chi2_ls(t: torch.Tensor, w: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Weighted least-squares chi2 (R,) of f (R, J) by the columns of t (R, J, K), float64
-    (the normal equations solved by :func:`_solve_chi2`)."""
-    tw = t * w[:, :, None]
-    return _solve_chi2(tw.transpose(1, 2) @ t, (tw.transpose(1, 2) @ f[:, :, None])[..., 0], (w * f * f).sum(1))
-
-
 def feature_dchi2(templates: torch.Tensor, w: torch.Tensor, f: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
     """Evidence for redshift features: chi2 of a smooth continuum alone minus chi2 of the
     smooth continuum plus the templates at each object's redshift.
 
-    templates: (R, J, K) float64 basis vectors at z; w, f: (R, J) ivar and flux; smooth:
-    (J, P) float64 (:func:`smooth_basis`). Returns (R,) float64 >= 0 (up to rounding): about
-    K for noise at a fixed z, more at the best of many trial redshifts; a featureless
-    continuum (a power law, a blackbody) the same, whatever its S/N.
+    templates: (R, J, K) basis vectors at z; w, f: (R, J) ivar and flux; smooth: (J, P)
+    (:func:`smooth_basis`). One set of normal equations (float32 products, float64 solves as
+    :func:`_solve_chi2`'s) serves both fits: the smooth continuum's is its lower-right block.
+    Returns (R,) float64 >= 0 (up to rounding): about K for noise at a fixed z, more at the
+    best of many trial redshifts; a featureless continuum (a power law, a blackbody) the same,
+    whatever its S/N.
     """
-    w64, f64 = w.double(), f.double()
     r, j = w.shape
-    s = smooth[None].expand(r, j, smooth.shape[1])
-    return _chi2_ls(s, w64, f64) - _chi2_ls(torch.cat([templates, s], 2), w64, f64)
+    k = templates.shape[2]
+    t = torch.cat([templates.float(), smooth.float()[None].expand(r, j, smooth.shape[1])], 2)  # (R, J, K + P)
+    tw = t * w.float()[:, :, None]
+    a = tw.transpose(1, 2) @ t  # normal equations of templates + smooth; the smooth alone is their lower block
+    b = (tw.transpose(1, 2) @ f.float()[:, :, None])[..., 0]
+    wff = (w.double() * f.double() ** 2).sum(1)
+    return _solve_chi2(a[:, k:, k:], b[:, k:], wff) - _solve_chi2(a, b, wff)
 
 
 def outlier_pixels(chi: np.ndarray, ivar: np.ndarray, clip_sigma: float) -> np.ndarray:
