@@ -14,8 +14,9 @@
    cProfile, each stage's share of the time: reading, preprocessing, network, full-range
    scan (with its combination with the PDF), refinement, feature evidence, writing, other.
 3. **Workers** (``--workers``): the real CLI, ``mtopnet predict STORE --workers N`` (Dask
-   LocalCluster for N > 1, one torch thread per worker), on the first size's objects, timed
-   from outside (process start and model loading included): throughput for 1 and 2 workers.
+   LocalCluster for N > 1, one torch thread per worker; ``--shard-size``, default N/8 rows),
+   on the first size's objects, timed from outside (process start, model loading and the
+   assembly included): throughput for 1 and 2 workers.
 4. **FITS files** (``--fits GLOB``): the CLI on per-object files (e.g. moons1d's, one file
    per arm as ``benchmarks/cross_sim.py`` writes them), the first ``--fits-n`` objects,
    with each ``--workers`` count.
@@ -140,11 +141,11 @@ def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: b
     return res
 
 
-def _cli_rate(inputs: list[str], n: int, model: str, workers: int, out: Path, fmt: str) -> dict:
-    """``mtopnet predict INPUTS --workers N`` in a subprocess: wall seconds (process start,
-    model loading and assembly included) and spectra/s for n objects."""
+def _cli_rate(inputs: list[str], n: int, model: str, workers: int, out: Path, shard_size: int) -> dict:
+    """``mtopnet predict INPUTS --workers N --shard-size S`` in a subprocess: wall seconds
+    (process start, model loading and assembly included) and spectra/s for n objects."""
     cmd = [sys.executable, "-m", "mtopnet.cli", "predict", *inputs, "--out", str(out), "--model", model,
-           "--workers", str(workers), "--overwrite"]
+           "--workers", str(workers), "--shard-size", str(shard_size), "--overwrite"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     dt = time.perf_counter() - t0
@@ -177,6 +178,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, nargs="*", default=[], help="CLI runs with these --workers counts")
     p.add_argument("--fits", default=None, help="glob of per-object FITS files for CLI runs")
     p.add_argument("--fits-n", type=int, default=500, help="objects of --fits to predict (default 500)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="CLI runs: rows (or files) per shard (default: N / 8, at least 64)")
     p.add_argument("--no-stages", action="store_true", help="skip the profiled run")
     p.add_argument("--worker", nargs=4, metavar=("STORE", "MODEL", "N", "REFINE"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -227,14 +230,16 @@ def main() -> int:
                 sub, n0 = Path(store), available
             print(f"CLI `mtopnet predict --workers N` on {n0} spectra of the store (default path; start included):")
             for w in args.workers:
-                r = _cli_rate([str(sub)], n0, model, w, tmp_path / f"cli-{w}.{args.format}", args.format)
+                r = _cli_rate([str(sub)], n0, model, w, tmp_path / f"cli-{w}.{args.format}",
+                              args.shard_size or max(64, n0 // 8))
                 print(f"  workers {w}: {r['seconds']:7.1f} s {r['spectra_per_s']:8.0f} spectra/s", flush=True)
         if args.fits:
             files = _fits_objects(args.fits, args.fits_n)
             n_obj = len({Path(f).name.rsplit("_", 1)[0] for f in files})
             print(f"CLI on {n_obj} objects of per-object FITS files ({len(files)} files, {args.fits}):")
             for w in args.workers or [1]:
-                r = _cli_rate(files, n_obj, model, w, tmp_path / f"fits-{w}.{args.format}", args.format)
+                r = _cli_rate(files, n_obj, model, w, tmp_path / f"fits-{w}.{args.format}",
+                              args.shard_size or max(64, n_obj // 8))
                 print(f"  workers {w}: {r['seconds']:7.1f} s {r['spectra_per_s']:8.0f} spectra/s", flush=True)
     return 0
 
