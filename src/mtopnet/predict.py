@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import logging
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -46,6 +47,7 @@ from .constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
 from .domain import DomainReport, DomainWarning, describe_arms, domain_check, domain_problem, expected_domain
 from .instruments import load_instrument
 from .io import input_fibermap
+from .logs import progress_enabled
 from .priors import prior_columns, write_priors
 from .provenance import catalogue_provenance
 from .quality import central_intervals, pdf_summary, window_mass
@@ -75,6 +77,7 @@ from .store import SpectraBatch, check_writable
 from .trained import DEFAULT_MODEL, TrainedModel, load_model
 
 COMMAND = "predict"
+log = logging.getLogger(__name__)
 
 
 def _chunks(batches: Iterable[SpectraBatch], size: int | None) -> Iterator[SpectraBatch]:
@@ -511,7 +514,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write a Redrock priors file (rrdesi --priors FILE; integer ids only)")
     p.add_argument("--no-refine", action="store_true",
                    help="report the network's z alone (no template refinement, see docs/refine.md)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, default=1,
                    help="processes: 1 (default) runs in this process, N > 1 on a Dask LocalCluster (docs/scale.md)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -534,13 +536,14 @@ def run_cli(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     model = load_model(args.model, device=args.device)
+    log.debug("model %s on %s", model.source, args.device)
     run = predict_sharded(model, args.inputs, args.out, batch_size=args.batch_size, with_pdf=args.pdf,
-                          overwrite=args.overwrite, progress=not args.quiet, format=args.format,
+                          overwrite=args.overwrite, progress=progress_enabled(), format=args.format,
                           refine=not args.no_refine, priors_out=args.priors_out, workers=args.workers,
                           scheduler=args.scheduler, shard_size=args.shard_size, threads=args.threads)
     resumed = f" ({run.n_reused} of {run.n_shards} shards from an earlier run)" if run.n_reused else ""
-    print(f"{args.out}: {run.n_rows} rows{resumed}" + (f"; Redrock priors in {args.priors_out}" if args.priors_out
-                                                        else ""))
+    priors = f"; Redrock priors in {args.priors_out}" if args.priors_out else ""
+    print(f"{args.out}: {run.n_rows} rows{resumed}{priors}")  # the command's result line (stdout)
     return 0
 
 

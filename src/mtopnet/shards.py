@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -52,7 +51,10 @@ from . import __version__
 from .catalogue import CatalogueWriter, OutputLock, catalogue_format, read_catalogue, temp_name
 from .config import UserError
 from .io import plan_inputs, read_units
+from .logs import progress_bar
 from .store import check_writable, remove_partial, store_info, write_error
+
+log = logging.getLogger(__name__)
 
 SHARD_SIZE = 4096
 """Default shard size: store rows, or files for other inputs."""
@@ -376,9 +378,10 @@ def run_sharded(compute: ComputeFn, job: Any, shards: list[Shard], out: str | Pa
             else:
                 records[shard.index] = record
         n_reused = len(records)
-        from tqdm import tqdm
-        bar = tqdm(total=len(shards), initial=n_reused, unit="shard", desc=out.name,  # shown after 1 s: not
-                   disable=not progress, file=sys.stderr, delay=1.0)  # before a one-line input error
+        log.debug("%s: %d shard(s), %d done by an earlier run, %d to compute (%s)", out, len(shards), n_reused,
+                  len(todo), f"scheduler {scheduler}" if scheduler else f"{workers} worker(s)")
+        bar = progress_bar(total=len(shards), initial=n_reused, unit="shard", desc=out.name,  # shown after 1 s:
+                           progress=progress, delay=1.0)  # not before a one-line input error
 
         def done(shard: Shard, record: dict) -> None:
             records[shard.index] = record
