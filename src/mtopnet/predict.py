@@ -27,8 +27,9 @@ import hashlib
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -46,7 +47,7 @@ from .config import ConfigError, UserError
 from .constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
 from .domain import DomainReport, DomainWarning, describe_arms, domain_check, domain_problem, expected_domain
 from .instruments import load_instrument
-from .io import input_fibermap
+from .io import input_passthrough, stack_passthrough
 from .logs import progress_enabled
 from .priors import prior_columns, write_priors
 from .provenance import catalogue_provenance
@@ -412,8 +413,9 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
     Out-of-domain spectra give one :class:`DomainWarning` at the end, with their number. While
     it runs, a second run on ``out`` is refused. ``refine``: as in :func:`predict_batches`
     (True: template refinement of z, the default). ``priors_out``: also a Redrock priors file
-    there (:mod:`mtopnet.priors`; integer ids only). FITS catalogues of DESI files get their
-    FIBERMAP rows as HDU FIBERMAP (:func:`mtopnet.io.input_fibermap`).
+    there (:mod:`mtopnet.priors`; integer ids only). FITS catalogues get the inputs' per-object
+    tables (DESI FIBERMAP, SDSS SPECOBJ) as HDUs of those names, row for row with the
+    catalogue (:mod:`mtopnet.io.passthrough`).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -441,14 +443,15 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
     job = _ShardJob(model.source, device, batch_size, with_pdf, True if shipped_refiner else (refine or False),
                     threads, as_text=len(kinds) > 1,
                     arm_resolution=_store_resolution(list(inputs)), cache_key=f"predict-{json_digest(loaded)}")
-    fibermap = input_fibermap([str(p) for p in inputs], format) if catalogue_format(out) == "fits" else None
+    passthrough = _passthrough([u for shard in shards for u in shard.units]) if catalogue_format(out) == "fits" \
+        else None
     priors: list[dict[str, np.ndarray]] = []
     seed_cache(job.cache_key, (model, refine or None))  # in this process: the model given, not a reload
     try:
         run = run_sharded(_predict_shard, job, shards, out, workers=workers, scheduler=scheduler,
                           overwrite=overwrite, progress=progress,
                           zbin_centres=model.zbins.centres if with_pdf else None, meta=meta, chunk_rows=batch_size,
-                          fibermap=fibermap,
+                          passthrough=passthrough,
                           on_rows=(lambda rows: priors.append(prior_columns(rows))) if priors_out is not None
                           else None)
     finally:
@@ -460,6 +463,21 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
         report.merge(DomainReport(**info.get("domain", {})))
     report.warn(model)  # once per run, with the count
     return run
+
+
+def _passthrough(units: list) -> Callable[[list[dict]], dict[str, Any]] | None:
+    """The inputs' per-object tables for the catalogue: read now, put in catalogue order by the
+    run's shard infos (each shard's ``unit_rows``); None when no input has one."""
+    tables = input_passthrough(units)
+    if not any(tables):
+        return None
+    labels = [unit.label for unit in units]
+
+    def in_catalogue_order(infos: list[dict]) -> dict[str, Any]:
+        if any("unit_rows" not in info for info in infos):  # a shard computed by other code: no counts
+            return {}
+        return stack_passthrough(tables, [n for info in infos for n in info["unit_rows"]], labels)
+    return in_catalogue_order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -487,7 +505,8 @@ def _load_for_job(job: _ShardJob) -> tuple[TrainedModel, Refiner | None]:
 def _predict_shard(job: _ShardJob, shard: Shard, info: dict) -> Iterator[dict[str, np.ndarray]]:
     """Catalogue rows of one shard (:data:`mtopnet.shards.ComputeFn`); its DomainReport goes to ``info``."""
     model, refiner = worker_cached(job.cache_key, lambda: _load_for_job(job))  # once per worker process
-    batches = shard.batches(job.batch_size)
+    unit_rows = [0] * len(shard.units)
+    batches = shard.batches(job.batch_size, unit_rows)
     if job.as_text:  # integer and text ids mixed (DESI + SDSS): one text id column
         batches = (dataclasses.replace(b, ids=np.asarray(b.ids).astype(str)) for b in batches)
     report = DomainReport()
@@ -499,6 +518,7 @@ def _predict_shard(job: _ShardJob, shard: Shard, info: dict) -> Iterator[dict[st
     finally:
         torch.set_num_threads(threads)
     info["domain"] = dataclasses.asdict(report)
+    info["unit_rows"] = unit_rows  # catalogue rows per input unit (pass-through tables)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
