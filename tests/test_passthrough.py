@@ -14,6 +14,7 @@ from astropy.table import Table
 import mtopnet.predict as predict_mod
 from mtopnet.io import ReaderWarning, stack_passthrough, write_text
 from mtopnet.io._fits import scan_tables
+from mtopnet.io.passthrough import append_tables
 from mtopnet.io.sdss import read_specobj
 from mtopnet.predict import predict_store
 from mtopnet.testing import toy_batch
@@ -64,6 +65,26 @@ def test_stack_fills_rows_of_other_sources_with_nulls_that_no_real_row_holds():
     full = stack_passthrough([{"T": _table([1, 2], "u1")}, {"T": _table([3], "u1")}], [2, 1])["T"]
     assert isinstance(full, np.ndarray) and list(full["A"]) == [1, 2, 3]  # every row present: plain rows
     assert stack_passthrough([{}, {}], [4, 2]) == {}
+
+
+def test_null_rows_round_trip_through_fits(tmp_path):
+    """Every column kind: real rows read back as written, null rows masked (astropy), the
+    integer nulls (vector columns too) outside the real values, logical nulls F."""
+    rows = np.array([(True, 1.5, b"ab", [-32768, 2], 7, 255)],
+                    dtype=[("B", "?"), ("F", ">f4"), ("S", "S2"), ("V", ">i2", (2,)), ("K", ">i8"), ("U", "u1")])
+    path = tmp_path / "t.fits"
+    fits.writeto(path, np.zeros(1))
+    append_tables(path, stack_passthrough([{}, {"T": rows}], [2, 1]))
+    back = Table.read(path, hdu="T")
+    for name in ("F", "S", "V", "K", "U"):
+        mask = np.ma.getmaskarray(back[name]).reshape(3, -1)
+        assert mask[:2].all() and not mask[2].any(), name
+        want = rows[name][0].decode() if name == "S" else rows[name][0]
+        assert np.array_equal(np.asarray(back[name][2]), want), name
+    raw = fits.getdata(path, "T")
+    header = fits.getheader(path, "T")
+    assert header["TNULL4"] == 32767 and header["TNULL6"] == 0  # -32768 and 255 are real values
+    assert list(raw["B"]) == [False, False, True]
 
 
 def test_stack_leaves_out_what_does_not_fit_with_a_warning():

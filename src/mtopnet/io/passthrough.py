@@ -107,10 +107,13 @@ def _with_null_rows(rows: np.ndarray, where: np.ndarray, total: int) -> Any:
         col[where] = rows[name]
         col.mask[...] = True
         col.mask[where] = False
-        if col.dtype.kind in "iu":
+        kind = col.dtype.kind
+        if kind in "iu":
             null = _null_value(col.dtype, np.asarray(rows[name]))
-            if null is not None:
-                col.fill_value = null
+            col.meta["TNULL"] = null  # None: every value is taken; the null rows hold 0 (unmarked in FITS)
+            col.fill_value = 0 if null is None else null
+        else:
+            col.fill_value = {"f": np.nan, "c": np.nan, "b": False}.get(kind, "" if kind in "SU" else 0)
     return table
 
 
@@ -156,14 +159,23 @@ def stack_passthrough(per_unit: list[dict[str, np.ndarray]], unit_rows: list[int
 
 
 def append_tables(path: str | os.PathLike, tables: Mapping[str, Any]) -> None:
-    """Append each table (structured array or astropy Table) to FITS file ``path`` as a binary
-    table HDU named by its key; masked values are written as FITS nulls (``table_to_hdu``)."""
+    """Append each table (structured array, or astropy Table with masked rows from
+    :func:`stack_passthrough`) to FITS file ``path`` as a binary table HDU named by its key.
+    Masked values are written as each column's fill value: NaN, '', F (logical), and for
+    integers the ``TNULL`` of the column (set here: astropy's own ``table_to_hdu`` loses it for
+    vector columns)."""
     from astropy.io import fits
     from astropy.table import Table
     with fits.open(path, mode="append") as hdul:
         for name, table in tables.items():
-            hdul.append(fits.table_to_hdu(Table(table)))
-            hdul[-1].name = name
+            table = table if isinstance(table, Table) else Table(table)
+            hdu = fits.table_to_hdu(table.filled() if table.has_masked_values else table)
+            for col in hdu.columns:
+                null = table[col.name].meta.get("TNULL")
+                if null is not None:
+                    col.null = int(null)
+            hdu.name = name
+            hdul.append(hdu)
 
 
 __all__ = ["SOURCE_TABLES", "unit_tables", "input_passthrough", "stack_passthrough", "append_tables"]
