@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import logging
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -45,7 +47,8 @@ from .config import ConfigError, UserError
 from .constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
 from .domain import DomainReport, DomainWarning, describe_arms, domain_check, domain_problem, expected_domain
 from .instruments import load_instrument
-from .io import input_fibermap
+from .io import input_passthrough, stack_passthrough
+from .logs import progress_enabled
 from .priors import prior_columns, write_priors
 from .provenance import catalogue_provenance
 from .quality import central_intervals, pdf_summary, window_mass
@@ -75,6 +78,7 @@ from .store import SpectraBatch, check_writable
 from .trained import DEFAULT_MODEL, TrainedModel, load_model
 
 COMMAND = "predict"
+log = logging.getLogger(__name__)
 
 
 def _chunks(batches: Iterable[SpectraBatch], size: int | None) -> Iterator[SpectraBatch]:
@@ -409,8 +413,9 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
     Out-of-domain spectra give one :class:`DomainWarning` at the end, with their number. While
     it runs, a second run on ``out`` is refused. ``refine``: as in :func:`predict_batches`
     (True: template refinement of z, the default). ``priors_out``: also a Redrock priors file
-    there (:mod:`mtopnet.priors`; integer ids only). FITS catalogues of DESI files get their
-    FIBERMAP rows as HDU FIBERMAP (:func:`mtopnet.io.input_fibermap`).
+    there (:mod:`mtopnet.priors`; integer ids only). FITS catalogues get the inputs' per-object
+    tables (DESI FIBERMAP, SDSS SPECOBJ) as HDUs of those names, row for row with the
+    catalogue (:mod:`mtopnet.io.passthrough`).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -438,14 +443,15 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
     job = _ShardJob(model.source, device, batch_size, with_pdf, True if shipped_refiner else (refine or False),
                     threads, as_text=len(kinds) > 1,
                     arm_resolution=_store_resolution(list(inputs)), cache_key=f"predict-{json_digest(loaded)}")
-    fibermap = input_fibermap([str(p) for p in inputs], format) if catalogue_format(out) == "fits" else None
+    passthrough = _passthrough([u for shard in shards for u in shard.units]) if catalogue_format(out) == "fits" \
+        else None
     priors: list[dict[str, np.ndarray]] = []
     seed_cache(job.cache_key, (model, refine or None))  # in this process: the model given, not a reload
     try:
         run = run_sharded(_predict_shard, job, shards, out, workers=workers, scheduler=scheduler,
                           overwrite=overwrite, progress=progress,
                           zbin_centres=model.zbins.centres if with_pdf else None, meta=meta, chunk_rows=batch_size,
-                          fibermap=fibermap,
+                          passthrough=passthrough,
                           on_rows=(lambda rows: priors.append(prior_columns(rows))) if priors_out is not None
                           else None)
     finally:
@@ -457,6 +463,21 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
         report.merge(DomainReport(**info.get("domain", {})))
     report.warn(model)  # once per run, with the count
     return run
+
+
+def _passthrough(units: list) -> Callable[[list[dict]], dict[str, Any]] | None:
+    """The inputs' per-object tables for the catalogue: read now, put in catalogue order by the
+    run's shard infos (each shard's ``unit_rows``); None when no input has one."""
+    tables = input_passthrough(units)
+    if not any(tables):
+        return None
+    labels = [unit.label for unit in units]
+
+    def in_catalogue_order(infos: list[dict]) -> dict[str, Any]:
+        if any("unit_rows" not in info for info in infos):  # a shard computed by other code: no counts
+            return {}
+        return stack_passthrough(tables, [n for info in infos for n in info["unit_rows"]], labels)
+    return in_catalogue_order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -484,7 +505,8 @@ def _load_for_job(job: _ShardJob) -> tuple[TrainedModel, Refiner | None]:
 def _predict_shard(job: _ShardJob, shard: Shard, info: dict) -> Iterator[dict[str, np.ndarray]]:
     """Catalogue rows of one shard (:data:`mtopnet.shards.ComputeFn`); its DomainReport goes to ``info``."""
     model, refiner = worker_cached(job.cache_key, lambda: _load_for_job(job))  # once per worker process
-    batches = shard.batches(job.batch_size)
+    unit_rows = [0] * len(shard.units)
+    batches = shard.batches(job.batch_size, unit_rows)
     if job.as_text:  # integer and text ids mixed (DESI + SDSS): one text id column
         batches = (dataclasses.replace(b, ids=np.asarray(b.ids).astype(str)) for b in batches)
     report = DomainReport()
@@ -496,6 +518,7 @@ def _predict_shard(job: _ShardJob, shard: Shard, info: dict) -> Iterator[dict[st
     finally:
         torch.set_num_threads(threads)
     info["domain"] = dataclasses.asdict(report)
+    info["unit_rows"] = unit_rows  # catalogue rows per input unit (pass-through tables)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -511,7 +534,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write a Redrock priors file (rrdesi --priors FILE; integer ids only)")
     p.add_argument("--no-refine", action="store_true",
                    help="report the network's z alone (no template refinement, see docs/refine.md)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, default=1,
                    help="processes: 1 (default) runs in this process, N > 1 on a Dask LocalCluster (docs/scale.md)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -534,13 +556,14 @@ def run_cli(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     model = load_model(args.model, device=args.device)
+    log.debug("model %s on %s", model.source, args.device)
     run = predict_sharded(model, args.inputs, args.out, batch_size=args.batch_size, with_pdf=args.pdf,
-                          overwrite=args.overwrite, progress=not args.quiet, format=args.format,
+                          overwrite=args.overwrite, progress=progress_enabled(), format=args.format,
                           refine=not args.no_refine, priors_out=args.priors_out, workers=args.workers,
                           scheduler=args.scheduler, shard_size=args.shard_size, threads=args.threads)
     resumed = f" ({run.n_reused} of {run.n_shards} shards from an earlier run)" if run.n_reused else ""
-    print(f"{args.out}: {run.n_rows} rows{resumed}" + (f"; Redrock priors in {args.priors_out}" if args.priors_out
-                                                        else ""))
+    priors = f"; Redrock priors in {args.priors_out}" if args.priors_out else ""
+    print(f"{args.out}: {run.n_rows} rows{resumed}{priors}")  # the command's result line (stdout)
     return 0
 
 
