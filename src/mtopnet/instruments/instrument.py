@@ -27,6 +27,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from ..config import ArmConfig, ConfigError, CurveSpec, InstrumentConfig
 from ..constants import MASK_BAD, MASK_SKYLINE, MASK_TELLURIC  # noqa: F401 (re-exported)
+from .aperture import FWHM_PER_SIGMA, Aperture
 from .sky import SkySpectrum, load_sky, moons1d_path
 
 FINE_PER_PIXEL = 3
@@ -104,8 +105,8 @@ class ArmResponse:
     All arrays are (L,) on the arm's pixels, per sub-exposure of ``t_sub`` seconds.
     """
 
-    electrons_per_flux: np.ndarray  # e- per (1e-17 erg/s/cm2/A) before fibre loss and telluric
-    sky_electrons: np.ndarray  # e- from the sky in the fibre
+    electrons_per_flux: np.ndarray  # e- per (1e-17 erg/s/cm2/A) before aperture loss and telluric
+    sky_electrons: np.ndarray  # e- from the sky in the fibre (or slit width x extraction length)
     dark_electrons: float  # e- from dark current
     read_noise: float  # e- rms
     telluric_fine: np.ndarray  # (Lf,) transmission on the fine grid
@@ -205,20 +206,20 @@ class Arm:
         core = smooth[..., self.fine_pad:self.fine_pad + self.npix * FINE_PER_PIXEL]
         return core.reshape(core.shape[:-1] + (self.npix, FINE_PER_PIXEL)).mean(axis=-1)
 
-    def fibre_fraction(self, seeing: float, airmass: float,
-                       source_sigma: np.ndarray | float = 0.0) -> np.ndarray:
-        """Fraction of a source's light entering the fibre, per pixel.
+    def aperture_fraction(self, seeing: float, airmass: float,
+                          source_sigma: np.ndarray | float = 0.0) -> np.ndarray:
+        """Fraction of a source's light entering the fibre or slit, per pixel.
 
         A centred Gaussian PSF of the seeing-limited image quality convolved with a Gaussian
-        source of ``source_sigma`` arcsec (0 for a point source), through a circular aperture
-        of the fibre's diameter. source_sigma: scalar or (N,) -> (L,) or (N, L).
+        source of ``source_sigma`` arcsec (0 for a point source), through the instrument's
+        aperture (:class:`~mtopnet.instruments.aperture.Aperture`).
+        source_sigma: scalar or (N,) -> (L,) or (N, L).
         """
-        radius = 0.5 * self.instrument.config.fibre_diameter
         psf_sigma = image_quality(seeing, self.wave, airmass,
-                                  self.instrument.config.telescope_diameter) / 2.3548
+                                  self.instrument.config.telescope_diameter) / FWHM_PER_SIGMA
         src = np.asarray(source_sigma, dtype=np.float64)
         total_var = psf_sigma ** 2 + (src[..., None] ** 2 if src.ndim else src ** 2)
-        return -np.expm1(-0.5 * radius ** 2 / total_var)
+        return self.instrument.aperture.fraction(total_var)
 
     def response(self, airmass: float, seeing: float, t_sub: float) -> ArmResponse:
         """Per-pixel constants for these conditions (cached)."""
@@ -242,10 +243,10 @@ class Arm:
                 raise ConfigError(
                     f"arms.{self.name}: {self.config.wave_min:.0f}-{self.config.wave_max:.0f} A "
                     f"lies outside the sky model {inst.config.sky_model} ({lo:.0f}-{hi:.0f} A)")
+            sky = sky.from_wave(self.fine_edges[0])  # the sky table that holds the arm
             telluric_fine = bin_mean(sky.wave, sky.transmission, self.fine_edges)
             sky_fine = bin_mean(sky.wave, sky.emission, self.fine_edges)  # ph/s/cm2/A/arcsec2
-            fibre_area = np.pi * (0.5 * inst.config.fibre_diameter) ** 2
-            sky_electrons = (self.convolve_and_bin(sky_fine) * fibre_area * area_cm2 * eff
+            sky_electrons = (self.convolve_and_bin(sky_fine) * inst.aperture.sky_area * area_cm2 * eff
                              * self.dispersion * t_sub)
         telluric_pixel = self.convolve_and_bin(telluric_fine)
         mask = np.zeros(self.npix, dtype=np.uint8)
@@ -254,7 +255,7 @@ class Arm:
         if sky_electrons.any():
             continuum = running_median(sky_electrons, SKYLINE_WINDOW)
             mask[sky_electrons > SKYLINE_CONTRAST * np.maximum(continuum, 1e-30)] |= MASK_SKYLINE
-        psf_sigma = image_quality(seeing, self.wave, airmass, inst.config.telescope_diameter) / 2.3548
+        psf_sigma = image_quality(seeing, self.wave, airmass, inst.config.telescope_diameter) / FWHM_PER_SIGMA
         out = ArmResponse(electrons_per_flux, sky_electrons, self.config.dark * t_sub / 3600.0,
                           self.config.read_noise, telluric_fine, telluric_pixel, psf_sigma, mask)
         self._responses[key] = out
@@ -262,11 +263,12 @@ class Arm:
 
 
 class Instrument:
-    """A multi-arm fibre spectrograph, built from its YAML description."""
+    """A multi-arm fibre or slit spectrograph, built from its YAML description."""
 
     def __init__(self, config: InstrumentConfig):
         self.config = config
         self.name = config.name
+        self.aperture = Aperture(config.aperture)
         self.arms = [Arm(a, self) for a in config.arms]
         self._sky: dict[float, SkySpectrum | None] = {}
 
