@@ -98,6 +98,7 @@ class ZInfo(enum.IntFlag):
     LOW_SN = 1 << 1  # continuum not detected (block medians below their noise): Z rests on lines
     MULTI_PEAK = 1 << 2  # the PDF has more than one peak holding >= 5% within +-0.01 (see DELTACHI2)
     UNTRAINED_PIXELS = 1 << 3  # data where the model saw none in training (voided before the network)
+    SKY_MASKED = 1 << 4  # the training instrument's sky-line / telluric masks voided pixels the file had not masked
 
     @classmethod
     def names(cls, value: int) -> list[str]:
