@@ -137,6 +137,8 @@ def resample_mask(src_edges: np.ndarray, src_mask: np.ndarray, wave: np.ndarray)
         return out
     edges = pixel_edges(wave)
     lo, hi = np.minimum(edges[:-1], edges[1:]), np.maximum(edges[:-1], edges[1:])
+    shrink = 1e-6 * (hi - lo)  # a shared edge, up to round-off, is no overlap
+    lo, hi = lo + shrink, hi - shrink
     first = np.clip(np.searchsorted(src_edges, lo, side="right") - 1, 0, len(src_mask) - 1)
     last = np.clip(np.searchsorted(src_edges, hi, side="left") - 1, 0, len(src_mask) - 1)
     overlaps = (hi > src_edges[0]) & (lo < src_edges[-1])
