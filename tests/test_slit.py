@@ -193,3 +193,13 @@ def test_xshooter_like_example_loads_and_simulates(tmp_path):
     a_band = (vis["wave"] > 7594) & (vis["wave"] < 7630)
     assert np.mean(vis["mask"][:, a_band] & 4 != 0) > 0.5
     assert np.mean(batch.arms["NIR"]["mask"] & 2 != 0) > 0.05
+
+
+def test_xshooter_like_recipe_resolves_on_its_grid():
+    from mtopnet.train import load_train_config
+    cfg = load_train_config(EXAMPLE.with_name("train-xshooter-like.yaml"))
+    assert (cfg.preprocess.wave_min, cfg.preprocess.wave_max) == (3100.0, 18000.0)
+    assert cfg.model.n_pix == cfg.preprocess.n_pix == 4096
+    lo, hi = load_instrument(str(EXAMPLE)).wave_range
+    assert lo <= cfg.preprocess.wave_min and cfg.preprocess.wave_max <= hi
+    assert 1215.67 * (1 + cfg.redshift.z_max) < lo  # no Lyman alpha in the arms: no IGM in the simulator
