@@ -84,7 +84,8 @@ def test_a_spectrum_spanning_the_arms_but_mostly_masked_is_out_of_domain(tiny_mo
     batch = toy_batch(3, toy_waves, seed=6)
     _mask_fraction(batch, 1, 0.8)
     _mask_fraction(batch, 2, 0.3)
-    with pytest.warns(DomainWarning, match=r"1 \(first id 1\) have valid data on \d+% of the model's wavelengths"):
+    with pytest.warns(DomainWarning, match=r"1 spectra with valid data on less than 50% of the model's "
+                                           r"wavelengths \(masked or empty pixels; the first, id 1, on \d+%\)"):
         rows = next(predict_batches(model, [batch], refine=False))
     flagged = (rows["ZWARN"] & ZWarn.OUT_OF_DOMAIN) != 0
     assert list(flagged) == [False, True, False]
@@ -92,7 +93,7 @@ def test_a_spectrum_spanning_the_arms_but_mostly_masked_is_out_of_domain(tiny_mo
     x = model.preprocessor(batch)
     cover = unmasked_coverage(model, x.ivar)
     assert cover[1] < MIN_UNMASKED_COVERAGE < cover[2] < cover[0]
-    # its extent alone matches the training arms: the old check passed it
+    # its extent alone matches the training arms: the check of the extent passes it
     from mtopnet.domain import domain_problem
     assert domain_problem(model, batch) is None
 
@@ -106,3 +107,17 @@ def test_all_masked_is_nodata_not_out_of_domain(tiny_model_path, toy_waves):
         rows = next(predict_batches(model, [batch], refine=False))
     assert rows["ZWARN"][0] & ZWarn.NODATA and not rows["ZWARN"][0] & ZWarn.OUT_OF_DOMAIN
     assert not rows["ZWARN"][1] & ZWarn.OUT_OF_DOMAIN
+
+
+def test_a_run_reports_its_mostly_masked_spectra_once(tiny_model_path, toy_waves, tmp_path):
+    from mtopnet.store import write_store
+    batch = toy_batch(4, toy_waves, seed=8)
+    _mask_fraction(batch, 1, 0.9)
+    _mask_fraction(batch, 3, 0.9)
+    write_store(tmp_path / "masked.h5", batch, {"instrument": "toy"})
+    with pytest.warns(DomainWarning) as record:
+        predict_store(load_model(tiny_model_path), [tmp_path / "masked.h5"], tmp_path / "cat.csv", refine=False)
+    messages = [str(r.message) for r in record if issubclass(r.category, DomainWarning)]
+    assert len(messages) == 1 and messages[0].startswith("2 spectra with valid data on less than 50%")
+    zwarn = np.asarray(read_catalogue(tmp_path / "cat.csv")["ZWARN"])
+    assert list((zwarn & ZWarn.OUT_OF_DOMAIN) != 0) == [False, True, False, True]

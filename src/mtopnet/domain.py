@@ -128,13 +128,14 @@ def sparse_coverage(model: TrainedModel, ivar: np.ndarray) -> np.ndarray:
 
 
 def sparse_description(model: TrainedModel, ivar: np.ndarray, ids: np.ndarray) -> str:
-    """The spectra of :func:`sparse_coverage` in words (count, first id, its coverage)."""
+    """The spectra of :func:`sparse_coverage` in words (the first's id and coverage), to follow
+    "N spectra"."""
     sparse = sparse_coverage(model, ivar)
     first = int(np.argmax(sparse))
     frac = unmasked_coverage(model, ivar)[first]
-    return (f"{int(sparse.sum())} (first id {np.asarray(ids)[first]}) have valid data on "
-            f"{100 * frac:.0f}% of the model's wavelengths (< {100 * MIN_UNMASKED_COVERAGE:.0f}%: masked "
-            f"or empty pixels) and are out of the model's domain")
+    return (f"with valid data on less than {100 * MIN_UNMASKED_COVERAGE:.0f}% of the model's wavelengths "
+            f"(masked or empty pixels; the first, id {np.asarray(ids)[first]}, on {100 * frac:.0f}%) are out of "
+            f"the model's domain")
 
 
 def domain_check(model: TrainedModel, batch: SpectraBatch, arm_resolution: dict[str, float] | None = None,

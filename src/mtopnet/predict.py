@@ -214,8 +214,8 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             if sparse.any() and domain_report.first is None:
                 domain_report.first = sparse_description(model, x.ivar, batch.ids)
         elif sparse.any() and domain_cache[key]:
-            warnings.warn(DomainWarning(f"spectra {sparse_description(model, x.ivar, batch.ids)}; ZWARN bit "
-                                        f"OUT_OF_DOMAIN ({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
+            warnings.warn(DomainWarning(f"{int(sparse.sum())} spectra {sparse_description(model, x.ivar, batch.ids)}; "
+                                        f"ZWARN bit OUT_OF_DOMAIN ({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
         features = {}
         if scan is not None:
             features = _fit_features(summ, summ_net, pdf_net, zb.edges, fit, scan_cols, x, out_of_domain, evidence)
@@ -503,14 +503,16 @@ def _load_for_job(job: _ShardJob) -> tuple[TrainedModel, Refiner | None]:
 
 def training_instrument(model: TrainedModel) -> Instrument | None:
     """The instrument the model's training stores were simulated with (None if unknown or
-    no longer loadable, e.g. a user's YAML that has moved)."""
+    no longer loadable, e.g. a user's YAML that has moved, or its sky tables are missing)."""
     name = (model.instrument or {}).get("name")
     if not name:
         return None
     try:
-        return load_instrument(str(name))
+        inst = load_instrument(str(name))
+        inst.sky_mask(np.array([inst.wave_range[0]]))  # its sky tables load (moons1d installed)
     except (UserError, ConfigError, OSError):
         return None
+    return inst
 
 
 def _masked_batches(shard: Shard, batch_size: int, instrument: Instrument | None) -> Iterator[SpectraBatch]:
