@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 import warnings
@@ -45,10 +46,20 @@ from .catalogue import (
 from .columns import SMALL_DELTA_CHI2_LIMIT, ZInfo, ZWarn, capped_p, capped_qop
 from .config import ConfigError, UserError
 from .constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
-from .domain import DomainReport, DomainWarning, describe_arms, domain_check, domain_problem, expected_domain
-from .instruments import load_instrument
-from .io import input_passthrough, stack_passthrough
+from .domain import (
+    DomainReport,
+    DomainWarning,
+    describe_arms,
+    domain_check,
+    domain_problem,
+    expected_domain,
+    sparse_coverage,
+    sparse_description,
+)
+from .instruments import Instrument, load_instrument
+from .io import input_passthrough, read_units, stack_passthrough
 from .logs import progress_enabled
+from .preprocess import apply_sky_masks
 from .priors import prior_columns, write_priors
 from .provenance import catalogue_provenance
 from .quality import central_intervals, pdf_summary, window_mass
@@ -199,9 +210,16 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
                     domain_report.n_layouts += 1
                     domain_report.layouts.append(hashlib.sha256(key).hexdigest()[:16])
                     domain_report.first = domain_report.first or what
-        out_of_domain = not domain_cache[key]
-        if out_of_domain and domain_report is not None:
-            domain_report.n_spectra += n
+        # per object: the arms' layout, or valid data on too little of the training coverage
+        sparse = sparse_coverage(model, x.ivar)
+        out_of_domain = np.full(n, not domain_cache[key]) | sparse
+        if domain_report is not None:
+            domain_report.n_spectra += int(out_of_domain.sum())
+            if sparse.any() and domain_report.first is None:
+                domain_report.first = sparse_description(model, x.ivar, batch.ids)
+        elif sparse.any() and domain_cache[key]:
+            warnings.warn(DomainWarning(f"{int(sparse.sum())} spectra {sparse_description(model, x.ivar, batch.ids)}; "
+                                        f"ZWARN bit OUT_OF_DOMAIN ({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
         features = {}
         if scan is not None:
             features = _fit_features(summ, summ_net, pdf_net, zb.edges, fit, scan_cols, x, out_of_domain, evidence)
@@ -219,14 +237,16 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         if "noise_estimated" in batch.labels:
             est = np.asarray(batch.labels["noise_estimated"]).astype(bool)
             info |= np.where(est, int(ZInfo.NOISE_ESTIMATED), 0).astype(np.int32)
-        if out_of_domain:
-            zwarn |= int(ZWarn.OUT_OF_DOMAIN)
+        zwarn |= np.where(out_of_domain, int(ZWarn.OUT_OF_DOMAIN), 0)
         info |= np.where(summ["n_peaks"] > 1, int(ZInfo.MULTI_PEAK), 0).astype(np.int32)
         zwarn |= np.where(p_dz01 < 0.5, int(ZWarn.LOW_PEAK_PROB), 0)
         if fit is not None:
             zwarn |= np.where(fit.disagree, int(ZWarn.REFINE_DISAGREE), 0)
             zwarn |= np.where(np.isfinite(fit.rchi2) & (fit.refined < 0), int(ZWarn.BAD_MINFIT), 0)
         info |= np.where(x.outside_coverage, int(ZInfo.UNTRAINED_PIXELS), 0).astype(np.int32)
+        if "sky_masked" in batch.labels:  # real input given the training instrument's sky masks
+            sky_masked = np.asarray(batch.labels["sky_masked"], dtype=bool)
+            info |= np.where(sky_masked, int(ZInfo.SKY_MASKED), 0).astype(np.int32)
         zwarn |= np.where(x.implausible_flux, int(ZWarn.IMPLAUSIBLE_FLUX), 0)
         if scan is not None:
             disagree = (features["scan_disagree"] > 0) & (np.nan_to_num(scan_cols["SCAN_DCHI2"]) > SCAN_DISAGREE_DCHI2)
@@ -331,7 +351,7 @@ SCAN_DISAGREE_DCHI2 = 9.0
 
 
 def _fit_features(summ: dict, summ_net: dict, pdf_net: np.ndarray, edges: np.ndarray, fit, scan_cols: dict | None,
-                  x, out_of_domain: bool, evidence: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                  x, out_of_domain: np.ndarray, evidence: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The :data:`mtopnet.quality.FIT_FEATURES` of one batch (N,) each."""
     n = len(summ["z"])
     z = np.asarray(summ["z"], dtype=np.float64)
@@ -343,7 +363,7 @@ def _fit_features(summ: dict, summ_net: dict, pdf_net: np.ndarray, edges: np.nda
             "valid_fraction": np.asarray(x.valid_fraction, dtype=np.float64),
             "log_inv_snr": np.log10(np.maximum(x.noise, 1e-12) / np.maximum(x.scale, 1e-12)),
             "continuum_detected": np.asarray(x.continuum_detected, dtype=np.float64),
-            "out_of_domain": np.full(n, float(out_of_domain)),
+            "out_of_domain": np.asarray(out_of_domain, dtype=np.float64),
             "log_feature_dchi2": np.log1p(np.maximum(np.nan_to_num(evidence), 0.0)) if evidence is not None
             else np.zeros(n),
         }
@@ -502,11 +522,43 @@ def _load_for_job(job: _ShardJob) -> tuple[TrainedModel, Refiner | None]:
     return model, refiner
 
 
+def training_instrument(model: TrainedModel) -> Instrument | None:
+    """The instrument the model's training stores were simulated with (None if unknown or
+    no longer loadable, e.g. a user's YAML that has moved, or its sky tables are missing)."""
+    name = (model.instrument or {}).get("name")
+    if not name:
+        return None
+    try:
+        inst = load_instrument(str(name))
+        inst.sky_mask(np.array([inst.wave_range[0]]))  # its sky tables load (moons1d installed)
+    except (UserError, ConfigError, OSError):
+        return None
+    return inst
+
+
+def _masked_batches(shard: Shard, batch_size: int, instrument: Instrument | None,
+                    counts: list[int]) -> Iterator[SpectraBatch]:
+    """The shard's batches; those read from spectrum files (not stores, which carry the
+    simulator's own masks) get ``instrument``'s sky masks (:func:`apply_sky_masks`).
+    ``counts`` (``len(shard.units)`` zeros) gets each unit's number of spectra."""
+    units = list(shard.units)
+    for is_store, group in itertools.groupby(range(len(units)), key=lambda i: units[i].fmt == "hdf5"):
+        idx = list(group)
+        sub = [0] * len(idx)
+        batches = read_units([units[i] for i in idx], batch_size, sub)
+        if is_store or instrument is None:
+            yield from batches
+        else:
+            yield from (apply_sky_masks(batch, instrument) for batch in batches)
+        for i, c in zip(idx, sub, strict=True):
+            counts[i] = c
+
+
 def _predict_shard(job: _ShardJob, shard: Shard, info: dict) -> Iterator[dict[str, np.ndarray]]:
     """Catalogue rows of one shard (:data:`mtopnet.shards.ComputeFn`); its DomainReport goes to ``info``."""
     model, refiner = worker_cached(job.cache_key, lambda: _load_for_job(job))  # once per worker process
     unit_rows = [0] * len(shard.units)
-    batches = shard.batches(job.batch_size, unit_rows)
+    batches = _masked_batches(shard, job.batch_size, training_instrument(model), unit_rows)
     if job.as_text:  # integer and text ids mixed (DESI + SDSS): one text id column
         batches = (dataclasses.replace(b, ids=np.asarray(b.ids).astype(str)) for b in batches)
     report = DomainReport()
