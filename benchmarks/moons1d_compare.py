@@ -534,7 +534,7 @@ def build_report(res, n_real, n_obj, seed, elapsed) -> str:
         ra = res["m1d"][("H=22", band)]["a-c"]
         fine = flat_fnu(22.0)(arm.fine_wave) / 1e-17
         obj_o = (expected_pixel_flux(arm, fine[None], AIRMASS, SEEING, T_SUB)[0]
-                 * arm.fibre_fraction(SEEING, AIRMASS) * resp.electrons_per_flux)
+                 * arm.aperture_fraction(SEEING, AIRMASS) * resp.electrons_per_flux)
         ratio_d = ra["obj_e"] / obj_o
         eff_ratio = r["efficiency"] / arm.efficiency
         n = arm.npix // 10
@@ -544,7 +544,7 @@ def build_report(res, n_real, n_obj, seed, elapsed) -> str:
         L.append(f"| {band} | {g.sum()} / {arm.npix} | {np.median(r['obj_e'][g]):.1f} / {np.median(obj_o[g]):.1f} | "
                  f"{np.median(r['sky_e'][g]):.0f} / {np.median(resp.sky_electrons[g]):.0f} | "
                  f"{r['dark_var']:.1f} / {resp.dark_electrons:.1f} | {np.median((errsky['errsky_e'] / errsky['sky_e'])[g]):.3f} | "
-                 f"{np.median(r['fibre'][g] / arm.fibre_fraction(SEEING, AIRMASS)[g]):.4f} | "
+                 f"{np.median(r['fibre'][g] / arm.aperture_fraction(SEEING, AIRMASS)[g]):.4f} | "
                  f"{np.median(eff_ratio[g]):.3f} [{np.percentile(eff_ratio[g], 5):.3f}, "
                  f"{np.percentile(eff_ratio[g], 95):.3f}], {100 * np.mean(np.abs(eff_ratio[g] - 1) > 0.05):.0f}% | "
                  f"{np.median(ratio_d[blue]):.3f} / {np.median(ratio_d[red]):.3f} |")

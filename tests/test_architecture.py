@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mtopnet"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     # 0: facts and errors, importing nothing of mtopnet
-    ("mtopnet", "mtopnet.constants", "mtopnet.config"),
+    ("mtopnet", "mtopnet.constants", "mtopnet.config", "mtopnet.logs"),
     # 1: data descriptions
     ("mtopnet.lines", "mtopnet.templates", "mtopnet.instruments", "mtopnet.store", "mtopnet.columns",
      "mtopnet.provenance"),

@@ -185,7 +185,7 @@ def test_docs_table_has_every_bit_and_column():
 
 def test_desi_fibermap_is_passed_through(tiny_model_path, tmp_path):
     """The two DESI coadds of tests/data: HDU FIBERMAP holds their FIBERMAP rows, in the
-    catalogue's order; mixed with a non-DESI input, or in Parquet, there is none."""
+    catalogue's order; in Parquet there is none (mixed inputs: tests/test_passthrough.py)."""
     from pathlib import Path
     data = Path(__file__).resolve().parent / "data"
     desi = sorted(str(p) for p in (data / "desi").glob("coadd-*.fits"))
@@ -203,9 +203,5 @@ def test_desi_fibermap_is_passed_through(tiny_model_path, tmp_path):
             np.testing.assert_array_equal(fibermap["TARGETID"], ids)
             for name in ("TARGETID", "TARGET_RA", "TARGET_DEC", "OBJTYPE"):
                 np.testing.assert_array_equal(fibermap[name], np.concatenate([t[name] for t in inputs]))
-        sdss = sorted(str(p) for p in (data / "sdss").glob("spec-*.fits"))[:1]
-        predict_store(model, [*desi, *sdss], tmp_path / "mixed.fits")
         predict_store(model, desi, tmp_path / "desi.parquet")
-    with fits.open(tmp_path / "mixed.fits") as hdul:
-        assert "FIBERMAP" not in hdul
     assert len(read_catalogue(tmp_path / "desi.parquet")["TARGETID"]) == len(ids)

@@ -89,7 +89,7 @@ def test_noise_is_what_ivar_says(inst, rng):
     src = _flat_fnu(arm, 22.0, n=300)
     s = observe_arm(arm, src, Exposure(8 * 3600, sky_residual=0.0), rng)
     expected = arm.convolve_and_bin(src[:1] * arm.response(1.2, 0.8, 1800).telluric_fine)[0]
-    expected *= arm.fibre_fraction(0.8, 1.2, 0.0) / arm.fibre_fraction(0.8, 1.2, 0.0)  # point source
+    expected *= arm.aperture_fraction(0.8, 1.2, 0.0) / arm.aperture_fraction(0.8, 1.2, 0.0)  # point source
     good = s.mask[0] == 0
     pulls = ((s.flux - expected / arm.response(1.2, 0.8, 1800).telluric_pixel) * np.sqrt(s.ivar))[:, good]
     assert abs(np.mean(pulls)) < 0.05

@@ -29,8 +29,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .columns import capped_p, capped_qop
 from .config import UserError
 from .constants import SUCCESS_DZ
+from .logs import progress_bar, progress_enabled
 from .predict import predict_batches
 from .quality import (
     FEATURES,
@@ -55,10 +56,11 @@ from .quality import (
     reliability,
 )
 from .refine import RefineConfig, Refiner, ScanConfig, ZScanner, fit_combination, scan_on_bins
-from .store import SpectraBatch, iter_store
+from .store import SpectraBatch, iter_store, store_info
 from .trained import load_model
 
 COMMAND = "calibrate"
+log = logging.getLogger(__name__)
 
 
 def recalibrate(model_path: str | os.PathLike, val_store: str | os.PathLike, out: str | os.PathLike | None = None,
@@ -76,17 +78,15 @@ def recalibrate(model_path: str | os.PathLike, val_store: str | os.PathLike, out
     refiner = Refiner.from_model(model, config)
     truth = read_truth(val_store)
     pdfs, zs, ids, qops, pds = [], [], [], [], []
-    done = 0
-    for rows in predict_batches(model, iter_store(val_store, batch_size), with_pdf=True, batch_size=batch_size,
-                                refine=refiner):
-        pdfs.append(rows["Z_PDF"])
-        zs.append(rows["Z"])
-        ids.append(rows["TARGETID"])
-        qops.append(rows["QOP"])
-        pds.append(rows["P_DZ01"])
-        done += len(rows["Z"])
-        if progress:
-            print(f"  recalibrate: {done} spectra", file=sys.stderr)
+    with progress_bar(total=store_info(val_store)["n"], desc="recalibrate", unit="spec", progress=progress) as bar:
+        for rows in predict_batches(model, iter_store(val_store, batch_size), with_pdf=True, batch_size=batch_size,
+                                    refine=refiner):
+            pdfs.append(rows["Z_PDF"])
+            zs.append(rows["Z"])
+            ids.append(rows["TARGETID"])
+            qops.append(rows["QOP"])
+            pds.append(rows["P_DZ01"])
+            bar.update(len(rows["Z"]))
     if not zs:
         raise UserError(f"{val_store}: no spectra")
     pdf = np.concatenate(pdfs).astype(np.float64)
@@ -152,8 +152,10 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     for path in val_stores:
         truth = read_truth(path)
         truths.append({"id": np.asarray(truth["id"]).astype(str), "z": np.asarray(truth["z"], dtype=np.float64)})
+    n_val = sum(store_info(path)["n"] for path in val_stores)
     # 1. the combination's weights, from the network's PDFs and the scan on every object
     pdfs, chi2s, oks, ztrue, pnet = [], [], [], [], []
+    bar = progress_bar(total=n_val, desc="calibrate (scan)", unit="spec", progress=progress)
     for path, truth in zip(val_stores, truths, strict=True):
         for batch in iter_store(path, batch_size):
             x = model.preprocessor(batch)
@@ -166,8 +168,8 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
             chi2s.append(chi2_bins.astype(np.float32))
             oks.append(res.ok)
             ztrue.append(truth["z"][match_ids(np.asarray(batch.ids).astype(str), truth["id"])])
-            if progress:
-                print(f"  calibrate (scan): {sum(len(p) for p in pdfs)} spectra", file=sys.stderr)
+            bar.update(len(batch))
+    bar.close()
     if not pdfs:
         raise UserError("calibrate: the validation stores hold no spectra")
     w_net, t, info = fit_combination(np.concatenate(pdfs), np.concatenate(chi2s), zb.edges, np.concatenate(ztrue),
@@ -182,6 +184,7 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     cols: dict[str, list[np.ndarray]] = {}
     zt_all, pdf_all = [], []
     n_garbage = 0
+    bar = progress_bar(total=n_val, desc="calibrate (quality)", unit="spec", progress=progress)
 
     def batches():
         nonlocal n_garbage
@@ -190,6 +193,7 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
                 ids = np.asarray(batch.ids).astype(str)
                 zt_all.append(truth["z"][match_ids(ids, truth["id"])])
                 yield batch
+                bar.update(len(batch))  # the validation spectra; the no-signal ones are extra
                 k = int(rng.binomial(len(batch), garbage_fraction)) if garbage_fraction > 0 else 0
                 if k:
                     junk = garbage_batch(batch.subset(slice(0, k)), rng, n_garbage)
@@ -203,8 +207,8 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
             if k.startswith("q_") or k in ("Z", "Z_NET", "SCANNED", "ZWARN"):
                 cols.setdefault(k, []).append(np.asarray(v))
         pdf_all.append(rows["Z_PDF"])
-        if progress:
-            print(f"  calibrate (quality): {sum(len(v) for v in cols['Z'])} spectra", file=sys.stderr)
+    bar.close()
+    log.info("calibrate: %d validation spectra and %d no-signal spectra", n_val, n_garbage)
     summary = {k[2:]: np.concatenate(v) for k, v in cols.items() if k.startswith("q_")}
     z_true = np.concatenate(zt_all)
     z = np.concatenate(cols["Z"])
@@ -263,7 +267,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select-below", type=float, default=ScanConfig.select_below,
                    help="with --scan: scan objects whose network p_dz01 is below this (default: all)")
     p.add_argument("--batch-size", type=int, default=512, help="spectra per batch (default 512)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -278,13 +281,13 @@ def run_cli(args: argparse.Namespace) -> int:
         report = calibrate_with_scan(args.model, args.val_stores, args.out,
                                      ScanConfig(select_below=args.select_below),
                                      garbage_fraction=args.garbage_fraction, batch_size=args.batch_size,
-                                     progress=not args.quiet)
+                                     progress=progress_enabled())
     else:
         if len(args.val_stores) != 1:
             raise UserError("without --scan, calibrate takes one validation store")
         report = recalibrate(args.model, args.val_stores[0], args.out, batch_size=args.batch_size,
-                             progress=not args.quiet)
-    print(json.dumps(report, indent=1, default=float))
+                             progress=progress_enabled())
+    print(json.dumps(report, indent=1, default=float))  # the command's result: the report, and where it wrote
     print(f"wrote {args.out or args.model}")
     return 0
 

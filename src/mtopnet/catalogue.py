@@ -3,7 +3,8 @@
 One row per input spectrum, input order. The columns (names, dtypes, units, descriptions)
 and the ZWARN / ZWARN_INFO bits are :mod:`mtopnet.columns`' one table (docs/catalogue.md).
 FITS: HDU ``REDSHIFTS`` with TUNIT and TCOMM for every column, the provenance in both
-headers, with ``--pdf`` an HDU ``ZBINS`` of the bin centres of ``Z_PDF``; Parquet: the same
+headers, with ``--pdf`` an HDU ``ZBINS`` of the bin centres of ``Z_PDF``, then the inputs'
+per-object tables (DESI ``FIBERMAP``, SDSS ``SPECOBJ``; :mod:`mtopnet.io.passthrough`); Parquet: the same
 names, with units and descriptions as field metadata, the provenance and the bin centres as
 schema metadata; CSV: the same names, vector columns spread as ``COEFF_<i>`` and
 ``PDF_Z<centre>``. Catalogues of the layout before this one (lowercase names) are read as
@@ -26,7 +27,7 @@ import fcntl
 import json
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ import numpy as np
 
 from .columns import ALL_COLUMNS, BASE_SCHEMA, REFINE_SCHEMA, SCAN_SCHEMA, ZInfo, ZWarn, upgrade_legacy
 from .config import UserError
+from .io.passthrough import append_tables
 from .provenance import header_cards
 from .store import open_store, remove_partial, write_error
 
@@ -170,19 +172,20 @@ class CatalogueWriter:
     :data:`VECTOR_COLUMNS`, (n, K) arrays; zbin_centres: (K,) written with ``Z_PDF``; meta:
     provenance, FITS keyword -> value or (value, comment), into headers / metadata; overwrite: False refuses
     a ``path`` that exists once the lock is held (another run may just have finished it);
-    fibermap: (n_rows,) structured array written, FITS only, as HDU FIBERMAP (same row order).
+    passthrough: HDU name -> (n_rows,) array or astropy Table, FITS only, appended as HDUs, row
+    for row with the catalogue (FIBERMAP, SPECOBJ: :mod:`mtopnet.io.passthrough`).
     The lock on ``path`` (:class:`OutputLock`) is taken on construction and held until
     ``close()`` or ``abort()``. UserError: another run writes ``path``, or a write failed
     (full disk, read-only folder; the temporary file is removed).
     """
 
     def __init__(self, path: str | Path, zbin_centres: np.ndarray | None = None, meta: dict | None = None,
-                 overwrite: bool = True, fibermap: np.ndarray | None = None):
+                 overwrite: bool = True, passthrough: Mapping[str, Any] | None = None):
         self.path = Path(path)
         self.format = catalogue_format(path)
         self.centres = zbin_centres
         self.meta = meta or {}
-        self.fibermap = fibermap if self.format == "fits" else None
+        self.passthrough = dict(passthrough or {}) if self.format == "fits" else {}
         self.n_rows = 0
         self._impl: Any = None
         self.lock = OutputLock(self.path).acquire()
@@ -207,18 +210,18 @@ class CatalogueWriter:
         self.n_rows += len(rows["TARGETID"])
 
     def close(self) -> None:
-        if self.fibermap is not None and len(self.fibermap) != self.n_rows:
-            self.abort()
-            raise UserError(f"{self.path}: {len(self.fibermap)} FIBERMAP rows for {self.n_rows} catalogue rows")
+        for name, table in self.passthrough.items():
+            if len(table) != self.n_rows:
+                self.abort()
+                raise UserError(f"{self.path}: {len(table)} {name} rows for {self.n_rows} catalogue rows")
         try:
             if self._impl is None:  # no rows: an empty catalogue with the right columns
                 empty = {"TARGETID": np.zeros(0, np.int64),
                          **{k: np.zeros(0, dt) for k, dt in CATALOGUE_DTYPES.items()}}
                 self._open(empty, None)
             self._impl.close()
-            if self.fibermap is not None:
-                from astropy.io import fits
-                fits.append(self.tmp, self.fibermap, fits.Header([("EXTNAME", "FIBERMAP")]))
+            if self.passthrough:
+                append_tables(self.tmp, self.passthrough)
             os.replace(self.tmp, self.path)
         except OSError as exc:
             self.abort()

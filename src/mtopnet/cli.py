@@ -1,17 +1,23 @@
 """The ``mtopnet`` command: thin subcommands over library functions.
 
-Every error a user can cause ends as one line on stderr and exit code 2.
+Every error a user can cause ends as one line on stderr and exit code 2. Log lines, warnings
+and progress bars go to stderr (``-v/--verbose`` adds debug lines, ``-q/--quiet`` keeps
+warnings and errors only and hides the bars; :mod:`mtopnet.logs`); stdout holds what a
+command exists to print.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-import warnings
 
-from . import calibrate, demo, evaluate, inspect, predict, simulate, train
+from . import __version__, calibrate, demo, evaluate, inspect, predict, simulate, train
 from .baselines import make_templates, redrock
 from .config import UserError
 from .instruments import available_instruments, load_instrument
+from .logs import LEVELS, cli_logging
+
+log = logging.getLogger(__name__)
 
 
 def _cmd_instruments(args: argparse.Namespace) -> int:
@@ -41,6 +47,22 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def add_log_options(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """``-v/--verbose`` and ``-q/--quiet`` (one of them) into ``log_level``, on ``parser`` and on
+    every subcommand parser below it: ``mtopnet -q predict ...`` and ``mtopnet predict ... -q``
+    are the same. Only the top parser has a default (INFO), so a subcommand's does not hide it."""
+    default = LEVELS["default"] if top else argparse.SUPPRESS
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=LEVELS["verbose"],
+                       default=default, help="also debug lines on stderr")
+    group.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=LEVELS["quiet"],
+                       default=default, help="only warnings and errors on stderr; no progress bars")
+    for action in parser._actions:  # nested subcommands (mtopnet baseline redrock)
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                add_log_options(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     _register()
     parser = OneLineParser(prog="mtopnet", description=__doc__.splitlines()[0])
@@ -49,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         add(p)
         p.set_defaults(_run=run)
+    add_log_options(parser, top=True)
     return parser
-
 
 
 
@@ -61,31 +83,27 @@ def _os_message(exc: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``mtopnet ARGV``; the one place where user errors become one line and exit code 2
-    (UserError, ConfigError, OSError) and warnings one line each. Returns the exit code."""
+    """Run ``mtopnet ARGV``; the one place where logging is configured (:func:`mtopnet.logs.cli_logging`)
+    and where user errors become one line and exit code 2 (UserError, ConfigError, OSError);
+    warnings are one log line each. Returns the exit code."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, one line already printed)
         return int(exc.code or 0)
-
-    def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-        """Warnings (e.g. predict's DomainWarning) as one line each, like the errors."""
-        print(f"mtopnet {args.command}: warning: {message}", file=sys.stderr)
-
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = one_line_warning
+    with cli_logging(args.command, args.log_level):
+        log.debug("mtopnet %s, arguments: %s", __version__, " ".join(sys.argv[1:] if argv is None else argv))
+        try:
             return int(args._run(args) or 0)
-    except UserError as exc:  # ConfigError included
-        print(f"mtopnet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a file the user named cannot be read or written
-        print(f"mtopnet {args.command}: error: {_os_message(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"mtopnet {args.command}: interrupted", file=sys.stderr)
-        return 130
+        except UserError as exc:  # ConfigError included
+            log.error("%s", exc)
+            return 2
+        except OSError as exc:  # a file the user named cannot be read or written
+            log.error("%s", _os_message(exc))
+            return 2
+        except KeyboardInterrupt:
+            log.error("interrupted", extra={"bare": True})  # no "error:": the user stopped it
+            return 130
 
 
 if __name__ == "__main__":

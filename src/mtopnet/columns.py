@@ -38,7 +38,7 @@ class ZWarn(enum.IntFlag):
     NODATA = 1 << 9  # no valid pixel at all: outputs are the network's prior (QOP 1, P_DZ01 0)
     BAD_MINFIT = 1 << 10  # a template fit ran but found no usable chi2 minimum: Z is the network's
     POORDATA = 1 << 11  # NaN/inf flux or ivar, or negative ivar, in unmasked pixels (they were masked)
-    OUT_OF_DOMAIN = 1 << 16  # wavelength coverage, sampling or resolution differs from the training data
+    OUT_OF_DOMAIN = 1 << 16  # coverage (masks counted), sampling or resolution differs from the training data
     REFINE_DISAGREE = 1 << 17  # fit vs PDF: a weakly-supported peak fits best, or no peak fits (rchi2 > 3)
     IMPLAUSIBLE_FLUX = 1 << 18  # flux scale impossible for a galaxy (wrong unit?): M*, SFR meaningless (QOP <= 2)
     SCAN_DISAGREE = 1 << 19  # the full-range scan prefers another z by more than 9 in chi2 (QOP <= 2)
@@ -98,6 +98,7 @@ class ZInfo(enum.IntFlag):
     LOW_SN = 1 << 1  # continuum not detected (block medians below their noise): Z rests on lines
     MULTI_PEAK = 1 << 2  # the PDF has more than one peak holding >= 5% within +-0.01 (see DELTACHI2)
     UNTRAINED_PIXELS = 1 << 3  # data where the model saw none in training (voided before the network)
+    SKY_MASKED = 1 << 4  # the training instrument's sky-line / telluric masks voided pixels the file had not masked
 
     @classmethod
     def names(cls, value: int) -> list[str]:

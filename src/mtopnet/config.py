@@ -157,6 +157,51 @@ class ObservingConfig:
     sky_residual: float = 0.01  # fractional sky-subtraction error (1 sigma)
 
 
+APERTURE_KINDS = ("fibre", "slit")
+"""What an instrument's ``aperture.kind`` may be (see :class:`ApertureConfig`)."""
+
+
+@dataclass(frozen=True)
+class ApertureConfig:
+    """The entrance aperture on the sky: a fibre or a slit. Lengths in arcsec.
+
+    ``kind: fibre``: a circle of ``diameter``. ``kind: slit``: ``width`` across the
+    dispersion, ``length`` along it, and ``extraction`` (default: the smaller of the length
+    and 2 arcsec), the length along the slit summed into the 1-D spectrum; the sky in a
+    spectrum is that of ``width x extraction`` arcsec2. The light of a point source that
+    passes is computed in :mod:`mtopnet.instruments.aperture`.
+    """
+
+    kind: str = "fibre"
+    diameter: float = 1.1
+    width: float = 0.0
+    length: float = 0.0
+    extraction: float = 0.0
+
+    @classmethod
+    def from_yaml(cls, raw: Any, where: str = "aperture") -> "ApertureConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping with 'kind' (fibre or slit)")
+        kind = raw.get("kind")
+        if kind not in APERTURE_KINDS:
+            raise ConfigError(f"{where}.kind: must be one of {', '.join(APERTURE_KINDS)}, got {kind!r}")
+        if kind == "fibre":
+            _check_keys(raw, {"kind", "diameter"}, where)
+            return cls(kind="fibre", diameter=_number(_require(raw, "diameter", where), f"{where}.diameter",
+                                                      positive=True))
+        _check_keys(raw, {"kind", "width", "length", "extraction"}, where)
+        width = _number(_require(raw, "width", where), f"{where}.width", positive=True)
+        length = _number(_require(raw, "length", where), f"{where}.length", positive=True)
+        if width > length:
+            raise ConfigError(f"{where}.width: a slit is narrower than it is long, got width {width} > "
+                              f"length {length} arcsec")
+        extraction = _number(raw.get("extraction", min(length, 2.0)), f"{where}.extraction", positive=True)
+        if extraction > length:
+            raise ConfigError(f"{where}.extraction: cannot exceed the slit length ({length} arcsec), "
+                              f"got {extraction}")
+        return cls(kind="slit", diameter=0.0, width=width, length=length, extraction=extraction)
+
+
 @dataclass(frozen=True)
 class InstrumentConfig:
     """A whole instrument, as written in ``data/instruments/<name>.yaml``."""
@@ -165,20 +210,28 @@ class InstrumentConfig:
     description: str
     telescope_diameter: float  # m
     telescope_efficiency: CurveSpec
-    fibre_diameter: float  # arcsec
+    fibre_diameter: float  # arcsec; 0 for a slit (see ``aperture``)
     sky_model: str
     site: str
     observing: ObservingConfig
     arms: tuple[ArmConfig, ...]
     telescope_obscuration: float = 0.0  # m, diameter of the central obstruction
     source_path: str = ""
+    aperture: ApertureConfig = ApertureConfig()
 
     @classmethod
     def from_yaml(cls, raw: Any, source_path: str = "") -> "InstrumentConfig":
         if not isinstance(raw, dict):
             raise ConfigError("instrument: the file must hold a mapping")
-        _check_keys(raw, {"name", "description", "site", "sky_model", "fibre_diameter", "telescope", "observing",
-                          "arms"}, "instrument")
+        _check_keys(raw, {"name", "description", "site", "sky_model", "fibre_diameter", "aperture", "telescope",
+                          "observing", "arms"}, "instrument")
+        if "aperture" in raw and "fibre_diameter" in raw:
+            raise ConfigError("fibre_diameter: give either fibre_diameter or aperture, not both")
+        if "aperture" in raw:
+            aperture = ApertureConfig.from_yaml(raw["aperture"])
+        else:  # the short form of a fibre
+            aperture = ApertureConfig(diameter=_number(raw.get("fibre_diameter", 1.1), "fibre_diameter",
+                                                       positive=True))
         name = str(_require(raw, "name", "instrument"))
         tel = _require(raw, "telescope", "instrument")
         if not isinstance(tel, dict):
@@ -211,13 +264,14 @@ class InstrumentConfig:
             description=str(raw.get("description", "")),
             telescope_diameter=diameter,
             telescope_efficiency=CurveSpec.from_yaml(tel.get("efficiency", 1.0), "telescope.efficiency"),
-            fibre_diameter=_number(raw.get("fibre_diameter", 1.1), "fibre_diameter", positive=True),
+            fibre_diameter=aperture.diameter,
             sky_model=sky,
             site=str(raw.get("site", "")),
             observing=obs,
             arms=arms,
             telescope_obscuration=obscuration,
             source_path=source_path,
+            aperture=aperture,
         )
 
 
@@ -387,5 +441,6 @@ class Exposure:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-__all__ = ["from_mapping", "to_mapping", "load_config", "SKY_MODELS", "PIXEL_GRIDS", "ConfigError", "UserError",
+__all__ = ["from_mapping", "to_mapping", "load_config", "SKY_MODELS", "PIXEL_GRIDS", "APERTURE_KINDS",
+           "ApertureConfig", "ConfigError", "UserError",
            "CurveSpec", "ArmConfig", "ObservingConfig", "InstrumentConfig", "Exposure", "load_yaml", "parse_duration"]

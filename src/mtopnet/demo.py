@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from .config import Exposure, UserError
 from .evaluate import evaluate
 from .galaxies.population import N_OLD_BINS, GalaxyParams
 from .instruments import load_instrument, observe_arm
+from .logs import progress_enabled
 from .plots import continuum_snr, flat_fnu_snr, plot_examples, plot_snr_vs_mag
 from .predict import predict_store
 from .simulate import SimulationSpec, galaxy_model, simulate
@@ -25,6 +27,7 @@ from .store import read_store
 from .trained import load_model
 
 COMMAND = "demo"
+log = logging.getLogger(__name__)
 DEMO_SEED = 424242
 """Seed of the demo's test set; never used for training (training uses 1001/1002)."""
 
@@ -87,7 +90,7 @@ def run_cli(args: argparse.Namespace) -> int:
     store = out / "test.h5"
     spec = SimulationSpec(instrument="moons-lr", exposure=Exposure(8 * 3600), n=args.n, seed=args.seed)
     if not store.exists():
-        simulate(spec, store, workers=args.workers)
+        simulate(spec, store, workers=args.workers, progress=progress_enabled())
     figures = simulator_figures(out, store=store, seed=args.seed)
     report = _network_report(out, store)
     print(f"\nsimulated {args.n} MOONS LR 8 h spectra: {store}")
@@ -104,7 +107,7 @@ def _network_report(out: Path, store: Path) -> Path | None:
     try:
         model = load_model(None)
     except UserError as exc:
-        print(f"(no network report: {exc})")
+        log.warning("no network report: %s", exc)
         return None
     catalogue = out / "catalogue.fits"
     predict_store(model, [store], catalogue, overwrite=True)

@@ -2,8 +2,11 @@
 
 A batch is out of the model's domain (ZWarn.OUT_OF_DOMAIN, QOP <= 2) when its arms cover other
 wavelengths than the training arms, sample them much more finely or coarsely, or have another
-resolution (:func:`domain_problem`). :class:`DomainWarning` says so, once per arm layout or,
-with a :class:`DomainReport`, once per run with the count.
+resolution (:func:`domain_problem`). A spectrum is, whatever its arms' extent, when it has
+valid data (unmasked, ivar > 0) on less than :data:`MIN_UNMASKED_COVERAGE` of the wavelengths
+the model was trained on (:func:`sparse_coverage`): masks count, not only the arms' range.
+:class:`DomainWarning` says so, once per arm layout or, with a :class:`DomainReport`, once per
+run with the count.
 """
 from __future__ import annotations
 
@@ -103,6 +106,38 @@ def domain_problem(model: TrainedModel, batch: SpectraBatch, arm_resolution: dic
     return None
 
 
+MIN_UNMASKED_COVERAGE = 0.5
+"""A spectrum with valid data on less than this fraction of the model's training coverage is
+out of the domain. The MOONS held-out spectra have 0.95 (the simulator's sky masks, 5%)."""
+
+
+def unmasked_coverage(model: TrainedModel, ivar: np.ndarray) -> np.ndarray:
+    """(N,) fraction of the grid pixels the training arms cover that hold valid data.
+
+    ivar: (N, n_pix) on the model's grid, 0 where masked or empty (``NetInputs.ivar``).
+    """
+    cover = np.asarray(model.coverage, dtype=bool)
+    return (np.asarray(ivar)[:, cover] > 0).sum(axis=1) / max(int(cover.sum()), 1)
+
+
+def sparse_coverage(model: TrainedModel, ivar: np.ndarray) -> np.ndarray:
+    """(N,) bool: valid data on < :data:`MIN_UNMASKED_COVERAGE` of the training coverage, but
+    some (an all-masked spectrum is NODATA instead)."""
+    frac = unmasked_coverage(model, ivar)
+    return (frac < MIN_UNMASKED_COVERAGE) & (frac > 0)
+
+
+def sparse_description(model: TrainedModel, ivar: np.ndarray, ids: np.ndarray) -> str:
+    """The spectra of :func:`sparse_coverage` in words (the first's id and coverage), to follow
+    "N spectra"."""
+    sparse = sparse_coverage(model, ivar)
+    first = int(np.argmax(sparse))
+    frac = unmasked_coverage(model, ivar)[first]
+    return (f"with valid data on less than {100 * MIN_UNMASKED_COVERAGE:.0f}% of the model's wavelengths "
+            f"(masked or empty pixels; the first, id {np.asarray(ids)[first]}, on {100 * frac:.0f}%) are out of "
+            f"the model's domain")
+
+
 def domain_check(model: TrainedModel, batch: SpectraBatch, arm_resolution: dict[str, float] | None = None,
                  tolerance: float = 0.05) -> bool:
     """True if ``batch``'s arms match what the model was trained on (see :func:`domain_problem`)."""
@@ -119,4 +154,5 @@ def describe_arms(batch: SpectraBatch) -> str:
     return ", ".join(parts)
 
 
-__all__ = ["DomainWarning", "DomainReport", "expected_domain", "domain_problem", "domain_check", "describe_arms"]
+__all__ = ["DomainWarning", "DomainReport", "expected_domain", "domain_problem", "domain_check", "describe_arms",
+           "MIN_UNMASKED_COVERAGE", "unmasked_coverage", "sparse_coverage", "sparse_description"]

@@ -24,10 +24,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
+import logging
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -43,9 +46,20 @@ from .catalogue import (
 from .columns import SMALL_DELTA_CHI2_LIMIT, ZInfo, ZWarn, capped_p, capped_qop
 from .config import ConfigError, UserError
 from .constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
-from .domain import DomainReport, DomainWarning, describe_arms, domain_check, domain_problem, expected_domain
-from .instruments import load_instrument
-from .io import input_fibermap
+from .domain import (
+    DomainReport,
+    DomainWarning,
+    describe_arms,
+    domain_check,
+    domain_problem,
+    expected_domain,
+    sparse_coverage,
+    sparse_description,
+)
+from .instruments import Instrument, load_instrument
+from .io import input_passthrough, read_units, stack_passthrough
+from .logs import progress_enabled
+from .preprocess import apply_sky_masks
 from .priors import prior_columns, write_priors
 from .provenance import catalogue_provenance
 from .quality import central_intervals, pdf_summary, window_mass
@@ -75,6 +89,7 @@ from .store import SpectraBatch, check_writable
 from .trained import DEFAULT_MODEL, TrainedModel, load_model
 
 COMMAND = "predict"
+log = logging.getLogger(__name__)
 
 
 def _chunks(batches: Iterable[SpectraBatch], size: int | None) -> Iterator[SpectraBatch]:
@@ -195,9 +210,16 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
                     domain_report.n_layouts += 1
                     domain_report.layouts.append(hashlib.sha256(key).hexdigest()[:16])
                     domain_report.first = domain_report.first or what
-        out_of_domain = not domain_cache[key]
-        if out_of_domain and domain_report is not None:
-            domain_report.n_spectra += n
+        # per object: the arms' layout, or valid data on too little of the training coverage
+        sparse = sparse_coverage(model, x.ivar)
+        out_of_domain = np.full(n, not domain_cache[key]) | sparse
+        if domain_report is not None:
+            domain_report.n_spectra += int(out_of_domain.sum())
+            if sparse.any() and domain_report.first is None:
+                domain_report.first = sparse_description(model, x.ivar, batch.ids)
+        elif sparse.any() and domain_cache[key]:
+            warnings.warn(DomainWarning(f"{int(sparse.sum())} spectra {sparse_description(model, x.ivar, batch.ids)}; "
+                                        f"ZWARN bit OUT_OF_DOMAIN ({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
         features = {}
         if scan is not None:
             features = _fit_features(summ, summ_net, pdf_net, zb.edges, fit, scan_cols, x, out_of_domain, evidence)
@@ -215,14 +237,16 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         if "noise_estimated" in batch.labels:
             est = np.asarray(batch.labels["noise_estimated"]).astype(bool)
             info |= np.where(est, int(ZInfo.NOISE_ESTIMATED), 0).astype(np.int32)
-        if out_of_domain:
-            zwarn |= int(ZWarn.OUT_OF_DOMAIN)
+        zwarn |= np.where(out_of_domain, int(ZWarn.OUT_OF_DOMAIN), 0)
         info |= np.where(summ["n_peaks"] > 1, int(ZInfo.MULTI_PEAK), 0).astype(np.int32)
         zwarn |= np.where(p_dz01 < 0.5, int(ZWarn.LOW_PEAK_PROB), 0)
         if fit is not None:
             zwarn |= np.where(fit.disagree, int(ZWarn.REFINE_DISAGREE), 0)
             zwarn |= np.where(np.isfinite(fit.rchi2) & (fit.refined < 0), int(ZWarn.BAD_MINFIT), 0)
         info |= np.where(x.outside_coverage, int(ZInfo.UNTRAINED_PIXELS), 0).astype(np.int32)
+        if "sky_masked" in batch.labels:  # real input given the training instrument's sky masks
+            sky_masked = np.asarray(batch.labels["sky_masked"], dtype=bool)
+            info |= np.where(sky_masked, int(ZInfo.SKY_MASKED), 0).astype(np.int32)
         zwarn |= np.where(x.implausible_flux, int(ZWarn.IMPLAUSIBLE_FLUX), 0)
         if scan is not None:
             disagree = (features["scan_disagree"] > 0) & (np.nan_to_num(scan_cols["SCAN_DCHI2"]) > SCAN_DISAGREE_DCHI2)
@@ -327,7 +351,7 @@ SCAN_DISAGREE_DCHI2 = 9.0
 
 
 def _fit_features(summ: dict, summ_net: dict, pdf_net: np.ndarray, edges: np.ndarray, fit, scan_cols: dict | None,
-                  x, out_of_domain: bool, evidence: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                  x, out_of_domain: np.ndarray, evidence: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The :data:`mtopnet.quality.FIT_FEATURES` of one batch (N,) each."""
     n = len(summ["z"])
     z = np.asarray(summ["z"], dtype=np.float64)
@@ -339,7 +363,7 @@ def _fit_features(summ: dict, summ_net: dict, pdf_net: np.ndarray, edges: np.nda
             "valid_fraction": np.asarray(x.valid_fraction, dtype=np.float64),
             "log_inv_snr": np.log10(np.maximum(x.noise, 1e-12) / np.maximum(x.scale, 1e-12)),
             "continuum_detected": np.asarray(x.continuum_detected, dtype=np.float64),
-            "out_of_domain": np.full(n, float(out_of_domain)),
+            "out_of_domain": np.asarray(out_of_domain, dtype=np.float64),
             "log_feature_dchi2": np.log1p(np.maximum(np.nan_to_num(evidence), 0.0)) if evidence is not None
             else np.zeros(n),
         }
@@ -409,8 +433,9 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
     Out-of-domain spectra give one :class:`DomainWarning` at the end, with their number. While
     it runs, a second run on ``out`` is refused. ``refine``: as in :func:`predict_batches`
     (True: template refinement of z, the default). ``priors_out``: also a Redrock priors file
-    there (:mod:`mtopnet.priors`; integer ids only). FITS catalogues of DESI files get their
-    FIBERMAP rows as HDU FIBERMAP (:func:`mtopnet.io.input_fibermap`).
+    there (:mod:`mtopnet.priors`; integer ids only). FITS catalogues get the inputs' per-object
+    tables (DESI FIBERMAP, SDSS SPECOBJ) as HDUs of those names, row for row with the
+    catalogue (:mod:`mtopnet.io.passthrough`).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -438,14 +463,15 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
     job = _ShardJob(model.source, device, batch_size, with_pdf, True if shipped_refiner else (refine or False),
                     threads, as_text=len(kinds) > 1,
                     arm_resolution=_store_resolution(list(inputs)), cache_key=f"predict-{json_digest(loaded)}")
-    fibermap = input_fibermap([str(p) for p in inputs], format) if catalogue_format(out) == "fits" else None
+    passthrough = _passthrough([u for shard in shards for u in shard.units]) if catalogue_format(out) == "fits" \
+        else None
     priors: list[dict[str, np.ndarray]] = []
     seed_cache(job.cache_key, (model, refine or None))  # in this process: the model given, not a reload
     try:
         run = run_sharded(_predict_shard, job, shards, out, workers=workers, scheduler=scheduler,
                           overwrite=overwrite, progress=progress,
                           zbin_centres=model.zbins.centres if with_pdf else None, meta=meta, chunk_rows=batch_size,
-                          fibermap=fibermap,
+                          passthrough=passthrough,
                           on_rows=(lambda rows: priors.append(prior_columns(rows))) if priors_out is not None
                           else None)
     finally:
@@ -457,6 +483,21 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
         report.merge(DomainReport(**info.get("domain", {})))
     report.warn(model)  # once per run, with the count
     return run
+
+
+def _passthrough(units: list) -> Callable[[list[dict]], dict[str, Any]] | None:
+    """The inputs' per-object tables for the catalogue: read now, put in catalogue order by the
+    run's shard infos (each shard's ``unit_rows``); None when no input has one."""
+    tables = input_passthrough(units)
+    if not any(tables):
+        return None
+    labels = [unit.label for unit in units]
+
+    def in_catalogue_order(infos: list[dict]) -> dict[str, Any]:
+        if any("unit_rows" not in info for info in infos):  # a shard computed by other code: no counts
+            return {}
+        return stack_passthrough(tables, [n for info in infos for n in info["unit_rows"]], labels)
+    return in_catalogue_order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -481,10 +522,43 @@ def _load_for_job(job: _ShardJob) -> tuple[TrainedModel, Refiner | None]:
     return model, refiner
 
 
+def training_instrument(model: TrainedModel) -> Instrument | None:
+    """The instrument the model's training stores were simulated with (None if unknown or
+    no longer loadable, e.g. a user's YAML that has moved, or its sky tables are missing)."""
+    name = (model.instrument or {}).get("name")
+    if not name:
+        return None
+    try:
+        inst = load_instrument(str(name))
+        inst.sky_mask(np.array([inst.wave_range[0]]))  # its sky tables load (moons1d installed)
+    except (UserError, ConfigError, OSError):
+        return None
+    return inst
+
+
+def _masked_batches(shard: Shard, batch_size: int, instrument: Instrument | None,
+                    counts: list[int]) -> Iterator[SpectraBatch]:
+    """The shard's batches; those read from spectrum files (not stores, which carry the
+    simulator's own masks) get ``instrument``'s sky masks (:func:`apply_sky_masks`).
+    ``counts`` (``len(shard.units)`` zeros) gets each unit's number of spectra."""
+    units = list(shard.units)
+    for is_store, group in itertools.groupby(range(len(units)), key=lambda i: units[i].fmt == "hdf5"):
+        idx = list(group)
+        sub = [0] * len(idx)
+        batches = read_units([units[i] for i in idx], batch_size, sub)
+        if is_store or instrument is None:
+            yield from batches
+        else:
+            yield from (apply_sky_masks(batch, instrument) for batch in batches)
+        for i, c in zip(idx, sub, strict=True):
+            counts[i] = c
+
+
 def _predict_shard(job: _ShardJob, shard: Shard, info: dict) -> Iterator[dict[str, np.ndarray]]:
     """Catalogue rows of one shard (:data:`mtopnet.shards.ComputeFn`); its DomainReport goes to ``info``."""
     model, refiner = worker_cached(job.cache_key, lambda: _load_for_job(job))  # once per worker process
-    batches = shard.batches(job.batch_size)
+    unit_rows = [0] * len(shard.units)
+    batches = _masked_batches(shard, job.batch_size, training_instrument(model), unit_rows)
     if job.as_text:  # integer and text ids mixed (DESI + SDSS): one text id column
         batches = (dataclasses.replace(b, ids=np.asarray(b.ids).astype(str)) for b in batches)
     report = DomainReport()
@@ -496,6 +570,7 @@ def _predict_shard(job: _ShardJob, shard: Shard, info: dict) -> Iterator[dict[st
     finally:
         torch.set_num_threads(threads)
     info["domain"] = dataclasses.asdict(report)
+    info["unit_rows"] = unit_rows  # catalogue rows per input unit (pass-through tables)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -511,7 +586,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write a Redrock priors file (rrdesi --priors FILE; integer ids only)")
     p.add_argument("--no-refine", action="store_true",
                    help="report the network's z alone (no template refinement, see docs/refine.md)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, default=1,
                    help="processes: 1 (default) runs in this process, N > 1 on a Dask LocalCluster (docs/scale.md)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -534,13 +608,14 @@ def run_cli(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     model = load_model(args.model, device=args.device)
+    log.debug("model %s on %s", model.source, args.device)
     run = predict_sharded(model, args.inputs, args.out, batch_size=args.batch_size, with_pdf=args.pdf,
-                          overwrite=args.overwrite, progress=not args.quiet, format=args.format,
+                          overwrite=args.overwrite, progress=progress_enabled(), format=args.format,
                           refine=not args.no_refine, priors_out=args.priors_out, workers=args.workers,
                           scheduler=args.scheduler, shard_size=args.shard_size, threads=args.threads)
     resumed = f" ({run.n_reused} of {run.n_shards} shards from an earlier run)" if run.n_reused else ""
-    print(f"{args.out}: {run.n_rows} rows{resumed}" + (f"; Redrock priors in {args.priors_out}" if args.priors_out
-                                                        else ""))
+    priors = f"; Redrock priors in {args.priors_out}" if args.priors_out else ""
+    print(f"{args.out}: {run.n_rows} rows{resumed}{priors}")  # the command's result line (stdout)
     return 0
 
 

@@ -36,9 +36,10 @@ unusable objects. The constants live in :class:`PreprocessConfig`, which checkpo
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -46,6 +47,9 @@ import scipy.sparse as sp
 from .config import ConfigError, UserError, from_mapping
 from .constants import C_KMS, MASK_ALL
 from .store import SpectraBatch
+
+if TYPE_CHECKING:
+    from .instruments import Instrument
 
 FLUX_MAX = 1e12  # |flux| above this (1e-17 erg/s/cm2/A) is treated as corrupt
 IVAR_MAX = 1e12  # so that float32 sums of ivar^2 cannot overflow
@@ -477,10 +481,26 @@ class Preprocessor:
                          implausible_flux=implausible, outside_coverage=outside, flux=flux, ivar=ivar)
 
 
+def apply_sky_masks(batch: SpectraBatch, instrument: Instrument) -> SpectraBatch:
+    """``batch`` with ``instrument``'s night-sky mask bits (sky lines, telluric bands) OR-ed into
+    every arm's mask, as the simulator sets them (:meth:`Instrument.sky_mask`): real spectra
+    then lose the pixels the training spectra lost. ``labels['sky_masked']`` (N,) bool: a
+    pixel with data (ivar > 0) that the file had not masked got a sky bit (ZInfo.SKY_MASKED).
+    """
+    arms, hit = {}, np.zeros(len(batch), dtype=bool)
+    for name, arm in batch.arms.items():
+        sky = instrument.sky_mask(np.asarray(arm["wave"], dtype=np.float64))
+        mask = np.asarray(arm["mask"])
+        with np.errstate(invalid="ignore"):
+            hit |= ((sky[None, :] != 0) & (mask == 0) & (np.asarray(arm["ivar"]) > 0)).any(axis=1)
+        arms[name] = {**arm, "mask": (mask | sky[None, :].astype(mask.dtype)) if sky.any() else mask}
+    return dataclasses.replace(batch, arms=arms, labels={**batch.labels, "sky_masked": hit})
+
+
 def preprocess(batch: SpectraBatch, config: PreprocessConfig | None = None) -> NetInputs:
     """One-shot convenience: ``Preprocessor(config)(batch)``."""
     return Preprocessor(config)(batch)
 
 
 __all__ = ["PreprocessConfig", "NetInputs", "Preprocessor", "preprocess", "rebin_matrix",
-           "masked_block_median"]
+           "masked_block_median", "apply_sky_masks"]

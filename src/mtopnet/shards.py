@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -52,7 +51,10 @@ from . import __version__
 from .catalogue import CatalogueWriter, OutputLock, catalogue_format, read_catalogue, temp_name
 from .config import UserError
 from .io import plan_inputs, read_units
+from .logs import progress_bar
 from .store import check_writable, remove_partial, store_info, write_error
+
+log = logging.getLogger(__name__)
 
 SHARD_SIZE = 4096
 """Default shard size: store rows, or files for other inputs."""
@@ -76,9 +78,10 @@ class Shard:
     def name(self) -> str:
         return f"shard_{self.index:05d}"
 
-    def batches(self, batch_size: int) -> Iterator:
-        """The shard's spectra as :class:`~mtopnet.store.SpectraBatch` of at most ``batch_size`` rows."""
-        return read_units(list(self.units), batch_size)
+    def batches(self, batch_size: int, counts: list[int] | None = None) -> Iterator:
+        """The shard's spectra as :class:`~mtopnet.store.SpectraBatch` of at most ``batch_size`` rows;
+        ``counts`` (``len(units)`` zeros) gets each unit's number of spectra (:func:`mtopnet.io.read_units`)."""
+        return read_units(list(self.units), batch_size, counts)
 
 
 class ResumableError(UserError):
@@ -334,7 +337,8 @@ def _run_on_dask(compute: ComputeFn, job: Any, todo: list[Shard], workdir: Path,
 def run_sharded(compute: ComputeFn, job: Any, shards: list[Shard], out: str | Path, *, workers: int = 1,
                 scheduler: str | None = None, overwrite: bool = False, progress: bool = False,
                 zbin_centres: np.ndarray | None = None, meta: dict | None = None,
-                chunk_rows: int | None = None, fibermap: Any = None,
+                chunk_rows: int | None = None,
+                passthrough: Mapping[str, Any] | Callable[[list[dict]], Mapping[str, Any]] | None = None,
                 on_rows: Callable[[dict], None] | None = None) -> ShardRun:
     """Compute the shards not done yet, then assemble catalogue ``out`` from all of them.
 
@@ -342,8 +346,10 @@ def run_sharded(compute: ComputeFn, job: Any, shards: list[Shard], out: str | Pa
     :func:`plan_shards`; workers: 1 runs in this process, more start a LocalCluster of that
     many single-threaded processes; scheduler: a Dask scheduler address (``workers`` is then
     ignored); zbin_centres, meta: as :class:`~mtopnet.catalogue.CatalogueWriter`'s;
-    chunk_rows: rows per write when assembling (None: a shard per write); fibermap: as
-    :class:`~mtopnet.catalogue.CatalogueWriter`'s; on_rows: called with every chunk of rows
+    chunk_rows: rows per write when assembling (None: a shard per write); passthrough: as
+    :class:`~mtopnet.catalogue.CatalogueWriter`'s, or a function of the shards' ``info`` dicts
+    (input order, those reused included) that gives them, called once every shard is done
+    (e.g. when the rows per input are known only then); on_rows: called with every chunk of rows
     written to ``out``, in order (e.g. to collect a priors file).
     Warnings of the shards (those computed now and those reused) are repeated once each.
 
@@ -376,9 +382,10 @@ def run_sharded(compute: ComputeFn, job: Any, shards: list[Shard], out: str | Pa
             else:
                 records[shard.index] = record
         n_reused = len(records)
-        from tqdm import tqdm
-        bar = tqdm(total=len(shards), initial=n_reused, unit="shard", desc=out.name,  # shown after 1 s: not
-                   disable=not progress, file=sys.stderr, delay=1.0)  # before a one-line input error
+        log.debug("%s: %d shard(s), %d done by an earlier run, %d to compute (%s)", out, len(shards), n_reused,
+                  len(todo), f"scheduler {scheduler}" if scheduler else f"{workers} worker(s)")
+        bar = progress_bar(total=len(shards), initial=n_reused, unit="shard", desc=out.name,  # shown after 1 s:
+                           progress=progress, delay=1.0)  # not before a one-line input error
 
         def done(shard: Shard, record: dict) -> None:
             records[shard.index] = record
@@ -392,7 +399,9 @@ def run_sharded(compute: ComputeFn, job: Any, shards: list[Shard], out: str | Pa
             else:
                 _run_on_dask(compute, job, todo, workdir, done, scheduler, workers)
             bar.close()
-            n_rows = _assemble(workdir, shards, records, out, overwrite, zbin_centres, meta, chunk_rows, fibermap,
+            if callable(passthrough):
+                passthrough = passthrough([records[s.index].get("info", {}) for s in shards])
+            n_rows = _assemble(workdir, shards, records, out, overwrite, zbin_centres, meta, chunk_rows, passthrough,
                                on_rows)
         except (KeyboardInterrupt, ResumableError):
             raise
@@ -407,11 +416,11 @@ def run_sharded(compute: ComputeFn, job: Any, shards: list[Shard], out: str | Pa
 
 
 def _assemble(workdir: Path, shards: list[Shard], records: dict[int, dict], out: Path, overwrite: bool,
-              zbin_centres: np.ndarray | None, meta: dict | None, chunk_rows: int | None, fibermap: Any = None,
-              on_rows: Callable[[dict], None] | None = None) -> int:
+              zbin_centres: np.ndarray | None, meta: dict | None, chunk_rows: int | None,
+              passthrough: Mapping[str, Any] | None = None, on_rows: Callable[[dict], None] | None = None) -> int:
     """Write ``out`` from the shards' rows in input order (one shard in memory at a time),
     ``chunk_rows`` rows per write (None: a shard per write)."""
-    with CatalogueWriter(out, zbin_centres, meta, overwrite=overwrite, fibermap=fibermap) as writer:
+    with CatalogueWriter(out, zbin_centres, meta, overwrite=overwrite, passthrough=passthrough) as writer:
         for shard in shards:
             if not records[shard.index]["rows"]:
                 continue

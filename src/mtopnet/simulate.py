@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -46,7 +47,10 @@ from .galaxies.model import C_KMS, FLUX_UNIT
 from .galaxies.sps import DLOGLAM_REST
 from .instruments import Instrument, load_instrument, observe_arm, observe_arm_conditions
 from .instruments.nuisance import GROUP_SIZE, NUISANCES, Conditions, draw_conditions, nominal_conditions
+from .logs import progress_bar, progress_enabled
 from .store import SpectraBatch, check_writable, merge_stores, remove_partial, store_info, write_error, write_store
+
+log = logging.getLogger(__name__)
 
 SHARD_SIZE = 500
 SUB_BATCH = 128
@@ -420,10 +424,11 @@ def simulate(spec: SimulationSpec, out: str | Path, workers: int = 1, overwrite:
             if info and not overwrite:
                 raise UserError(f"{shard_dir}: holds shards of another run; remove it or pass --overwrite")
         todo.append((spec, i, str(path)))
-    from tqdm import tqdm
     done_n = sum(min(SHARD_SIZE, spec.n - i * SHARD_SIZE) for i in range(n_shards)) - \
         sum(min(SHARD_SIZE, spec.n - t[1] * SHARD_SIZE) for t in todo)
-    bar = tqdm(total=spec.n, initial=done_n, unit="spec", desc=f"simulate {out.name}", disable=not progress)
+    log.debug("%s: %d shards of %d spectra, %d done before, %d worker(s)", out, n_shards, SHARD_SIZE,
+              n_shards - len(todo), workers)
+    bar = progress_bar(total=spec.n, initial=done_n, unit="spec", desc=f"simulate {out.name}", progress=progress)
     try:
         if workers == 1 or len(todo) <= 1:
             for task in todo:
@@ -488,7 +493,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nuisance-off", nargs="+", default=(), metavar="NAME",
                    help=f"randomised: keep these nuisances at their nominal value ({', '.join(NUISANCES)})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def exposure_from_args(inst: Instrument, args: argparse.Namespace) -> Exposure:
@@ -511,6 +515,6 @@ def run_cli(args: argparse.Namespace) -> int:
                                               logm_range=tuple(args.logm_range), line_scale=tuple(args.line_scale),
                                               agn_fraction=args.agn_fraction),
                           nuisance=args.nuisance, nuisance_off=tuple(args.nuisance_off))
-    out = simulate(spec, args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"wrote {spec.n} spectra to {out}")
+    out = simulate(spec, args.out, workers=args.workers, overwrite=args.overwrite, progress=progress_enabled())
+    print(f"wrote {spec.n} spectra to {out}")  # the command's result line
     return 0

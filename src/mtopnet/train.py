@@ -32,10 +32,10 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,7 +45,6 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import yaml
-from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import read_checkpoint, save_checkpoint
@@ -64,6 +63,7 @@ from .devices import (
 )
 from .instruments import load_instrument
 from .lines import LINES, line_waves, lines_as_records
+from .logs import progress_bar, progress_enabled
 from .model import LossWeights, ModelConfig, MTopNet, ZBinning, count_parameters, multitask_loss, task_losses
 from .model.line_head import line_target
 from .preprocess import PreprocessConfig, Preprocessor
@@ -71,6 +71,7 @@ from .quality import SUCCESS_DZ, fit_calibration, pdf_summary
 from .store import iter_store, open_store, store_info, write_error, write_file_atomic
 
 COMMAND = "train"
+log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 _DERIVED_MODEL_FIELDS = ("n_pix", "n_continuum_features", "n_z_bins", "wave_min", "dloglam", "z_min", "z_max",
                          "line_waves", "scale_feature")
@@ -288,8 +289,7 @@ def build_cache(store: str | Path, preprocess: PreprocessConfig, root: str | Pat
     valid = np.zeros(n, dtype=np.float32)
     pre = Preprocessor(preprocess)
     start = 0
-    with tqdm(total=n, desc=f"preprocess {Path(store).name}", unit="spec", disable=not progress,
-              file=sys.stderr) as bar:
+    with progress_bar(total=n, desc=f"preprocess {Path(store).name}", unit="spec", progress=progress) as bar:
         for batch in iter_store(store, batch_size=chunk):
             stop = start + len(batch)
             x = pre(batch)
@@ -651,8 +651,8 @@ def _run(train_stores: list, val_store: str | Path, out: Path, config: TrainConf
         t0 = time.perf_counter()
         run: dict[str, float] = {}
         seen = 0
-        bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{config.optim.epochs}", unit="spec",
-                   disable=not progress, file=sys.stderr)
+        bar = progress_bar(total=len(order), desc=f"epoch {epoch + 1}/{config.optim.epochs}", unit="spec",
+                           progress=progress)
         batches = iterate_batches(train_cache, order, bs, norm, zbins, (procs.rank, procs.world))
         for start, batch in zip(range(0, len(order), bs), batches, strict=True):
             batch = _to_device(batch, dev)
@@ -701,10 +701,10 @@ def _run(train_stores: list, val_store: str | Path, out: Path, config: TrainConf
             state["stopped"] = state["patience_left"] <= 0
         state["epoch"] = epoch + 1
         state["history"].append(record)
-        if progress:
-            print(f"epoch {epoch + 1}: train loss {record['train']['loss']:.3f}, val loss {val['loss']:.3f}, "
-                  f"val |dz|<0.01 {val['frac_dz01']:.3f}, {record['train_spectra_per_s']:.0f} spectra/s"
-                  f"{' (best)' if improved else ''}", file=sys.stderr)
+        if main:
+            log.info("epoch %d: train loss %.3f, val loss %.3f, val |dz|<0.01 %.3f, %.0f spectra/s%s", epoch + 1,
+                     record["train"]["loss"], val["loss"], val["frac_dz01"], record["train_spectra_per_s"],
+                     " (best)" if improved else "")
         if main:
             last = inference_payload(net, config, norm, inst_info, coverage, None, provenance)
             last.update(kind="training", optimizer=opt.state_dict(), scheduler=sched.state_dict(),
@@ -748,7 +748,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=DEVICES, default="cpu",
                    help="cpu (default), cuda (error without a GPU) or auto; several processes: start with "
                         "torchrun (docs/scale.md)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -758,7 +757,7 @@ def run_cli(args: argparse.Namespace) -> int:
         raise UserError(f"--lr: must be positive, got {args.lr}")
     config = load_train_config(args.config)
     result = train(args.train, args.val, args.out, config, epochs=args.epochs, seed=args.seed,
-                   resume=args.resume, progress=not args.quiet, device=args.device, init=args.init,
+                   resume=args.resume, progress=progress_enabled(), device=args.device, init=args.init,
                    lr=args.lr)
     if not processes_from_env().is_main:
         return 0

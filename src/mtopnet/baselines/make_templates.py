@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from .. import __version__
 from ..config import Exposure, UserError
 from ..constants import C_KMS
 from ..instruments import load_instrument
+from ..logs import progress_bar, progress_enabled
 from ..simulate import SimulationSpec, draw_population, galaxy_model
 from ..templates import SPECTYPE, SUBTYPE, TEMPLATE_FILE, VERSION
 
@@ -180,6 +180,7 @@ def build_basis(n_galaxies: int = N_GALAXIES, seed: int = DEFAULT_SEED,
     params, rest, hmag = draw_training_population(model, n_galaxies, seed, population=population)
     wave, edges = log_grid(rest_range, dlnlam)
     chunks = []
+    bar = progress_bar(total=n_galaxies, desc="rest-frame spectra", unit="galaxy", progress=progress)
     for start in range(0, n_galaxies, 500):
         sl = slice(start, start + 500)
         part = rest.__class__(rest.cont[sl], rest.line_lum[sl], rest.logmstar[sl], rest.logsfr[sl],
@@ -187,8 +188,8 @@ def build_basis(n_galaxies: int = N_GALAXIES, seed: int = DEFAULT_SEED,
         spec = rest_spectra(model, part, params.sigma_v[sl], edges)
         spec /= spec.mean(axis=1, keepdims=True)
         chunks.append(spec.astype(np.float32))
-        if progress:
-            print(f"  rest-frame spectra {min(start + 500, n_galaxies)}/{n_galaxies}", file=sys.stderr)
+        bar.update(spec.shape[0])
+    bar.close()
     x = np.concatenate(chunks).astype(np.float64)  # (N, L), each row of unit mean
     del chunks
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5FD]))
@@ -286,7 +287,7 @@ def run_cli(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.is_dir():
         raise UserError(f"--out: {out} is not a folder")
-    basis = build_basis(args.n_galaxies, args.seed, args.n_components, args.dlnlam, progress=True,
+    basis = build_basis(args.n_galaxies, args.seed, args.n_components, args.dlnlam, progress=progress_enabled(),
                         population=args.population)
     path = write_template(out / TEMPLATE_FILE, basis)
     listing = out / "templates-default.txt"

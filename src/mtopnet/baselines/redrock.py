@@ -27,9 +27,9 @@ import argparse
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +39,13 @@ import numpy as np
 from .. import __version__
 from ..config import UserError
 from ..instruments import load_instrument
+from ..logs import progress_bar, progress_enabled
 from ..store import check_writable, iter_store, store_info
 from ..templates import default_template_path
 from .make_templates import DLOG10Z, redshift_grid
 
 COMMAND = "baseline"
+log = logging.getLogger(__name__)
 
 Z_RANGE = (0.6, 3.0)
 LSF_HALF_WIDTH = 5.0
@@ -341,15 +343,11 @@ def run_store(inputs: list[str | Path], out: str | Path | None = None, instrumen
             raise UserError(f"{p}: arms {list(info['arms'])} differ from {inputs[0]}'s {arm_names}")
     runner = RedrockRunner(instrument_arms(instrument, arm_names), template_path, z_range, ncpu, verbose, z_step)
     parts = []
-    total = sum(i["n"] for i in infos)
-    done = 0
-    t0 = time.monotonic()
-    for path in inputs:
-        for batch in iter_store(path, batch_size=max(CHUNK, 256)):
-            parts.append(runner.run(batch))
-            done += len(batch)
-            if progress:
-                print(f"redrock: {done}/{total} spectra, {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    with progress_bar(total=sum(i["n"] for i in infos), desc="redrock", unit="spec", progress=progress) as bar:
+        for path in inputs:
+            for batch in iter_store(path, batch_size=max(CHUNK, 256)):
+                parts.append(runner.run(batch))
+                bar.update(len(batch))
     cat = RedrockCatalogue.concatenate(parts) if parts else RedrockCatalogue.empty()
     cat.meta = {**runner.meta, "INSTRUME": instrument,
                 "INPUTS": json.dumps([str(Path(p).name) for p in inputs])}
@@ -439,8 +437,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="scan step in log10(1 + z) (default: the template file's, Redrock's galaxy step 3e-4)")
     r.add_argument("--ncpu", type=int, default=2, help="worker processes (default 2)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    r.add_argument("--verbose", action="store_true", help="show Redrock's own log")
-    r.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -448,7 +444,9 @@ def run_cli(args: argparse.Namespace) -> int:
         raise UserError(f"unknown baseline {args.tool!r}")
     c0, t0 = cpu_seconds(), time.monotonic()
     cat = run_store(args.inputs, args.out, args.instrument, args.templates, tuple(args.z_range),
-                    args.ncpu, args.overwrite, args.verbose, progress=not args.quiet, z_step=args.z_step)
+                    args.ncpu, args.overwrite,
+                    verbose=log.isEnabledFor(logging.DEBUG),  # --verbose: Redrock's own log too
+                    progress=progress_enabled(), z_step=args.z_step)
     cpu = cpu_seconds() - c0
     good = int(np.sum((cat.zwarn == 0) & (cat.deltachi2 > 9)))
     print(f"wrote {len(cat)} redshifts to {args.out} ({good} with ZWARN == 0 and DELTACHI2 > 9; "

@@ -10,12 +10,24 @@ from importlib import resources
 from pathlib import Path
 
 from ..config import ConfigError, InstrumentConfig, UserError, load_yaml
-from .instrument import MASK_BAD, MASK_SKYLINE, MASK_TELLURIC, Arm, Instrument, bin_mean, image_quality
+from .aperture import Aperture
+from .instrument import (
+    MASK_BAD,
+    MASK_SKYLINE,
+    MASK_TELLURIC,
+    SKY_MASK_BITS,
+    Arm,
+    Instrument,
+    bin_mean,
+    image_quality,
+    pixel_mask,
+    resample_mask,
+)
 from .noise import ArmSpectra, observe_arm, observe_arm_conditions
 
 __all__ = ["Instrument", "Arm", "ArmSpectra", "observe_arm", "observe_arm_conditions", "load_instrument",
            "available_instruments", "MASK_BAD", "MASK_SKYLINE", "MASK_TELLURIC", "bin_mean",
-           "image_quality"]
+           "image_quality", "Aperture", "SKY_MASK_BITS", "pixel_mask", "resample_mask"]
 
 
 def _shipped_dir() -> Path:

@@ -27,6 +27,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from ..config import ArmConfig, ConfigError, CurveSpec, InstrumentConfig
 from ..constants import MASK_BAD, MASK_SKYLINE, MASK_TELLURIC  # noqa: F401 (re-exported)
+from .aperture import FWHM_PER_SIGMA, Aperture
 from .sky import SkySpectrum, load_sky, moons1d_path
 
 FINE_PER_PIXEL = 3
@@ -97,6 +98,59 @@ def running_median(values: np.ndarray, window: int) -> np.ndarray:
     return median_filter(values, size=window, mode="nearest")
 
 
+def pixel_mask(efficiency: np.ndarray, telluric_pixel: np.ndarray, sky_electrons: np.ndarray) -> np.ndarray:
+    """The instrument's mask bits of one arm's pixels: (L,) arrays -> (L,) uint8.
+
+    MASK_BAD where the efficiency is below THROUGHPUT_MIN of its peak or the atmosphere
+    transmits < TELLURIC_OPAQUE; MASK_TELLURIC where it transmits < TELLURIC_DEEP;
+    MASK_SKYLINE where the sky exceeds SKYLINE_CONTRAST x its running median (over
+    SKYLINE_WINDOW pixels). The simulator's spectra carry these bits; real spectra get the
+    sky ones through :meth:`Instrument.sky_mask`.
+    """
+    mask = np.zeros(len(efficiency), dtype=np.uint8)
+    mask[(efficiency < THROUGHPUT_MIN * efficiency.max()) | (telluric_pixel < TELLURIC_OPAQUE)] |= MASK_BAD
+    mask[telluric_pixel < TELLURIC_DEEP] |= MASK_TELLURIC
+    if sky_electrons.any():
+        continuum = running_median(sky_electrons, SKYLINE_WINDOW)
+        mask[sky_electrons > SKYLINE_CONTRAST * np.maximum(continuum, 1e-30)] |= MASK_SKYLINE
+    return mask
+
+
+SKY_MASK_BITS = MASK_SKYLINE | MASK_TELLURIC
+"""The bits of :func:`pixel_mask` that come from the night sky (applied to real spectra too)."""
+
+
+def pixel_edges(wave: np.ndarray) -> np.ndarray:
+    """(L+1,) pixel edges of pixel centres ``wave`` (L,), increasing: midpoints, ends mirrored."""
+    wave = np.asarray(wave, dtype=np.float64)
+    if len(wave) == 1:
+        return np.array([wave[0] - 0.5, wave[0] + 0.5])
+    mid = 0.5 * (wave[1:] + wave[:-1])
+    return np.concatenate([[wave[0] - (mid[0] - wave[0])], mid, [wave[-1] + (wave[-1] - mid[-1])]])
+
+
+def resample_mask(src_edges: np.ndarray, src_mask: np.ndarray, wave: np.ndarray) -> np.ndarray:
+    """Mask bits on pixels centred on ``wave`` (L,): the OR of the bits of every source pixel
+    (edges (M+1,), bits (M,)) that overlaps each; 0 where none does. -> (L,) uint8."""
+    out = np.zeros(len(wave), dtype=np.uint8)
+    if len(wave) == 0 or len(src_mask) == 0:
+        return out
+    edges = pixel_edges(wave)
+    lo, hi = np.minimum(edges[:-1], edges[1:]), np.maximum(edges[:-1], edges[1:])
+    shrink = 1e-6 * (hi - lo)  # a shared edge, up to round-off, is no overlap
+    lo, hi = lo + shrink, hi - shrink
+    first = np.clip(np.searchsorted(src_edges, lo, side="right") - 1, 0, len(src_mask) - 1)
+    last = np.clip(np.searchsorted(src_edges, hi, side="left") - 1, 0, len(src_mask) - 1)
+    overlaps = (hi > src_edges[0]) & (lo < src_edges[-1])
+    for bit in (1, 2, 4, 8, 16, 32, 64, 128):
+        hit = (src_mask & bit) != 0
+        if not hit.any():
+            continue
+        cum = np.concatenate([[0], np.cumsum(hit)])
+        out[overlaps & (cum[last + 1] - cum[first] > 0)] |= bit
+    return out
+
+
 @dataclass
 class ArmResponse:
     """Per-pixel constants of one arm for one set of observing conditions.
@@ -104,8 +158,8 @@ class ArmResponse:
     All arrays are (L,) on the arm's pixels, per sub-exposure of ``t_sub`` seconds.
     """
 
-    electrons_per_flux: np.ndarray  # e- per (1e-17 erg/s/cm2/A) before fibre loss and telluric
-    sky_electrons: np.ndarray  # e- from the sky in the fibre
+    electrons_per_flux: np.ndarray  # e- per (1e-17 erg/s/cm2/A) before aperture loss and telluric
+    sky_electrons: np.ndarray  # e- from the sky in the fibre (or slit width x extraction length)
     dark_electrons: float  # e- from dark current
     read_noise: float  # e- rms
     telluric_fine: np.ndarray  # (Lf,) transmission on the fine grid
@@ -205,20 +259,20 @@ class Arm:
         core = smooth[..., self.fine_pad:self.fine_pad + self.npix * FINE_PER_PIXEL]
         return core.reshape(core.shape[:-1] + (self.npix, FINE_PER_PIXEL)).mean(axis=-1)
 
-    def fibre_fraction(self, seeing: float, airmass: float,
-                       source_sigma: np.ndarray | float = 0.0) -> np.ndarray:
-        """Fraction of a source's light entering the fibre, per pixel.
+    def aperture_fraction(self, seeing: float, airmass: float,
+                          source_sigma: np.ndarray | float = 0.0) -> np.ndarray:
+        """Fraction of a source's light entering the fibre or slit, per pixel.
 
         A centred Gaussian PSF of the seeing-limited image quality convolved with a Gaussian
-        source of ``source_sigma`` arcsec (0 for a point source), through a circular aperture
-        of the fibre's diameter. source_sigma: scalar or (N,) -> (L,) or (N, L).
+        source of ``source_sigma`` arcsec (0 for a point source), through the instrument's
+        aperture (:class:`~mtopnet.instruments.aperture.Aperture`).
+        source_sigma: scalar or (N,) -> (L,) or (N, L).
         """
-        radius = 0.5 * self.instrument.config.fibre_diameter
         psf_sigma = image_quality(seeing, self.wave, airmass,
-                                  self.instrument.config.telescope_diameter) / 2.3548
+                                  self.instrument.config.telescope_diameter) / FWHM_PER_SIGMA
         src = np.asarray(source_sigma, dtype=np.float64)
         total_var = psf_sigma ** 2 + (src[..., None] ** 2 if src.ndim else src ** 2)
-        return -np.expm1(-0.5 * radius ** 2 / total_var)
+        return self.instrument.aperture.fraction(total_var)
 
     def response(self, airmass: float, seeing: float, t_sub: float) -> ArmResponse:
         """Per-pixel constants for these conditions (cached)."""
@@ -242,19 +296,14 @@ class Arm:
                 raise ConfigError(
                     f"arms.{self.name}: {self.config.wave_min:.0f}-{self.config.wave_max:.0f} A "
                     f"lies outside the sky model {inst.config.sky_model} ({lo:.0f}-{hi:.0f} A)")
+            sky = sky.from_wave(self.fine_edges[0])  # the sky table that holds the arm
             telluric_fine = bin_mean(sky.wave, sky.transmission, self.fine_edges)
             sky_fine = bin_mean(sky.wave, sky.emission, self.fine_edges)  # ph/s/cm2/A/arcsec2
-            fibre_area = np.pi * (0.5 * inst.config.fibre_diameter) ** 2
-            sky_electrons = (self.convolve_and_bin(sky_fine) * fibre_area * area_cm2 * eff
+            sky_electrons = (self.convolve_and_bin(sky_fine) * inst.aperture.sky_area * area_cm2 * eff
                              * self.dispersion * t_sub)
         telluric_pixel = self.convolve_and_bin(telluric_fine)
-        mask = np.zeros(self.npix, dtype=np.uint8)
-        mask[(eff < THROUGHPUT_MIN * eff.max()) | (telluric_pixel < TELLURIC_OPAQUE)] |= MASK_BAD
-        mask[telluric_pixel < TELLURIC_DEEP] |= MASK_TELLURIC
-        if sky_electrons.any():
-            continuum = running_median(sky_electrons, SKYLINE_WINDOW)
-            mask[sky_electrons > SKYLINE_CONTRAST * np.maximum(continuum, 1e-30)] |= MASK_SKYLINE
-        psf_sigma = image_quality(seeing, self.wave, airmass, inst.config.telescope_diameter) / 2.3548
+        mask = pixel_mask(eff, telluric_pixel, sky_electrons)
+        psf_sigma = image_quality(seeing, self.wave, airmass, inst.config.telescope_diameter) / FWHM_PER_SIGMA
         out = ArmResponse(electrons_per_flux, sky_electrons, self.config.dark * t_sub / 3600.0,
                           self.config.read_noise, telluric_fine, telluric_pixel, psf_sigma, mask)
         self._responses[key] = out
@@ -262,11 +311,12 @@ class Arm:
 
 
 class Instrument:
-    """A multi-arm fibre spectrograph, built from its YAML description."""
+    """A multi-arm fibre or slit spectrograph, built from its YAML description."""
 
     def __init__(self, config: InstrumentConfig):
         self.config = config
         self.name = config.name
+        self.aperture = Aperture(config.aperture)
         self.arms = [Arm(a, self) for a in config.arms]
         self._sky: dict[float, SkySpectrum | None] = {}
 
@@ -293,6 +343,22 @@ class Instrument:
     @property
     def max_resolution(self) -> float:
         return max(a.config.resolution for a in self.arms)
+
+    def sky_mask(self, wave: np.ndarray, airmass: float | None = None) -> np.ndarray:
+        """The night-sky bits (:data:`SKY_MASK_BITS`) of the arms' masks on any grid.
+
+        wave: (L,) vacuum A, increasing (a real spectrum's arm) -> (L,) uint8. Each pixel
+        gets the sky-line and telluric bits of the instrument's pixels it overlaps, as the
+        simulator sets them (:func:`pixel_mask`) at ``airmass`` (default: the observing
+        airmass of the YAML) and the YAML's seeing and sub-exposure. 0 outside every arm.
+        """
+        obs = self.config.observing
+        airmass = obs.airmass if airmass is None else airmass
+        out = np.zeros(len(wave), dtype=np.uint8)
+        for arm in self.arms:
+            resp = arm.response(airmass, obs.seeing, obs.sub_exposure)
+            out |= resample_mask(arm.wave_edges, resp.mask & SKY_MASK_BITS, np.asarray(wave, dtype=np.float64))
+        return out
 
     def sky(self, airmass: float) -> SkySpectrum | None:
         key = round(float(airmass), 4)

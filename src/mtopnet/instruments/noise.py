@@ -4,7 +4,8 @@ For each arm and object (vectorised over objects):
 
 1. the source's flux density on the arm's fine grid is multiplied by the atmospheric
    transmission, convolved with the LSF and averaged onto pixels;
-2. a fraction enters the fibre (seeing-limited PSF convolved with the source's size);
+2. a fraction enters the fibre or slit (seeing-limited PSF convolved with the source's size,
+   :mod:`mtopnet.instruments.aperture`);
 3. it is converted to electrons (collecting area, telescope x instrument x detector
    efficiency, pixel width, photon energy at the pixel's wavelength);
 4. over ``n_sub`` sub-exposures the object, sky and dark electrons are drawn from a Poisson
@@ -24,6 +25,7 @@ import numpy as np
 
 from ..config import Exposure
 from ..constants import MASK_BAD
+from .aperture import FWHM_PER_SIGMA
 from .instrument import FINE_PER_PIXEL, Arm, image_quality
 from .nuisance import Conditions, fluxcal_factor
 
@@ -73,7 +75,7 @@ def observe_arm(arm: Arm, fine_flux: np.ndarray, exposure: Exposure, rng: np.ran
     t_sub = exposure.total / n_sub
     resp = arm.response(exposure.airmass, exposure.seeing, t_sub)
     pixel_flux = arm.convolve_and_bin(fine_flux * resp.telluric_fine)  # (N, L)
-    fibre = arm.fibre_fraction(exposure.seeing, exposure.airmass, source_sigma)
+    fibre = arm.aperture_fraction(exposure.seeing, exposure.airmass, source_sigma)
     fibre = np.broadcast_to(fibre, pixel_flux.shape)
     # Sources emit non-negative flux; clipping only removes round-off of the convolution.
     obj_e = np.clip(pixel_flux, 0, None) * fibre * resp.electrons_per_flux  # per sub-exposure
@@ -86,7 +88,7 @@ def observe_arm(arm: Arm, fine_flux: np.ndarray, exposure: Exposure, rng: np.ran
     eps = rng.normal(0.0, exposure.sky_residual, size=(n, 1)) if exposure.sky_residual else 0.0
     net = raw - n_sub * sky_e * (1.0 + eps) - n_sub * dark_e
 
-    point_fibre = arm.fibre_fraction(exposure.seeing, exposure.airmass, 0.0)
+    point_fibre = arm.aperture_fraction(exposure.seeing, exposure.airmass, 0.0)
     calib = n_sub * resp.electrons_per_flux * point_fibre * resp.telluric_pixel  # e- per flux unit
     variance = (n_sub * (obj_e + sky_e + dark_e) + n_sub * resp.read_noise ** 2
                 + (exposure.sky_residual * n_sub * sky_e) ** 2)
@@ -124,7 +126,7 @@ def observe_arm_conditions(arm: Arm, arm_index: int, fine_flux: np.ndarray, sub_
       subtracted with the same shape, so only its noise would change);
     * the efficiency is ``worst + throughput x (best - worst)`` (where the arm has both);
       the pipeline calibrates with the true efficiency (a standard star sees it);
-    * fibre losses use each object's seeing and source size; the calibration assumes a
+    * aperture (fibre or slit) losses use each object's seeing and source size; the calibration assumes a
       point source at that seeing;
     * STARE: the sky model is wrong by ``eps ~ N(0, sky_residual)`` per object and arm, and
       ivar includes ``(sky_residual x sky)^2``. XSW: the sky is measured in another fibre
@@ -147,11 +149,10 @@ def observe_arm_conditions(arm: Arm, arm_index: int, fine_flux: np.ndarray, sub_
     pixel_flux = arm.convolve_and_bin(src, lsf_scale)  # (N, L)
     cfg = arm.instrument.config
     psf_var = (image_quality(cond.seeing[:, None], arm.wave[None, :], airmass, cfg.telescope_diameter)
-               / 2.3548) ** 2  # (N, L) arcsec^2
-    radius2 = (0.5 * cfg.fibre_diameter) ** 2
+               / FWHM_PER_SIGMA) ** 2  # (N, L) arcsec^2
     src_sigma = cond.source_re / 1.1774  # half-light radius of a 2D Gaussian = 1.1774 sigma
-    fibre = -np.expm1(-0.5 * radius2 / (psf_var + src_sigma[:, None] ** 2))
-    point = -np.expm1(-0.5 * radius2 / psf_var)
+    fibre = arm.instrument.aperture.fraction(psf_var + src_sigma[:, None] ** 2)  # fibre or slit
+    point = arm.instrument.aperture.fraction(psf_var)
     ratio = arm.best_throughput_ratio
     thr = 1.0 + cond.throughput[:, None] * (ratio[None, :] - 1.0) if ratio is not None else np.ones((n, 1))
     epf = resp.electrons_per_flux * thr  # (N, L) per sub-exposure

@@ -1,10 +1,25 @@
 """Night-sky emission and atmospheric transmission.
 
-``skycalc-paranal``: the ESO SkyCalc sky model (Noll et al. 2012, A&A 543, A92; Jones et al.
-2013, A&A 560, A91) for Cerro Paranal, as tabulated by the MOONS consortium in the ``moons1d``
-package (``models/Skymodel/SkyTemplate_ESO_a<airmass>.fits``): 6000-18000 A in 0.1 A steps,
-vacuum wavelengths, airmass 1.0 to 2.0 in steps of 0.2. Between tabulated airmasses the
-emission and the transmission are interpolated linearly.
+``skycalc-paranal``: Cerro Paranal, 3000-18000 A, in two halves joined at 6000 A.
+
+* 6000-18000 A: the ESO SkyCalc sky model (Noll et al. 2012, A&A 543, A92; Jones et al.
+  2013, A&A 560, A91) as tabulated by the MOONS consortium in the ``moons1d`` package
+  (``models/Skymodel/SkyTemplate_ESO_a<airmass>.fits``): 0.1 A steps, vacuum wavelengths,
+  airmass 1.0 to 2.0 in steps of 0.2, a half Moon 45 degrees from the target. Between
+  tabulated airmasses the emission and the transmission are interpolated linearly.
+* 3000-6000 A (:func:`paranal_optical`), built from published components listed with their
+  sources in ``data/sky/paranal-optical.yaml``: transmission ``10 ** (-0.4 k X)`` with
+  ``k`` = Rayleigh scattering at Paranal's pressure + ozone (Huggins, Chappuis bands) +
+  aerosols (Patat et al. 2011); emission = a continuum through Patat's (2003) dark-time U,
+  B, V sky brightness (the V band's lines taken out), extrapolated to 6000 A with the B-V
+  slope, scaled by one factor per airmass so that it meets SkyCalc's continuum (median over
+  :data:`PARANAL_MATCH_RANGE`: SkyCalc's Moon brightens it ~2x over the dark sky), and
+  below 3600 A dimmed with the atmosphere's transmission; plus the airglow lines
+  [OI] 5577, Na D and [NI] 5200 (Gaussians of :data:`PARANAL_LINE_SIGMA`), proportional
+  to airmass and extinguished. The continuity at 6000 A is tested.
+
+An arm is read only from the half that holds it (:meth:`SkySpectrum.from_wave`): arms
+redwards of 6000 A see SkyCalc's numbers exactly as before the blue half existed.
 
 ``sdss-apo``: an optical-to-near-infrared sky for the Apache Point / Kitt Peak sites,
 3500-18000 A, built from files shipped in ``mtopnet/data/sky`` (provenance in their headers,
@@ -33,6 +48,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import yaml
 from astropy.io import fits
 
 from ..config import SKY_MODELS, ConfigError
@@ -45,6 +61,18 @@ SDSS_APO_BLUE_LIMIT = 3500.0
 SDSS_APO_SCALE_RANGE = (6200.0, 9100.0)
 """sdss-apo: SkyCalc is scaled to the SDSS sky's integral over this range (A)."""
 H_PLANCK_C = 1.98644586e-8  # erg A
+PARANAL_JOIN = 6000.0
+"""skycalc-paranal: SkyCalc's tables start here (A); bluewards, :func:`paranal_optical`."""
+PARANAL_BLUE_LIMIT = 3000.0
+"""skycalc-paranal: the blue half starts here (A); the ozone cut-off leaves < 5% below."""
+PARANAL_BLUE_STEP = 0.1
+"""skycalc-paranal: wavelength step of the blue half (A), SkyCalc's."""
+PARANAL_MATCH_RANGE = (6000.0, 6100.0)
+"""skycalc-paranal: the blue continuum is scaled to SkyCalc's median emission over this range (A)."""
+PARANAL_LINE_SIGMA = 0.15
+"""skycalc-paranal: Gaussian sigma (A) of the airglow lines of the blue half (unresolved)."""
+RAYLEIGH_PHOTONS = 1e6 / (4.0 * np.pi) / 4.254517e10
+"""One Rayleigh in photons/s/cm2/arcsec2 (1e6 / 4 pi photons/s/cm2/sr; 4.2545e10 arcsec2/sr)."""
 
 
 def moons1d_path(relative: str) -> str:
@@ -72,6 +100,18 @@ class SkySpectrum:
     emission: np.ndarray
     transmission: np.ndarray
     airmass: float
+    joins: tuple[float, ...] = ()
+    """Wavelengths (A) where one source table ends and the next begins (see from_wave)."""
+
+    def from_wave(self, wave_min: float) -> "SkySpectrum":
+        """The sky from the last join at or below ``wave_min`` (A) on: an arm is integrated
+        over the one table that holds it, so a table added bluewards leaves it unchanged."""
+        cuts = [j for j in self.joins if j <= wave_min]
+        if not cuts:
+            return self
+        start = int(np.searchsorted(self.wave, max(cuts)))
+        return SkySpectrum(self.wave[start:], self.emission[start:], self.transmission[start:], self.airmass,
+                           tuple(j for j in self.joins if j > max(cuts)))
 
 
 @lru_cache(maxsize=8)
@@ -167,12 +207,93 @@ def _skycalc(airmass: float) -> SkySpectrum:
     return SkySpectrum(wave, (1 - frac) * em0 + frac * em1, (1 - frac) * tr0 + frac * tr1, airmass)
 
 
+@lru_cache(maxsize=1)
+def paranal_components() -> dict:
+    """The published components of Paranal's sky below 6000 A (``data/sky/paranal-optical.yaml``)."""
+    path = sky_data_path("paranal-optical.yaml")
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"sky data file {path}: cannot read ({exc})") from None
+
+
+def paranal_extinction(wave: np.ndarray) -> np.ndarray:
+    """Paranal's extinction coefficient k (mag/airmass) at ``wave`` (A, 3000-6000 A).
+
+    Rayleigh (Hansen & Travis 1974 at Paranal's pressure) + ozone (cross-section x column)
+    + aerosols (Patat et al. 2011): see ``data/sky/paranal-optical.yaml``.
+    """
+    comp = paranal_components()
+    site, ray = comp["site"], comp["rayleigh"]
+    lam = np.asarray(wave, dtype=np.float64) / 1e4  # um
+    tau_r = (ray["a"] * lam ** -(ray["b"] + ray["c"] * lam + ray["d"] / lam) * site["pressure_hpa"] / 1013.25)
+    table = np.asarray(comp["ozone_cross_section"], dtype=np.float64)
+    sigma = 10.0 ** np.interp(lam * 1e4, table[:, 0], np.log10(table[:, 1]))
+    tau_o3 = sigma * site["ozone_du"] * 2.6867e16  # 1 DU = 2.6867e16 molecules/cm2
+    k_aer = site["aerosol_k0"] * lam ** site["aerosol_alpha"]
+    return 2.5 * np.log10(np.e) * (tau_r + tau_o3) + k_aer
+
+
+def _paranal_dark_continuum(wave: np.ndarray) -> np.ndarray:
+    """Zenith dark-time continuum (photons/s/cm2/A/arcsec2) through Patat's U, B, V; below U's
+    wavelength dimmed with the atmosphere's transmission, above V on the B-V slope."""
+    comp = paranal_components()
+    bands, lines = comp["bands"], comp["lines"]
+    anchors = []
+    for name in ("U", "B", "V"):
+        b = bands[name]
+        flam = b["zero_point"] * 1e-9 * 10.0 ** (-0.4 * b["mag"])  # erg/s/cm2/A/arcsec2
+        inside = [ln for ln in lines if abs(ln["wave"] - b["wave"]) < 0.5 * b["fwhm"]]
+        flam -= sum(ln["rayleigh"] * RAYLEIGH_PHOTONS * H_PLANCK_C / ln["wave"] for ln in inside) / b["fwhm"]
+        anchors.append((b["wave"], flam * b["wave"] / H_PLANCK_C))
+    x = np.log([a[0] for a in anchors])
+    y = np.log([a[1] for a in anchors])
+    lw = np.log(np.asarray(wave, dtype=np.float64))
+    out = np.interp(lw, x, y)
+    red = lw > x[-1]
+    out[red] = y[-1] + (lw[red] - x[-1]) * (y[-1] - y[-2]) / (x[-1] - x[-2])
+    cont = np.exp(out)
+    blue = lw < x[0]
+    k, k_u = paranal_extinction(np.asarray(wave)[blue]), paranal_extinction(np.array([anchors[0][0]]))[0]
+    cont[blue] = np.exp(y[0]) * 10.0 ** (-0.4 * (k - k_u))
+    return cont
+
+
+def paranal_optical(airmass: float, red: SkySpectrum) -> SkySpectrum:
+    """Paranal's sky from :data:`PARANAL_BLUE_LIMIT` to :data:`PARANAL_JOIN` at ``airmass``,
+    its continuum scaled to meet ``red`` (SkyCalc at the same airmass; module docstring)."""
+    n = int(round((PARANAL_JOIN - PARANAL_BLUE_LIMIT) / PARANAL_BLUE_STEP))
+    wave = PARANAL_BLUE_LIMIT + PARANAL_BLUE_STEP * np.arange(n)
+    k = paranal_extinction(wave)
+    transmission = 10.0 ** (-0.4 * k * airmass)
+    continuum = _paranal_dark_continuum(wave)
+    lo, hi = PARANAL_MATCH_RANGE
+    match = (red.wave >= lo) & (red.wave < hi)
+    level = float(np.median(red.emission[match]))
+    model_level = float(np.median(_paranal_dark_continuum(red.wave[match])))
+    emission = continuum * (level / model_level)
+    # zenith line intensities (as measured at the ground), x airmass, x the extra extinction
+    line_scale = airmass * 10.0 ** (-0.4 * k * (airmass - 1.0))
+    for line in paranal_components()["lines"]:
+        profile = np.exp(-0.5 * ((wave - line["wave"]) / PARANAL_LINE_SIGMA) ** 2)
+        profile /= np.sqrt(2.0 * np.pi) * PARANAL_LINE_SIGMA
+        emission = emission + line["rayleigh"] * RAYLEIGH_PHOTONS * line_scale * profile
+    return SkySpectrum(wave, emission, transmission, airmass)
+
+
+def _paranal(airmass: float) -> SkySpectrum:
+    red = _skycalc(airmass)
+    blue = paranal_optical(airmass, red)
+    return SkySpectrum(np.concatenate([blue.wave, red.wave]), np.concatenate([blue.emission, red.emission]),
+                       np.concatenate([blue.transmission, red.transmission]), airmass, (PARANAL_JOIN,))
+
+
 def load_sky(model: str, airmass: float) -> SkySpectrum | None:
     """Sky emission and transmission for ``model`` at ``airmass`` (None for model 'none')."""
     if model == "none":
         return None
     if model == "skycalc-paranal":
-        return _skycalc(airmass)
+        return _paranal(airmass)
     if model == "sdss-apo":
         return _sdss_apo(airmass)
     raise ConfigError(f"sky_model: unknown sky model {model!r} (known: {', '.join(SKY_MODELS)})")

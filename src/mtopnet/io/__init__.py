@@ -24,12 +24,13 @@ from ._core import (
 )
 from .detect import FORMATS, detect_format, sniff_format
 from .generic_fits import write_fits
+from .passthrough import input_passthrough, stack_passthrough
 from .spectrum_objects import from_specutils
-from .stream import DEFAULT_BATCH_SIZE, input_fibermap, plan_inputs, read_file, read_spectra, read_units, rebatch
+from .stream import DEFAULT_BATCH_SIZE, plan_inputs, read_file, read_spectra, read_units, rebatch
 from .text import write_text
 
 __all__ = ["FORMATS", "DEFAULT_BATCH_SIZE", "FLUX_UNIT_CGS", "NoiseEstimatedWarning", "ReaderWarning",
-           "read_spectra", "read_units", "read_file", "input_fibermap", "detect_format", "sniff_format",
-           "plan_inputs", "rebatch",
+           "read_spectra", "read_units", "read_file", "input_passthrough", "stack_passthrough", "detect_format",
+           "sniff_format", "plan_inputs", "rebatch",
            "from_specutils", "write_fits", "write_text", "sanitize", "map_mask", "estimate_noise",
            "air_to_vacuum"]

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import re
 import warnings
 import zlib
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -98,6 +99,124 @@ def read_data(hdul: Any, key: str | int, path: str) -> np.ndarray:
     if data is None:
         raise fail(path, f"HDU {key!r} holds no data")
     return data
+
+
+_TFORM_DTYPES = {"A": "S", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8"}
+_TFORM = re.compile(r"^\s*(\d*)([A-Z])\s*$")
+_BLOCK, _CARD = 2880, 80
+
+
+def _simple_dtype(header: Mapping[str, Any]) -> np.dtype | None:
+    """The numpy dtype of a binary table's rows from its header alone, for tables of A, B, I,
+    J, K, E, D columns without scaling, null or shape keywords; None for any other table."""
+    if any(str(k).startswith(("TZERO", "TSCAL", "TDIM", "TNULL")) for k in header):
+        return None
+    fields = []
+    for i in range(1, int(header.get("TFIELDS", 0)) + 1):
+        match = _TFORM.match(str(header.get(f"TFORM{i}", "")))
+        name = str(header.get(f"TTYPE{i}", "")).strip()
+        if match is None or match.group(2) not in _TFORM_DTYPES or not name:
+            return None
+        repeat = int(match.group(1) or 1)
+        kind = _TFORM_DTYPES[match.group(2)]
+        if kind == "S":
+            fields.append((name, f"S{repeat}"))
+        else:
+            fields.append((name, kind) if repeat == 1 else (name, kind, (repeat,)))
+    try:
+        dtype = np.dtype(fields)
+    except (TypeError, ValueError):  # e.g. two columns of one name
+        return None
+    return dtype if fields and dtype.itemsize == int(header.get("NAXIS1", -1)) else None
+
+
+_STRING_VALUE = re.compile(r"^\s*'((?:[^']|'')*)'")
+
+
+def _card_value(text: str) -> Any:
+    """The value of a FITS card's value field (after ``= ``): str, int, float or bool."""
+    match = _STRING_VALUE.match(text)
+    if match:
+        return match.group(1).replace("''", "'").rstrip()
+    text = text.split("/", 1)[0].strip()
+    if text in ("T", "F"):
+        return text == "T"
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+class _RawHeader(dict):
+    """keyword -> the raw value field of its first card; ``get`` parses (:func:`_card_value`)."""
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return _card_value(self[key]) if key in self else default
+
+
+def _raw_header(handle: Any) -> _RawHeader | None:
+    """The next header of an open FITS file, or None at the end of the file or a header cut short."""
+    cards = _RawHeader()
+    while True:
+        block = handle.read(_BLOCK)
+        if len(block) < _BLOCK:
+            return None
+        text = block.decode("ascii", "replace")
+        for i in range(0, _BLOCK, _CARD):
+            key = text[i:i + 8].rstrip()
+            if key == "END":
+                return cards
+            if text[i + 8:i + 10] == "= " and key not in cards:
+                cards[key] = text[i + 10:i + _CARD]
+
+
+def scan_tables(path: str, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The rows of the binary-table HDUs ``names`` (EXTNAME) of an uncompressed FITS file, read
+    by walking its headers (no astropy: ~1 ms for SDSS's 126-column SPECOBJ row, where
+    astropy's column objects take ~100 ms). HDU name -> (NAXIS2,) structured array, for the
+    ones present. None where this cannot read the file (compressed, damaged, a table of other
+    column types): the caller then reads it with astropy."""
+    found: dict[str, np.ndarray] = {}
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(3)
+            if head[:2] == _GZIP_MAGIC or head == _BZIP2_MAGIC:
+                return None
+            handle.seek(0)
+            first = True
+            while len(found) < len(names):
+                header = _raw_header(handle)
+                if header is None:
+                    if first:
+                        return None
+                    break
+                first = False
+                naxis = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, int(header.get("NAXIS", 0)) + 1)]
+                size = (abs(int(header.get("BITPIX", 8))) // 8 * int(header.get("GCOUNT", 1))
+                        * (int(header.get("PCOUNT", 0)) + int(np.prod(naxis)))) if naxis else 0
+                start = handle.tell()
+                name = str(header.get("EXTNAME", "")).strip().upper()
+                if name in names and name not in found and str(header.get("XTENSION", "")).strip() == "BINTABLE":
+                    dtype = _simple_dtype(header)
+                    n = naxis[1] if len(naxis) == 2 else 0
+                    if dtype is None:
+                        return None
+                    raw = handle.read(dtype.itemsize * n)
+                    if len(raw) != dtype.itemsize * n:
+                        return None
+                    found[name] = np.frombuffer(raw, dtype=dtype).copy()
+                handle.seek(start + -(-size // _BLOCK) * _BLOCK)
+    except (OSError, ValueError, TypeError):
+        return None
+    return found
+
+
+def table_rows(hdul: Any, key: str, path: str) -> np.ndarray:
+    """A binary table HDU's rows as a numpy structured array (``np.array`` of astropy's FITS_rec)."""
+    return np.array(read_data(hdul, key, path))
 
 
 def table_columns(hdul: Any, key: str | int) -> dict[str, str]:

@@ -7,6 +7,11 @@ else from the primary header (PLATEID, MJD, FIBERID), else the file stem.
 
 Mask: any ``and_mask`` bit -> MASK_BAD (so ``ivar = 0``); the BRIGHTSKY bit (23 of
 SPPIXMASK, sky brighter than the object) also sets MASK_SKYLINE.
+
+Pass-through (:func:`read_specobj`): the file's one-row ``SPECOBJ`` table (SDSS DR8-DR17:
+the object's spAll row, with the plug-map columns PLATE, MJD, FIBERID, PLUG_RA, PLUG_DEC,
+OBJID, the targeting bits and the SDSS pipeline's own Z, CLASS, ZWARNING) or, in SDSS-V
+files, ``SPALL``; copied to FITS catalogues under the same HDU name (docs/catalogue.md).
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import numpy as np
 from ..constants import MASK_BAD, MASK_SKYLINE
 from ..store import SpectraBatch
 from ._core import RawArm, build_block, fail, flux_factor, parse_unit
-from ._fits import column, hdu_names, open_fits, read_data, table_columns
+from ._fits import column, hdu_names, open_fits, read_data, scan_tables, table_columns, table_rows
 
 ARM = "ALL"
 SPPIXMASK_BRIGHTSKY = 1 << 23
@@ -72,6 +77,22 @@ def read_sdss(path: str) -> Iterator[SpectraBatch]:
         arm = RawArm(wave=wave, flux=flux[None, :], noise=None if ivar is None else ivar[None, :],
                      noise_kind="ivar", mask=None if mask is None else mask[None, :])
         yield build_block(path, [sdss_id(path, header)], {ARM: arm}, air=air, estimate_if_unusable=False)
+
+
+PASSTHROUGH_HDUS = ("SPECOBJ", "SPALL")
+"""The per-object tables of an SDSS spec file copied to FITS catalogues (one row per file)."""
+
+
+def read_specobj(path: str) -> dict[str, np.ndarray]:
+    """The pass-through tables of an SDSS spec file: HDU name -> (1,) structured array, for
+    each of :data:`PASSTHROUGH_HDUS` the file has as a binary table ({} if none)."""
+    quick = scan_tables(path, PASSTHROUGH_HDUS)
+    if quick is not None:
+        return quick
+    with open_fits(path) as hdul:
+        names = hdu_names(hdul)
+        return {name: table_rows(hdul, name, path) for name in PASSTHROUGH_HDUS
+                if name in names and str(hdul[name].header.get("XTENSION", "")).strip() == "BINTABLE"}
 
 
 def _snap_loglam(loglam: np.ndarray, header) -> np.ndarray:

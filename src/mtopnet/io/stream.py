@@ -13,7 +13,7 @@ import numpy as np
 from ..config import UserError
 from ..store import SpectraBatch, iter_store, read_store
 from ._core import NoiseEstimatedWarning, ReaderWarning, count_corrupt, fail, first_line, sanitize
-from .desi import read_desi, read_fibermap
+from .desi import read_desi
 from .detect import FORMATS, detect_format, sniff_format
 from .generic_fits import read_generic_fits
 from .moons1d import moons_band, moons_stem, read_moons1d
@@ -146,29 +146,6 @@ def plan_inputs(inputs: Iterable[Any] | str | os.PathLike, format: str | None = 
     return units
 
 
-def input_fibermap(inputs: list[str], format: str | None = None) -> np.ndarray | None:
-    """The FIBERMAP rows of every target of ``inputs``, in reading order (one per spectrum
-    :func:`read_spectra` yields), when every input is a DESI file; None otherwise. (N,)
-    structured array of the columns every file's FIBERMAP has (astropy ``vstack``, inner join);
-    None also if those columns cannot be stacked (e.g. different vector lengths)."""
-    from astropy.table import Table, vstack
-    from astropy.utils.metadata import MergeConflictWarning
-    with warnings.catch_warnings():  # read_spectra repeats any warning of the plan
-        warnings.simplefilter("ignore")
-        units = plan_inputs(inputs, format)
-    if any(unit.fmt != "desi" for unit in units):
-        return None
-    parts = [Table(read_fibermap(unit.paths[0])) for unit in units]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", MergeConflictWarning)
-            return vstack(parts, join_type="inner", metadata_conflicts="silent").as_array()
-    except (ValueError, TypeError) as exc:  # astropy's TableMergeError is a ValueError
-        warnings.warn(ReaderWarning(f"FIBERMAP not copied: the inputs' FIBERMAPs do not stack ({first_line(exc)})"),
-                      stacklevel=2)
-        return None
-
-
 def _guarded(unit: _Unit, batch_size: int) -> Iterator[SpectraBatch]:
     """Read one source; unexpected library errors become one-line UserErrors naming it."""
     try:
@@ -232,12 +209,16 @@ def rebatch(blocks: Iterable[SpectraBatch], batch_size: int) -> Iterator[Spectra
         yield _concatenate(buffer)
 
 
-def _blocks(units: list[_Unit], batch_size: int) -> Iterator[SpectraBatch]:
-    """Each source's blocks; NoiseEstimatedWarnings are reported once per stream."""
+def _blocks(units: list[_Unit], batch_size: int, counts: list[int] | None = None) -> Iterator[SpectraBatch]:
+    """Each source's blocks; NoiseEstimatedWarnings are reported once per stream. ``counts``
+    (one entry per unit) gets each unit's number of objects added as they are read."""
     warned = False
-    for unit in units:
+    for index, unit in enumerate(units):
         if unit.fmt == "hdf5":  # streamed in chunks; a store always carries its ivar
-            yield from _guarded(unit, batch_size)
+            for block in _guarded(unit, batch_size):
+                if counts is not None:
+                    counts[index] += len(block)
+                yield block
             continue
         blocks = _guarded(unit, batch_size)
         while True:  # one block at a time (a DESI coadd is read in chunks of targets)
@@ -255,6 +236,8 @@ def _blocks(units: list[_Unit], batch_size: int) -> Iterator[SpectraBatch]:
                     warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
             if block is None:
                 break
+            if counts is not None:
+                counts[index] += len(block)
             yield block
 
 
@@ -281,10 +264,15 @@ def read_spectra(inputs: Iterable[Any] | str | os.PathLike, format: str | None =
     return rebatch(_blocks(units, int(batch_size)), int(batch_size))
 
 
-def read_units(units: list[_Unit], batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[SpectraBatch]:
+def read_units(units: list[_Unit], batch_size: int = DEFAULT_BATCH_SIZE,
+               counts: list[int] | None = None) -> Iterator[SpectraBatch]:
     """The stream of :func:`read_spectra` for object sources already planned (:func:`plan_inputs`),
-    e.g. a part of them with store rows restricted (``_Unit.rows``): one run's shard."""
-    return rebatch(_blocks(list(units), int(batch_size)), int(batch_size))
+    e.g. a part of them with store rows restricted (``_Unit.rows``): one run's shard.
+    counts: if given, a list of ``len(units)`` zeros; each unit's number of objects is added
+    to its entry as the stream is read (rows per source, e.g. for :mod:`mtopnet.io.passthrough`)."""
+    if counts is not None and len(counts) != len(units):
+        raise ValueError(f"counts: {len(counts)} entries for {len(units)} units")
+    return rebatch(_blocks(list(units), int(batch_size), counts), int(batch_size))
 
 
 def read_file(path: str | os.PathLike, format: str | None = None) -> SpectraBatch:

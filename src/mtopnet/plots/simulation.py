@@ -65,7 +65,7 @@ def plot_examples(examples: list[dict], inst: Instrument, path: str | Path) -> N
             w, f, iv, m = d["wave"], d["flux"], d["ivar"], d["mask"]
             good = (m & MASK_BAD) == 0
             sig = np.where(good & (iv > 0), 1 / np.sqrt(np.maximum(iv, 1e-30)), np.nan)
-            calib = ex["exposure"].n_sub * resp.electrons_per_flux * arm.fibre_fraction(
+            calib = ex["exposure"].n_sub * resp.electrons_per_flux * arm.aperture_fraction(
                 ex["exposure"].seeing, ex["exposure"].airmass, 0.0) * resp.telluric_pixel
             residual = ex["exposure"].sky_residual * ex["exposure"].n_sub * resp.sky_electrons / calib
             ax.plot(w, np.where(good, f, np.nan), lw=0.4, color="k")
