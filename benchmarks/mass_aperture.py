@@ -6,11 +6,13 @@ For each (catalogue of ``mtopnet predict``, labelled HDF5 store it was made from
 the objects with a right redshift (|dz| < 0.01 (1+z)) and H <= ``--hmax``: the flux fraction
 f = median flux of the H arm between 1.52 and 1.75 um / the flux density of the object's total
 H magnitude at 1.63 um (``10^(-0.4 (H + 48.6)) c / lambda^2``, in the store's 1e-17
-erg/s/cm2/A), and LOGMSTAR - logmstar (truth). Prints, per pair and per type (0 star-forming,
-1 quiescent), the median log10 f, the median error, and the least-squares slope of the error
-on log10 f with the error it predicts at a reference fraction (``--ref``, default the first
-pair's median f). A spectrum that keeps its fibre loss (f < 1) and one aperture-corrected
-(f ~ 1) differ in flux by 1/f; a network that reads the mass from the flux sees that as mass.
+erg/s/cm2/A), and LOGMSTAR - logmstar (truth). The first pair is the reference (the training
+simulator, where f varies widely): the least-squares slope of the error on log10 f there, and
+its median f. Prints, per pair and per type (0 star-forming, 1 quiescent), the median log10 f,
+the median error, and the median error moved to the reference fraction with the reference
+slope (``err - slope (log10 f - log10 f_ref)``): what is left when the flux fraction is
+matched. A spectrum that keeps its fibre loss (f < 1) and one aperture-corrected (f ~ 1)
+differ in flux by 1/f; a network that reads the mass from the flux sees that as mass.
 """
 from __future__ import annotations
 
@@ -47,8 +49,8 @@ def main() -> int:
     args = ap.parse_args()
     if len(args.pairs) % 2:
         ap.error("give CATALOGUE STORE pairs")
-    ref = args.ref
-    print(f"{'catalogue':<40} {'type':>6} {'N':>5} {'log10 f':>8} {'bias':>7} {'slope':>6} {'bias at ref':>11}")
+    ref, slope = args.ref, None
+    print(f"{'catalogue':<40} {'type':>5} {'N':>5} {'log10 f':>8} {'bias':>7} {'bias at f_ref':>13}")
     for cat_path, store_path in zip(args.pairs[::2], args.pairs[1::2], strict=True):
         cat = Table.read(cat_path, hdu="REDSHIFTS") if cat_path.endswith((".fits", ".fit")) else Table.read(cat_path)
         with h5py.File(store_path, "r") as store:
@@ -62,15 +64,16 @@ def main() -> int:
             ok = (np.isfinite(f) & (f > 0) & (hmag <= args.hmax) & np.isfinite(err)
                   & (np.abs(np.asarray(cat["Z"], dtype=np.float64) - z) < 0.01 * (1 + z)))
         lf = np.log10(np.where(ok, f, 1.0))
-        if ref is None:
-            ref = float(10 ** np.median(lf[ok]))
+        if slope is None:
+            ref = ref if ref is not None else float(10 ** np.median(lf[ok]))
+            slope = float(np.polyfit(lf[ok], err[ok], 1)[0])
         for name, sel in (("all", ok), ("SF", ok & (kind == 0)), ("Q", ok & (kind == 1))):
             if sel.sum() < 3:
                 continue
-            slope, icpt = np.polyfit(lf[sel], err[sel], 1)
-            print(f"{cat_path[-40:]:<40} {name:>6} {int(sel.sum()):>5} {np.median(lf[sel]):>8.3f} "
-                  f"{np.median(err[sel]):>+7.3f} {slope:>6.2f} {icpt + slope * np.log10(ref):>+11.3f}")
-    print(f"reference flux fraction {ref:.3f}")
+            moved = err[sel] - slope * (lf[sel] - np.log10(ref))
+            print(f"{cat_path[-40:]:<40} {name:>5} {int(sel.sum()):>5} {np.median(lf[sel]):>8.3f} "
+                  f"{np.median(err[sel]):>+7.3f} {np.median(moved):>+13.3f}")
+    print(f"reference: flux fraction {ref:.3f}, slope {slope:.2f} dex of log M* per dex of f")
     return 0
 
 
