@@ -44,10 +44,11 @@ def _mtopnet(*args: str) -> list[str]:
     return [sys.executable, "-m", "mtopnet.cli", *args]
 
 
-def _run(cmd: list[str], kill_after: float | None = None) -> tuple[int, float]:
+def _run(cmd: list[str], kill_after: float | None = None, cwd: Path | None = None) -> tuple[int, float]:
     """Run ``cmd`` (killed with SIGKILL after ``kill_after`` s if given): (return code, seconds)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            cwd=cwd)
     try:
         proc.wait(timeout=kill_after)
     except subprocess.TimeoutExpired:
@@ -67,9 +68,9 @@ def _same_store(a: Path, b: Path) -> bool:
             np.array_equal(np.asarray(fa[n]), np.asarray(fb[n]), equal_nan=fa[n].dtype.kind == "f") for n in names)
 
 
-def _run_output(cmd: list[str]) -> tuple[int, str]:
+def _run_output(cmd: list[str], cwd: Path | None = None) -> tuple[int, str]:
     """Run ``cmd`` to completion: (return code, stdout)."""
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=False)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=False, cwd=cwd)
     return proc.returncode, proc.stdout
 
 
@@ -139,25 +140,32 @@ def main() -> None:
 
     if "predict" in args.only:
         from mtopnet.provenance import without_date
-        inputs = args.store or [str(store)]
+        inputs = [str(Path(p).resolve()) for p in (args.store or [str(store)])]
         opts = ["--quiet", "--shard-size", str(args.shard_size), "--workers", str(args.workers)]
         opts += ["--no-refine"] if args.no_refine else []
-        ref = work / "ref.fits"
-        code, t_pred = _run(_mtopnet("predict", *inputs, "--out", str(ref), *opts))
+        # every run in its own folder with the same relative output name, so that the command
+        # line the catalogue's header records is the same for the reference and the re-runs
+        name = "cat.fits"
+        ref_dir = work / "ref"
+        ref_dir.mkdir(exist_ok=True)
+        ref = ref_dir / name
+        code, t_pred = _run(_mtopnet("predict", *inputs, "--out", name, *opts), cwd=ref_dir)
         assert code == 0, "the reference predict failed"
         done = equal = left = redone_done = max_flight = 0
         print(f"{'kill':>4s} {'at s':>6s} {'shards done':>11s} {'in flight':>9s} {'reused':>6s} {'computed':>8s} "
               f"{'equal':>5s}", flush=True)
         for k in range(args.kills):
-            out = work / f"cat{k}.fits"
+            run_dir = work / f"kill{k}"
+            run_dir.mkdir(exist_ok=True)
+            out = run_dir / name
             at = rng.uniform(0, t_pred)
-            _run(_mtopnet("predict", *inputs, "--out", str(out), *opts), kill_after=at)
+            _run(_mtopnet("predict", *inputs, "--out", name, *opts), kill_after=at, cwd=run_dir)
             left += out.exists() and not _same_catalogue(out, ref)  # a partial catalogue under the final name
-            n_done, n_flight = _shard_state(work / f"cat{k}.fits.shards")
+            n_done, n_flight = _shard_state(run_dir / f"{name}.shards")
             if out.exists():  # killed after the catalogue was complete: nothing to resume
                 code, said = 0, ""
             else:
-                code, said = _run_output(_mtopnet("predict", *inputs, "--out", str(out), *opts))
+                code, said = _run_output(_mtopnet("predict", *inputs, "--out", name, *opts), cwd=run_dir)
             found = re.search(r"\((\d+) of (\d+) shards from an earlier run\)", said)
             reused, n_shards = (int(found.group(1)), int(found.group(2))) if found else (0, None)
             same = out.exists() and without_date(out.read_bytes()) == without_date(ref.read_bytes())
@@ -168,7 +176,7 @@ def main() -> None:
             max_flight = max(max_flight, n_flight)
             done += code == 0
             equal += same
-            left += any(p.name != out.name for p in work.glob(f"cat{k}.fits*"))  # after: the catalogue alone (no
+            left += any(p.name != name for p in run_dir.iterdir())  # after: the catalogue alone (no
             # temporary file, no lock file, no work folder)
             out.unlink(missing_ok=True)
         rows.append(("predict", args.kills, done, equal, left))
