@@ -74,7 +74,7 @@ class SpectypeConfig:
     nuisance_degree: the full pass's nuisance vectors: Legendre polynomials of degree
         0..this on each arm's pixels (:func:`~mtopnet.refine.kernels.smooth_basis`).
     min_pixels: objects with fewer valid pixels (star pixels for the star fit) stay GALAXY.
-    chunk: objects per batch of the quick pass (the full pass: a quarter of it).
+    chunk: objects per batch of the fits (memory ~ chunk x 0.5 MB x galaxy vectors).
     """
 
     qso_dchi2: float = 300.0
@@ -83,7 +83,7 @@ class SpectypeConfig:
     star_vmax_kms: float = 600.0
     nuisance_degree: int = 3
     min_pixels: int = 200
-    chunk: int = 128
+    chunk: int = 64
 
     def __post_init__(self) -> None:
         lo, hi = self.qso_z_range
@@ -279,7 +279,7 @@ class SpectypeFitter:
         star_pix = self.star_pixels.astype(np.float32)
         n_all = good[rows].sum(1)
         n_sub = (good[rows] & self.star_pixels[None, :]).sum(1)
-        # --- quick pass: the QSO scan, the star grid, the refinement's galaxy model at z
+        # the QSO scan, for all rows at once
         qres = self.qso.scan(f_all[rows], w_all[rows], threads=None)
         q_chi2 = qres.chi2.astype(np.float64)
         rr = np.arange(m)
@@ -289,63 +289,71 @@ class SpectypeFitter:
         step = float(lnz[1] - lnz[0])
         q_z = np.expm1(lnz[qb] + np.where(qb == qres.best, frac, 0.0) * step)
         q_zerr = (1 + q_z) * step * width
-        g_fix, g_fix_sub = np.empty(m), np.empty(m)
-        s_chi2 = np.empty(m)
-        s_best = np.empty((m, 2), np.int64)  # (velocity trial, class)
+        q_min = q_chi2[rr, qres.best]
+        q_ok = qres.ok
+        s_ok = n_sub >= cfg.min_pixels
+        d_qso, d_star = np.full(m, np.nan), np.full(m, np.nan)
+        full = np.zeros(m, bool)
+        q_full, s_full = q_min.copy(), np.empty(m)
+        s_best = np.zeros((m, 2), np.int64)  # (velocity trial, class)
         s_z, s_zerr = np.empty(m), np.empty(m)
+        q_coeff = np.zeros((m, self.qso.n_templates))
+        st_coeff = np.zeros((m, self.star_k))
         lnz_s = self.stars.lnz1(self.star_offsets)
         s_step = float(lnz_s[1] - lnz_s[0])
         n_v = len(self.star_offsets)
+        masks = arm_masks if arm_masks else [np.ones(j, bool)]
+        nuis = torch.from_numpy(smooth_basis(masks, cfg.nuisance_degree, min_pixels=20).astype(np.float32))
+        n_nuis = nuis.shape[1]
+        sub = torch.from_numpy(star_pix)[None, :]
         for start in range(0, m, cfg.chunk):
-            part = slice(start, min(start + cfg.chunk, m))
+            part = np.arange(start, min(start + cfg.chunk, m))
             sel = rows[part]
             ri = np.arange(len(sel))
             w, f = torch.from_numpy(w_all[sel]), torch.from_numpy(f_all[sel])
-            model = (self._galaxy_at(z_galaxy[sel]).double() @ torch.from_numpy(coeff[sel])[:, :, None])[..., 0]
-            res2 = (w.double() * (f.double() - model) ** 2).numpy()
-            g_fix[part], g_fix_sub[part] = res2.sum(1), (res2 * star_pix).sum(1)
-            chi2 = self._star_grid(w * torch.from_numpy(star_pix)[None, :], f)  # (R, S, C)
+            # quick pass: the refinement's galaxy model at z, the star grid, the QSO scan's best
+            tg = self._galaxy_at(z_galaxy[sel])  # (R, J, K) float32
+            model = (tg @ torch.from_numpy(coeff[sel]).float()[:, :, None])[..., 0]
+            res2 = (w * (f - model) ** 2).double().numpy()
+            g_fix, g_fix_sub = res2.sum(1), (res2 * star_pix).sum(1)
+            chi2 = self._star_grid(w * sub, f)  # (R, S, C)
             bs, bc = np.unravel_index(chi2.reshape(len(sel), -1).argmin(1), chi2.shape[1:])
-            s_chi2[part], s_best[part, 0], s_best[part, 1] = chi2[ri, bs, bc], bs, bc
+            s_chi2 = chi2[ri, bs, bc]
+            s_best[part, 0], s_best[part, 1], s_full[part] = bs, bc, s_chi2
             bsc = np.clip(bs, 1, n_v - 2)
             fr, wd = _vertex(chi2[ri, bsc - 1, bc], chi2[ri, bsc, bc], chi2[ri, bsc + 1, bc])
             s_z[part] = np.expm1(lnz_s[bsc] + np.where(bsc == bs, fr, 0.0) * s_step)
             s_zerr[part] = (1 + s_z[part]) * abs(s_step) * wd
-        q_min = q_chi2[rr, qres.best]
-        d_qso = self._rescale(g_fix, q_min, n_all - self.qso.n_templates)
-        d_star = self._rescale(g_fix_sub, s_chi2, n_sub - self.star_k)
-        # --- full pass, where the quick one favours the QSO or the star: with nuisance vectors
-        full = (qres.ok & (q_min < g_fix)) | ((n_sub >= cfg.min_pixels) & (s_chi2 < g_fix_sub))
-        masks = arm_masks if arm_masks else [np.ones(j, bool)]
-        nuis = torch.from_numpy(smooth_basis(masks, cfg.nuisance_degree, min_pixels=20).astype(np.float32))
-        q_coeff = np.zeros((m, self.qso.n_templates))
-        st_coeff = np.zeros((m, self.star_k))
-        q_full, s_full = q_min.copy(), s_chi2.copy()
-        idx_full = np.flatnonzero(full)
-        sub = torch.from_numpy(star_pix)[None, :]
-        for start in range(0, len(idx_full), max(cfg.chunk // 4, 1)):
-            loc = idx_full[start:start + max(cfg.chunk // 4, 1)]
-            sel = rows[loc]
-            w, f = torch.from_numpy(w_all[sel]), torch.from_numpy(f_all[sel])
-            nu = nuis[None].expand(len(sel), -1, -1)
-            tg = torch.cat([self._galaxy_at(z_galaxy[sel]), nu], 2)
-            g_z, _ = _fit(tg, w, f)
-            g_z_sub, _ = _fit(tg, w * sub, f)
-            g_q, _ = _fit(torch.cat([self._galaxy_at(q_z[loc]), nu], 2), w, f)
-            tq = self.qso.templates_at(q_z[loc]).float()
-            qc, qco = _fit(torch.cat([tq, nu], 2), w, f, solve=True)
-            ts = self._star_t[:, s_best[loc, 0], s_best[loc, 1]].permute(1, 0, 2)  # (R, J, K)
-            sc, sco = _fit(torch.cat([ts, nu], 2), w * sub, f, solve=True)
-            gal = torch.minimum(g_z, g_q).numpy()
-            q_full[loc], s_full[loc] = qc.numpy(), sc.numpy()
-            d_qso[loc] = self._rescale(gal, q_full[loc], n_all[loc] - self.qso.n_templates - nu.shape[2])
-            d_star[loc] = self._rescale(g_z_sub.numpy(), s_full[loc], n_sub[loc] - self.star_k - nu.shape[2])
-            q_coeff[loc] = qco[:, :self.qso.n_templates].numpy()
-            st_coeff[loc] = sco[:, :self.star_k].numpy()
-        d_qso = np.where(qres.ok, d_qso, np.nan)
-        d_star = np.where(n_sub >= cfg.min_pixels, d_star, np.nan)
+            d_qso[part] = self._rescale(g_fix, q_min[part], n_all[part] - self.qso.n_templates)
+            d_star[part] = self._rescale(g_fix_sub, s_chi2, n_sub[part] - self.star_k)
+            # full pass where the quick one favours the QSO or the star: refits with nuisance vectors
+            fq = np.flatnonzero(q_ok[part] & (q_min[part] < g_fix))
+            fs = np.flatnonzero(s_ok[part] & (s_chi2 < g_fix_sub))
+            full[part[fq]] = True
+            full[part[fs]] = True
+            if len(fq):
+                wq, ffq = w[fq], f[fq]
+                nu = nuis[None].expand(len(fq), -1, -1)
+                g_z, _ = _fit(torch.cat([tg[fq], nu], 2), wq, ffq)
+                g_q, _ = _fit(torch.cat([self._galaxy_at(q_z[part[fq]]), nu], 2), wq, ffq)
+                qc, qco = _fit(torch.cat([self.qso.templates_at(q_z[part[fq]]).float(), nu], 2), wq, ffq, solve=True)
+                q_full[part[fq]] = qc.numpy()
+                q_coeff[part[fq]] = qco[:, :self.qso.n_templates].numpy()
+                d_qso[part[fq]] = self._rescale(torch.minimum(g_z, g_q).numpy(), qc.numpy(),
+                                                n_all[part[fq]] - self.qso.n_templates - n_nuis)
+            if len(fs):
+                ws_, ffs = w[fs] * sub, f[fs]
+                nu = nuis[None].expand(len(fs), -1, -1)
+                g_s, _ = _fit(torch.cat([tg[fs], nu], 2), ws_, ffs)
+                ts = self._star_t[:, bs[fs], bc[fs]].permute(1, 0, 2)  # (R, J, K)
+                sc, sco = _fit(torch.cat([ts, nu], 2), ws_, ffs, solve=True)
+                s_full[part[fs]] = sc.numpy()
+                st_coeff[part[fs]] = sco[:, :self.star_k].numpy()
+                d_star[part[fs]] = self._rescale(g_s.numpy(), sc.numpy(), n_sub[part[fs]] - self.star_k - n_nuis)
+        d_qso = np.where(q_ok, d_qso, np.nan)
+        d_star = np.where(s_ok, d_star, np.nan)
         out.qso_dchi2[rows], out.star_dchi2[rows], out.full[rows] = d_qso, d_star, full
-        is_qso = full & (np.nan_to_num(d_qso, nan=-np.inf) > cfg.qso_dchi2)
+        is_qso = full & (np.nan_to_num(d_qso, nan=-np.inf) > cfg.qso_dchi2)  # only full-pass values exceed 0
         is_star = full & (np.nan_to_num(d_star, nan=-np.inf) > cfg.star_dchi2)
         star_wins = is_star & (~is_qso | (np.nan_to_num(d_star) >= np.nan_to_num(d_qso)))
         qso_wins = is_qso & ~star_wins
