@@ -17,13 +17,13 @@ grid and with the same pixel weights, three linear fits:
 
 Two passes. The **quick** one compares the QSO scan's best and the best star with the
 refinement's own galaxy model at z (its coefficients fixed). Where that already favours the
-QSO or the star (chi2 lower; ~15% of simulated galaxies, nearly all of them faint), the **full**
-one refits, each with smooth nuisance vectors (Legendre polynomials up to degree
-``nuisance_degree`` on each arm's pixels: flux-calibration and sky-subtraction errors, which a
-broad QSO component otherwise absorbs better than a galaxy basis does -- on simulated galaxies
-it made a QSO "win" by chi2 ~1000): the galaxy basis at z and at the QSO's best z (the better of
-the two counts), the QSO at its best z, the galaxy basis at z and the best star on the star
-pixels. Then
+QSO, or the star (chi2 lower; either: 37% of 512 held-out simulated galaxies), the **full**
+pass refits that comparison, every fit with smooth nuisance vectors (Legendre polynomials up
+to degree ``nuisance_degree`` on each arm's pixels: flux-calibration and sky-subtraction
+errors, which a broad QSO component otherwise absorbs better than a galaxy basis does -- on
+simulated galaxies it made a QSO "win" by chi2 ~1000): for the QSO, the galaxy basis at z and
+at the QSO's best z (the better of the two counts) against the QSO at its best z; for the
+star, the galaxy basis at z against the best star, on the star pixels. Then
 
     QSO_DCHI2  = (chi2_galaxy - chi2_QSO) / max(1, rchi2)
     STAR_DCHI2 = (chi2_galaxy[star pixels] - chi2_star) / max(1, rchi2)
