@@ -12,7 +12,14 @@ from mtopnet.catalogue import read_catalogue
 from mtopnet.cli import main
 from mtopnet.config import UserError
 from mtopnet.predict import predict_store
-from mtopnet.priors import SIGMA_FLOOR, prior_columns, write_priors
+from mtopnet.priors import (
+    SIGMA_FLOOR,
+    UNINFORMATIVE_QOP,
+    UNINFORMATIVE_SIGMA,
+    UNINFORMATIVE_ZWARN,
+    prior_columns,
+    write_priors,
+)
 from mtopnet.trained import load_model
 
 redrock_priors = pytest.importorskip("redrock.priors")
@@ -28,10 +35,12 @@ def test_predict_writes_a_priors_file_redrock_reads(tiny_model_path, toy_stores,
         priors = redrock_priors.Priors(str(priors_path))
     assert priors._type == "gaussian"
     assert set(priors._param) == set(cat["TARGETID"].tolist())
-    for tid, z, lo, hi in zip(cat["TARGETID"], cat["Z"], cat["Z_LO95"], cat["Z_HI95"], strict=True):
+    for tid, z, lo, hi, qop, zwarn in zip(cat["TARGETID"], cat["Z"], cat["Z_LO95"], cat["Z_HI95"], cat["QOP"],
+                                          cat["ZWARN"], strict=True):
         assert priors.eval(tid, np.array([z]))[0] == pytest.approx(0.0)
         sigma = priors._param[tid]["SIGMA"]
-        assert sigma == pytest.approx(max(0.25 * (hi - lo), SIGMA_FLOOR * (1 + z)))
+        unknown = qop <= UNINFORMATIVE_QOP or (int(zwarn) & int(UNINFORMATIVE_ZWARN))  # (an uncalibrated model: QOP 1)
+        assert sigma == pytest.approx(UNINFORMATIVE_SIGMA if unknown else max(0.25 * (hi - lo), SIGMA_FLOOR * (1 + z)))
         # one sigma away costs 1 in chi2, as Redrock's gaussian prior does
         assert priors.eval(tid, np.array([z + sigma]))[0] == pytest.approx(1.0)
     with pytest.raises(UserError, match="exists"):

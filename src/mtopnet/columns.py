@@ -59,12 +59,17 @@ QOP_CAP_2 = (ZWarn.OUT_OF_DOMAIN | ZWarn.REFINE_DISAGREE | ZWarn.SCAN_DISAGREE |
 validation set (docs/quality.md)."""
 
 
-def capped_qop(qop: np.ndarray, zwarn: np.ndarray, caps: bool = True) -> np.ndarray:
+def capped_qop(qop: np.ndarray, zwarn: np.ndarray, caps: bool = True,
+               spectype: np.ndarray | None = None) -> np.ndarray:
     """(N,) int16 QOP after the caps of ``zwarn`` (N,): 1 without usable data (LITTLE_COVERAGE,
-    NODATA), at most 3 for FIT_OUTLIERS, and with ``caps`` at most 2 for :data:`QOP_CAP_2`.
-    One function for ``mtopnet predict`` and ``mtopnet calibrate``."""
+    NODATA), at most 3 for FIT_OUTLIERS, and with ``caps`` at most 2 for :data:`QOP_CAP_2`;
+    at most 2 where ``spectype`` (N,) is not GALAXY (QOP grades a galaxy redshift, which the
+    calibration never saw such spectra give). One function for ``mtopnet predict`` and
+    ``mtopnet calibrate``."""
     zwarn = np.asarray(zwarn, dtype=np.int64)
     qop = np.asarray(qop)
+    if spectype is not None:
+        qop = np.where(np.asarray(spectype) != "GALAXY", np.minimum(qop, 2), qop)
     if caps:
         qop = np.where((zwarn & int(QOP_CAP_2)) != 0, np.minimum(qop, 2), qop)
     qop = np.where((zwarn & int(ZWarn.FIT_OUTLIERS)) != 0, np.minimum(qop, 3), qop)
@@ -81,11 +86,15 @@ P_DZ01 stays calibrated (capping it too put the cross-simulator ECE from 0.012 t
 bright spectra with REFINE_DISAGREE are right)."""
 
 
-def capped_p(p_dz01: np.ndarray, zwarn: np.ndarray, caps: bool = True) -> np.ndarray:
+def capped_p(p_dz01: np.ndarray, zwarn: np.ndarray, caps: bool = True,
+             spectype: np.ndarray | None = None) -> np.ndarray:
     """(N,) P_DZ01 after the caps of ``zwarn`` (N,): at most :data:`CAPPED_P_MAX` where a
-    :data:`P_CAP` bit is set (with ``caps``), 0 without any valid pixel (NODATA)."""
+    :data:`P_CAP` bit is set (with ``caps``) or ``spectype`` (N,) is not GALAXY, 0 without any
+    valid pixel (NODATA)."""
     zwarn = np.asarray(zwarn, dtype=np.int64)
     p = np.asarray(p_dz01)
+    if spectype is not None:
+        p = np.where(np.asarray(spectype) != "GALAXY", np.minimum(p, CAPPED_P_MAX), p)
     if caps:
         p = np.where((zwarn & int(P_CAP)) != 0, np.minimum(p, CAPPED_P_MAX), p)
     return np.where((zwarn & int(ZWarn.NODATA)) != 0, 0.0, p).astype(np.asarray(p_dz01).dtype)
@@ -131,8 +140,8 @@ REDROCK_SCHEMA: tuple[Column, ...] = (
     Column("COEFF", "f8", "10**-17 erg Angstrom-1 s-1 cm-2", "coefficients of the refinement basis at Z"),
     Column("FITMETHOD", "U4", "", "PCA: Z from the template fit; NONE: from the PDF alone"),
     Column("NPIXELS", "i8", "", "model-grid pixels the fit used (ivar > 0, outliers clipped)"),
-    Column("SPECTYPE", "U6", "", "spectral type: GALAXY"),
-    Column("SUBTYPE", "U20", "", "spectral subtype (empty)"),
+    Column("SPECTYPE", "U6", "", "GALAXY, or QSO / STAR where those templates fit much better"),
+    Column("SUBTYPE", "U20", "", "star class (A, B, CV, F, G, K, M, WD) of a STAR; else empty"),
     Column("NCOEFF", "i8", "", "number of valid entries of COEFF (0: no fit)"),
     Column("DELTACHI2", "f8", "", "chi2 of the best minimum > 1000 km/s from Z minus CHI2"),
 )
@@ -159,6 +168,8 @@ REFINE_SCHEMA: tuple[Column, ...] = (
     Column("RCHI2", "f8", "", "reduced chi2 of the best template fit (NaN if not refined)"),
     Column("REFINED", "i2", "", "PDF peak reported (0 = the main one); -1: not refined"),
     Column("FEATURE_DCHI2", "f8", "", "chi2 gain of the templates at Z over a smooth continuum per arm"),
+    Column("QSO_DCHI2", "f8", "", "chi2 of the galaxy fit minus the QSO fit's (rescaled; NaN: none)"),
+    Column("STAR_DCHI2", "f8", "", "chi2 of the galaxy fit minus the star fit's (rescaled; NaN: none)"),
 )
 """Columns of the template refinement (mtopnet.refine), after :data:`BASE_SCHEMA`."""
 

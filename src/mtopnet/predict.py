@@ -189,10 +189,15 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
                                  z_err_net=0.5 * (summ["z_hi68"] - summ["z_lo68"]))
             # p_dz01 and QOP describe the reported z: the PDF mass within +-0.01 of it
             summ = {**summ, "z": fit.z, "p_window": window_mass(pdf, zb.edges, fit.z, refiner.config.window)}
+            arm_masks = [pre.coverage({a: d["wave"]}) for a, d in batch.arms.items()]
             if scan is not None:
-                arm_masks = [pre.coverage({a: d["wave"]}) for a, d in batch.arms.items()]
                 evidence = feature_evidence(scan.scanner, x.flux, weights, np.where(unusable, np.nan, fit.z),
                                             arm_masks)
+        types = None
+        fitter = refiner.spectype_fitter() if refiner is not None else None
+        if fitter is not None:  # QSO / star templates against the galaxy fit (SPECTYPE)
+            types = fitter.classify(x.flux, weights, fit.z, fit.coeff, fitted=~unusable, arm_masks=arm_masks,
+                                    threads=refiner.config.threads)
         key = b"".join(a.encode() + np.asarray(d["wave"]).tobytes()[:64] + str(len(d["wave"])).encode()
                        for a, d in batch.arms.items())
         if key not in domain_cache:
@@ -260,8 +265,9 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             zwarn |= np.where(np.isfinite(evidence) & (evidence < NO_FEATURES_DCHI2), int(ZWarn.NO_FEATURES), 0)
         if fit is not None:  # a few wild pixels dominated the fit (refitted without them): never qop 4
             zwarn |= np.where(fit.outlier_dominated, int(ZWarn.FIT_OUTLIERS), 0)
-        qop = capped_qop(qop, zwarn, scan is not None)
-        p_dz01 = capped_p(p_dz01, zwarn, scan is not None)  # outside the calibration's domain: not trusted
+        spectype = types.spectype if types is not None else None
+        qop = capped_qop(qop, zwarn, scan is not None, spectype)
+        p_dz01 = capped_p(p_dz01, zwarn, scan is not None, spectype)  # outside the calibration's domain
         temperature = cal.interval_temperature if cal is not None else 1.0
         if cal is not None and cal.interval_levels_by_qop:  # each QOP class its own levels
             intervals = {k: np.empty(n) for k in ("z_lo68", "z_hi68", "z_lo95", "z_hi95")}
@@ -275,6 +281,8 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
                 central_intervals(pdf, zb.edges, levels, temperature)
         fitted = fit.refined >= 0 if fit is not None else np.zeros(n, bool)
         rows = _redrock_columns(batch, x, summ, intervals, fit, scan_cols, fitted)
+        if types is not None:
+            _with_spectype(rows, types)
         rows["ZWARN"] = zwarn | np.where(rows["DELTACHI2"] < SMALL_DELTA_CHI2_LIMIT, int(ZWarn.SMALL_DELTA_CHI2), 0)
         rows.update({"Z_MEAN": summ["z_mean"], **{k.upper(): intervals[k] for k in
                                                    ("z_lo68", "z_hi68", "z_lo95", "z_hi95")}})
@@ -290,7 +298,9 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         if fit is not None:
             # Z_NET: the network's own estimate (fit.z_net is the PDF's the refinement started from)
             rows.update(Z_NET=summ_net["z"] if scan is not None else fit.z_net, RCHI2=fit.rchi2, REFINED=fit.refined,
-                        FEATURE_DCHI2=evidence if evidence is not None else np.full(n, np.nan))
+                        FEATURE_DCHI2=evidence if evidence is not None else np.full(n, np.nan),
+                        QSO_DCHI2=types.qso_dchi2 if types is not None else np.full(n, np.nan),
+                        STAR_DCHI2=types.star_dchi2 if types is not None else np.full(n, np.nan))
             for k, dt in REFINE_DTYPES.items():
                 rows[k] = np.asarray(rows[k]).astype(dt)
         if scan_cols is not None:
@@ -342,6 +352,29 @@ def _redrock_columns(batch: SpectraBatch, x, summ: dict, intervals: dict, fit, s
     rows["NCOEFF"] = np.where(fitted, rows["COEFF"].shape[1], 0)
     rows["DELTACHI2"] = dchi2
     return rows
+
+
+def _with_spectype(rows: dict[str, np.ndarray], types) -> None:
+    """Rows of QSO / STAR objects (:class:`mtopnet.refine.SpectypeResult`) take that fit's Z,
+    ZERR, CHI2, NPIXELS, COEFF and its gain over the galaxy fit as DELTACHI2, as Redrock
+    reports the best spectral type's; SPECTYPE and SUBTYPE for every row. In place."""
+    other = types.spectype != "GALAXY"
+    rows["SPECTYPE"], rows["SUBTYPE"] = types.spectype, types.subtype
+    if not other.any():
+        return
+    rows["Z"] = np.where(other, types.z, rows["Z"])
+    rows["ZERR"] = np.where(other, types.z_err, rows["ZERR"])
+    rows["CHI2"] = np.where(other, types.chi2, rows["CHI2"])
+    rows["NPIXELS"] = np.where(other, types.npix, rows["NPIXELS"])
+    gain = np.where(types.spectype == "QSO", types.qso_dchi2, types.star_dchi2)
+    rows["DELTACHI2"] = np.where(other, gain, rows["DELTACHI2"])
+    coeff = np.asarray(rows["COEFF"], dtype=np.float64).copy()
+    k = min(coeff.shape[1], types.coeff.shape[1])
+    coeff[other] = 0.0
+    coeff[other, :k] = types.coeff[other, :k]
+    rows["COEFF"] = coeff
+    rows["NCOEFF"] = np.where(other, (types.coeff != 0).sum(axis=1), rows["NCOEFF"])
+    rows["FITMETHOD"] = np.where(other, "PCA", rows["FITMETHOD"])
 
 
 NET_EXCLUDES_MASS = 1e-3

@@ -11,7 +11,12 @@ picks the minima it refines; its fine fits are the data's alone. One row per cat
     SIGMA     float64  max(a quarter of the central 95% interval, SIGMA_FLOOR x (1 + Z)):
                        about the PDF's sigma for a single peak, wide enough to hold every
                        peak of a multi-peaked PDF, and never narrower than Redrock's coarse
-                       redshift steps, so that the prior picks a minimum without moving it
+                       redshift steps, so that the prior picks a minimum without moving it;
+                       UNINFORMATIVE_SIGMA (a chi2 penalty below 1e-4 anywhere in z 0-10:
+                       no constraint) where mtopnet does not know the redshift: QOP <=
+                       UNINFORMATIVE_QOP, a ZWARN bit of UNINFORMATIVE_ZWARN (out of the
+                       model's domain, no or too little data), SPECTYPE not GALAXY, or Z not
+                       finite (then Z = 0)
 
 The file is written atomically (a temporary name in the same folder, then renamed).
 """
@@ -22,23 +27,40 @@ from pathlib import Path
 
 import numpy as np
 
+from .columns import ZWarn
 from .config import UserError
 from .store import remove_partial, write_error
 
 SIGMA_FLOOR = 0.002
 """Smallest prior SIGMA per unit (1 + z): a few of Redrock's coarse steps (~3e-4 in log10(1 + z))."""
 FUNCTION = "gaussian"
+UNINFORMATIVE_SIGMA = 1000.0
+"""SIGMA of a prior that does not constrain Redrock: ((z - Z) / SIGMA)^2 < 1e-4 for |z - Z| < 10."""
+UNINFORMATIVE_QOP = 1
+"""Objects with QOP at or below this get an uninformative prior (QOP 1: P_DZ01 < 0.5)."""
+UNINFORMATIVE_ZWARN = ZWarn.OUT_OF_DOMAIN | ZWarn.NODATA | ZWarn.LITTLE_COVERAGE
+"""ZWARN bits that give an uninformative prior: the network's PDF says nothing about such spectra."""
 
 
 def prior_columns(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """TARGETID, Z, SIGMA (n,) of catalogue rows (TARGETID, Z, Z_LO95, Z_HI95). UserError for
-    text ids, which Redrock cannot match."""
+    """TARGETID, Z, SIGMA (n,) of catalogue rows (TARGETID, Z, Z_LO95, Z_HI95; QOP, ZWARN and
+    SPECTYPE where present: the module docstring's rule for an uninformative prior). UserError
+    for text ids, which Redrock cannot match."""
     ids = np.asarray(rows["TARGETID"])
     if ids.dtype.kind not in "iu":
         raise UserError("--priors-out: Redrock priors need integer ids (TARGETID); these inputs have text ids")
     z = np.asarray(rows["Z"], dtype=np.float64)
     width = 0.25 * (np.asarray(rows["Z_HI95"], dtype=np.float64) - np.asarray(rows["Z_LO95"], dtype=np.float64))
     sigma = np.maximum(np.nan_to_num(width, nan=np.inf), SIGMA_FLOOR * (1 + z))
+    unknown = ~np.isfinite(z) | ~np.isfinite(sigma)
+    if "QOP" in rows:
+        unknown |= np.asarray(rows["QOP"]) <= UNINFORMATIVE_QOP
+    if "ZWARN" in rows:
+        unknown |= (np.asarray(rows["ZWARN"]).astype(np.int64) & int(UNINFORMATIVE_ZWARN)) != 0
+    if "SPECTYPE" in rows:
+        unknown |= np.char.strip(np.asarray(rows["SPECTYPE"]).astype(str)) != "GALAXY"
+    z = np.where(np.isfinite(z), z, 0.0)
+    sigma = np.where(unknown, UNINFORMATIVE_SIGMA, sigma)
     return {"TARGETID": ids.astype(np.int64), "Z": z, "SIGMA": sigma}
 
 
@@ -67,4 +89,5 @@ def write_priors(path: str | Path, columns: list[dict[str, np.ndarray]]) -> int:
     return n
 
 
-__all__ = ["SIGMA_FLOOR", "FUNCTION", "prior_columns", "write_priors"]
+__all__ = ["SIGMA_FLOOR", "FUNCTION", "UNINFORMATIVE_SIGMA", "UNINFORMATIVE_QOP", "UNINFORMATIVE_ZWARN",
+           "prior_columns", "write_priors"]

@@ -86,4 +86,44 @@ def toy_batch(n: int, arm_waves: dict[str, np.ndarray] | None = None, *, z_range
     return SpectraBatch(ids=np.arange(start_id, start_id + n, dtype=np.int64), arms=arms, labels=labels)
 
 
-__all__ = ["TOY_ARMS", "toy_arm_waves", "toy_batch"]
+def template_batch(instrument, template: str, z: np.ndarray, flux_level: float, *, seed: int = 0,
+                   coeff: np.ndarray | None = None, exposure_s: float = 8 * 3600.0,
+                   start_id: int = 0) -> SpectraBatch:
+    """Spectra of a Redrock template file observed through ``instrument`` (an
+    :class:`~mtopnet.instruments.Instrument`) with its noise: one object per ``z`` (N,).
+
+    The rest-frame model is ``coeff`` (K,) times the file's basis vectors (default: the first
+    vector alone, its sign made positive), redshifted, scaled so that its median over the instrument's pixels the
+    template covers is ``flux_level`` (1e-17 erg/s/cm2/A), zero outside the template's range
+    (such pixels get ivar 0). Observed by :func:`mtopnet.instruments.noise.observe_arm`
+    (``exposure_s`` seconds, the instrument's nominal conditions).
+    """
+    from .config import Exposure
+    from .instruments.noise import observe_arm
+    from .templates import read_templates
+
+    rng = np.random.default_rng(seed)
+    wave_t, basis = read_templates(template)
+    model = basis[0] if coeff is None else np.asarray(coeff, dtype=np.float64) @ basis[:len(coeff)]
+    model = model * np.sign(np.median(model))  # a PCA vector's sign is arbitrary
+    z = np.atleast_1d(np.asarray(z, dtype=np.float64))
+    exposure = Exposure(exposure_s)
+    arms: dict[str, dict[str, np.ndarray]] = {}
+    fine = {}
+    for arm in instrument.arms:
+        rest = arm.fine_wave[None, :] / (1 + z[:, None])
+        fine[arm.name] = np.where((rest >= wave_t[0]) & (rest <= wave_t[-1]), np.interp(rest, wave_t, model), np.nan)
+    covered = np.concatenate([f for f in fine.values()], axis=1)
+    scale = flux_level / np.nanmedian(np.where(covered > 0, covered, np.nan), axis=1)
+    for arm in instrument.arms:
+        inside = np.isfinite(fine[arm.name])
+        spec = observe_arm(arm, np.where(inside, fine[arm.name], 0.0) * scale[:, None], exposure, rng)
+        edge = arm.convolve_and_bin(inside.astype(np.float64)) < 0.999  # pixels the template does not cover
+        arms[arm.name] = {"wave": spec.wave, "flux": spec.flux, "ivar": np.where(edge, 0, spec.ivar).astype(np.float32),
+                          "mask": spec.mask}
+    labels = {"z": z, "logmstar": np.full(len(z), np.nan), "logsfr": np.full(len(z), np.nan),
+              "hmag": np.full(len(z), np.nan), "type": np.full(len(z), -1, np.int8)}
+    return SpectraBatch(ids=np.arange(start_id, start_id + len(z), dtype=np.int64), arms=arms, labels=labels)
+
+
+__all__ = ["TOY_ARMS", "toy_arm_waves", "toy_batch", "template_batch"]

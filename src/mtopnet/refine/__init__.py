@@ -45,7 +45,8 @@ Library use::
 The package: :mod:`.settings` (RefineConfig), :mod:`.basis` (the tabulated basis),
 :mod:`.kernels` (chi2 of the basis at trial offsets), :mod:`.fit` (scans, parabola,
 combination), :mod:`.scan` (the full-range FFT scan of the basis) and :mod:`.combine` (its
-summaries and its combination with the network's PDF). The PDF statistics it uses (peaks, window
+summaries and its combination with the network's PDF) and :mod:`.spectype` (QSO and star
+fits against the galaxy fit: SPECTYPE). The PDF statistics it uses (peaks, window
 mass) are :mod:`mtopnet.quality`'s.
 Recalibration of a model's p_dz01 / QOP with refinement applied is ``mtopnet calibrate``
 (:mod:`mtopnet.calibrate`). See docs/refine.md for the choices and the measured figures.
@@ -68,9 +69,11 @@ from .fit import Refiner, RefineResult, combine, parabola_vertex
 from .kernels import coarse_chi2, fine_chi2
 from .scan import ZScanner, ZScanResult, smooth_length
 from .settings import RefineConfig, ScanConfig
+from .spectype import SpectypeConfig, SpectypeFitter, SpectypeResult
 
 __all__ = ["NO_FEATURES_DCHI2",
            "feature_evidence", "RefineConfig", "ScanConfig", "RefineBasis", "RefineResult", "Refiner", "build_basis",
            "coarse_chi2",
            "fine_chi2", "combine", "parabola_vertex", "ZScanner", "ZScanResult", "smooth_length", "scan_summary",
-           "chi2_on_bins", "scan_dispersion", "scan_on_bins", "network_gate", "combine_pdf", "fit_combination"]
+           "chi2_on_bins", "scan_dispersion", "scan_on_bins", "network_gate", "combine_pdf", "fit_combination",
+           "SpectypeConfig", "SpectypeFitter", "SpectypeResult"]

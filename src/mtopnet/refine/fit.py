@@ -15,6 +15,7 @@ from ..quality import pdf_peaks, window_mass
 from .basis import RefineBasis, build_basis
 from .kernels import best_fit_coeff, best_fit_model, coarse_chi2, fine_chi2, outlier_pixels
 from .settings import RefineConfig
+from .spectype import SpectypeFitter
 
 """Trials closer than this to the best fit do not count as the 'next best' solution."""
 
@@ -80,6 +81,16 @@ class Refiner:
         self.midpoints = 0.5 * (self.edges[1:] + self.edges[:-1])
         """(K,) arithmetic mid-points of the bins in z: the nodes of the PDF density interpolation."""
         self.config = config or RefineConfig()
+        self._spectype: SpectypeFitter | None = None
+
+    def spectype_fitter(self) -> SpectypeFitter | None:
+        """The QSO / star check on this refiner's grid (built on first use), or None when
+        ``config.spectype`` is off."""
+        if not self.config.spectype:
+            return None
+        if self._spectype is None:
+            self._spectype = SpectypeFitter.from_refiner(self)
+        return self._spectype
 
     @classmethod
     def from_model(cls, model, config: RefineConfig | None = None,

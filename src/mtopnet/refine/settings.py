@@ -59,6 +59,8 @@ class RefineConfig:
         no clipping. The full-range scan clips the same way against its own best fit.
     dominated_fraction: the fit was dominated by a few pixels (ZWarn.FIT_OUTLIERS, qop <= 3)
         when the clipped pixels held more than this fraction of the first fit's chi2.
+    spectype: also fit QSO and star templates and set SPECTYPE QSO / STAR where they fit much
+        better than the galaxy basis (:mod:`mtopnet.refine.spectype`).
     chunk_rows: (object, peak) rows per batched product (memory ~ chunk_rows x 60 MB / 64).
     threads: torch threads while refining (restored after); None keeps torch's setting.
         Refinement is many medium-size products: with 2 threads on 2 busy cores they ran
@@ -87,6 +89,7 @@ class RefineConfig:
     min_valid_pixels: int = 100
     clip_sigma: float | None = 10.0
     dominated_fraction: float = 0.5
+    spectype: bool = True
     chunk_rows: int = 64
     threads: int | None = 1
 
