@@ -93,7 +93,7 @@ def main() -> None:
                  "# / airmass (to zenith); then the median over the files. Wavelengths in vacuum.\n"
                  "# Regenerate: scripts/make_sky_sdss_apo.py (docs/instruments.md).\n"
                  "# columns: wavelength [A, vacuum]  sky [1e-17 erg/s/cm2/A/arcsec2]\n")
-        for w, s in zip(grid[keep], med[keep]):
+        for w, s in zip(grid[keep], med[keep], strict=True):
             fh.write(f"{w:.3f} {s:.5g}\n")
     print(f"wrote {OUT / 'sdss-apo-sky.txt'} ({keep.sum()} pixels) and {OUT / 'kpno-extinction.txt'}")
 
