@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import itertools
 import logging
 import os
 import warnings
@@ -57,7 +56,7 @@ from .domain import (
     sparse_description,
 )
 from .instruments import Instrument, load_instrument
-from .io import input_passthrough, read_units, stack_passthrough
+from .io import input_passthrough, stack_passthrough
 from .logs import progress_enabled
 from .preprocess import apply_sky_masks
 from .priors import prior_columns, write_priors
@@ -140,7 +139,8 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
                     batch_size: int | None = 1024, arm_resolution: dict[str, float] | None = None,
                     min_valid_fraction: float = MIN_VALID_FRACTION,
                     refine: bool | Refiner = True, with_net_pdf: bool = False,
-                    domain_report: DomainReport | None = None) -> Iterator[dict[str, np.ndarray]]:
+                    domain_report: DomainReport | None = None,
+                    sky_masks: bool = True) -> Iterator[dict[str, np.ndarray]]:
     """Catalogue rows for each batch (input order): dict column -> (n,) array (COEFF: (n, K)).
 
     Columns are :data:`CATALOGUE_COLUMNS`, then (with ``refine``) :data:`REFINE_COLUMNS`, then
@@ -154,6 +154,12 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
     with its own basis or settings, False gives the network's estimates alone (no scan).
     Out-of-domain spectra give one :class:`DomainWarning` per distinct arm layout, or, with a
     ``domain_report``, none: they are counted there for one warning at the end of the run.
+    ``sky_masks``: every batch first gets the training instrument's sky-line and telluric masks
+    (:func:`~mtopnet.preprocess.apply_sky_masks`; :func:`training_instrument`), whatever it was
+    read from, so that prediction and calibration see spectra as the training did: files and
+    stores converted from them lose the pixels the training spectra lost, and the simulator's
+    own stores, which carry these masks already, are unchanged (ZWARN_INFO SKY_MASKED where
+    data were voided).
     """
     net, pre, zb = model.network, model.preprocessor, model.zbins
     device = next(net.parameters()).device
@@ -168,7 +174,10 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
     m_mu, m_sd = model.label_norm["logmstar"]
     s_mu, s_sd = model.label_norm["logsfr"]
     domain_cache: dict[bytes, bool] = {}
+    instrument = training_instrument(model) if sky_masks else None
     for batch in _chunks(batches, batch_size):
+        if instrument is not None:
+            batch = apply_sky_masks(batch, instrument)
         n = len(batch)
         if n == 0:
             continue
@@ -569,29 +578,11 @@ def training_instrument(model: TrainedModel) -> Instrument | None:
     return inst
 
 
-def _masked_batches(shard: Shard, batch_size: int, instrument: Instrument | None,
-                    counts: list[int]) -> Iterator[SpectraBatch]:
-    """The shard's batches; those read from spectrum files (not stores, which carry the
-    simulator's own masks) get ``instrument``'s sky masks (:func:`apply_sky_masks`).
-    ``counts`` (``len(shard.units)`` zeros) gets each unit's number of spectra."""
-    units = list(shard.units)
-    for is_store, group in itertools.groupby(range(len(units)), key=lambda i: units[i].fmt == "hdf5"):
-        idx = list(group)
-        sub = [0] * len(idx)
-        batches = read_units([units[i] for i in idx], batch_size, sub)
-        if is_store or instrument is None:
-            yield from batches
-        else:
-            yield from (apply_sky_masks(batch, instrument) for batch in batches)
-        for i, c in zip(idx, sub, strict=True):
-            counts[i] = c
-
-
 def _predict_shard(job: _ShardJob, shard: Shard, info: dict) -> Iterator[dict[str, np.ndarray]]:
     """Catalogue rows of one shard (:data:`mtopnet.shards.ComputeFn`); its DomainReport goes to ``info``."""
     model, refiner = worker_cached(job.cache_key, lambda: _load_for_job(job))  # once per worker process
     unit_rows = [0] * len(shard.units)
-    batches = _masked_batches(shard, job.batch_size, training_instrument(model), unit_rows)
+    batches = shard.batches(job.batch_size, unit_rows)
     if job.as_text:  # integer and text ids mixed (DESI + SDSS): one text id column
         batches = (dataclasses.replace(b, ids=np.asarray(b.ids).astype(str)) for b in batches)
     report = DomainReport()
