@@ -74,6 +74,7 @@ def test_virtual_store_reads_as_its_consolidated_copy(shards, tmp_path):
         assert "virtual_sources" not in info and info["provenance"] == '{"seed": 1}'
         with h5py.File(copy) as f:
             assert not f["arms/A/flux"].is_virtual and f["arms/A/flux"].compression == compression
+            assert f["arms/A/mask"].compression == "gzip"  # always: mostly zeros
 
 
 def test_the_store_and_its_shard_folder_move_together(shards, tmp_path):

@@ -39,8 +39,10 @@ whose shard file is missing or changed size (HDF5 itself would read zeros for it
 :func:`consolidate_store` copies any store into one self-contained file.
 
 The arms' datasets are chunked by rows, (<= 256, L), so that a batch of rows reads whole
-chunks; ``compression`` (``gzip`` or ``lzf``, with the byte-shuffle filter) compresses them.
-docs/scale.md has the measured sizes and read speeds.
+chunks. The masks are always gzip-compressed (:data:`MASK_COMPRESSION`); flux and ivar only
+when a writer is given ``compression`` (``gzip`` or ``lzf``, after the byte shuffle), since
+noisy floats shrink little (docs/scale.md has the measured sizes and read speeds). Nothing
+reads a store by memory map (training builds its own cache), so any layout reads the same.
 
 Files are written under a temporary name and renamed when complete (:func:`write_store`),
 so a reader never sees a half-written store. Writing is deterministic: the same content
@@ -206,16 +208,24 @@ def _write_bytes(path: Path, data: memoryview | bytes) -> None:
 
 
 COMPRESSIONS = (None, "gzip", "lzf")
-"""Compressions of the arms' datasets: none, gzip (level 4) or lzf, each after HDF5's byte
-shuffle; h5py's built-ins, so any h5py reads them."""
+"""Compressions of the arms' flux and ivar: none, gzip (level 4) or lzf, each after HDF5's
+byte shuffle; h5py's built-ins, so any h5py reads them. None by default: on MOONS spectra
+they save 20-30% of the disk for several times the reading time (docs/scale.md)."""
+
+MASK_COMPRESSION = {"compression": "gzip", "compression_opts": 4}
+"""The arms' masks are always stored compressed: mostly zeros, they shrink ~18x (13 kB to
+0.7 kB per MOONS spectrum, a tenth of the file) for ~25 us of reading per spectrum."""
 
 
-def _compression_kw(compression: str | None) -> dict:
-    """h5py ``create_dataset`` keywords of a :data:`COMPRESSIONS` entry; UserError for another."""
+def _compression_kw(compression: str | None, key: str = "flux") -> dict:
+    """h5py ``create_dataset`` keywords of arm dataset ``key`` under a :data:`COMPRESSIONS`
+    entry (``mask``: :data:`MASK_COMPRESSION` whatever the entry); UserError for another entry."""
+    if compression not in (*COMPRESSIONS, "none"):
+        raise UserError(f"compression: one of none, gzip, lzf; got {compression!r}")
+    if key == "mask":
+        return dict(MASK_COMPRESSION)
     if compression in (None, "none"):
         return {}
-    if compression not in COMPRESSIONS:
-        raise UserError(f"compression: one of none, gzip, lzf; got {compression!r}")
     return dict(compression=compression, shuffle=True, **({"compression_opts": 4} if compression == "gzip" else {}))
 
 
@@ -223,7 +233,8 @@ def write_store(path: str | Path, batch: SpectraBatch, attrs: dict | None = None
                 compression: str | None = None) -> None:
     """Write ``batch`` to ``path`` atomically (``path.tmp`` then rename).
 
-    compression: None, ``gzip`` or ``lzf`` for the arms' flux, ivar and mask (:data:`COMPRESSIONS`).
+    compression: None, ``gzip`` or ``lzf`` for the arms' flux and ivar (:data:`COMPRESSIONS`); the
+    masks are compressed in any case (:data:`MASK_COMPRESSION`).
     The file is built in memory (about the size of the batch's arrays) and written with one
     plain write; any OSError (full disk, read-only folder, permission) removes ``path.tmp``
     and raises :func:`write_error`'s one-line :class:`UserError`.
@@ -232,7 +243,7 @@ def write_store(path: str | Path, batch: SpectraBatch, attrs: dict | None = None
     batch.validate()
     tmp = path.with_name(path.name + ".tmp")
     kw = dict(track_times=False)
-    spectra_kw = dict(kw, **_compression_kw(compression))
+    _compression_kw(compression)
     buffer = io.BytesIO()
     with h5py.File(buffer, "w", track_order=True) as f:
         f.attrs["mtopnet_version"] = __version__
@@ -252,7 +263,7 @@ def write_store(path: str | Path, batch: SpectraBatch, attrs: dict | None = None
             g.create_dataset("wave", data=np.asarray(arm["wave"], dtype=np.float64), **kw)
             for key, dtype in (("flux", np.float32), ("ivar", np.float32), ("mask", np.uint8)):
                 g.create_dataset(key, data=np.asarray(arm[key], dtype=dtype), chunks=chunks,
-                                 **(spectra_kw if n else kw))
+                                 **(dict(kw, **_compression_kw(compression, key)) if n else kw))
     try:
         _write_bytes(tmp, buffer.getbuffer())
         os.replace(tmp, path)
@@ -285,21 +296,23 @@ def _check_sources(f: h5py.File, path: Path) -> None:
     """UserError (one line) if a virtual store's source file is missing or not its recorded size.
 
     HDF5 reads the fill value (zeros) for a virtual dataset's missing source, silently; this
-    refuses the store instead. Sources are those of ``virtual_sources`` (with sizes) and of
-    every virtual arm dataset (existence only), resolved as HDF5 resolves them: relative to
-    the store's folder.
+    refuses the store instead. The sources are those ``virtual_sources`` lists with their sizes
+    (:func:`write_virtual_store`'s stores: a stat per file, milliseconds for thousands), else
+    those of every virtual arm dataset (existence only; slower: ~0.1 ms per mapping), resolved
+    as HDF5 resolves them: relative to the store's folder.
     """
     recorded = f.attrs.get("virtual_sources")
     expected: dict[str, int | None] = {}
     if recorded is not None:
         expected.update({name: int(size) for name, size in json.loads(recorded)})
-    for arm in f["arms"].values():
-        for key in ("flux", "ivar", "mask"):
-            d = arm.get(key)
-            if isinstance(d, h5py.Dataset) and d.is_virtual:
-                for source in d.virtual_sources():
-                    if source.file_name != ".":
-                        expected.setdefault(source.file_name, None)
+    else:
+        for arm in f["arms"].values():
+            for key in ("flux", "ivar", "mask"):
+                d = arm.get(key)
+                if isinstance(d, h5py.Dataset) and d.is_virtual:
+                    for source in d.virtual_sources():
+                        if source.file_name != ".":
+                            expected.setdefault(source.file_name, None)
     folder = path.resolve().parent
     for name, size in expected.items():
         source = folder / name
@@ -316,12 +329,17 @@ def _check_sources(f: h5py.File, path: Path) -> None:
 def store_info(path: str | Path) -> dict:
     """Number of objects, arms with their wavelengths, label names and root attributes."""
     with open_store(path) as f:
-        return {
-            "n": int(f["ids"].shape[0]),
-            "arms": {a: np.asarray(f["arms"][a]["wave"]) for a in json.loads(f.attrs["arms"])},
-            "labels": list(f["labels"]) if "labels" in f else [],
-            "attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()},
-        }
+        return _info(f)
+
+
+def _info(f: h5py.File) -> dict:
+    """:func:`store_info` of an open store."""
+    return {
+        "n": int(f["ids"].shape[0]),
+        "arms": {a: np.asarray(f["arms"][a]["wave"]) for a in json.loads(f.attrs["arms"])},
+        "labels": list(f["labels"]) if "labels" in f else [],
+        "attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()},
+    }
 
 
 def read_store(path: str | Path, start: int = 0, stop: int | None = None,
@@ -352,12 +370,16 @@ def _check_parts(parts: list[str | Path]) -> list[dict]:
     if not parts:
         raise UserError("no store files to merge")
     infos = [store_info(p) for p in parts]
-    first = infos[0]
     for p, info in zip(parts, infos, strict=True):
-        if list(info["arms"]) != list(first["arms"]) or info["labels"] != first["labels"] or \
-                any(not np.array_equal(w, first["arms"][a]) for a, w in info["arms"].items()):
-            raise UserError(f"{p}: arms, wavelengths or labels differ from {parts[0]}")
+        _check_like(p, info, parts[0], infos[0])
     return infos
+
+
+def _check_like(path: str | Path, info: dict, first_path: str | Path, first: dict) -> None:
+    """UserError unless store ``info`` has ``first``'s arms, wavelengths and label names."""
+    if list(info["arms"]) != list(first["arms"]) or info["labels"] != first["labels"] or \
+            any(not np.array_equal(w, first["arms"][a]) for a, w in info["arms"].items()):
+        raise UserError(f"{path}: arms, wavelengths or labels differ from {first_path}")
 
 
 def merge_stores(parts: list[str | Path], path: str | Path, attrs: dict | None = None,
@@ -397,7 +419,6 @@ def _merge_into(tmp: Path, parts: list[str | Path], infos: list[dict], n: int, a
     ``chunk_rows`` rows at a time (memory flat in the parts' sizes)."""
     first = infos[0]
     kw = dict(track_times=False)
-    spectra_kw = dict(kw, **_compression_kw(compression))
     with h5py.File(tmp, "w", track_order=True) as out:
         out.attrs["mtopnet_version"] = __version__
         out.attrs["schema_version"] = SCHEMA_VERSION
@@ -419,7 +440,7 @@ def _merge_into(tmp: Path, parts: list[str | Path], infos: list[dict], n: int, a
                 for key, dtype in (("flux", np.float32), ("ivar", np.float32), ("mask", np.uint8)):
                     g.create_dataset(key, shape=(n, len(wave)), dtype=dtype,
                                      chunks=(max(1, min(n, chunk_rows)), len(wave)) if n else None,
-                                     **(spectra_kw if n else kw))
+                                     **(dict(kw, **_compression_kw(compression, key)) if n else kw))
         row = 0
         for p, info in zip(parts, infos, strict=True):
             with open_store(p) as f:
@@ -479,13 +500,23 @@ def write_virtual_store(path: str | Path, parts: list[str | Path], attrs: dict |
     (Windows: no relative path); a failed write as :func:`write_store`'s.
     """
     path = Path(path)
-    infos = _check_parts(parts)
-    first = infos[0]
+    if not parts:
+        raise UserError(f"{path}: no store files to map")
     folder = path.resolve().parent
     try:
         names = [Path(os.path.relpath(Path(p).resolve(), folder)).as_posix() for p in parts]
     except ValueError:
         raise UserError(f"{path}: its parts must be on the same drive") from None
+    infos, ids, labels, dtypes = [], [], [], {}
+    for p in parts:  # each part opened once: ids and labels are copied, the rest is mapped
+        with open_store(p) as f:
+            infos.append(_info(f))
+            _check_like(p, infos[-1], parts[0], infos[0])
+            ids.append(f["ids"][:])
+            labels.append({k: f["labels"][k][:] for k in infos[-1]["labels"]})
+            dtypes = dtypes or {(a, k): f["arms"][a][k].dtype for a in infos[0]["arms"]
+                                for k in ("flux", "ivar", "mask")}
+    first = infos[0]
     kw = dict(track_times=False)
     buffer = io.BytesIO()
     with h5py.File(buffer, "w", track_order=True) as out:
@@ -494,25 +525,17 @@ def write_virtual_store(path: str | Path, parts: list[str | Path], attrs: dict |
         out.attrs["arms"] = json.dumps(list(first["arms"]))
         for key, value in (attrs or {}).items():
             out.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
-        out.attrs["virtual_sources"] = json.dumps([[name, Path(p).stat().st_size] for name, p in zip(names, parts,
-                                                                                                      strict=True)])
-        opened = [open_store(p) for p in parts]
-        try:
-            ids = [f["ids"][:] for f in opened]
-            id_dtype = max((i.dtype for i in ids), key=lambda d: d.itemsize) if ids[0].dtype.kind == "S" \
-                else ids[0].dtype
-            out.create_dataset("ids", data=np.concatenate(ids).astype(id_dtype), **kw)
-            lab = out.create_group("labels", track_order=True)
-            for k in first["labels"]:
-                lab.create_dataset(k, data=np.concatenate([f["labels"][k][:] for f in opened]), **kw)
-            arms = out.create_group("arms", track_order=True)
-            for a, wave in first["arms"].items():
-                g = arms.create_group(a, track_order=True)
-                g.create_dataset("wave", data=wave, **kw)
-                for key in ("flux", "ivar", "mask"):
-                    _virtual_dataset(g, key, opened[0]["arms"][a][key].dtype, len(wave), names,
-                                     [i["n"] for i in infos], f"arms/{a}/{key}")
-        finally:
-            for f in opened:
-                f.close()
+        sizes = [Path(p).stat().st_size for p in parts]
+        out.attrs["virtual_sources"] = json.dumps([list(x) for x in zip(names, sizes, strict=True)])
+        id_dtype = max((i.dtype for i in ids), key=lambda d: d.itemsize)
+        out.create_dataset("ids", data=np.concatenate(ids).astype(id_dtype), **kw)
+        lab = out.create_group("labels", track_order=True)
+        for k in first["labels"]:
+            lab.create_dataset(k, data=np.concatenate([part[k] for part in labels]), **kw)
+        arms = out.create_group("arms", track_order=True)
+        for a, wave in first["arms"].items():
+            g = arms.create_group(a, track_order=True)
+            g.create_dataset("wave", data=wave, **kw)
+            for key in ("flux", "ivar", "mask"):
+                _virtual_dataset(g, key, dtypes[a, key], len(wave), names, [i["n"] for i in infos], f"arms/{a}/{key}")
     write_file_atomic(path, buffer.getbuffer())
