@@ -421,18 +421,18 @@ def simulate(spec: SimulationSpec, out: str | Path, workers: int = 1, overwrite:
             raise write_error(shard_dir, exc) from None
         for partial in shard_dir.glob("*.tmp"):  # shards in flight when an earlier run was killed
             remove_partial(partial)
-        todo = []
+        todo, key = [], spec.key()
         for i, path in enumerate(parts):
             if path.exists():
                 try:
                     info = store_info(path)
                 except UserError:
                     info = None
-                if info and info["attrs"].get("run_key") == spec.key():
+                if info and info["attrs"].get("run_key") == key:
                     continue
                 if info and not overwrite:
                     raise UserError(f"{shard_dir}: holds shards of another run; remove it or pass --overwrite")
-            todo.append(Task(path.stem, f"mtopnet-simulate-{spec.key()}-{path.stem}",
+            todo.append(Task(path.stem, f"mtopnet-simulate-{key}-{path.stem}",
                              (spec, i, os.path.abspath(path), compression)))
         from tqdm import tqdm
         done_n = spec.n - sum(_shard_rows(spec, t.args[1]) for t in todo)
