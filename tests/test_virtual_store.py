@@ -169,3 +169,21 @@ def test_simulate_cli_options(tmp_path, monkeypatch, capsys):
     assert "--shard-size" in capsys.readouterr().err
     assert main([*argv, "--workers", "0"]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def test_predict_reads_a_virtual_store_as_its_copy(shards, tiny_model_path, tmp_path):
+    from mtopnet.catalogue import read_catalogue
+    from mtopnet.predict import predict_store
+    from mtopnet.trained import load_model
+    folder, paths, _ = shards
+    virtual = folder.parent / "s.h5"
+    write_virtual_store(virtual, paths, {"instrument": "toy"})
+    copy = tmp_path / "copy.h5"
+    consolidate_store(virtual, copy)
+    model = load_model(tiny_model_path)
+    for store, out in ((virtual, tmp_path / "v.parquet"), (copy, tmp_path / "c.parquet")):
+        assert predict_store(model, [store], out, batch_size=32, shard_size=64) == sum(SIZES)
+    a, b = read_catalogue(tmp_path / "v.parquet"), read_catalogue(tmp_path / "c.parquet")
+    assert list(a) == list(b)
+    for k in a:
+        assert np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f"), k

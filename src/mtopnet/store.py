@@ -313,7 +313,7 @@ def _check_sources(f: h5py.File, path: Path) -> None:
                     for source in d.virtual_sources():
                         if source.file_name != ".":
                             expected.setdefault(source.file_name, None)
-    folder = path.resolve().parent
+    folder = Path(os.path.abspath(path)).parent  # as HDF5 resolves: the folder of the name opened
     for name, size in expected.items():
         source = folder / name
         try:
@@ -397,7 +397,8 @@ def merge_stores(parts: list[str | Path], path: str | Path, attrs: dict | None =
     first = infos[0]
     n = sum(i["n"] for i in infos)
     tmp = path.with_name(path.name + ".tmp")
-    need = n * sum(len(w) * 9 for w in first["arms"].values()) + sum(Path(p).stat().st_size for p in parts)
+    need = max(sum(Path(p).stat().st_size for p in parts),  # the parts' bytes, or (virtual parts) their
+               n * sum(len(w) * 8 for w in first["arms"].values()))  # uncompressed flux and ivar
     try:
         free = shutil.disk_usage(path.parent if str(path.parent) else ".").free
     except OSError:
@@ -502,9 +503,9 @@ def write_virtual_store(path: str | Path, parts: list[str | Path], attrs: dict |
     path = Path(path)
     if not parts:
         raise UserError(f"{path}: no store files to map")
-    folder = path.resolve().parent
+    folder = Path(os.path.abspath(path)).parent
     try:
-        names = [Path(os.path.relpath(Path(p).resolve(), folder)).as_posix() for p in parts]
+        names = [Path(os.path.relpath(os.path.abspath(p), folder)).as_posix() for p in parts]
     except ValueError:
         raise UserError(f"{path}: its parts must be on the same drive") from None
     infos, ids, labels, dtypes = [], [], [], {}
