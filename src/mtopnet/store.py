@@ -50,6 +50,10 @@ gives the same bytes (no timestamps). :func:`write_store` builds the file in mem
 writes its bytes with plain file I/O, so a full disk, a read-only folder or a missing
 permission ends as one-line :class:`UserError` (:func:`write_error`) with the temporary file
 removed, never inside the HDF5 library (which, failing mid-write, can crash the process).
+
+Over 500 lines: the schema and every way of writing it (one file, a merge, a virtual store
+over shard files) and of reading it back (with the checks of a virtual store's sources) are
+one format, kept in one place.
 """
 from __future__ import annotations
 
