@@ -187,3 +187,17 @@ def test_predict_reads_a_virtual_store_as_its_copy(shards, tiny_model_path, tmp_
     assert list(a) == list(b)
     for k in a:
         assert np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f"), k
+
+
+def test_the_check_follows_hdf5_vds_prefix_as_hdf5_does(shards, tmp_path, monkeypatch):
+    """HDF5 looks for a virtual store's sources in $HDF5_VDS_PREFIX first: so does the check."""
+    folder, paths, batches = shards
+    virtual = folder.parent / "s.h5"
+    write_virtual_store(virtual, paths)
+    elsewhere = tmp_path / "prefix"
+    elsewhere.mkdir()
+    shutil.move(folder, elsewhere / folder.name)
+    with pytest.raises(UserError, match="missing"):
+        read_store(virtual)
+    monkeypatch.setenv("HDF5_VDS_PREFIX", str(elsewhere))
+    _assert_same(read_store(virtual), SpectraBatch.concatenate(batches))

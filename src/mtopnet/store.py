@@ -317,9 +317,11 @@ def _check_sources(f: h5py.File, path: Path) -> None:
                     for source in d.virtual_sources():
                         if source.file_name != ".":
                             expected.setdefault(source.file_name, None)
-    folder = Path(os.path.abspath(path)).parent  # as HDF5 resolves: the folder of the name opened
+    folder = Path(os.path.abspath(path)).parent  # as HDF5 resolves: the folder of the name opened,
+    prefix = os.environ.get("HDF5_VDS_PREFIX")  # after this environment variable's folder if set
+    roots = ([Path(prefix.replace("${ORIGIN}", str(folder)))] if prefix else []) + [folder]
     for name, size in expected.items():
-        source = folder / name
+        source = next((r / name for r in roots if (r / name).exists()), folder / name)
         try:
             actual = source.stat().st_size
         except OSError:
