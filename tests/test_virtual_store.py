@@ -169,6 +169,16 @@ def test_simulate_cli_options(tmp_path, monkeypatch, capsys):
     assert "--shard-size" in capsys.readouterr().err
     assert main([*argv, "--workers", "0"]) == 2
     assert "--workers" in capsys.readouterr().err
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def no_cluster(*args, **kwargs):
+        raise UserError("--scheduler tcp://nowhere:1: cannot connect (refused)")
+
+    monkeypatch.setattr(sim, "run_tasks", no_cluster)
+    assert main(["simulate", "--n", "12", "--seed", "2", "--out", str(tmp_path / "t.h5"), "--quiet",
+                 "--scheduler", "tcp://nowhere:1"]) == 2
+    assert "cannot connect" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no empty shard folder, no lock
 
 
 def test_predict_reads_a_virtual_store_as_its_copy(shards, tiny_model_path, tmp_path):

@@ -442,6 +442,8 @@ def simulate(spec: SimulationSpec, out: str | Path, workers: int = 1, overwrite:
         except BaseException:
             for partial in shard_dir.glob("*.tmp"):  # a shard stopped mid-write; finished shards stay
                 remove_partial(partial)
+            if not any(shard_dir.iterdir()):  # nothing done (e.g. no scheduler): nothing left behind
+                shard_dir.rmdir()
             raise
         finally:
             bar.close()
