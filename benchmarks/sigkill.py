@@ -107,8 +107,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", default=("simulate", "predict", "train"))
     ap.add_argument("--store", nargs="+", default=None,
                     help="predict these stores instead of the simulated one (e.g. one store twice)")
-    ap.add_argument("--shard-size", type=int, default=256, help="predict: rows per shard (default 256)")
-    ap.add_argument("--workers", type=int, default=1, help="predict: processes (default 1)")
+    ap.add_argument("--shard-size", type=int, default=256,
+                    help="simulate: objects, predict: rows per shard (default 256)")
+    ap.add_argument("--workers", type=int, default=1, help="simulate, predict: processes (default 1)")
     ap.add_argument("--no-refine", action="store_true", help="predict: the network's z alone (faster)")
     args = ap.parse_args()
     from conftest import tiny_train_config
@@ -117,7 +118,8 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sigkill-"))
     work.mkdir(parents=True, exist_ok=True)
     store = work / "ref.h5"
-    sim = ["simulate", "--n", str(args.n), "--seed", str(args.seed), "--quiet"]
+    sim = ["simulate", "--n", str(args.n), "--seed", str(args.seed), "--quiet", "--workers", str(args.workers),
+           "--shard-size", str(args.shard_size)]
     rows = []
     t_sim = 0.0
     if args.store is None or {"simulate", "train"} & set(args.only):
@@ -128,11 +130,20 @@ def main() -> None:
         done = equal = left = 0
         for k in range(args.kills):
             out = work / f"sim{k}.h5"
-            _run(_mtopnet(*sim, "--out", str(out)), kill_after=rng.uniform(0, t_sim))
+            at = rng.uniform(0, t_sim)
+            _run(_mtopnet(*sim, "--out", str(out)), kill_after=at)
+            folder = work / f"sim{k}.h5.shards"
+            before = {p.name: p.stat().st_mtime_ns for p in folder.glob("shard_*.h5")}
+            in_flight = len(list(folder.glob("*.tmp")))
             code = 0 if out.exists() else _run(_mtopnet(*sim, "--out", str(out)))[0]
+            reused = sum(p.stat().st_mtime_ns == before.get(p.name) for p in folder.glob("shard_*.h5"))
+            print(f"simulate kill {k} at {at:.0f} s: {len(before)} shards done, {in_flight} in flight; "
+                  f"the re-run reused {reused} and computed {len(list(folder.glob('shard_*.h5'))) - reused}",
+                  flush=True)
             done += code == 0 and out.exists()
             equal += out.exists() and _same_store(out, store)
-            left += any(p.name.endswith(".tmp") for p in work.glob(f"sim{k}.h5*"))
+            left += any(p.name.endswith((".tmp", ".lock")) for p in [*work.glob(f"sim{k}.h5*"),
+                                                                    *work.glob(f"sim{k}.h5.shards/*")])
             shutil.rmtree(work / f"sim{k}.h5.shards", ignore_errors=True)
             out.unlink(missing_ok=True)
         rows.append(("simulate", args.kills, done, equal, left))

@@ -1,5 +1,5 @@
 """Throughput of `mtopnet simulate`: spectra per second, end to end (galaxies, three arms at
-native pixels, noise, HDF5 shards and the final merge).
+native pixels, noise, HDF5 shards and the virtual store over them).
 
     python benchmarks/simulate.py [--n 2000] [--workers 2] [--instrument moons-lr]
                                   [--population survey|training] [--nuisance fixed|randomised]
@@ -39,7 +39,8 @@ def main() -> None:
         t0 = time.perf_counter()
         simulate(spec, out, workers=args.workers, progress=False)
         elapsed = time.perf_counter() - t0
-        size = os.path.getsize(out)
+        shards = out + ".shards"  # the virtual store's data
+        size = os.path.getsize(out) + sum(os.path.getsize(os.path.join(shards, f)) for f in os.listdir(shards))
     npix = sum(a.npix for a in inst.arms)
     print(f"instrument {args.instrument}: {len(inst.arms)} arms, {npix} pixels per spectrum; "
           f"population {args.population}, nuisance {args.nuisance}")

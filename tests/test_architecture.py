@@ -14,7 +14,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("mtopnet", "mtopnet.constants", "mtopnet.config", "mtopnet.logs"),
     # 1: data descriptions
     ("mtopnet.lines", "mtopnet.templates", "mtopnet.instruments", "mtopnet.store", "mtopnet.columns",
-     "mtopnet.provenance"),
+     "mtopnet.provenance", "mtopnet.cluster"),
     # 2: physics and readers
     ("mtopnet.galaxies", "mtopnet.io", "mtopnet.preprocess", "mtopnet.model", "mtopnet.quality", "mtopnet.devices"),
     # 3: artefacts built on them

@@ -15,6 +15,7 @@ from mtopnet.config import Exposure
 from mtopnet.constants import C_AA_PER_S
 from mtopnet.galaxies.population import N_OLD_BINS, GalaxyParams, age_of_universe, sample_params
 from mtopnet.instruments import MASK_SKYLINE, load_instrument, observe_arm
+from mtopnet.store import read_store
 
 
 @pytest.fixture(scope="module")
@@ -190,31 +191,48 @@ def _spec(n=30, seed=3, **kw):
     return sim.SimulationSpec(instrument="moons-lr", exposure=Exposure(8 * 3600), n=n, seed=seed, **kw)
 
 
-def test_same_seed_same_bytes_and_worker_independent(tmp_path, monkeypatch):
-    monkeypatch.setattr(sim, "SHARD_SIZE", 10)
-    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
-    sim.simulate(_spec(), a, workers=1, progress=False)
-    sim.simulate(_spec(), b, workers=2, progress=False)
+def _same_store(a, b) -> None:
+    """Stores ``a`` and ``b`` hold the same ids, labels and spectra (arrays equal)."""
+    ra, rb = read_store(a), read_store(b)
+    assert np.array_equal(ra.ids, rb.ids) and list(ra.labels) == list(rb.labels)
+    for k in ra.labels:
+        assert np.array_equal(ra.labels[k], rb.labels[k], equal_nan=True), k
+    for arm in ra.arms:
+        for k in ("wave", "flux", "ivar", "mask"):
+            assert np.array_equal(ra.arms[arm][k], rb.arms[arm][k]), (arm, k)
+
+
+def test_same_seed_same_bytes_and_worker_independent(tmp_path):
+    """A 2-worker Dask LocalCluster run writes the 1-worker run's shards and store, byte for byte
+    (same output name, in another folder)."""
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    a, b = tmp_path / "one" / "s.h5", tmp_path / "two" / "s.h5"
+    sim.simulate(_spec(shard_size=10), a, workers=1, progress=False)
+    sim.simulate(_spec(shard_size=10), b, workers=2, progress=False)
     assert a.read_bytes() == b.read_bytes()
+    for i in range(3):
+        name = f"s.h5.shards/shard_{i:05d}.h5"
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    _same_store(a, b)
     with h5py.File(a) as f:
         assert f["ids"].shape == (30,) and len(set(f["ids"][:])) == 30
-        assert f["arms/H/flux"].shape[0] == 30
+        assert f["arms/H/flux"].shape[0] == 30 and f["arms/H/flux"].is_virtual
         h = f["labels/hmag"][:]
         assert np.all((h >= 20) & (h <= 25.5))
 
 
-def test_killed_run_resumes_to_the_same_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(sim, "SHARD_SIZE", 10)
-    full, resumed = tmp_path / "full.h5", tmp_path / "resumed.h5"
-    sim.simulate(_spec(), full, progress=False)
-    spec = _spec()
-    shard_dir = tmp_path / "resumed.h5.shards"
+def test_killed_run_resumes_to_the_same_file(tmp_path):
+    (tmp_path / "full").mkdir(), (tmp_path / "resumed").mkdir()
+    full, resumed = tmp_path / "full" / "s.h5", tmp_path / "resumed" / "s.h5"
+    spec = _spec(shard_size=10)
+    sim.simulate(spec, full, progress=False)
+    shard_dir = tmp_path / "resumed" / "s.h5.shards"
     shard_dir.mkdir()
-    sim._run_shard((spec, 1, str(shard_dir / "shard_00001.h5")))  # one shard done before the kill
+    sim._run_shard(spec, 1, str(shard_dir / "shard_00001.h5"))  # one shard done before the kill
     (shard_dir / "shard_00002.h5.tmp").write_bytes(b"half-written")  # the shard in flight
     sim.simulate(spec, resumed, progress=False)
     assert resumed.read_bytes() == full.read_bytes()
-    assert not shard_dir.exists()
+    assert sorted(p.name for p in shard_dir.iterdir()) == [f"shard_{i:05d}.h5" for i in range(3)]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -309,10 +327,9 @@ def test_training_sfh_families_have_their_shapes(model, rng):
     assert np.all(p.sfh_logratio[psb].min(axis=1) <= -1.0)
 
 
-def test_training_spectra_have_enough_without_lines(monkeypatch):
+def test_training_spectra_have_enough_without_lines():
     """>= 30% of the training population's spectra have no line at S/N >= 3."""
-    monkeypatch.setattr(sim, "SHARD_SIZE", 200)
-    spec = _spec(n=200, seed=11, population="training", nuisance="randomised")
+    spec = _spec(n=200, seed=11, population="training", nuisance="randomised", shard_size=200)
     b = sim.simulate_shard(spec, 0)
     snr, q = b.labels["line_snr"], b.labels["quiescent"].astype(bool)
     assert (snr < sim.LINE_DETECTED_SNR).mean() >= 0.30
@@ -324,13 +341,13 @@ def test_training_spectra_have_enough_without_lines(monkeypatch):
         assert key in b.labels and len(b.labels[key]) == 200
 
 
-def test_training_randomised_run_is_worker_independent(tmp_path, monkeypatch):
-    monkeypatch.setattr(sim, "SHARD_SIZE", 8)
-    spec = _spec(n=16, seed=4, population="training", nuisance="randomised", nuisance_off=("lsf",))
+def test_training_randomised_run_virtual_equals_consolidated(tmp_path):
+    spec = _spec(n=16, seed=4, population="training", nuisance="randomised", nuisance_off=("lsf",), shard_size=8)
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
     sim.simulate(spec, a, workers=1, progress=False)
-    sim.simulate(spec, b, workers=2, progress=False)
-    assert a.read_bytes() == b.read_bytes()
+    sim.simulate(spec, b, workers=1, progress=False, consolidate=True)  # the shards of 2 Dask workers: above
+    _same_store(a, b)
+    assert not (tmp_path / "b.h5.shards").exists()
     with h5py.File(a) as f:
         assert np.all(f["labels/nu_lsf_scale"][:] == 1.0)
         assert "training_prior" in f.attrs["provenance"]

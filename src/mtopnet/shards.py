@@ -23,7 +23,8 @@ the work folder from start to end, so a second run on the same output is refused
 line naming the first one's pid. A run killed with SIGKILL at any moment loses at most the
 shards in flight; the lock dies with it and the next run removes its temporary files.
 
-Where shards run (:func:`run_sharded`): in this process (``workers=1``), on a
+Where shards run (:func:`run_sharded`, through :func:`mtopnet.cluster.run_tasks`, which
+``mtopnet simulate`` uses too): in this process (``workers=1``), on a
 ``dask.distributed.LocalCluster`` of ``workers`` processes with one thread each, or on the
 Dask cluster at ``scheduler`` (an address such as ``tcp://host:8786``). On Dask the compute
 function and the job travel to the workers by pickle; whatever a worker loads for a job (the
@@ -49,6 +50,7 @@ import numpy as np
 
 from . import __version__
 from .catalogue import CatalogueWriter, OutputLock, catalogue_format, read_catalogue, temp_name
+from .cluster import ResumableError, Task, check_workers, run_tasks
 from .config import UserError
 from .io import plan_inputs, read_units
 from .logs import progress_bar
@@ -82,11 +84,6 @@ class Shard:
         """The shard's spectra as :class:`~mtopnet.store.SpectraBatch` of at most ``batch_size`` rows;
         ``counts`` (``len(units)`` zeros) gets each unit's number of spectra (:func:`mtopnet.io.read_units`)."""
         return read_units(list(self.units), batch_size, counts)
-
-
-class ResumableError(UserError):
-    """A run stopped by something other than its inputs (its Dask workers died): the shards
-    done stay in the work folder, and the same command resumes."""
 
 
 @dataclasses.dataclass
@@ -275,62 +272,6 @@ def _warning_category(name: str) -> type[Warning]:
     return UserWarning
 
 
-# ----------------------------------------------------------------------------- executors
-
-
-def _run_in_process(compute: ComputeFn, job: Any, todo: list[Shard], workdir: Path, done: Callable) -> None:
-    for shard in todo:
-        done(shard, run_shard(compute, job, shard, workdir))
-
-
-def _dask_client(scheduler: str | None, workers: int) -> tuple[Any, Any]:
-    """(client, cluster or None): a client of ``scheduler``, or of a new LocalCluster of ``workers``
-    processes with one thread each. UserError: dask.distributed missing, scheduler unreachable."""
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise UserError("--scheduler / --workers > 1 need dask.distributed (pip install 'dask[distributed]')") \
-            from None
-    if scheduler:
-        try:
-            return Client(scheduler, timeout="30s"), None
-        except (OSError, TimeoutError, ValueError) as exc:
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"--scheduler {scheduler}: cannot connect ({reason})") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=logging.ERROR)  # ":0": any free port, never a clash with another run
-    return Client(cluster), cluster
-
-
-def _run_on_dask(compute: ComputeFn, job: Any, todo: list[Shard], workdir: Path, done: Callable,
-                 scheduler: str | None, workers: int) -> None:
-    from distributed import KilledWorker, as_completed
-    client, cluster = _dask_client(scheduler, workers)
-    futures = []
-    try:
-        by_key = {}
-        for shard in todo:
-            fut = client.submit(run_shard, compute, job, shard, str(workdir), pure=False,
-                                key=f"mtopnet-{shard.name}-{shard.fingerprint[:16]}")
-            futures.append(fut)
-            by_key[fut.key] = shard
-        for fut in as_completed(futures):
-            try:
-                record = fut.result()  # a task's exception (UserError included) is raised here
-            except KilledWorker:
-                raise ResumableError(f"{by_key[fut.key].name}: the workers computing it died (out of memory?); "
-                                     f"see the workers' logs; the same command resumes") from None
-            done(by_key[fut.key], record)
-    finally:
-        with contextlib.suppress(Exception):
-            client.cancel(futures)
-        with contextlib.suppress(Exception):
-            client.close()
-        if cluster is not None:
-            with contextlib.suppress(Exception):
-                cluster.close()
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -362,8 +303,7 @@ def run_sharded(compute: ComputeFn, job: Any, shards: list[Shard], out: str | Pa
     out = Path(out)
     catalogue_format(out)
     check_writable(out, overwrite)
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise UserError(f"--workers: must be >= 1, got {workers!r}")
+    workers = check_workers(workers)
     workdir = out.with_name(out.name + ".shards")
     OutputLock(out).acquire().release()  # another writer of ``out`` itself: refused before any work
     with OutputLock(workdir):
@@ -392,12 +332,10 @@ def run_sharded(compute: ComputeFn, job: Any, shards: list[Shard], out: str | Pa
             bar.update(1)
 
         try:
-            if not todo:
-                pass
-            elif scheduler is None and workers == 1:
-                _run_in_process(compute, job, todo, workdir, done)
-            else:
-                _run_on_dask(compute, job, todo, workdir, done, scheduler, workers)
+            tasks = [Task(shard.name, f"mtopnet-{shard.name}-{shard.fingerprint[:16]}",
+                          (compute, job, shard, str(workdir))) for shard in todo]
+            run_tasks(run_shard, tasks, lambda task, record: done(task.args[2], record),
+                      workers=workers, scheduler=scheduler)
             bar.close()
             if callable(passthrough):
                 passthrough = passthrough([records[s.index].get("info", {}) for s in shards])

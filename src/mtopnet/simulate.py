@@ -1,10 +1,17 @@
 """Simulate a spectrum store: galaxy population x instrument -> HDF5, parallel and resumable.
 
-The run is cut into shards of ``SHARD_SIZE`` objects. Shard ``i`` draws its galaxies and
-noise from ``SeedSequence([seed, i])`` alone, so the output does not depend on the number of
-workers, and a shard is written (atomically) to ``OUT.shards/`` as soon as it is done. A
-re-run with the same arguments skips the shards already there; when all are done they are
-merged into ``OUT`` and the shard folder is removed. Same seed and arguments, same bytes.
+The run is cut into shards of ``shard_size`` objects (``--shard-size``, default
+``SHARD_SIZE``). Shard ``i`` draws its galaxies and noise from ``SeedSequence([seed, i])``
+alone, so the output does not depend on the number of workers or where they run, and a
+shard is written (atomically) to ``OUT.shards/shard_NNNNN.h5`` as soon as it is done. The
+shards run as tasks of :func:`mtopnet.cluster.run_tasks`: in this process (``--workers 1``),
+on a Dask LocalCluster (``--workers N``) or on a Dask cluster (``--scheduler ADDRESS``). A
+run killed at any moment loses at most the shards in flight: a re-run with the same
+arguments skips the shards already there. When all are done, ``OUT`` is written as a
+virtual store over them (:func:`mtopnet.store.write_virtual_store`: the labels copied, the
+spectra not), and ``OUT.shards/`` stays beside it as its data; ``--consolidate`` instead
+copies everything into one self-contained ``OUT`` and removes the shard folder. Same seed,
+arguments and shard size, same arrays (and, given the same output name, the same bytes).
 
 Two populations (``--population``): ``survey`` (docs/galaxies.md, a survey-like mix, for
 evaluation) and ``training`` (an even-coverage prior, ``galaxies.population.TrainingPrior``);
@@ -12,6 +19,10 @@ and two kinds of observation (``--nuisance``): ``fixed`` (the exposure's conditi
 every object) and ``randomised`` (``instruments.nuisance``). The default, survey + fixed,
 writes exactly what it always wrote; the other modes add the labels listed in
 ``mtopnet.store`` (quiescent, sfh_family, max_line_flux, line_snr, nu_*).
+
+Over 500 lines: the spec, the physics of one shard (population, observation, truth labels)
+and the run over shards with its command-line options are one workflow; the parts that
+stand alone live in ``galaxies``, ``instruments``, ``store`` and ``cluster``.
 """
 from __future__ import annotations
 
@@ -19,19 +30,16 @@ import argparse
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
-import signal
-import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+from .catalogue import OutputLock
+from .cluster import Task, check_workers, run_tasks
 from .config import Exposure, UserError, parse_duration
 from .galaxies import (
     GalaxyModel,
@@ -48,11 +56,22 @@ from .galaxies.sps import DLOGLAM_REST
 from .instruments import Instrument, load_instrument, observe_arm, observe_arm_conditions
 from .instruments.nuisance import GROUP_SIZE, NUISANCES, Conditions, draw_conditions, nominal_conditions
 from .logs import progress_bar, progress_enabled
-from .store import SpectraBatch, check_writable, merge_stores, remove_partial, store_info, write_error, write_store
+from .store import (
+    COMPRESSIONS,
+    SpectraBatch,
+    check_writable,
+    merge_stores,
+    remove_partial,
+    store_info,
+    write_error,
+    write_store,
+    write_virtual_store,
+)
 
 log = logging.getLogger(__name__)
 
 SHARD_SIZE = 500
+"""Default objects per shard (``--shard-size``): a task of ~10 s to a minute on one core."""
 SUB_BATCH = 128
 DEFAULT_BAND = "twomass-H"
 """Selection band of the magnitude range; its magnitude is stored as ``labels/hmag``. Any
@@ -85,6 +104,7 @@ class SimulationSpec:
     prior: TrainingPrior = TrainingPrior()
     nuisance: str = "fixed"
     nuisance_off: tuple[str, ...] = ()
+    shard_size: int = SHARD_SIZE
 
     @property
     def extended(self) -> bool:
@@ -115,6 +135,9 @@ class SimulationSpec:
                             "only with --population training")
         if self.n <= 0:
             raise UserError(f"--n: must be positive, got {self.n}")
+        if isinstance(self.shard_size, bool) or not isinstance(self.shard_size, (int, np.integer)) \
+                or self.shard_size < 1:
+            raise UserError(f"--shard-size: must be a positive integer, got {self.shard_size!r}")
         if self.seed < 0:
             raise UserError(f"--seed: must be >= 0, got {self.seed}")
         lo, hi = self.hmag_range
@@ -142,7 +165,7 @@ class SimulationSpec:
                 "instrument_sha256": hashlib.sha256(Path(source).read_bytes()).hexdigest(),
                 "exposure": self.exposure.as_dict(), "n": self.n,
                 "seed": self.seed, "hmag_range": list(self.hmag_range), "z_range": list(self.z_range),
-                "band": self.band, "shard_size": SHARD_SIZE, "mtopnet_version": __version__}
+                "band": self.band, "shard_size": self.shard_size, "mtopnet_version": __version__}
         if self.extended:  # absent for survey + fixed, whose provenance is unchanged
             prov.update(population=self.population, nuisance=self.nuisance, nuisance_off=sorted(self.nuisance_off))
             if self.population == "training":
@@ -332,11 +355,11 @@ def extra_labels(inst: Instrument, model: GalaxyModel, params: GalaxyParams, res
 
 
 def simulate_shard(spec: SimulationSpec, shard: int) -> SpectraBatch:
-    """Objects [shard * SHARD_SIZE, ...) of the run, from their own seed."""
+    """Objects [shard * spec.shard_size, ...) of the run, from their own seed."""
     inst = load_instrument(spec.instrument)
     model = galaxy_model(inst, spec.z_range, spec.band)
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, shard]))
-    n = min(SHARD_SIZE, spec.n - shard * SHARD_SIZE)
+    n = min(spec.shard_size, spec.n - shard * spec.shard_size)
     params, rest, hmag = draw_population(model, n, rng, spec)
     labels = labels_for(model, params, rest, hmag, spec.mag_label)
     if spec.extended:
@@ -352,101 +375,93 @@ def simulate_shard(spec: SimulationSpec, shard: int) -> SpectraBatch:
             d.pop("gain"), d.pop("sky_error")
     else:
         arms = observe_galaxies(inst, model, params, rest, spec.exposure, rng)
-    ids = shard * SHARD_SIZE + np.arange(n, dtype=np.int64)
+    ids = shard * spec.shard_size + np.arange(n, dtype=np.int64)
     labels = {k: np.asarray(v, dtype=np.float32 if v.dtype.kind == "f" else v.dtype)
               for k, v in labels.items()}
     labels["z"] = params.z.astype(np.float64)
     return SpectraBatch(ids=ids, arms=arms, labels=labels)
 
 
-def _init_worker(parent: int | None = None) -> None:
-    """Pool initializer: a worker dies with the process that started it, and leaves Ctrl-C to it.
-
-    On Linux the kernel sends the worker SIGTERM when its parent dies (``prctl`` with
-    ``PR_SET_PDEATHSIG``); elsewhere a daemon thread polls ``os.getppid()`` once a second.
-    SIGTERM ends the worker at once and silently (``os._exit``), so a killed run leaves no
-    workers running on and no broken-pipe tracebacks; SIGINT is ignored (the parent stops
-    the pool). ``parent``: the pid of the process that started the pool (default: the current
-    parent).
-    """
-    parent = os.getppid() if parent is None else parent
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(1))
-    armed = False
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            libc = ctypes.CDLL(None, use_errno=True)
-            armed = libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            armed = False
-    if os.getppid() != parent:  # the parent died before the death signal was armed
-        os._exit(1)
-    if not armed:
-        def watch() -> None:
-            while os.getppid() == parent:
-                time.sleep(1.0)
-            os._exit(1)
-        threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
-def _run_shard(args: tuple[SimulationSpec, int, str]) -> int:
-    spec, shard, path = args
+def _run_shard(spec: SimulationSpec, shard: int, path: str, compression: str | None = None) -> int:
+    """Simulate shard ``shard`` into the store file ``path`` (atomically); its number of objects."""
     batch = simulate_shard(spec, shard)
-    write_store(path, batch, {"run_key": spec.key(), "shard": shard})
+    write_store(path, batch, {"run_key": spec.key(), "shard": shard}, compression=compression)
     return len(batch)
 
 
+def _shard_rows(spec: SimulationSpec, shard: int) -> int:
+    return min(spec.shard_size, spec.n - shard * spec.shard_size)
+
+
 def simulate(spec: SimulationSpec, out: str | Path, workers: int = 1, overwrite: bool = False,
-             progress: bool = True) -> Path:
-    """Run a whole simulation into ``out``; resumes from ``out.shards/`` if present."""
+             progress: bool = True, *, scheduler: str | None = None, consolidate: bool = False,
+             compression: str | None = None) -> Path:
+    """Run a whole simulation into the store ``out``; resumes from ``out.shards/`` if present.
+
+    workers: 1 simulates the shards in this process; more run them on a Dask LocalCluster of
+    that many single-threaded processes; scheduler: a Dask scheduler's address (``workers`` is
+    then ignored; the workers must see ``out``'s folder). consolidate: write one self-contained
+    ``out`` and remove the shards (else ``out`` is a virtual store over ``out.shards/``, which
+    must stay beside it). compression: of the shard files' spectra, and of a consolidated
+    ``out`` (``mtopnet.store.COMPRESSIONS``). Returns ``out``.
+
+    UserError: a bad spec or option, ``out`` exists without ``overwrite``, ``out.shards/`` holds
+    another run's shards without ``overwrite``, another run writes ``out``, a failed write;
+    mtopnet.cluster.ResumableError: the Dask workers died (the shards done stay).
+    """
     inst = load_instrument(spec.instrument)
     spec.validate(inst)
-    if workers < 1:
-        raise UserError(f"--workers: must be >= 1, got {workers}")
+    workers = check_workers(workers)
+    if compression not in COMPRESSIONS:
+        raise UserError(f"--compression: one of none, gzip, lzf; got {compression!r}")
     out = check_writable(out, overwrite)
     shard_dir = out.with_name(out.name + ".shards")
-    n_shards = (spec.n + SHARD_SIZE - 1) // SHARD_SIZE
-    todo = []
-    try:
-        shard_dir.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise write_error(shard_dir, exc) from None
-    for i in range(n_shards):
-        path = shard_dir / f"shard_{i:05d}.h5"
-        if path.exists():
-            try:
-                info = store_info(path)
-            except UserError:
-                info = None
-            if info and info["attrs"].get("run_key") == spec.key():
-                continue
-            if info and not overwrite:
-                raise UserError(f"{shard_dir}: holds shards of another run; remove it or pass --overwrite")
-        todo.append((spec, i, str(path)))
-    done_n = sum(min(SHARD_SIZE, spec.n - i * SHARD_SIZE) for i in range(n_shards)) - \
-        sum(min(SHARD_SIZE, spec.n - t[1] * SHARD_SIZE) for t in todo)
-    log.debug("%s: %d shards of %d spectra, %d done before, %d worker(s)", out, n_shards, SHARD_SIZE,
-              n_shards - len(todo), workers)
-    bar = progress_bar(total=spec.n, initial=done_n, unit="spec", desc=f"simulate {out.name}", progress=progress)
-    try:
-        if workers == 1 or len(todo) <= 1:
-            for task in todo:
-                bar.update(_run_shard(task))
-        else:
-            ctx = mp.get_context("fork")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
-                for count in pool.imap_unordered(_run_shard, todo):
-                    bar.update(count)
-    except BaseException:
-        for partial in shard_dir.glob("*.tmp"):  # a worker stopped mid-write; finished shards stay
-            remove_partial(partial)
-        raise
-    finally:
-        bar.close()
+    n_shards = (spec.n + spec.shard_size - 1) // spec.shard_size
     parts = [shard_dir / f"shard_{i:05d}.h5" for i in range(n_shards)]
-    merge_stores(parts, out, {"instrument": spec.instrument, "provenance": spec.provenance()})
-    shutil.rmtree(shard_dir)
+    with OutputLock(shard_dir):
+        try:
+            shard_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise write_error(shard_dir, exc) from None
+        for partial in shard_dir.glob("*.tmp"):  # shards in flight when an earlier run was killed
+            remove_partial(partial)
+        todo, key = [], spec.key()
+        for i, path in enumerate(parts):
+            if path.exists():
+                try:
+                    info = store_info(path)
+                except UserError:
+                    info = None
+                if info and info["attrs"].get("run_key") == key:
+                    continue
+                if info and not overwrite:
+                    raise UserError(f"{shard_dir}: holds shards of another run; remove it or pass --overwrite")
+            todo.append(Task(path.stem, f"mtopnet-simulate-{key}-{path.stem}",
+                             (spec, i, os.path.abspath(path), compression)))
+        done_n = spec.n - sum(_shard_rows(spec, t.args[1]) for t in todo)
+        log.debug("%s: %d shards of %d spectra, %d done before, %d worker(s)", out, n_shards, spec.shard_size,
+                  n_shards - len(todo), workers)
+        bar = progress_bar(total=spec.n, initial=done_n, unit="spec", desc=f"simulate {out.name}", progress=progress)
+        try:
+            run_tasks(_run_shard, todo, lambda task, count: bar.update(count), workers=workers, scheduler=scheduler)
+        except BaseException:
+            for partial in shard_dir.glob("*.tmp"):  # a shard stopped mid-write; finished shards stay
+                remove_partial(partial)
+            if not any(shard_dir.iterdir()):  # nothing done (e.g. no scheduler): nothing left behind
+                shard_dir.rmdir()
+            raise
+        finally:
+            bar.close()
+        attrs = {"instrument": spec.instrument, "provenance": spec.provenance()}
+        if consolidate:
+            merge_stores(parts, out, attrs, compression=compression)
+            shutil.rmtree(shard_dir)
+        else:
+            keep = set(parts)
+            for stale in shard_dir.glob("shard_*.h5"):  # an earlier, longer run's (--overwrite)
+                if stale not in keep:
+                    remove_partial(stale)
+            write_virtual_store(out, parts, attrs)
     return out
 
 
@@ -463,7 +478,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, required=True, help="number of spectra")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="output HDF5 store")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1,
+                   help="1: simulate in this process (default); N: on a Dask LocalCluster of N processes")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the shards on the Dask cluster at ADDRESS (e.g. tcp://host:8786); its workers "
+                        "must see --out's folder")
+    p.add_argument("--shard-size", type=int, default=SHARD_SIZE, metavar="N",
+                   help=f"objects per shard, the unit of work and of resuming (default {SHARD_SIZE}); part of "
+                        f"the seeding, so the same --shard-size gives the same spectra")
+    p.add_argument("--consolidate", action="store_true",
+                   help="write one self-contained store (a copy) instead of a virtual store over OUT.shards/")
+    p.add_argument("--compression", default="none", choices=("none", "gzip", "lzf"),
+                   help="compress the spectra of the shard files (and of a --consolidate store): see "
+                        "docs/scale.md for sizes and read speeds (default none)")
     p.add_argument("--hmag-range", "--mag-range", dest="hmag_range", type=float, nargs=2, default=(20.0, 25.5),
                    metavar=("LO", "HI"), help="AB magnitude range in --band (default 20 25.5)")
     p.add_argument("--band", default=DEFAULT_BAND,
@@ -514,7 +541,9 @@ def run_cli(args: argparse.Namespace) -> int:
                           prior=TrainingPrior(quiescent_fraction=args.quiescent_fraction,
                                               logm_range=tuple(args.logm_range), line_scale=tuple(args.line_scale),
                                               agn_fraction=args.agn_fraction),
-                          nuisance=args.nuisance, nuisance_off=tuple(args.nuisance_off))
-    out = simulate(spec, args.out, workers=args.workers, overwrite=args.overwrite, progress=progress_enabled())
+                          nuisance=args.nuisance, nuisance_off=tuple(args.nuisance_off), shard_size=args.shard_size)
+    out = simulate(spec, args.out, workers=args.workers, overwrite=args.overwrite, progress=progress_enabled(),
+                   scheduler=args.scheduler, consolidate=args.consolidate,
+                   compression=None if args.compression == "none" else args.compression)
     print(f"wrote {spec.n} spectra to {out}")  # the command's result line
     return 0

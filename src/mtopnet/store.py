@@ -29,12 +29,31 @@ Layout (one file, N objects, one group per spectrograph arm)::
     attrs (root)              mtopnet_version, schema_version, instrument, arms (list),
                               provenance (JSON: config, seed, arguments, input hashes)
 
+A store may also be *virtual* (:func:`write_virtual_store`; what ``mtopnet simulate`` writes):
+``ids``, ``labels`` and ``wave`` are stored in it, and every arm's ``flux``, ``ivar`` and
+``mask`` is an HDF5 virtual dataset that maps row ranges of store files beside it (the
+shards, named by paths relative to the store's folder, so the store and its shard folder
+move together). Readers see one store; the root attribute ``virtual_sources`` (JSON:
+``[[relative path, bytes], ...]``) lets :func:`open_store` refuse, with one line, a store
+whose shard file is missing or changed size (HDF5 itself would read zeros for it).
+:func:`consolidate_store` copies any store into one self-contained file.
+
+The arms' datasets are chunked by rows, (<= 256, L), so that a batch of rows reads whole
+chunks. The masks are always gzip-compressed (:data:`MASK_COMPRESSION`); flux and ivar only
+when a writer is given ``compression`` (``gzip`` or ``lzf``, after the byte shuffle), since
+noisy floats shrink little (docs/scale.md has the measured sizes and read speeds). Nothing
+reads a store by memory map (training builds its own cache), so any layout reads the same.
+
 Files are written under a temporary name and renamed when complete (:func:`write_store`),
 so a reader never sees a half-written store. Writing is deterministic: the same content
 gives the same bytes (no timestamps). :func:`write_store` builds the file in memory and
 writes its bytes with plain file I/O, so a full disk, a read-only folder or a missing
 permission ends as one-line :class:`UserError` (:func:`write_error`) with the temporary file
 removed, never inside the HDF5 library (which, failing mid-write, can crash the process).
+
+Over 500 lines: the schema and every way of writing it (one file, a merge, a virtual store
+over shard files) and of reading it back (with the checks of a virtual store's sources) are
+one format, kept in one place.
 """
 from __future__ import annotations
 
@@ -192,10 +211,34 @@ def _write_bytes(path: Path, data: memoryview | bytes) -> None:
         handle.write(data)
 
 
+COMPRESSIONS = (None, "gzip", "lzf")
+"""Compressions of the arms' flux and ivar: none, gzip (level 4) or lzf, each after HDF5's
+byte shuffle; h5py's built-ins, so any h5py reads them. None by default: on MOONS spectra
+they save 20-30% of the disk for several times the reading time (docs/scale.md)."""
+
+MASK_COMPRESSION = {"compression": "gzip", "compression_opts": 4}
+"""The arms' masks are always stored compressed: mostly zeros, they shrink ~18x (13 kB to
+0.7 kB per MOONS spectrum, a tenth of the file) for ~25 us of reading per spectrum."""
+
+
+def _compression_kw(compression: str | None, key: str = "flux") -> dict:
+    """h5py ``create_dataset`` keywords of arm dataset ``key`` under a :data:`COMPRESSIONS`
+    entry (``mask``: :data:`MASK_COMPRESSION` whatever the entry); UserError for another entry."""
+    if compression not in (*COMPRESSIONS, "none"):
+        raise UserError(f"compression: one of none, gzip, lzf; got {compression!r}")
+    if key == "mask":
+        return dict(MASK_COMPRESSION)
+    if compression in (None, "none"):
+        return {}
+    return dict(compression=compression, shuffle=True, **({"compression_opts": 4} if compression == "gzip" else {}))
+
+
 def write_store(path: str | Path, batch: SpectraBatch, attrs: dict | None = None,
                 compression: str | None = None) -> None:
     """Write ``batch`` to ``path`` atomically (``path.tmp`` then rename).
 
+    compression: None, ``gzip`` or ``lzf`` for the arms' flux and ivar (:data:`COMPRESSIONS`); the
+    masks are compressed in any case (:data:`MASK_COMPRESSION`).
     The file is built in memory (about the size of the batch's arrays) and written with one
     plain write; any OSError (full disk, read-only folder, permission) removes ``path.tmp``
     and raises :func:`write_error`'s one-line :class:`UserError`.
@@ -204,8 +247,7 @@ def write_store(path: str | Path, batch: SpectraBatch, attrs: dict | None = None
     batch.validate()
     tmp = path.with_name(path.name + ".tmp")
     kw = dict(track_times=False)
-    if compression:
-        kw.update(compression=compression)
+    _compression_kw(compression)
     buffer = io.BytesIO()
     with h5py.File(buffer, "w", track_order=True) as f:
         f.attrs["mtopnet_version"] = __version__
@@ -224,7 +266,8 @@ def write_store(path: str | Path, batch: SpectraBatch, attrs: dict | None = None
             chunks = (max(1, min(n, 256)), length) if n else None
             g.create_dataset("wave", data=np.asarray(arm["wave"], dtype=np.float64), **kw)
             for key, dtype in (("flux", np.float32), ("ivar", np.float32), ("mask", np.uint8)):
-                g.create_dataset(key, data=np.asarray(arm[key], dtype=dtype), chunks=chunks, **kw)
+                g.create_dataset(key, data=np.asarray(arm[key], dtype=dtype), chunks=chunks,
+                                 **(dict(kw, **_compression_kw(compression, key)) if n else kw))
     try:
         _write_bytes(tmp, buffer.getbuffer())
         os.replace(tmp, path)
@@ -245,18 +288,64 @@ def open_store(path: str | Path) -> h5py.File:
     if "ids" not in f or "arms" not in f:
         f.close()
         raise UserError(f"{path}: not an mtopnet store (no /ids or /arms)")
+    try:
+        _check_sources(f, path)
+    except BaseException:
+        f.close()
+        raise
     return f
+
+
+def _check_sources(f: h5py.File, path: Path) -> None:
+    """UserError (one line) if a virtual store's source file is missing or not its recorded size.
+
+    HDF5 reads the fill value (zeros) for a virtual dataset's missing source, silently; this
+    refuses the store instead. The sources are those ``virtual_sources`` lists with their sizes
+    (:func:`write_virtual_store`'s stores: a stat per file, milliseconds for thousands), else
+    those of every virtual arm dataset (existence only; slower: ~0.1 ms per mapping), resolved
+    as HDF5 resolves them: relative to the store's folder.
+    """
+    recorded = f.attrs.get("virtual_sources")
+    expected: dict[str, int | None] = {}
+    if recorded is not None:
+        expected.update({name: int(size) for name, size in json.loads(recorded)})
+    else:
+        for arm in f["arms"].values():
+            for key in ("flux", "ivar", "mask"):
+                d = arm.get(key)
+                if isinstance(d, h5py.Dataset) and d.is_virtual:
+                    for source in d.virtual_sources():
+                        if source.file_name != ".":
+                            expected.setdefault(source.file_name, None)
+    folder = Path(os.path.abspath(path)).parent  # as HDF5 resolves: the folder of the name opened,
+    prefix = os.environ.get("HDF5_VDS_PREFIX")  # after this environment variable's folder if set
+    roots = ([Path(prefix.replace("${ORIGIN}", str(folder)))] if prefix else []) + [folder]
+    for name, size in expected.items():
+        source = next((r / name for r in roots if (r / name).exists()), folder / name)
+        try:
+            actual = source.stat().st_size
+        except OSError:
+            raise UserError(f"{path}: its data file {source} is missing; a virtual store needs its "
+                            f"shard folder beside it (or use a consolidated copy)") from None
+        if size is not None and actual != size:
+            raise UserError(f"{path}: its data file {source} has {actual} bytes, not the {size} it was "
+                            f"written with; the shard folder was changed, simulate the store again")
 
 
 def store_info(path: str | Path) -> dict:
     """Number of objects, arms with their wavelengths, label names and root attributes."""
     with open_store(path) as f:
-        return {
-            "n": int(f["ids"].shape[0]),
-            "arms": {a: np.asarray(f["arms"][a]["wave"]) for a in json.loads(f.attrs["arms"])},
-            "labels": list(f["labels"]) if "labels" in f else [],
-            "attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()},
-        }
+        return _info(f)
+
+
+def _info(f: h5py.File) -> dict:
+    """:func:`store_info` of an open store."""
+    return {
+        "n": int(f["ids"].shape[0]),
+        "arms": {a: np.asarray(f["arms"][a]["wave"]) for a in json.loads(f.attrs["arms"])},
+        "labels": list(f["labels"]) if "labels" in f else [],
+        "attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()},
+    }
 
 
 def read_store(path: str | Path, start: int = 0, stop: int | None = None,
@@ -282,23 +371,40 @@ def iter_store(path: str | Path, batch_size: int = 4096) -> Iterator[SpectraBatc
         yield read_store(path, start, start + batch_size)
 
 
+def _check_parts(parts: list[str | Path]) -> list[dict]:
+    """The parts' :func:`store_info`; UserError if their arms, wavelengths or label names differ."""
+    if not parts:
+        raise UserError("no store files to merge")
+    infos = [store_info(p) for p in parts]
+    for p, info in zip(parts, infos, strict=True):
+        _check_like(p, info, parts[0], infos[0])
+    return infos
+
+
+def _check_like(path: str | Path, info: dict, first_path: str | Path, first: dict) -> None:
+    """UserError unless store ``info`` has ``first``'s arms, wavelengths and label names."""
+    if list(info["arms"]) != list(first["arms"]) or info["labels"] != first["labels"] or \
+            any(not np.array_equal(w, first["arms"][a]) for a, w in info["arms"].items()):
+        raise UserError(f"{path}: arms, wavelengths or labels differ from {first_path}")
+
+
 def merge_stores(parts: list[str | Path], path: str | Path, attrs: dict | None = None,
-                 chunk_rows: int = 256) -> None:
+                 chunk_rows: int = 256, compression: str | None = None) -> None:
     """Concatenate store files into ``path`` (atomically), streaming: memory flat in N.
 
-    The parts must share arms, wavelengths and label names; their root attributes are
-    replaced by ``attrs``. Refused (UserError) when the disk lacks the parts' total size; a
-    write that fails anyway removes ``path.tmp`` and raises :func:`write_error`'s UserError.
+    The parts (plain or virtual stores) must share arms, wavelengths and label names; their
+    root attributes are replaced by ``attrs``. compression: as :func:`write_store`'s. Refused
+    (UserError) when the disk lacks the room of the uncompressed arrays; a write that fails
+    anyway removes ``path.tmp`` and raises :func:`write_error`'s UserError.
     """
     path = Path(path)
-    infos = [store_info(p) for p in parts]
+    _compression_kw(compression)
+    infos = _check_parts(parts)
     first = infos[0]
-    for p, info in zip(parts, infos, strict=False):
-        if list(info["arms"]) != list(first["arms"]) or info["labels"] != first["labels"]:
-            raise UserError(f"{p}: arms or labels differ from {parts[0]}")
     n = sum(i["n"] for i in infos)
     tmp = path.with_name(path.name + ".tmp")
-    need = sum(Path(p).stat().st_size for p in parts)
+    need = max(sum(Path(p).stat().st_size for p in parts),  # the parts' bytes, or (virtual parts) their
+               n * sum(len(w) * 8 for w in first["arms"].values()))  # uncompressed flux and ivar
     try:
         free = shutil.disk_usage(path.parent if str(path.parent) else ".").free
     except OSError:
@@ -307,7 +413,7 @@ def merge_stores(parts: list[str | Path], path: str | Path, attrs: dict | None =
         raise UserError(f"{path}: cannot write ({os.strerror(errno.ENOSPC)}: the merged store needs "
                         f"~{need / 1e6:.0f} MB, {free / 1e6:.0f} MB are free); {_WRITE_HINTS[errno.ENOSPC]}")
     try:
-        _merge_into(tmp, parts, infos, n, attrs, chunk_rows)
+        _merge_into(tmp, parts, infos, n, attrs, chunk_rows, compression)
         os.replace(tmp, path)
     except OSError as exc:
         remove_partial(tmp)
@@ -315,8 +421,9 @@ def merge_stores(parts: list[str | Path], path: str | Path, attrs: dict | None =
 
 
 def _merge_into(tmp: Path, parts: list[str | Path], infos: list[dict], n: int, attrs: dict | None,
-                chunk_rows: int) -> None:
-    """The body of :func:`merge_stores`: write the concatenation of ``parts`` to ``tmp``."""
+                chunk_rows: int, compression: str | None) -> None:
+    """The body of :func:`merge_stores`: write the concatenation of ``parts`` to ``tmp``,
+    ``chunk_rows`` rows at a time (memory flat in the parts' sizes)."""
     first = infos[0]
     kw = dict(track_times=False)
     with h5py.File(tmp, "w", track_order=True) as out:
@@ -339,15 +446,103 @@ def _merge_into(tmp: Path, parts: list[str | Path], infos: list[dict], n: int, a
                 g.create_dataset("wave", data=wave, **kw)
                 for key, dtype in (("flux", np.float32), ("ivar", np.float32), ("mask", np.uint8)):
                     g.create_dataset(key, shape=(n, len(wave)), dtype=dtype,
-                                     chunks=(max(1, min(n, chunk_rows)), len(wave)), **kw)
+                                     chunks=(max(1, min(n, chunk_rows)), len(wave)) if n else None,
+                                     **(dict(kw, **_compression_kw(compression, key)) if n else kw))
         row = 0
-        for p, info in zip(parts, infos, strict=False):
-            with h5py.File(p, "r") as f:
+        for p, info in zip(parts, infos, strict=True):
+            with open_store(p) as f:
                 m = info["n"]
                 out["ids"][row:row + m] = f["ids"][:]
                 for k in first["labels"]:
                     out["labels"][k][row:row + m] = f["labels"][k][:]
                 for a in first["arms"]:
                     for key in ("flux", "ivar", "mask"):
-                        out["arms"][a][key][row:row + m] = f["arms"][a][key][:]
+                        for start in range(0, m, chunk_rows):  # whole chunks of the output at a time
+                            stop = min(start + chunk_rows, m)
+                            out["arms"][a][key][row + start:row + stop] = f["arms"][a][key][start:stop]
             row += m
+
+
+def consolidate_store(path: str | Path, out: str | Path, compression: str | None = None) -> None:
+    """Copy store ``path`` (e.g. a virtual one) into the self-contained store ``out`` (atomically).
+
+    The root attributes are kept, but ``virtual_sources``. compression: as :func:`write_store`'s.
+    UserError as :func:`merge_stores`.
+    """
+    attrs = {k: v for k, v in store_info(path)["attrs"].items()
+             if k not in ("mtopnet_version", "schema_version", "arms", "virtual_sources")}
+    merge_stores([path], out, attrs, compression=compression)
+
+
+def _virtual_dataset(group: h5py.Group, key: str, dtype: np.dtype, length: int, files: list[str],
+                     rows: list[int], source: str) -> None:
+    """Create ``group[key]``: a (sum(rows), length) virtual dataset of ``dtype`` whose consecutive
+    row ranges map dataset ``source`` of each of ``files`` (rows[i] rows each); fill value 0, no
+    modification time (the same content gives the same bytes)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_obj_track_times(False)
+    dcpl.set_fill_value(np.zeros(1, dtype=dtype))
+    space = h5py.h5s.create_simple((sum(rows), length))
+    start = 0
+    for name, m in zip(files, rows, strict=True):
+        if m:
+            space.select_hyperslab((start, 0), (m, length))
+            dcpl.set_virtual(space, name.encode(), source.encode(), h5py.h5s.create_simple((m, length)))
+        start += m
+    space.select_all()
+    h5py.h5d.create(group.id, key.encode(), h5py.h5t.py_create(np.dtype(dtype), logical=1), space, dcpl=dcpl)
+
+
+def write_virtual_store(path: str | Path, parts: list[str | Path], attrs: dict | None = None) -> None:
+    """Write ``path`` (atomically): the concatenation of the store files ``parts``, without copying
+    their spectra.
+
+    ``ids``, ``labels`` and every arm's ``wave`` are copied into ``path`` (tens of bytes per
+    object); every arm's ``flux``, ``ivar`` and ``mask`` is a virtual dataset whose rows map the
+    parts' rows in order, each part named by its path relative to ``path``'s folder (so the
+    parts must stay where they are relative to it: move the folder, or both, together). The
+    root attribute ``virtual_sources`` records each part's relative path and size
+    (:func:`open_store` checks them). The parts' root attributes are replaced by ``attrs``.
+    UserError: parts that differ in arms, wavelengths or labels, or a part on another drive
+    (Windows: no relative path); a failed write as :func:`write_store`'s.
+    """
+    path = Path(path)
+    if not parts:
+        raise UserError(f"{path}: no store files to map")
+    folder = Path(os.path.abspath(path)).parent
+    try:
+        names = [Path(os.path.relpath(os.path.abspath(p), folder)).as_posix() for p in parts]
+    except ValueError:
+        raise UserError(f"{path}: its parts must be on the same drive") from None
+    infos, ids, labels, dtypes = [], [], [], {}
+    for p in parts:  # each part opened once: ids and labels are copied, the rest is mapped
+        with open_store(p) as f:
+            infos.append(_info(f))
+            _check_like(p, infos[-1], parts[0], infos[0])
+            ids.append(f["ids"][:])
+            labels.append({k: f["labels"][k][:] for k in infos[-1]["labels"]})
+            dtypes = dtypes or {(a, k): f["arms"][a][k].dtype for a in infos[0]["arms"]
+                                for k in ("flux", "ivar", "mask")}
+    first = infos[0]
+    kw = dict(track_times=False)
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w", track_order=True) as out:
+        out.attrs["mtopnet_version"] = __version__
+        out.attrs["schema_version"] = SCHEMA_VERSION
+        out.attrs["arms"] = json.dumps(list(first["arms"]))
+        for key, value in (attrs or {}).items():
+            out.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
+        sizes = [Path(p).stat().st_size for p in parts]
+        out.attrs["virtual_sources"] = json.dumps([list(x) for x in zip(names, sizes, strict=True)])
+        id_dtype = max((i.dtype for i in ids), key=lambda d: d.itemsize)
+        out.create_dataset("ids", data=np.concatenate(ids).astype(id_dtype), **kw)
+        lab = out.create_group("labels", track_order=True)
+        for k in first["labels"]:
+            lab.create_dataset(k, data=np.concatenate([part[k] for part in labels]), **kw)
+        arms = out.create_group("arms", track_order=True)
+        for a, wave in first["arms"].items():
+            g = arms.create_group(a, track_order=True)
+            g.create_dataset("wave", data=wave, **kw)
+            for key in ("flux", "ivar", "mask"):
+                _virtual_dataset(g, key, dtypes[a, key], len(wave), names, [i["n"] for i in infos], f"arms/{a}/{key}")
+    write_file_atomic(path, buffer.getbuffer())
