@@ -437,9 +437,7 @@ def read_catalogue(path: str | Path) -> dict[str, np.ndarray]:
     fmt = catalogue_format(path)
     try:
         if fmt == "fits":
-            from astropy.table import Table
-            table = Table.read(path, format="fits")
-            out = {name: np.asarray(table[name]) for name in table.colnames}
+            out = _read_fits_table(path)
         else:
             import pyarrow as pa
             import pyarrow.csv as pcsv
@@ -461,8 +459,52 @@ def read_catalogue(path: str | Path) -> dict[str, np.ndarray]:
                 out[name] = np.char.decode(value, "ascii") if value.dtype.kind == "S" else value.astype(str)
         out = upgrade_legacy(out)
         return {**{k: out[k] for k in ALL_COLUMNS if k in out}, **out}
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{path}: cannot read the catalogue ({str(exc).splitlines()[0]})") from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise UserError(f"{path}: not a readable catalogue ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException | Warning) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+_CORRUPT_FITS = ("truncated", "corrupt", "Header size is not multiple", "Error validating header",
+                 "Unexpected bytes trailing")
+"""Parts of astropy's warnings that mean the FITS file is damaged (read_catalogue refuses it)."""
+
+
+def _read_fits_table(path: Path) -> dict[str, np.ndarray]:
+    """The columns of a FITS catalogue's HDU ``REDSHIFTS`` (a catalogue without one, of an older
+    layout: its first table), read by name so that astropy does not warn about the other tables
+    (FIBERMAP, SPECOBJ, ...). ValueError, with astropy's reason, for a damaged file (truncated,
+    corrupt header): astropy's warnings about it are not shown, they become that one error."""
+    import warnings
+
+    from astropy.io import fits
+    from astropy.table import Table
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with fits.open(path, memmap=False) as hdul:
+                try:
+                    hdu = hdul["REDSHIFTS"]
+                except KeyError:
+                    hdu = next((h for h in hdul if isinstance(h, (fits.BinTableHDU, fits.TableHDU))), None)
+                if hdu is None:
+                    raise ValueError("no table HDU (REDSHIFTS) in the file")
+                table = Table.read(hdu)
+                out = {name: np.array(table[name]) for name in table.colnames}
+            error: Exception | None = None
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            error = exc
+    damaged = [w for w in caught if any(part in str(w.message) for part in _CORRUPT_FITS)]
+    if damaged:  # astropy's own words on the damage say more than what failed because of it
+        raise ValueError("; ".join(line.strip(" .") for line in str(damaged[0].message).splitlines()
+                                   if line.strip() and "zero-based" not in line))
+    if error is not None:
+        raise error
+    for w in caught:  # anything else astropy had to say about a readable file
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return out
 
 
 def read_zbin_centres(path: str | Path) -> np.ndarray | None:
