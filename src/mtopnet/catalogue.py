@@ -2,7 +2,8 @@
 
 One row per input spectrum, input order. The columns (names, dtypes, units, descriptions)
 and the ZWARN / ZWARN_INFO bits are :mod:`mtopnet.columns`' one table (docs/catalogue.md).
-FITS: HDU ``REDSHIFTS`` with TUNIT and TCOMM for every column, the provenance in both
+FITS: HDU ``REDSHIFTS`` with TCOMM for every column and TUNIT for those with a unit (the
+others are dimensionless by declaration: :class:`mtopnet.columns.Column`), the provenance in both
 headers, with ``--pdf`` an HDU ``ZBINS`` of the bin centres of ``Z_PDF``, then the inputs'
 per-object tables (DESI ``FIBERMAP``, SDSS ``SPECOBJ``; :mod:`mtopnet.io.passthrough`); Parquet: the same
 names, with units and descriptions as field metadata, the provenance and the bin centres as
