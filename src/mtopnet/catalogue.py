@@ -19,6 +19,11 @@ catalogue. For the whole run the writer holds an advisory lock (``fcntl.flock``)
 when its process dies (even by SIGKILL), so a killed run never blocks the next one, which also
 removes the killed run's temporary files. A full disk or a read-only folder ends as
 :func:`mtopnet.store.write_error`'s one line, with the temporary file removed.
+
+Over 500 lines: the writers of the three formats (sharing the lock, the temporary names and the
+column handling) and their readers (which undo what the writers do, old layouts and damaged
+files included) are one file format, kept in one place; the column table is in
+:mod:`mtopnet.columns`.
 """
 from __future__ import annotations
 
@@ -461,46 +466,37 @@ def read_catalogue(path: str | Path) -> dict[str, np.ndarray]:
         out = upgrade_legacy(out)
         return {**{k: out[k] for k in ALL_COLUMNS if k in out}, **out}
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise UserError(f"{path}: not a readable catalogue ({_first_line(exc)})") from None
+        raise UserError(f"{path}: not a readable catalogue ({(str(exc).splitlines() or [repr(exc)])[0]})") from None
 
 
-def _first_line(exc: BaseException | Warning) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-_CORRUPT_FITS = ("truncated", "corrupt", "Header size is not multiple", "Error validating header",
-                 "Unexpected bytes trailing")
-"""Parts of astropy's warnings that mean the FITS file is damaged (read_catalogue refuses it)."""
+_DAMAGED = ("truncated", "corrupt", "Header size is not multiple", "Error validating header")
+"""Words of astropy's warnings about a damaged FITS file (read_catalogue refuses the file)."""
 
 
 def _read_fits_table(path: Path) -> dict[str, np.ndarray]:
-    """The columns of a FITS catalogue's HDU ``REDSHIFTS`` (a catalogue without one, of an older
-    layout: its first table), read by name so that astropy does not warn about the other tables
-    (FIBERMAP, SPECOBJ, ...). ValueError, with astropy's reason, for a damaged file (truncated,
-    corrupt header): astropy's warnings about it are not shown, they become that one error."""
+    """Columns of the HDU REDSHIFTS (an older catalogue without one: its first table), read by
+    name so that astropy does not warn about FIBERMAP or SPECOBJ. ValueError for a damaged file
+    (truncated, bad header), in astropy's words; its warnings become that one error."""
     import warnings
 
     from astropy.io import fits
     from astropy.table import Table
+    error, out = None, {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             with fits.open(path, memmap=False) as hdul:
-                try:
-                    hdu = hdul["REDSHIFTS"]
-                except KeyError:
-                    hdu = next((h for h in hdul if isinstance(h, (fits.BinTableHDU, fits.TableHDU))), None)
-                if hdu is None:
+                tables = [h for h in hdul if isinstance(h, (fits.BinTableHDU, fits.TableHDU))]
+                if not tables:
                     raise ValueError("no table HDU (REDSHIFTS) in the file")
-                table = Table.read(hdu)
+                table = Table.read(next((h for h in tables if h.name == "REDSHIFTS"), tables[0]))
                 out = {name: np.array(table[name]) for name in table.colnames}
-            error: Exception | None = None
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             error = exc
-    damaged = [w for w in caught if any(part in str(w.message) for part in _CORRUPT_FITS)]
-    if damaged:  # astropy's own words on the damage say more than what failed because of it
-        raise ValueError("; ".join(line.strip(" .") for line in str(damaged[0].message).splitlines()
-                                   if line.strip() and "zero-based" not in line))
+    damaged = [str(w.message) for w in caught if any(word in str(w.message) for word in _DAMAGED)]
+    if damaged:  # astropy's words on the damage say more than what failed because of it
+        lines = [t.strip(" .") for t in damaged[0].splitlines() if t.strip() and "zero-based" not in t]
+        raise ValueError("; ".join(lines))
     if error is not None:
         raise error
     for w in caught:  # anything else astropy had to say about a readable file

@@ -463,8 +463,10 @@
       sortBy("spectype");
       const types = S.filtered.map((r) => d.spectype[r]).filter((v) => v);
       check(types.every((v, i) => i === 0 || types[i - 1] <= v), "sorting by SPECTYPE");
+      pick("notgalaxy");
       const cells = $("table").tBodies[0].querySelectorAll("td.nongalaxy");
       check(cells.length === Math.min(notGalaxy.length, S.pageSize), "non-GALAXY rows marked in the table: " + cells.length);
+      pick("any");
       if (notGalaxy.length) {
         openObject(notGalaxy[0]);
         const span = $("obj-props").querySelector("span[data-key=spectype]");
