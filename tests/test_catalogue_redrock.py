@@ -204,4 +204,22 @@ def test_desi_fibermap_is_passed_through(tiny_model_path, tmp_path):
             for name in ("TARGETID", "TARGET_RA", "TARGET_DEC", "OBJTYPE"):
                 np.testing.assert_array_equal(fibermap[name], np.concatenate([t[name] for t in inputs]))
         predict_store(model, desi, tmp_path / "desi.parquet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # REDSHIFTS read by name: no "multiple tables are present"
+        np.testing.assert_array_equal(read_catalogue(out)["TARGETID"], ids)
     assert len(read_catalogue(tmp_path / "desi.parquet")["TARGETID"]) == len(ids)
+
+
+def test_fits_catalogue_is_read_from_its_redshifts_hdu(tmp_path):
+    """The HDU REDSHIFTS wherever it is; a file without one (an older catalogue): its first
+    table. Neither makes astropy warn about the other tables."""
+    rows = fits.table_to_hdu(Table({"TARGETID": np.array([1, 2]), "Z": [0.5, 1.0]}))
+    other = fits.table_to_hdu(Table({"TARGETID": np.array([9]), "Z": [7.0]}))
+    for first, second, name in ((other, rows, "FIBERMAP"), (rows, other, "SPECOBJ")):
+        first.name, second.name = (name, "REDSHIFTS") if first is other else ("CATALOGUE", name)
+        path = tmp_path / f"{name}.fits"
+        fits.HDUList([fits.PrimaryHDU(), first.copy(), second.copy()]).writeto(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            cat = read_catalogue(path)
+        assert list(cat["TARGETID"]) == [1, 2] and list(cat["Z"]) == [0.5, 1.0], name

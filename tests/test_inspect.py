@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 
 from mtopnet.catalogue import read_catalogue
 from mtopnet.cli import main
+from mtopnet.columns import ZInfo
 from mtopnet.config import UserError
 from mtopnet.inspect import NativeBasis, best_fit, catalogue_table, pdf_zoom, write_inspection
 from mtopnet.predict import predict_store
@@ -96,11 +98,31 @@ def test_evaluate_pdf_panels_zoom_on_the_peaks():
 
 def test_catalogue_columns_are_found_in_any_case():
     cat = {"TARGETID": np.arange(2), "Z": np.ones(2), "QOP": np.ones(2), "ZWARN": np.zeros(2),
-           "P_DZ01": np.ones(2), "LOGMSTAR": np.ones(2), "LOGSFR": np.ones(2), "ZERR": np.ones(2)}
+           "P_DZ01": np.ones(2), "LOGMSTAR": np.ones(2), "LOGSFR": np.ones(2), "ZERR": np.ones(2),
+           "SPECTYPE": np.array(["GALAXY", "QSO"])}
     table = catalogue_table(cat)
-    assert set(table) == {"id", "z", "qop", "zwarn", "p_dz01", "logmstar", "logsfr", "z_err"}
-    with pytest.raises(UserError, match="no column qop"):
-        catalogue_table({k: v for k, v in cat.items() if k != "QOP"})
+    assert set(table) == {"id", "z", "qop", "zwarn", "p_dz01", "logmstar", "logsfr", "z_err", "spectype"}
+    with pytest.raises(UserError, match=r"no column QOP, LOGSFR \(is it from"):  # today's names
+        catalogue_table({k: v for k, v in cat.items() if k not in ("QOP", "LOGSFR")})
+
+
+def test_a_damaged_catalogue_is_one_line(toy_catalogues, toy_stores, tmp_path, capsys):
+    """A truncated FITS catalogue: one error line naming it unreadable, exit 2, no astropy
+    warnings; a readable file without mtopnet's columns: the columns named as they are now."""
+    cat_path, _ = toy_catalogues
+    data = cat_path.read_bytes()
+    for n in (3000, len(data) // 2):  # inside the first header; inside the rows
+        bad = tmp_path / f"cut{n}.fits"
+        bad.write_bytes(data[:n])
+        capsys.readouterr()
+        assert main(["inspect", str(bad), str(toy_stores[2]), "--out", str(tmp_path / f"p{n}")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "not a readable catalogue" in err, err
+        assert not (tmp_path / f"p{n}").exists()
+    redrock = Path(__file__).parent / "data" / "desi" / "redrock-4-80613-thru20210324.fits"
+    assert main(["inspect", str(redrock), str(toy_stores[2]), "--out", str(tmp_path / "rr")]) == 2
+    err = capsys.readouterr().err
+    assert "no column QOP, P_DZ01, LOGMSTAR, LOGSFR" in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +149,7 @@ def test_the_page_files(toy_catalogues, toy_stores, tmp_path):
     assert '"model":[' in text and '"pdf":{' in text and '"zoom":[' in text
     index = (page / "catalogue.js").read_text()
     assert index.startswith("MTOP.catalogue({") and '"OUT_OF_DOMAIN"' in index
+    assert '"key":"spectype"' in index and '"zwarn_info_bits":{' in index and '"NOISE_ESTIMATED"' in index
     with pytest.raises(UserError, match="holds an inspection page"):
         write_inspection(cat_path, toy_stores[2], page)
     # a catalogue without PDFs: the index says so; the CLI writes it and reports the sizes
@@ -162,6 +185,20 @@ def test_the_page_in_headless_chromium(toy_catalogues, toy_stores, tmp_path):
     write_inspection(csv_path, toy_stores[2], tmp_path / "nopdf", fit=False)
     assert _selftest(tmp_path / "page", tmp_path) == "SELFTEST PASS"
     assert _selftest(tmp_path / "nopdf", tmp_path) == "SELFTEST PASS"
+    # a QSO and a star among the galaxies, with ZWARN_INFO bits: the self-test checks the
+    # SPECTYPE filter, sort and marks and the decoded bits, and ends on the QSO's panel
+    shutil.copytree(tmp_path / "page", tmp_path / "types")
+    index = tmp_path / "types" / "catalogue.js"
+    blob = json.loads(index.read_text()[len("MTOP.catalogue("):-len(");\n")])
+    assert blob["data"]["spectype"] == ["GALAXY"] * blob["n"]
+    blob["data"]["spectype"][1], blob["data"]["spectype"][2], blob["data"]["subtype"][2] = "QSO", "STAR", "K"
+    blob["data"]["zwarn_info"][1] = int(ZInfo.LOW_SN | ZInfo.MULTI_PEAK)
+    index.write_text("MTOP.catalogue(" + json.dumps(blob) + ");\n")
+    dom = _chromium(["--dump-dom"], (tmp_path / "types" / "index.html").resolve().as_uri() + "#selftest", tmp_path)
+    assert "SELFTEST PASS" in dom, re.search(r'id="selftest-result"[^>]*>([^<]*)<', dom).group(1)
+    props = html.unescape(re.search(r'<div id="obj-props">(.*?)</div>', dom, re.S).group(1))
+    assert re.search(r"<b>SPECTYPE</b> QSO", props) and "<b>ZWARN_INFO</b> LOW_SN MULTI_PEAK (6)" in props, props
+    assert "not a galaxy redshift" in dom
     shot = tmp_path / "object.png"
     _chromium([f"--screenshot={shot}"], (tmp_path / "page" / "index.html").resolve().as_uri() + "#selftest", tmp_path)
     assert shot.is_file() and shot.stat().st_size > 20_000

@@ -17,6 +17,7 @@ from mtopnet.priors import (
     UNINFORMATIVE_QOP,
     UNINFORMATIVE_SIGMA,
     UNINFORMATIVE_ZWARN,
+    check_priors_out,
     prior_columns,
     write_priors,
 )
@@ -80,3 +81,40 @@ def test_priors_need_integer_ids_and_fits(tmp_path):
     assert np.allclose(cols["SIGMA"], SIGMA_FLOOR * 2)  # a zero-width interval gets the floor
     with pytest.raises(UserError, match="use .fits"):
         write_priors(tmp_path / "p.csv", [cols])
+
+
+@pytest.mark.parametrize("case", ["same-as-out", "same-as-input", "link-to-out", "not-fits", "folder",
+                                  "folder-overwrite"])
+def test_a_bad_priors_out_is_refused_before_anything_is_written(case, tmp_path, capsys):
+    """--priors-out is checked up front (the model named does not even exist): one line, exit
+    2, and no catalogue written."""
+    inp = tmp_path / "in.fits"
+    inp.write_bytes(b"not read: the checks come first")
+    out = tmp_path / "cat.fits"
+    priors, extra, expected = {
+        "same-as-out": (out, [], "the same file as --out"),
+        "same-as-input": (inp, ["--overwrite"], "the same file as the input"),
+        "link-to-out": (tmp_path / "link.fits", [], "the same file as --out"),
+        "not-fits": (tmp_path / "priors.csv", [], "use .fits"),
+        "folder": (tmp_path / "dir.fits", [], "is a folder"),
+        "folder-overwrite": (tmp_path / "dir.fits", ["--overwrite"], "is a folder"),
+    }[case]
+    if case == "link-to-out":
+        priors.symlink_to(out)
+    if case.startswith("folder"):
+        priors.mkdir()
+    before = inp.read_bytes()
+    code = main(["predict", str(inp), "--model", str(tmp_path / "no-model.pt"), "--out", str(out),
+                 "--priors-out", str(priors), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and inp.read_bytes() == before
+
+
+def test_check_priors_out_expands_input_patterns(tmp_path):
+    (tmp_path / "a.fits").write_bytes(b"x")
+    with pytest.raises(UserError, match="the same file as the input"):
+        check_priors_out(tmp_path / "a.fits", tmp_path / "cat.fits", [str(tmp_path / "*.fits")], overwrite=True)
+    assert check_priors_out(tmp_path / "p.fits", tmp_path / "cat.fits", [str(tmp_path / "*.fits")]) \
+        == tmp_path / "p.fits"

@@ -2,7 +2,8 @@
 
 One row per input spectrum, input order. The columns (names, dtypes, units, descriptions)
 and the ZWARN / ZWARN_INFO bits are :mod:`mtopnet.columns`' one table (docs/catalogue.md).
-FITS: HDU ``REDSHIFTS`` with TUNIT and TCOMM for every column, the provenance in both
+FITS: HDU ``REDSHIFTS`` with TCOMM for every column and TUNIT for those with a unit (the
+others are dimensionless by declaration: :class:`mtopnet.columns.Column`), the provenance in both
 headers, with ``--pdf`` an HDU ``ZBINS`` of the bin centres of ``Z_PDF``, then the inputs'
 per-object tables (DESI ``FIBERMAP``, SDSS ``SPECOBJ``; :mod:`mtopnet.io.passthrough`); Parquet: the same
 names, with units and descriptions as field metadata, the provenance and the bin centres as
@@ -18,6 +19,11 @@ catalogue. For the whole run the writer holds an advisory lock (``fcntl.flock``)
 when its process dies (even by SIGKILL), so a killed run never blocks the next one, which also
 removes the killed run's temporary files. A full disk or a read-only folder ends as
 :func:`mtopnet.store.write_error`'s one line, with the temporary file removed.
+
+Over 500 lines: the writers of the three formats (sharing the lock, the temporary names and the
+column handling) and their readers (which undo what the writers do, old layouts and damaged
+files included) are one file format, kept in one place; the column table is in
+:mod:`mtopnet.columns`.
 """
 from __future__ import annotations
 
@@ -437,9 +443,7 @@ def read_catalogue(path: str | Path) -> dict[str, np.ndarray]:
     fmt = catalogue_format(path)
     try:
         if fmt == "fits":
-            from astropy.table import Table
-            table = Table.read(path, format="fits")
-            out = {name: np.asarray(table[name]) for name in table.colnames}
+            out = _read_fits_table(path)
         else:
             import pyarrow as pa
             import pyarrow.csv as pcsv
@@ -461,8 +465,43 @@ def read_catalogue(path: str | Path) -> dict[str, np.ndarray]:
                 out[name] = np.char.decode(value, "ascii") if value.dtype.kind == "S" else value.astype(str)
         out = upgrade_legacy(out)
         return {**{k: out[k] for k in ALL_COLUMNS if k in out}, **out}
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{path}: cannot read the catalogue ({str(exc).splitlines()[0]})") from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise UserError(f"{path}: not a readable catalogue ({(str(exc).splitlines() or [repr(exc)])[0]})") from None
+
+
+_DAMAGED = ("truncated", "corrupt", "Header size is not multiple", "Error validating header")
+"""Words of astropy's warnings about a damaged FITS file (read_catalogue refuses the file)."""
+
+
+def _read_fits_table(path: Path) -> dict[str, np.ndarray]:
+    """Columns of the HDU REDSHIFTS (an older catalogue without one: its first table), read by
+    name so that astropy does not warn about FIBERMAP or SPECOBJ. ValueError for a damaged file
+    (truncated, bad header), in astropy's words; its warnings become that one error."""
+    import warnings
+
+    from astropy.io import fits
+    from astropy.table import Table
+    error, out = None, {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with fits.open(path, memmap=False) as hdul:
+                tables = [h for h in hdul if isinstance(h, (fits.BinTableHDU, fits.TableHDU))]
+                if not tables:
+                    raise ValueError("no table HDU (REDSHIFTS) in the file")
+                table = Table.read(next((h for h in tables if h.name == "REDSHIFTS"), tables[0]))
+                out = {name: np.array(table[name]) for name in table.colnames}
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            error = exc
+    damaged = [str(w.message) for w in caught if any(word in str(w.message) for word in _DAMAGED)]
+    if damaged:  # astropy's words on the damage say more than what failed because of it
+        lines = [t.strip(" .") for t in damaged[0].splitlines() if t.strip() and "zero-based" not in t]
+        raise ValueError("; ".join(lines))
+    if error is not None:
+        raise error
+    for w in caught:  # anything else astropy had to say about a readable file
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return out
 
 
 def read_zbin_centres(path: str | Path) -> np.ndarray | None:

@@ -48,7 +48,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from . import __version__
-from .catalogue import ZWarn, read_catalogue, read_zbin_centres
+from .catalogue import read_catalogue, read_zbin_centres
+from .columns import ZInfo, ZWarn
 from .config import UserError
 from .constants import C_KMS
 from .io import read_spectra
@@ -65,6 +66,8 @@ ASSETS = ("index.html", "inspect.js", "inspect.css")
 TABLE_COLUMNS: tuple[tuple[str, tuple[str, ...], str, int], ...] = (
     ("id", ("targetid",), "TARGETID", -1),
     ("z", ("z",), "Z", 5),
+    ("spectype", ("spectype",), "SPECTYPE", -1),
+    ("subtype", ("subtype",), "SUBTYPE", -1),
     ("qop", ("qop",), "QOP", 0),
     ("zwarn", ("zwarn",), "ZWARN", 0),
     ("p_dz01", ("p_dz01",), "P_DZ01", 3),
@@ -83,7 +86,8 @@ TABLE_COLUMNS: tuple[tuple[str, tuple[str, ...], str, int], ...] = (
 """Table columns: the page's key, catalogue names (any case; the first found is used; a
 catalogue of the layout before the Redrock one is read in today's names by
 :func:`mtopnet.catalogue.read_catalogue`), header, decimals (-1: text). TARGETID, Z, QOP,
-ZWARN, P_DZ01, LOGMSTAR, LOGSFR are required; the rest are shown when the catalogue has them."""
+ZWARN, P_DZ01, LOGMSTAR, LOGSFR are required; the rest are shown when the catalogue has them
+(SPECTYPE, SUBTYPE: Redrock's; a row that is not GALAXY is marked on the page)."""
 REQUIRED = ("id", "z", "qop", "zwarn", "p_dz01", "logmstar", "logsfr")
 LEVELS = 2000
 """Spectra are written as integers: value / (robust amplitude / LEVELS), 4-5 digits each."""
@@ -110,7 +114,7 @@ def catalogue_table(cat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         found = next((lower[n] for n in names if n in lower), None)
         if found is not None:
             out[key] = np.asarray(cat[found])
-    missing = [k for k in REQUIRED if k not in out]
+    missing = [names[0].upper() for key, names, _, _ in TABLE_COLUMNS if key in REQUIRED and key not in out]
     if missing:
         raise UserError(f"the catalogue has no column {', '.join(missing)} (is it from `mtopnet predict`?)")
     return out
@@ -417,6 +421,7 @@ def write_inspection(catalogue: str | os.PathLike, inputs: list[str | os.PathLik
         "data": {key: _clean(table[key], dec) for key, _, _, dec in TABLE_COLUMNS if key in table},
         "has_spectrum": seen.astype(int).tolist(),
         "zwarn_bits": {str(int(bit)): bit.name for bit in ZWarn},
+        "zwarn_info_bits": {str(int(bit)): bit.name for bit in ZInfo},
         "zbins": _clean(centres, 6) if has_pdf else None,
         "lines": [{"name": line.name, "wave": line.wave, "kind": line.kind} for line in lines],
         "fit": "templates + line groups at the catalogue z (native pixels)" if fit else None,

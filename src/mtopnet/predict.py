@@ -59,7 +59,7 @@ from .instruments import Instrument, load_instrument
 from .io import input_passthrough, stack_passthrough
 from .logs import progress_enabled
 from .preprocess import apply_sky_masks
-from .priors import prior_columns, write_priors
+from .priors import check_priors_out, prior_columns, write_priors
 from .provenance import catalogue_provenance
 from .quality import central_intervals, pdf_summary, window_mass
 from .refine import (
@@ -484,7 +484,7 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
     catalogue_format(out)
     check_writable(out, overwrite)
     if priors_out is not None:
-        check_writable(priors_out, overwrite)
+        check_priors_out(priors_out, out, inputs, overwrite)
     if batch_size < 1:
         raise UserError(f"batch size: must be >= 1, got {batch_size}")
     if threads < 1:
@@ -626,6 +626,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     catalogue_format(args.out)
     check_writable(args.out, args.overwrite)
+    if args.priors_out is not None:  # before the model loads and anything is written
+        check_priors_out(args.priors_out, args.out, args.inputs, args.overwrite)
     if args.batch_size < 1:
         raise UserError(f"--batch-size: must be >= 1, got {args.batch_size}")
     for name in ("workers", "shard_size", "threads"):

@@ -19,17 +19,22 @@ picks the minima it refines; its fine fits are the data's alone. One row per cat
                        finite (then Z = 0)
 
 The file is written atomically (a temporary name in the same folder, then renamed).
+:func:`check_priors_out` refuses a bad ``--priors-out`` before anything is written: a name
+that is not FITS, a folder, an existing file without ``--overwrite``, or the same file as the
+catalogue or as an input (which the priors would replace).
 """
 from __future__ import annotations
 
+import glob
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from .columns import ZWarn
 from .config import UserError
-from .store import remove_partial, write_error
+from .store import check_writable, remove_partial, write_error
 
 SIGMA_FLOOR = 0.002
 """Smallest prior SIGMA per unit (1 + z): a few of Redrock's coarse steps (~3e-4 in log10(1 + z))."""
@@ -64,13 +69,47 @@ def prior_columns(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"TARGETID": ids.astype(np.int64), "Z": z, "SIGMA": sigma}
 
 
+def _check_fits_name(path: Path) -> None:
+    if not path.name.lower().endswith((".fits", ".fit")):
+        raise UserError(f"{path}: a Redrock priors file is FITS; use .fits")
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether paths ``a`` and ``b`` name one file (symbolic links resolved; hard links too
+    where both exist)."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def check_priors_out(path: str | Path, out: str | Path, inputs: Iterable[str | Path] = (),
+                     overwrite: bool = False) -> Path:
+    """Check ``--priors-out`` before anything is written; returns it as a Path.
+
+    UserError (one line): not a .fits/.fit name; the same file as the catalogue ``out`` or as
+    one of ``inputs`` (glob patterns expanded); a folder; an existing file without
+    ``overwrite``; a folder that cannot be written in (:func:`mtopnet.store.check_writable`).
+    """
+    path = Path(path)
+    _check_fits_name(path)
+    if _same_file(path, out):
+        raise UserError(f"--priors-out {path}: the same file as --out; name another file for the priors")
+    for name in inputs:
+        matches = glob.glob(str(name)) if any(ch in str(name) for ch in "*?[") else [name]
+        if any(_same_file(path, m) for m in matches):
+            raise UserError(f"--priors-out {path}: the same file as the input {name}; name another file")
+    return check_writable(path, overwrite)
+
+
 def write_priors(path: str | Path, columns: list[dict[str, np.ndarray]]) -> int:
     """Write :func:`prior_columns` chunks as a Redrock priors FITS file; returns the row count.
     UserError: the name is not .fits, or the write failed (the temporary file is removed)."""
     from astropy.io import fits
     path = Path(path)
-    if not path.name.lower().endswith((".fits", ".fit")):
-        raise UserError(f"{path}: a Redrock priors file is FITS; use .fits")
+    _check_fits_name(path)
     cols = {k: np.concatenate([c[k] for c in columns]) if columns else np.zeros(0, dt)
             for k, dt in (("TARGETID", np.int64), ("Z", np.float64), ("SIGMA", np.float64))}
     n = len(cols["Z"])
@@ -90,4 +129,4 @@ def write_priors(path: str | Path, columns: list[dict[str, np.ndarray]]) -> int:
 
 
 __all__ = ["SIGMA_FLOOR", "FUNCTION", "UNINFORMATIVE_SIGMA", "UNINFORMATIVE_QOP", "UNINFORMATIVE_ZWARN",
-           "prior_columns", "write_priors"]
+           "prior_columns", "check_priors_out", "write_priors"]

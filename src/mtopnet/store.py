@@ -150,12 +150,12 @@ def decode_ids(ids: np.ndarray) -> np.ndarray:
 
 
 def check_writable(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing output unless ``overwrite``; refuse an unwritable folder."""
+    """Refuse a folder, an existing output unless ``overwrite``, and an unwritable folder to write in."""
     path = Path(path)
+    if path.is_dir():  # before "exists": --overwrite would not help
+        raise UserError(f"{path}: is a folder; name a file to write")
     if path.exists() and not overwrite:
         raise UserError(f"{path}: exists; pass --overwrite to replace it")
-    if path.exists() and path.is_dir():
-        raise UserError(f"{path}: is a directory")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"{parent}: no such directory")

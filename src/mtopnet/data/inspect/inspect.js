@@ -22,12 +22,20 @@
     if (dec < 0 || typeof v === "string") return String(v);
     return dec === 0 ? String(v) : Number(v).toFixed(dec);
   }
-  function zwarnNames(v) {
+  function bitNames(v, bits) {
     if (!v) return "";
     const names = [];
-    for (const [bit, name] of Object.entries(S.index.zwarn_bits)) if (v & Number(bit)) names.push(name);
+    for (const [bit, name] of Object.entries(bits || {})) if (v & Number(bit)) names.push(name);
     return names.join(" ");
   }
+  const zwarnNames = (v) => bitNames(v, S.index.zwarn_bits);          // ZWARN: mtopnet.columns.ZWarn
+  const zinfoNames = (v) => bitNames(v, S.index.zwarn_info_bits);     // ZWARN_INFO: mtopnet.columns.ZInfo
+  const BITS = { zwarn: zwarnNames, zwarn_info: zinfoNames };         // columns shown as bit names
+  function isGalaxy(row) { const t = S.index.data.spectype; return !t || !t[row] || t[row] === "GALAXY"; }
+  function typeText(row) {
+    const d = S.index.data; return (d.spectype ? d.spectype[row] || "" : "") + (d.subtype && d.subtype[row] ? " " + d.subtype[row] : "");
+  }
+  function cellText(key, v, dec) { return BITS[key] ? (v ? BITS[key](v) || String(v) : "0") : fmt(v, dec); }
   function niceTicks(lo, hi, n) {
     const span = hi - lo; if (!(span > 0)) return [lo];
     const raw = span / n, mag = Math.pow(10, Math.floor(Math.log10(raw)));
@@ -103,10 +111,12 @@
     const d = S.index.data, n = S.index.n;
     const text = $("f-text").value.trim().toLowerCase();
     const zmin = parseFloat($("f-zmin").value), zmax = parseFloat($("f-zmax").value);
-    const qmin = Number($("f-qop").value), zw0 = $("f-zwarn0").checked, vi = $("f-vi").value;
+    const qmin = Number($("f-qop").value), zw0 = $("f-zwarn0").checked, vi = $("f-vi").value, type = $("f-type").value;
     const out = [];
     for (const row of S.order) {
-      if (text && !(String(d.id[row]).toLowerCase().includes(text) || zwarnNames(d.zwarn[row]).toLowerCase().includes(text))) continue;
+      if (text && ![String(d.id[row]), zwarnNames(d.zwarn[row]), d.zwarn_info ? zinfoNames(d.zwarn_info[row]) : "", typeText(row)]
+        .some((s) => s.toLowerCase().includes(text))) continue;
+      if (type !== "any" && (type === "notgalaxy" ? isGalaxy(row) : !(d.spectype && d.spectype[row] === type))) continue;
       if (!isNaN(zmin) && !(d.z[row] >= zmin)) continue;
       if (!isNaN(zmax) && !(d.z[row] <= zmax)) continue;
       if (qmin && !(d.qop[row] >= qmin)) continue;
@@ -120,7 +130,7 @@
   function sortBy(key) {
     S.sortDir = S.sortKey === key ? -S.sortDir : 1; S.sortKey = key;
     const col = key === "vi" ? null : S.index.data[key], dir = S.sortDir;
-    const val = key === "vi" ? (r) => { const v = viOf(r); return v && v.q !== null ? v.q : null; } : (r) => col[r];
+    const val = key === "vi" ? (r) => { const v = viOf(r); return v && v.q !== null ? v.q : null; } : (r) => col[r] === "" ? null : col[r];
     const rows = Array.from({ length: S.index.n }, (_, i) => i);
     rows.sort((a, b) => {
       const va = val(a), vb = val(b);
@@ -147,8 +157,10 @@
       if (!S.index.has_spectrum[row]) { tr.className = "nospec"; tr.title = "no spectrum in the inputs"; }
       for (const c of cols) {
         const td = document.createElement("td"), v = d[c.key][row];
-        if (c.key === "zwarn") { td.className = "zwarn"; td.textContent = v ? zwarnNames(v) : "0"; td.title = "zwarn = " + v; }
-        else { td.textContent = fmt(v, c.decimals); if (c.decimals < 0) td.className = "text"; }
+        td.textContent = cellText(c.key, v, c.decimals);
+        if (BITS[c.key]) { td.className = "zwarn"; td.title = c.label + " = " + v; }
+        else if (c.key === "spectype" && !isGalaxy(row)) { td.className = "text nongalaxy"; td.title = "not a galaxy: Z is not a galaxy redshift"; }
+        else if (c.decimals < 0) td.className = "text";
         tr.appendChild(td);
       }
       const td = document.createElement("td"), v = viOf(row); td.textContent = v && v.q !== null ? v.q : ""; tr.appendChild(td);
@@ -178,8 +190,15 @@
     const d = S.index.data;
     $("obj-title").textContent = "id " + d.id[row] + "  (row " + row + ", " + (S.filtered.indexOf(row) + 1) + " of " + S.filtered.length + " shown)";
     const props = [];
-    for (const c of S.index.columns) if (c.key !== "id") props.push("<span><b>" + c.label + "</b> " + (c.key === "zwarn" ? (d.zwarn[row] ? zwarnNames(d.zwarn[row]) + " (" + d.zwarn[row] + ")" : "0") : fmt(d[c.key][row], c.decimals)) + "</span>");
+    const esc = (t) => String(t).replace(/[&<>"]/g, (ch) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[ch]));
+    for (const c of S.index.columns) {
+      if (c.key === "id" || (c.key === "subtype" && !d.subtype[row])) continue;
+      const v = d[c.key][row], text = cellText(c.key, v, c.decimals) + (BITS[c.key] && v ? " (" + v + ")" : "");
+      const cls = c.key === "spectype" && !isGalaxy(row) ? " class='nongalaxy'" : "";
+      props.push("<span data-key='" + c.key + "'" + cls + "><b>" + esc(c.label) + "</b> " + esc(text) + "</span>");
+    }
     $("obj-props").innerHTML = props.join("");
+    $("type-note").textContent = isGalaxy(row) ? "" : "SPECTYPE " + typeText(row) + ": the " + d.spectype[row] + " templates fit much better than a galaxy's; Z and QOP are not a galaxy redshift's.";
     $("obj-props").insertAdjacentHTML("beforeend", "<span id='fit-rchi2'></span>");
     showVI(row);
     if (location.hash.indexOf("selftest") < 0) history.replaceState(null, "", "#obj=" + row);
@@ -360,7 +379,8 @@
 
   // ------------------------------------------------------------------ wiring
   function bind() {
-    for (const id of ["f-text", "f-zmin", "f-zmax", "f-qop", "f-zwarn0", "f-vi"]) $(id).addEventListener("input", applyFilters);
+    for (const id of ["f-text", "f-zmin", "f-zmax", "f-qop", "f-zwarn0", "f-vi", "f-type"]) $(id).addEventListener("input", applyFilters);
+    $("f-type-box").hidden = !S.index.data.spectype;
     $("pg-prev").onclick = () => { S.page--; renderTable(); }; $("pg-next").onclick = () => { S.page++; renderTable(); };
     $("pg-first").onclick = () => { S.page = 0; renderTable(); }; $("pg-last").onclick = () => { S.page = 1e9; renderTable(); };
     $("pg-size").onchange = () => { S.pageSize = Number($("pg-size").value); renderTable(); };
@@ -421,6 +441,58 @@
   window.addEventListener("unhandledrejection", (e) => errors.push("unhandled rejection: " + e.reason));
   const consoleError = console.error.bind(console);
   console.error = (...a) => { errors.push("console.error: " + a.join(" ")); consoleError(...a); };
+  function checkTypesAndInfo(check) {
+    // SPECTYPE / SUBTYPE: a column, sortable, filterable; ZWARN_INFO: bit names in the table and
+    // the object panel. Ends with the first row that is not GALAXY open (if there is one).
+    const d = S.index.data, n = S.index.n, rows = Array.from({ length: n }, (_, i) => i);
+    const headKeys = Array.from($("table").tHead.querySelectorAll("th")).map((th) => th.dataset.key);
+    const pick = (value) => { $("f-type").value = value; $("f-type").dispatchEvent(new Event("input")); return S.filtered.length; };
+    if (d.spectype) {
+      check(headKeys.includes("spectype") && headKeys.includes("subtype") === !!d.subtype, "SPECTYPE/SUBTYPE columns: " + headKeys.join(","));
+      check(!$("f-type-box").hidden, "SPECTYPE filter shown");
+      const notGalaxy = rows.filter((r) => !isGalaxy(r));
+      check(pick("notgalaxy") === notGalaxy.length, "SPECTYPE filter 'not GALAXY': " + S.filtered.length + " of " + notGalaxy.length);
+      check(pick("GALAXY") === rows.filter((r) => d.spectype[r] === "GALAXY").length, "SPECTYPE filter GALAXY");
+      for (const t of ["QSO", "STAR"]) check(pick(t) === rows.filter((r) => d.spectype[r] === t).length, "SPECTYPE filter " + t);
+      pick("any");
+      if (notGalaxy.length) {
+        $("f-text").value = d.spectype[notGalaxy[0]].toLowerCase(); $("f-text").dispatchEvent(new Event("input"));
+        check(S.filtered.includes(notGalaxy[0]), "text filter finds a SPECTYPE");
+        $("f-text").value = ""; $("f-text").dispatchEvent(new Event("input"));
+      }
+      sortBy("spectype");
+      const types = S.filtered.map((r) => d.spectype[r]).filter((v) => v);
+      check(types.every((v, i) => i === 0 || types[i - 1] <= v), "sorting by SPECTYPE");
+      pick("notgalaxy");
+      const cells = $("table").tBodies[0].querySelectorAll("td.nongalaxy");
+      check(cells.length === Math.min(notGalaxy.length, S.pageSize), "non-GALAXY rows marked in the table: " + cells.length);
+      pick("any");
+      if (notGalaxy.length) {
+        openObject(notGalaxy[0]);
+        const span = $("obj-props").querySelector("span[data-key=spectype]");
+        check(!!span && span.classList.contains("nongalaxy") && span.textContent.includes(d.spectype[notGalaxy[0]]), "SPECTYPE in the object panel");
+        check($("type-note").textContent.includes(d.spectype[notGalaxy[0]]), "the object says it is not a galaxy");
+      }
+    }
+    if (d.zwarn_info) {
+      check(headKeys.includes("zwarn_info"), "ZWARN_INFO column");
+      const flagged = rows.filter((r) => d.zwarn_info[r]);
+      for (const r of flagged) {
+        const names = zinfoNames(d.zwarn_info[r]);
+        check(names && !/^\d+$/.test(names), "ZWARN_INFO " + d.zwarn_info[r] + " decoded: " + names);
+      }
+      const body = $("table").tBodies[0], col = S.index.columns.findIndex((c) => c.key === "zwarn_info");
+      for (const tr of body.rows) {
+        const r = Number(tr.dataset.row), v = d.zwarn_info[r];
+        check(tr.cells[col].textContent === (v ? zinfoNames(v) : "0"), "ZWARN_INFO cell of row " + r + ": " + tr.cells[col].textContent);
+      }
+      if (flagged.length) {
+        const r = flagged.find((x) => !isGalaxy(x)) ?? flagged[0]; if (S.current !== r) openObject(r);
+        const span = $("obj-props").querySelector("span[data-key=zwarn_info]");
+        check(!!span && span.textContent.includes(zinfoNames(d.zwarn_info[r])), "ZWARN_INFO names in the object panel");
+      }
+    }
+  }
   function selftest() {
     const fails = [], saved = localStorage.getItem(S.viKey), t0 = Date.now();
     const check = (ok, what) => { if (!ok) fails.push(what); };
@@ -461,6 +533,7 @@
         check(csv.startsWith("TARGETID,VI_Z,VI_QUALITY,VI_COMMENT\n"), "VI CSV header");
         check(csv.indexOf(id + "," + S.index.data.z[S.current] + ",4,\"test, \"\"quoted\"\"\"") >= 0, "VI CSV row: " + csv);
         check(JSON.parse(localStorage.getItem(S.viKey))[id].q === 4, "VI kept in localStorage");
+        checkTypesAndInfo(check);
       } catch (e) { fails.push("exception: " + e); }
       finish();
     };
