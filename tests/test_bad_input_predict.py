@@ -289,13 +289,19 @@ def test_out_of_domain_warning_is_said_once_per_run_with_the_count(tmp_path, tin
 
 def _wild(batch, factor: float = 1e4, seed: int = 1):
     """``batch`` with one unmasked pixel per spectrum, in the second arm, at ``factor`` x the
-    spectrum's median |flux| (and the arm's typical ivar)."""
+    spectrum's median |flux| (and the arm's typical ivar), on a pixel the MOONS LR sky masks
+    (which prediction applies to every input) leave alone."""
     import dataclasses
+
+    from mtopnet.instruments import load_instrument
     rng = np.random.default_rng(seed)
     arms = {a: {k: np.array(v, copy=True) for k, v in d.items()} for a, d in batch.arms.items()}
     arm = arms[list(arms)[1]]
+    n_pix = arm["flux"].shape[1]
+    clear = np.flatnonzero(load_instrument("moons-lr").sky_mask(np.asarray(arm["wave"], dtype=np.float64)) == 0)
+    clear = clear[(clear >= n_pix // 4) & (clear < 3 * n_pix // 4)]
     for i in range(len(batch)):
-        j = int(rng.integers(arm["flux"].shape[1] // 4, 3 * arm["flux"].shape[1] // 4))
+        j = int(rng.choice(clear))
         arm["flux"][i, j] = factor * max(float(np.nanmedian(np.abs(arm["flux"][i]))), 1.0)
         arm["mask"][i, j] = 0
         arm["ivar"][i, j] = np.median(arm["ivar"][i][arm["ivar"][i] > 0])
