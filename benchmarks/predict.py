@@ -120,9 +120,12 @@ def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: b
     available = store_info(store)["n"]
 
     def batches():  # the store read again from the start where N exceeds it
-        for start in range(0, n, batch_size):
-            lo = start % available
-            yield read_store(store, lo, min(available, lo + min(batch_size, n - start)))
+        done = 0
+        while done < n:
+            lo = done % available
+            take = min(batch_size, n - done, available - lo)
+            yield read_store(store, lo, lo + take)
+            done += take
 
     # warm up (first-call allocations, rebinning matrices) on a small batch, not timed
     list(predict_batches(m, [read_store(store, 0, 64)], refine=refiner))

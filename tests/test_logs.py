@@ -119,3 +119,23 @@ def test_predict_quiet_and_verbose(tiny_model_path, toy_stores, tmp_path, capsys
     assert any(line.startswith("mtopnet predict: debug: mtopnet.shards: ") and "1 shard(s)" in line
                for line in lines), lines
     assert any(line.startswith("mtopnet predict: debug: mtopnet.predict: model ") for line in lines), lines
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG])
+def test_other_libraries_info_lines_stay_out(capsys, level):
+    """Dask logs every scheduler and worker start at INFO: only its warnings reach the user,
+    even with -v; mtopnet's own lines follow the chosen level."""
+    from mtopnet.logs import cli_logging
+    dask_logger = logging.getLogger("distributed")
+    saved = dask_logger.level
+    dask_logger.setLevel(logging.INFO)  # as distributed's own configuration does on import
+    try:
+        with cli_logging("predict", level):
+            logging.getLogger("distributed.scheduler").info("State start")
+            logging.getLogger("distributed.nanny").warning("worker restarted")
+            logging.getLogger("mtopnet.shards").info("our line")
+    finally:
+        dask_logger.setLevel(saved)
+    err = capsys.readouterr().err
+    assert "State start" not in err
+    assert "worker restarted" in err and "our line" in err

@@ -65,6 +65,13 @@ def _log_warning(message: Warning | str, category: type[Warning], filename: str,
     logging.getLogger("py.warnings").warning("%s", message)
 
 
+def _ours_or_warning(record: logging.LogRecord) -> bool:
+    """mtopnet's records and Python warnings at the chosen level; other libraries' (Dask's
+    scheduler and workers log every start and stop at INFO) only from WARNING up."""
+    ours = record.name == ROOT or record.name.startswith(ROOT + ".") or record.name == "py.warnings"
+    return ours or record.levelno >= logging.WARNING
+
+
 @contextlib.contextmanager
 def cli_logging(command: str, level: int = logging.INFO) -> Iterator[logging.Handler]:
     """Configure logging for one command (see the module docstring); undone on exit.
@@ -77,6 +84,7 @@ def cli_logging(command: str, level: int = logging.INFO) -> Iterator[logging.Han
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter(command))
+    handler.addFilter(_ours_or_warning)
     root = logging.getLogger()
     ours = logging.getLogger(ROOT)
     py_warnings = logging.getLogger("py.warnings")
