@@ -72,9 +72,7 @@ def dask_client(scheduler: str | None, workers: int) -> tuple[Any, Any]:
     # the workers spent most of their time in the kernel (4,000 held-out spectra on 2 workers:
     # 61 s; with glibc's own adaptive thresholds, as in a single process: 38 s). The workers
     # get the rest of Dask's environment (one OpenMP / MKL / OpenBLAS thread).
-    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
-               if not k.startswith("MALLOC_")}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):  # None: unset
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                                silence_logs=logging.ERROR)  # ":0": any free port, never a clash with another run
     return Client(cluster), cluster
