@@ -98,7 +98,9 @@ def test_truth_table_and_store_round_trip(made, tmp_path):
     cs.write_truth(rows, tmp_path / "truth.fits", {"SEED": 7999})
     truth = cs.read_truth(tmp_path / "truth.fits")
     assert list(truth["id"]) == [r["id"] for r in rows]
-    np.testing.assert_allclose(truth["z"], [r["z"] for r in rows])
+    np.testing.assert_allclose(truth["z_drawn"], [r["z"] for r in rows])  # the redshift Bagpipes was given
+    np.testing.assert_allclose(truth["z"], cs.vacuum_redshift([r["z"] for r in rows]))  # shown on the vacuum grid
+    assert np.all(truth["z"] < truth["z_drawn"])
     cs.write_store_from_fits(out / "spectra", truth, tmp_path / "s.h5", {"seed": 7999})
     batch = read_store(tmp_path / "s.h5")
     assert list(batch.ids) == list(truth["id"]) and list(batch.arms) == list(cs.ARMS)
