@@ -205,6 +205,16 @@ def write_file_atomic(path: str | Path, data: memoryview | bytes) -> None:
         raise write_error(path, exc) from None
 
 
+def _write_root_attrs(f: h5py.File, arms: list[str], attrs: dict | None) -> None:
+    """A store's root attributes: versions, the arm names, then ``attrs`` (str/int/float as
+    they are, anything else as sorted JSON)."""
+    f.attrs["mtopnet_version"] = __version__
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["arms"] = json.dumps(arms)
+    for key, value in (attrs or {}).items():
+        f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
+
+
 def _write_bytes(path: Path, data: memoryview | bytes) -> None:
     """Write ``data`` to a new file ``path`` (plain file I/O; OSError on failure)."""
     with open(path, "wb") as handle:
@@ -250,11 +260,7 @@ def write_store(path: str | Path, batch: SpectraBatch, attrs: dict | None = None
     _compression_kw(compression)
     buffer = io.BytesIO()
     with h5py.File(buffer, "w", track_order=True) as f:
-        f.attrs["mtopnet_version"] = __version__
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["arms"] = json.dumps(list(batch.arms))
-        for key, value in (attrs or {}).items():
-            f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
+        _write_root_attrs(f, list(batch.arms), attrs)
         f.create_dataset("ids", data=encode_ids(batch.ids), **kw)
         lab = f.create_group("labels", track_order=True)
         for key, value in batch.labels.items():
@@ -427,11 +433,7 @@ def _merge_into(tmp: Path, parts: list[str | Path], infos: list[dict], n: int, a
     first = infos[0]
     kw = dict(track_times=False)
     with h5py.File(tmp, "w", track_order=True) as out:
-        out.attrs["mtopnet_version"] = __version__
-        out.attrs["schema_version"] = SCHEMA_VERSION
-        out.attrs["arms"] = json.dumps(list(first["arms"]))
-        for key, value in (attrs or {}).items():
-            out.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
+        _write_root_attrs(out, list(first["arms"]), attrs)
         with h5py.File(parts[0], "r") as f0:
             id_dtype = f0["ids"].dtype
             if id_dtype.kind == "S":  # the longest id of all parts
@@ -527,11 +529,7 @@ def write_virtual_store(path: str | Path, parts: list[str | Path], attrs: dict |
     kw = dict(track_times=False)
     buffer = io.BytesIO()
     with h5py.File(buffer, "w", track_order=True) as out:
-        out.attrs["mtopnet_version"] = __version__
-        out.attrs["schema_version"] = SCHEMA_VERSION
-        out.attrs["arms"] = json.dumps(list(first["arms"]))
-        for key, value in (attrs or {}).items():
-            out.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
+        _write_root_attrs(out, list(first["arms"]), attrs)
         sizes = [Path(p).stat().st_size for p in parts]
         out.attrs["virtual_sources"] = json.dumps([list(x) for x in zip(names, sizes, strict=True)])
         id_dtype = max((i.dtype for i in ids), key=lambda d: d.itemsize)
