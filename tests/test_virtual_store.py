@@ -103,12 +103,18 @@ def test_a_missing_or_changed_shard_is_one_line_not_zeros(shards):
         read_store(virtual)
 
 
-def test_training_reads_a_virtual_store(shards, toy_stores, tmp_path):
+def _virtual_and_copy(shards, tmp_path):
+    """(virtual store over the shards, its consolidated copy)."""
     folder, paths, _ = shards
     virtual = folder.parent / "s.h5"
     write_virtual_store(virtual, paths, {"instrument": "toy"})
     copy = tmp_path / "copy.h5"
     consolidate_store(virtual, copy)
+    return virtual, copy
+
+
+def test_training_reads_a_virtual_store(shards, toy_stores, tmp_path):
+    virtual, copy = _virtual_and_copy(shards, tmp_path)
     a = build_cache(virtual, TINY_PRE, tmp_path / "ca", progress=False)
     b = build_cache(copy, TINY_PRE, tmp_path / "cb", progress=False)
     assert np.array_equal(a.spectrum, b.spectrum) and np.array_equal(a.continuum, b.continuum)
@@ -185,11 +191,7 @@ def test_predict_reads_a_virtual_store_as_its_copy(shards, tiny_model_path, tmp_
     from mtopnet.catalogue import read_catalogue
     from mtopnet.predict import predict_store
     from mtopnet.trained import load_model
-    folder, paths, _ = shards
-    virtual = folder.parent / "s.h5"
-    write_virtual_store(virtual, paths, {"instrument": "toy"})
-    copy = tmp_path / "copy.h5"
-    consolidate_store(virtual, copy)
+    virtual, copy = _virtual_and_copy(shards, tmp_path)
     model = load_model(tiny_model_path)
     for store, out in ((virtual, tmp_path / "v.parquet"), (copy, tmp_path / "c.parquet")):
         assert predict_store(model, [store], out, batch_size=32, shard_size=64) == sum(SIZES)
