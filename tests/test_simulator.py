@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import platform
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -219,6 +224,33 @@ def test_same_seed_same_bytes_and_worker_independent(tmp_path):
         assert f["arms/H/flux"].shape[0] == 30 and f["arms/H/flux"].is_virtual
         h = f["labels/hmag"][:]
         assert np.all((h >= 20) & (h <= 25.5))
+
+
+_THREADS_SCRIPT = """
+import numpy as np
+from threadpoolctl import threadpool_limits
+from mtopnet import simulate as sim
+from mtopnet.config import Exposure
+spec = sim.SimulationSpec(instrument="moons-lr", exposure=Exposure(8 * 3600), n=10, seed=3, shard_size=10)
+shards = []
+for threads in (4, 1):
+    with threadpool_limits(limits=threads, user_api="blas"):
+        shards.append(sim.simulate_shard(spec, 0))
+a, b = shards
+assert all(np.array_equal(a.arms[k][x], b.arms[k][x]) for k in a.arms for x in ("flux", "ivar", "mask"))
+print("same")
+"""
+
+
+def test_a_shard_does_not_depend_on_the_blas_thread_count():
+    """OpenBLAS's Haswell kernels give float32 products that depend on the thread count; a shard
+    made here (all cores) must equal one made on a single-threaded Dask worker."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() != "x86_64" or not cpuinfo.exists() or " avx2" not in cpuinfo.read_text():
+        pytest.skip("needs an x86-64 CPU with AVX2 (OpenBLAS's Haswell kernels)")
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell", OPENBLAS_NUM_THREADS="4")
+    done = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-2000:]
 
 
 def test_killed_run_resumes_to_the_same_file(tmp_path):

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from . import __version__
 from .catalogue import OutputLock
@@ -355,7 +356,17 @@ def extra_labels(inst: Instrument, model: GalaxyModel, params: GalaxyParams, res
 
 
 def simulate_shard(spec: SimulationSpec, shard: int) -> SpectraBatch:
-    """Objects [shard * spec.shard_size, ...) of the run, from their own seed."""
+    """Objects [shard * spec.shard_size, ...) of the run, from their own seed.
+
+    BLAS runs single-threaded here: on some CPUs (OpenBLAS's Haswell kernels, for one) a matrix
+    product's float32 result depends on the number of threads, so the same shard made in this
+    process and on a single-threaded Dask worker would differ in the last bits.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _simulate_shard(spec, shard)
+
+
+def _simulate_shard(spec: SimulationSpec, shard: int) -> SpectraBatch:
     inst = load_instrument(spec.instrument)
     model = galaxy_model(inst, spec.z_range, spec.band)
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, shard]))
