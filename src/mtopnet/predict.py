@@ -34,6 +34,7 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from .catalogue import (
     CATALOGUE_DTYPES,
@@ -587,10 +588,11 @@ def _predict_shard(job: _ShardJob, shard: Shard, info: dict) -> Iterator[dict[st
         batches = (dataclasses.replace(b, ids=np.asarray(b.ids).astype(str)) for b in batches)
     report = DomainReport()
     threads = torch.get_num_threads()
-    torch.set_num_threads(job.threads)
+    torch.set_num_threads(job.threads)  # torch and numpy's BLAS: the same threads in-process and on a worker
     try:
-        yield from predict_batches(model, batches, with_pdf=job.with_pdf, batch_size=job.batch_size,
-                                   arm_resolution=job.arm_resolution, refine=refiner or False, domain_report=report)
+        with threadpool_limits(limits=job.threads, user_api="blas"):
+            yield from predict_batches(model, batches, with_pdf=job.with_pdf, batch_size=job.batch_size,
+                                       arm_resolution=job.arm_resolution, refine=refiner or False, domain_report=report)
     finally:
         torch.set_num_threads(threads)
     info["domain"] = dataclasses.asdict(report)
