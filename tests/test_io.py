@@ -198,6 +198,40 @@ def _write_moons1d(path: Path, band: str, wave_min: float, dispersion: float, fl
     fits.HDUList([hdu, hdu1, hdu2, hdu3, hdu4]).writeto(path)
 
 
+def test_moons1d_header_walk_reads_what_astropy_reads(tmp_path, rng):
+    """Plain moons1d files are read by walking their headers (no astropy); the arm equals
+    astropy's reading, also for a QUAL image astropy scales (BZERO: walked files fall back), and
+    a truncated file still ends as a one-line error."""
+    from mtopnet.io import moons1d as m1
+    from mtopnet.io._fits import open_fits, read_data, walk_fits
+    n = 300
+    flux, err = rng.normal(2e-18, 1e-19, n), np.full(n, 1e-19)
+    sky = np.zeros(n, bool)
+    sky[10:14] = True
+    plain, scaled, cut = tmp_path / "a_YJ.fits", tmp_path / "b_YJ.fits", tmp_path / "c_YJ.fits"
+    _write_moons1d(plain, "YJ", 9340.0, 0.96, flux, err, sky)
+    _write_moons1d(scaled, "YJ", 9340.0, 0.96, flux, err, sky)
+    with fits.open(scaled, mode="update") as hdul:  # unsigned 16-bit: BZERO = 32768
+        hdul[3].data = sky.astype(np.uint16)
+    assert [h.header.get("NAME") for h in walk_fits(str(plain))[1:]] == ["DATA_YJ", "ERR_YJ", "QUAL_YJ", "Sky"]
+    assert walk_fits(str(scaled))[3].header.get("BZERO") == 32768
+    for path in (plain, scaled):
+        band, arm = m1._read_arm(str(path))
+        with open_fits(str(path)) as hdul:
+            def data(i, hdul=hdul, path=str(path)):
+                return read_data(hdul, i, path)
+            ref_band, ref = m1._arm_from(str(path), [h.header for h in hdul], data)
+        assert band == ref_band == "YJ"
+        for key in ("wave", "flux", "noise", "mask"):
+            np.testing.assert_array_equal(getattr(arm, key), getattr(ref, key), err_msg=key)
+        assert detect_format(path) == "moons1d"
+    cut.write_bytes(plain.read_bytes()[:-2880])
+    assert walk_fits(str(cut)) is None
+    with pytest.raises(UserError, match="truncated or damaged") as exc:
+        read_file(cut)
+    assert "\n" not in str(exc.value)
+
+
 def test_moons1d_files_grouped_per_object(tmp_path, rng):
     arms = {"RI": (6470.0, 0.78, 3700), "YJ": (9340.0, 0.96, 4300), "H": (15210.0, 0.62, 1900)}
     truth = {}

@@ -18,6 +18,7 @@ every format:
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -214,12 +215,25 @@ def air_to_vacuum(wave_air: np.ndarray) -> np.ndarray:
 
 
 def parse_unit(text: str | None, source: Any, what: str):
-    """An astropy unit from a FITS/text unit string; None or blank -> None."""
-    import astropy.units as u
+    """An astropy unit from a FITS/text unit string; None or blank -> None.
 
+    UserError naming ``source`` and ``what`` if no reading of the string is a unit."""
     if text is None or not str(text).strip():
         return None
     raw = str(text).strip()
+    unit = _unit_from_text(raw)
+    if unit is None:
+        raise fail(source, f"{what}: cannot read the unit {raw!r}")
+    return unit
+
+
+@functools.lru_cache(maxsize=256)
+def _unit_from_text(raw: str):
+    """The first reading of ``raw`` that astropy knows as a unit, or None. Cached: a survey's
+    files repeat a few unit strings, and astropy's parser takes ~2 ms a string (units are
+    immutable, so sharing them is safe)."""
+    import astropy.units as u
+
     candidates = [raw, raw.replace("^", ""), raw.replace("Ang", "Angstrom").replace("^", ""),
                   raw.replace("AA", "Angstrom")]
     for cand in candidates:
@@ -232,7 +246,7 @@ def parse_unit(text: str | None, source: Any, what: str):
                     return unit
             except (ValueError, TypeError):
                 continue
-    raise fail(source, f"{what}: cannot read the unit {raw!r}")
+    return None
 
 
 def wave_to_angstrom(values: np.ndarray, unit, source: Any) -> np.ndarray:
@@ -259,6 +273,11 @@ def flux_factor(unit, wave_angstrom: np.ndarray, source: Any, aperture_arcsec2: 
     if unit is None:
         return 1.0
     target = FLUX_UNIT_CGS * u.erg / u.s / u.cm ** 2 / u.AA
+    try:  # a flux density per wavelength: one scalar, no per-pixel equivalency
+        factor = np.asarray(unit.to(target))
+        return 1.0 if abs(float(factor) - 1.0) < 1e-12 else factor
+    except u.UnitConversionError:
+        pass
     equiv = u.spectral_density(np.asarray(wave_angstrom, dtype=np.float64) * u.AA)
     try:
         factor = np.asarray((1.0 * unit).to_value(target, equivalencies=equiv))

@@ -7,6 +7,7 @@ import re
 import warnings
 import zlib
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -171,6 +172,77 @@ def _raw_header(handle: Any) -> _RawHeader | None:
                 return cards
             if text[i + 8:i + 10] == "= " and key not in cards:
                 cards[key] = text[i + 10:i + _CARD]
+
+
+_IMAGE_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+
+
+@dataclass(frozen=True)
+class RawHDU:
+    """One HDU of an uncompressed FITS file as :func:`walk_fits` finds it: its header
+    (keyword -> raw value; ``get`` parses), where its data start (bytes) and their size."""
+    header: _RawHeader
+    offset: int
+    size: int
+
+
+def primary_header(path: str) -> _RawHeader | None:
+    """The primary header of an uncompressed FITS file, read raw (``get`` parses a value);
+    None for a compressed, unreadable or non-FITS file (read those with astropy)."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(6) != b"SIMPLE":
+                return None
+            handle.seek(0)
+            return _raw_header(handle)
+    except OSError:
+        return None
+
+
+def walk_fits(path: str) -> list[RawHDU] | None:
+    """Every HDU's header and data extent, by walking the headers of an uncompressed FITS file
+    (no astropy: ~0.2 ms for a moons1d arm file, where ``fits.open`` takes ~4 ms). None where the
+    file is not one clean FITS file: compressed, a header cut short, data past the end of the
+    file or bytes after the last HDU; the caller then opens it with :func:`open_fits`, whose
+    errors say what is wrong."""
+    hdus: list[RawHDU] = []
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            length = handle.tell()
+            handle.seek(0)
+            if length == 0 or length % _BLOCK or handle.read(6) != b"SIMPLE":
+                return None
+            handle.seek(0)
+            while handle.tell() < length:
+                header = _raw_header(handle)
+                if header is None:
+                    return None
+                naxis = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, int(header.get("NAXIS", 0)) + 1)]
+                size = (abs(int(header.get("BITPIX", 8))) // 8 * int(header.get("GCOUNT", 1))
+                        * (int(header.get("PCOUNT", 0)) + int(np.prod(naxis)))) if naxis else 0
+                start = handle.tell()
+                end = start + -(-size // _BLOCK) * _BLOCK
+                if end > length:
+                    return None
+                hdus.append(RawHDU(header, start, size))
+                handle.seek(end)
+    except (OSError, ValueError, TypeError):
+        return None
+    return hdus
+
+
+def raw_image(path: str, hdu: RawHDU) -> np.ndarray | None:
+    """The 1-D data of an image HDU found by :func:`walk_fits`, in native byte order; None for
+    anything else (a table, several axes, BSCALE / BZERO scaling): read those with astropy."""
+    h = hdu.header
+    dtype = _IMAGE_DTYPES.get(h.get("BITPIX"))
+    if (dtype is None or h.get("NAXIS") != 1 or str(h.get("XTENSION", "IMAGE")).strip() != "IMAGE"
+            or h.get("BSCALE", 1) != 1 or h.get("BZERO", 0) != 0 or h.get("GCOUNT", 1) != 1 or h.get("PCOUNT", 0)):
+        return None
+    n = int(h.get("NAXIS1", 0))
+    data = np.fromfile(path, dtype=dtype, count=n, offset=hdu.offset)
+    return data.astype(data.dtype.newbyteorder("="), copy=False) if len(data) == n else None
 
 
 def scan_tables(path: str, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:

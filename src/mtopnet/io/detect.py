@@ -5,7 +5,7 @@ import gzip
 from pathlib import Path
 
 from ._core import fail
-from ._fits import hdu_names, open_fits, table_columns
+from ._fits import hdu_names, open_fits, table_columns, walk_fits
 from .desi import desi_arms
 from .generic_fits import arm_tables
 from .text import _role, decode_sample, looks_like_text_spectrum
@@ -57,20 +57,28 @@ def sniff_format(path: str) -> str | None:
 
 
 def _sniff_fits(path: str) -> str | None:
+    hdus = walk_fits(path)  # a clean moons1d file is known from its headers alone (no astropy)
+    if hdus is not None and not any("EXTNAME" in h.header for h in hdus) and _moons1d_headers(
+            [h.header for h in hdus]):
+        return "moons1d"
     with open_fits(path) as hdul:
         names = hdu_names(hdul)
         if desi_arms(names):
             return "desi"
         if "COADD" in names and "LOGLAM" in table_columns(hdul, "COADD"):
             return "sdss"
-        primary = hdul[0].header
-        if str(primary.get("INST", "")).strip().upper() == "MOONS_SIM":
-            return "moons1d"
-        if len(hdul) > 1 and str(hdul[1].header.get("NAME", "")).strip().upper().startswith("DATA_"):
+        if _moons1d_headers([h.header for h in hdul]):
             return "moons1d"
         if arm_tables(hdul):
             return "fits"
     return None
+
+
+def _moons1d_headers(headers: list) -> bool:
+    """True for the HDU headers of a moons1d file: INST = 'MOONS_SIM', or HDU 1 named DATA_<BAND>."""
+    if str(headers[0].get("INST", "")).strip().upper() == "MOONS_SIM":
+        return True
+    return len(headers) > 1 and str(headers[1].get("NAME", "")).strip().upper().startswith("DATA_")
 
 
 FORCE_HINT = "--format (format= in Python) forces a format"

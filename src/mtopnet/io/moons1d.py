@@ -21,14 +21,14 @@ multiplied by the fibre area ``pi (SKY_AP / 2)^2`` to give the flux in the fibre
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..constants import MASK_SKYLINE
 from ..store import SpectraBatch
 from ._core import RawArm, build_block, fail, flux_factor, parse_unit, wave_to_angstrom
-from ._fits import open_fits, read_data
+from ._fits import RawHDU, open_fits, primary_header, raw_image, read_data, walk_fits
 
 _SUFFIXES = (".fits.gz", ".fit.gz", ".fits", ".fit", ".fts")
 
@@ -43,12 +43,14 @@ def _bare_name(path: str) -> str:
 
 def moons_band(path: str) -> str:
     """The arm (BAND keyword of the primary header, else the ``_<BAND>`` file suffix)."""
-    from astropy.io import fits
-
-    try:
-        band = fits.getheader(path, 0).get("BAND")
-    except (OSError, ValueError, IndexError, KeyError, TypeError):
-        band = None
+    header = primary_header(path)  # raw: ~50 us against astropy's ~1.5 ms
+    if header is None:
+        from astropy.io import fits
+        try:
+            header = fits.getheader(path, 0)
+        except (OSError, ValueError, IndexError, KeyError, TypeError):
+            header = {}
+    band = header.get("BAND")
     if band:
         return str(band).strip()
     bare = _bare_name(path)
@@ -64,14 +66,80 @@ def moons_stem(path: str, band: str | None = None) -> str:
     return str(Path(path).parent / bare)
 
 
-def _find_hdu(hdul, prefix: str, band: str, position: int):
+def _find_hdu(headers: Sequence[Any], prefix: str, band: str, position: int) -> int | None:
     wanted = f"{prefix}_{band}".upper()
-    for index, hdu in enumerate(hdul):
-        if index and str(hdu.header.get("NAME", "")).strip().upper() == wanted:
+    for index, header in enumerate(headers):
+        if index and str(header.get("NAME", "")).strip().upper() == wanted:
             return index
-    if position < len(hdul) and str(hdul[position].header.get("NAME", "")).strip().upper().startswith(prefix):
+    if position < len(headers) and str(headers[position].get("NAME", "")).strip().upper().startswith(prefix):
         return position
     return None
+
+
+def _read_arm(path: str) -> tuple[str, RawArm]:
+    """One arm file: its band and RawArm. Clean uncompressed files of plain 1-D images are read
+    by walking their headers (:func:`walk_fits`, ~20x faster than astropy's ``fits.open``);
+    anything else (compressed, scaled, damaged) with astropy, whose errors name the problem."""
+    hdus = walk_fits(path)
+    if hdus is not None:
+        try:
+            return _arm_from(path, [h.header for h in hdus], lambda i: _raw_data(path, hdus[i]))
+        except _NotPlain:
+            pass
+    with open_fits(path) as hdul:
+        return _arm_from(path, [h.header for h in hdul], lambda i: read_data(hdul, i, path))
+
+
+class _NotPlain(Exception):
+    """An HDU that the header walk does not read (scaled, several axes, a table)."""
+
+
+def _raw_data(path: str, hdu: RawHDU) -> np.ndarray:
+    data = raw_image(path, hdu)
+    if data is None:
+        raise _NotPlain
+    return data
+
+
+def _arm_from(path: str, headers: Sequence[Any], data: Callable[[int], np.ndarray]) -> tuple[str, RawArm]:
+    """The arm in a moons1d file with HDU ``headers`` (each with ``get``) and ``data(i)``."""
+    header = headers[0]
+    band = str(header.get("BAND", "")).strip()
+    if not band:
+        first = str(headers[1].get("NAME", "")) if len(headers) > 1 else ""
+        band = first[5:] if first.upper().startswith("DATA_") else ""
+    if not band:
+        raise fail(path, "no BAND in the primary header and no DATA_<BAND> HDU; not a moons1d file")
+    data_at = _find_hdu(headers, "DATA", band, 1)
+    if data_at is None:
+        raise fail(path, f"no DATA_{band} HDU (moons1d flux); not a moons1d file")
+    err_at = _find_hdu(headers, "ERR", band, 2)
+    qual_at = _find_hdu(headers, "QUAL", band, 3)
+    flux = np.asarray(data(data_at), dtype=np.float64)
+    if flux.ndim != 1:
+        raise fail(path, f"DATA_{band}: expected a 1-D spectrum, got shape {flux.shape}")
+    h = headers[data_at]
+    try:
+        crval, cdelt = float(h.get("CRVAL1")), float(h.get("CDELT1"))
+        crpix = float(h.get("CRPIX1", 1.0))
+    except (ValueError, TypeError):
+        raise fail(path, f"DATA_{band}: no wavelength solution (CRVAL1/CDELT1)") from None
+    wave = crval + cdelt * (np.arange(flux.size, dtype=np.float64) + 1.0 - crpix)
+    wave = wave_to_angstrom(wave, parse_unit(h.get("TUNIT1", "Angstrom"), path, "TUNIT1"), path)
+    aperture = None
+    if header.get("SKY_AP") is not None:
+        aperture = np.pi * (float(header.get("SKY_AP")) / 2.0) ** 2
+    unit = parse_unit(h.get("TUNIT2", "erg/(s cm2 Angstrom)"), path, "TUNIT2")
+    factor = flux_factor(unit, wave, path, aperture_arcsec2=aperture)
+    error = None
+    if err_at is not None:
+        error = np.asarray(data(err_at), dtype=np.float64) * factor
+    mask = None
+    if qual_at is not None:
+        mask = np.where(np.asarray(data(qual_at)) != 0, MASK_SKYLINE, 0).astype(np.uint8)
+    return band, RawArm(wave=wave, flux=(flux * factor)[None, :],
+                        noise=None if error is None else error[None, :], noise_kind="error",
+                        mask=None if mask is None else mask[None, :])
 
 
 def read_moons1d(paths: Sequence[str]) -> Iterator[SpectraBatch]:
@@ -80,47 +148,10 @@ def read_moons1d(paths: Sequence[str]) -> Iterator[SpectraBatch]:
     object_id = Path(moons_stem(paths[0])).name
     arms: dict[str, RawArm] = {}
     for path in paths:
-        with open_fits(path) as hdul:
-            header = hdul[0].header
-            band = str(header.get("BAND", "")).strip()
-            if not band:
-                first = str(hdul[1].header.get("NAME", "")) if len(hdul) > 1 else ""
-                band = first[5:] if first.upper().startswith("DATA_") else ""
-            if not band:
-                raise fail(path, "no BAND in the primary header and no DATA_<BAND> HDU; not a moons1d file")
-            data_at = _find_hdu(hdul, "DATA", band, 1)
-            if data_at is None:
-                raise fail(path, f"no DATA_{band} HDU (moons1d flux); not a moons1d file")
-            err_at = _find_hdu(hdul, "ERR", band, 2)
-            qual_at = _find_hdu(hdul, "QUAL", band, 3)
-            flux = np.asarray(read_data(hdul, data_at, path), dtype=np.float64)
-            if flux.ndim != 1:
-                raise fail(path, f"DATA_{band}: expected a 1-D spectrum, got shape {flux.shape}")
-            h = hdul[data_at].header
-            try:
-                crval, cdelt = float(h["CRVAL1"]), float(h["CDELT1"])
-                crpix = float(h.get("CRPIX1", 1.0))
-            except (KeyError, ValueError, TypeError):
-                raise fail(path, f"DATA_{band}: no wavelength solution (CRVAL1/CDELT1)") from None
-            wave = crval + cdelt * (np.arange(flux.size, dtype=np.float64) + 1.0 - crpix)
-            wave = wave_to_angstrom(wave, parse_unit(h.get("TUNIT1", "Angstrom"), path, "TUNIT1"), path)
-            aperture = None
-            if header.get("SKY_AP") is not None:
-                aperture = np.pi * (float(header["SKY_AP"]) / 2.0) ** 2
-            unit = parse_unit(h.get("TUNIT2", "erg/(s cm2 Angstrom)"), path, "TUNIT2")
-            factor = flux_factor(unit, wave, path, aperture_arcsec2=aperture)
-            error = None
-            if err_at is not None:
-                error = np.asarray(read_data(hdul, err_at, path), dtype=np.float64) * factor
-            mask = None
-            if qual_at is not None:
-                qual = np.asarray(read_data(hdul, qual_at, path))
-                mask = np.where(qual != 0, MASK_SKYLINE, 0).astype(np.uint8)
-            if band in arms:
-                raise fail(path, f"a second {band} arm for object {object_id}")
-            arms[band] = RawArm(wave=wave, flux=(flux * factor)[None, :],
-                                noise=None if error is None else error[None, :], noise_kind="error",
-                                mask=None if mask is None else mask[None, :])
+        band, arm = _read_arm(path)
+        if band in arms:
+            raise fail(path, f"a second {band} arm for object {object_id}")
+        arms[band] = arm
     order = {"RI": 0, "YJ": 1, "H": 2}
     arms = dict(sorted(arms.items(), key=lambda kv: (order.get(kv[0].upper(), 99), kv[0])))
     yield build_block(paths[0] if len(paths) == 1 else f"{moons_stem(paths[0])}_*", [object_id], arms)
