@@ -144,11 +144,12 @@ def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: b
     return res
 
 
-def _cli_rate(inputs: list[str], n: int, model: str, workers: int, out: Path, shard_size: int) -> dict:
-    """``mtopnet predict INPUTS --workers N --shard-size S`` in a subprocess: wall seconds
+def _cli_rate(inputs: list[str], n: int, model: str, workers: int, out: Path, shard_size: int,
+              extra: tuple[str, ...] = ()) -> dict:
+    """``mtopnet predict INPUTS --workers N --shard-size S [extra]`` in a subprocess: wall seconds
     (process start, model loading and assembly included) and spectra/s for n objects."""
     cmd = [sys.executable, "-m", "mtopnet.cli", "predict", *inputs, "--out", str(out), "--model", model,
-           "--workers", str(workers), "--shard-size", str(shard_size), "--overwrite"]
+           "--workers", str(workers), "--shard-size", str(shard_size), "--overwrite", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     dt = time.perf_counter() - t0
@@ -174,7 +175,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", default=None)
     p.add_argument("--model", default=None)
-    p.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000])
+    p.add_argument("--sizes", type=int, nargs="*", default=[2000, 8000],
+                   help="in-process runs of these sizes (none: only the CLI runs)")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--format", default="parquet", choices=["fits", "parquet", "csv"])
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -216,7 +218,7 @@ def main() -> int:
                 r = worker(n, mode)
                 print(f"{mode:>9} {r['n']:>8} {r['seconds']:>8.1f} {r['spectra_per_s']:>10.0f} "
                       f"{r['peak_rss_mb']:>12.0f}", flush=True)
-        n0 = args.sizes[0]
+        n0 = args.sizes[0] if args.sizes else min(4000, available)
         if not args.no_stages:
             r = worker(n0, "profile")
             print(f"stages of the default path, {r['n']} spectra under cProfile "
@@ -241,9 +243,11 @@ def main() -> int:
             n_obj = len({Path(f).name.rsplit("_", 1)[0] for f in files})
             print(f"CLI on {n_obj} objects of per-object FITS files ({len(files)} files, {args.fits}):")
             for w in args.workers or [1]:
-                r = _cli_rate(files, n_obj, model, w, tmp_path / f"fits-{w}.{args.format}",
-                              args.shard_size or max(64, n_obj // 8))
-                print(f"  workers {w}: {r['seconds']:7.1f} s {r['spectra_per_s']:8.0f} spectra/s", flush=True)
+                for label, extra in (("default path", ()), ("--no-refine", ("--no-refine",))):
+                    r = _cli_rate(files, n_obj, model, w, tmp_path / f"fits-{w}.{args.format}",
+                                  args.shard_size or max(64, n_obj // 8), extra)
+                    print(f"  workers {w}, {label:>12}: {r['seconds']:7.1f} s {r['spectra_per_s']:8.0f} spectra/s",
+                          flush=True)
     return 0
 
 
