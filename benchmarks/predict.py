@@ -186,6 +186,9 @@ def main() -> int:
     p.add_argument("--shard-size", type=int, default=None,
                    help="CLI runs: rows (or files) per shard (default: N / 8, at least 64)")
     p.add_argument("--no-stages", action="store_true", help="skip the profiled run")
+    p.add_argument("--mmap-threshold", type=int, default=None, metavar="BYTES",
+                   help="in-process runs with glibc's MALLOC_MMAP_THRESHOLD_=BYTES (a fixed threshold: "
+                        "blocks this large are mapped and given back when freed; docs/benchmarks.md)")
     p.add_argument("--worker", nargs=4, metavar=("STORE", "MODEL", "N", "REFINE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,10 +209,13 @@ def main() -> int:
               f"{os.cpu_count()} CPUs, {args.threads} torch threads in-process")
 
         def worker(n: int, mode: str) -> dict:
+            env = dict(os.environ)
+            if args.mmap_threshold is not None:
+                env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
             res = subprocess.run([sys.executable, __file__, "--worker", store, model, str(n), mode,
                                   "--batch-size", str(args.batch_size), "--format", args.format,
                                   "--threads", str(args.threads)],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True, check=True, env=env)
             return json.loads(res.stdout.strip().splitlines()[-1])
 
         print(f"{'refine':>9} {'N':>8} {'seconds':>8} {'spectra/s':>10} {'peak RSS MB':>12}")
