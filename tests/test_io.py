@@ -232,6 +232,53 @@ def test_moons1d_header_walk_reads_what_astropy_reads(tmp_path, rng):
     assert "\n" not in str(exc.value)
 
 
+def _set_card(path: Path, key: str, card: str, occurrence: int = 0) -> None:
+    """Replace the ``occurrence``-th card of keyword ``key`` in ``path`` by ``card`` (raw text)."""
+    data = bytearray(path.read_bytes())
+    at, start = -1, 0
+    for _ in range(occurrence + 1):
+        at = data.index(key.ljust(8).encode(), start)
+        start = at + 80
+    data[at:at + 80] = card.ljust(80).encode()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("key, card, occurrence", [
+    ("CRVAL1", "CRVAL1  =             9.34D+03 / Fortran exponent", 0),
+    ("SKY_AP", "SKY_AP  =                      / undefined", 0),
+    ("CRVAL1", "crval1  =                9340.", 0),  # a lower-case keyword
+    ("TUNIT2", "TUNIT2  = 'erg/s/cm2/A'", 0),  # A: the Angstrom, not the ampere
+    ("BAND", "BAND    =", 0),
+])
+def test_moons1d_header_walk_odd_cards(tmp_path, rng, key, card, occurrence):
+    """Cards that astropy reads (or that a spectrum means) read the same by the header walk."""
+    from mtopnet.io import moons1d as m1
+    from mtopnet.io._fits import open_fits, read_data
+    path = tmp_path / "a_YJ.fits"
+    _write_moons1d(path, "YJ", 9340.0, 0.96, rng.normal(2e-18, 1e-19, 100), np.full(100, 1e-19), np.zeros(100, bool))
+    reference = m1._read_arm(str(path))
+    _set_card(path, key, card, occurrence)
+    band, arm = m1._read_arm(str(path))
+    with open_fits(str(path)) as hdul:
+        def data(i, hdul=hdul):
+            return read_data(hdul, i, str(path))
+        ref_band, ref = m1._arm_from(str(path), [h.header for h in hdul], data)
+    assert band == ref_band == "YJ"
+    for name in ("wave", "flux", "noise", "mask"):
+        np.testing.assert_array_equal(getattr(arm, name), getattr(ref, name), err_msg=name)
+        if key != "SKY_AP":
+            np.testing.assert_allclose(getattr(arm, name), getattr(reference[1], name), rtol=1e-12, err_msg=name)
+
+
+def test_moons1d_negative_naxis_is_one_line(tmp_path, rng):
+    """astropy loops for ever on a negative NAXIS1; the header walk says the file is damaged."""
+    path = tmp_path / "a_YJ.fits"
+    _write_moons1d(path, "YJ", 9340.0, 0.96, np.ones(100), np.ones(100), np.zeros(100, bool))
+    _set_card(path, "NAXIS1", "NAXIS1  =                -2880", 3)
+    with pytest.raises(UserError, match="negative NAXISn"):
+        read_file(path)
+
+
 def test_moons1d_files_grouped_per_object(tmp_path, rng):
     arms = {"RI": (6470.0, 0.78, 3700), "YJ": (9340.0, 0.96, 4300), "H": (15210.0, 0.62, 1900)}
     truth = {}

@@ -19,6 +19,7 @@ every format:
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -234,7 +235,9 @@ def _unit_from_text(raw: str):
     immutable, so sharing them is safe)."""
     import astropy.units as u
 
-    candidates = [raw, raw.replace("^", ""), raw.replace("Ang", "Angstrom").replace("^", ""),
+    # a lone "A" in a spectrum's unit is the Angstrom (astropy reads it as the ampere)
+    angstrom = re.sub(r"(?<![A-Za-z])A(?![A-Za-z])", "Angstrom", raw)
+    candidates = [angstrom, angstrom.replace("^", ""), raw.replace("Ang", "Angstrom").replace("^", ""),
                   raw.replace("AA", "Angstrom")]
     for cand in candidates:
         for fmt in ("fits", None):

@@ -12,6 +12,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from ..config import UserError
 from ._core import fail, first_line
 
 _CORRUPT_HINTS = ("truncated", "corrupt", "missing end card", "not a multiple of 2880",
@@ -140,19 +141,25 @@ def _card_value(text: str) -> Any:
     if match:
         return match.group(1).replace("''", "'").rstrip()
     text = text.split("/", 1)[0].strip()
+    if not text:
+        return None  # an undefined value
     if text in ("T", "F"):
         return text == "T"
     try:
         return int(text)
     except ValueError:
         try:
-            return float(text)
+            return float(text.replace("D", "E").replace("d", "e"))  # FITS allows Fortran's D exponent
         except ValueError:
             return text
 
 
 class _RawHeader(dict):
-    """keyword -> the raw value field of its first card; ``get`` parses (:func:`_card_value`)."""
+    """keyword (upper case) -> the raw value field of its first card; ``get`` parses
+    (:func:`_card_value`). ``continued``: the header has CONTINUE cards (long strings, which
+    this does not join: read such a header with astropy)."""
+
+    continued = False
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
         return _card_value(self[key]) if key in self else default
@@ -167,10 +174,12 @@ def _raw_header(handle: Any) -> _RawHeader | None:
             return None
         text = block.decode("ascii", "replace")
         for i in range(0, _BLOCK, _CARD):
-            key = text[i:i + 8].rstrip()
+            key = text[i:i + 8].rstrip().upper()
             if key == "END":
                 return cards
-            if text[i + 8:i + 10] == "= " and key not in cards:
+            if key == "CONTINUE":
+                cards.continued = True
+            elif text[i + 8:i + 10] == "= " and key not in cards:
                 cards[key] = text[i + 10:i + _CARD]
 
 
@@ -216,9 +225,13 @@ def walk_fits(path: str) -> list[RawHDU] | None:
             handle.seek(0)
             while handle.tell() < length:
                 header = _raw_header(handle)
-                if header is None:
+                if header is None or header.continued:
                     return None
-                naxis = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, int(header.get("NAXIS", 0)) + 1)]
+                naxis = [header.get(f"NAXIS{i}", 0) for i in range(1, int(header.get("NAXIS", 0)) + 1)]
+                if any(not isinstance(n, int) for n in naxis):
+                    return None
+                if any(n < 0 for n in naxis):  # astropy would loop for ever on it
+                    raise fail(path, f"file is damaged: HDU {len(hdus)} has a negative NAXISn ({naxis})")
                 size = (abs(int(header.get("BITPIX", 8))) // 8 * int(header.get("GCOUNT", 1))
                         * (int(header.get("PCOUNT", 0)) + int(np.prod(naxis)))) if naxis else 0
                 start = handle.tell()
@@ -227,6 +240,8 @@ def walk_fits(path: str) -> list[RawHDU] | None:
                     return None
                 hdus.append(RawHDU(header, start, size))
                 handle.seek(end)
+    except UserError:
+        raise
     except (OSError, ValueError, TypeError):
         return None
     return hdus

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..constants import MASK_SKYLINE
 from ..store import SpectraBatch
-from ._core import RawArm, build_block, fail, flux_factor, parse_unit, wave_to_angstrom
+from ._core import RawArm, build_block, fail, first_line, flux_factor, parse_unit, wave_to_angstrom
 from ._fits import RawHDU, open_fits, primary_header, raw_image, read_data, walk_fits
 
 _SUFFIXES = (".fits.gz", ".fit.gz", ".fits", ".fit", ".fts")
@@ -41,6 +41,11 @@ def _bare_name(path: str) -> str:
     return name
 
 
+def _text(value: Any) -> str:
+    """A header string value, stripped; '' for a missing, undefined or non-string value."""
+    return value.strip() if isinstance(value, str) else ""
+
+
 def moons_band(path: str) -> str:
     """The arm (BAND keyword of the primary header, else the ``_<BAND>`` file suffix)."""
     header = primary_header(path)  # raw: ~50 us against astropy's ~1.5 ms
@@ -50,9 +55,9 @@ def moons_band(path: str) -> str:
             header = fits.getheader(path, 0)
         except (OSError, ValueError, IndexError, KeyError, TypeError):
             header = {}
-    band = header.get("BAND")
+    band = _text(header.get("BAND"))
     if band:
-        return str(band).strip()
+        return band
     bare = _bare_name(path)
     return bare.rsplit("_", 1)[1] if "_" in bare else ""
 
@@ -86,8 +91,12 @@ def _read_arm(path: str) -> tuple[str, RawArm]:
             return _arm_from(path, [h.header for h in hdus], lambda i: _raw_data(path, hdus[i]))
         except _NotPlain:
             pass
+    from astropy.io.fits.verify import VerifyError
     with open_fits(path) as hdul:
-        return _arm_from(path, [h.header for h in hdul], lambda i: read_data(hdul, i, path))
+        try:
+            return _arm_from(path, [h.header for h in hdul], lambda i: read_data(hdul, i, path))
+        except VerifyError as exc:  # a card astropy cannot parse, met when its value is asked for
+            raise fail(path, f"a header card cannot be read ({first_line(exc)})") from None
 
 
 class _NotPlain(Exception):
@@ -104,9 +113,9 @@ def _raw_data(path: str, hdu: RawHDU) -> np.ndarray:
 def _arm_from(path: str, headers: Sequence[Any], data: Callable[[int], np.ndarray]) -> tuple[str, RawArm]:
     """The arm in a moons1d file with HDU ``headers`` (each with ``get``) and ``data(i)``."""
     header = headers[0]
-    band = str(header.get("BAND", "")).strip()
+    band = _text(header.get("BAND"))
     if not band:
-        first = str(headers[1].get("NAME", "")) if len(headers) > 1 else ""
+        first = _text(headers[1].get("NAME")) if len(headers) > 1 else ""
         band = first[5:] if first.upper().startswith("DATA_") else ""
     if not band:
         raise fail(path, "no BAND in the primary header and no DATA_<BAND> HDU; not a moons1d file")
@@ -127,8 +136,9 @@ def _arm_from(path: str, headers: Sequence[Any], data: Callable[[int], np.ndarra
     wave = crval + cdelt * (np.arange(flux.size, dtype=np.float64) + 1.0 - crpix)
     wave = wave_to_angstrom(wave, parse_unit(h.get("TUNIT1", "Angstrom"), path, "TUNIT1"), path)
     aperture = None
-    if header.get("SKY_AP") is not None:
-        aperture = np.pi * (float(header.get("SKY_AP")) / 2.0) ** 2
+    sky_ap = header.get("SKY_AP")
+    if isinstance(sky_ap, (int, float)) and not isinstance(sky_ap, bool):  # not undefined, not text
+        aperture = np.pi * (float(sky_ap) / 2.0) ** 2
     unit = parse_unit(h.get("TUNIT2", "erg/(s cm2 Angstrom)"), path, "TUNIT2")
     factor = flux_factor(unit, wave, path, aperture_arcsec2=aperture)
     error = None
