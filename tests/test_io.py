@@ -270,6 +270,19 @@ def test_moons1d_header_walk_odd_cards(tmp_path, rng, key, card, occurrence):
             np.testing.assert_allclose(getattr(arm, name), getattr(reference[1], name), rtol=1e-12, err_msg=name)
 
 
+def test_unparsable_card_in_a_compressed_file_is_one_line(tmp_path):
+    """astropy parses a card when its value is asked for; its VerifyError becomes one line."""
+    import gzip
+    path = tmp_path / "a_YJ.fits"
+    _write_moons1d(path, "YJ", 9340.0, 0.96, np.ones(100), np.ones(100), np.zeros(100, bool))
+    _set_card(path, "CRVAL1", "CRVAL1  = NAN")
+    packed = tmp_path / "a_YJ.fits.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes(), mtime=0))
+    with pytest.raises(UserError, match="a header card cannot be read") as exc:
+        read_file(packed)
+    assert "\n" not in str(exc.value)
+
+
 def test_moons1d_negative_naxis_is_one_line(tmp_path, rng):
     """astropy loops for ever on a negative NAXIS1; the header walk says the file is damaged."""
     path = tmp_path / "a_YJ.fits"

@@ -78,8 +78,11 @@ def open_fits(path: str) -> Iterator[Any]:
         if any(hint in message.lower() for hint in _CORRUPT_HINTS):
             hdul.close()
             raise fail(path, f"file is truncated or damaged: FITS ({first_line(Exception(message))})")
+    from astropy.io.fits.verify import VerifyError
     try:
         yield hdul
+    except VerifyError as exc:  # a card astropy cannot parse, met when its value is asked for
+        raise fail(path, f"a header card cannot be read ({first_line(exc)})") from None
     finally:
         hdul.close()
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..constants import MASK_SKYLINE
 from ..store import SpectraBatch
-from ._core import RawArm, build_block, fail, first_line, flux_factor, parse_unit, wave_to_angstrom
+from ._core import RawArm, build_block, fail, flux_factor, parse_unit, wave_to_angstrom
 from ._fits import RawHDU, open_fits, primary_header, raw_image, read_data, walk_fits
 
 _SUFFIXES = (".fits.gz", ".fit.gz", ".fits", ".fit", ".fts")
@@ -91,12 +91,8 @@ def _read_arm(path: str) -> tuple[str, RawArm]:
             return _arm_from(path, [h.header for h in hdus], lambda i: _raw_data(path, hdus[i]))
         except _NotPlain:
             pass
-    from astropy.io.fits.verify import VerifyError
     with open_fits(path) as hdul:
-        try:
-            return _arm_from(path, [h.header for h in hdul], lambda i: read_data(hdul, i, path))
-        except VerifyError as exc:  # a card astropy cannot parse, met when its value is asked for
-            raise fail(path, f"a header card cannot be read ({first_line(exc)})") from None
+        return _arm_from(path, [h.header for h in hdul], lambda i: read_data(hdul, i, path))
 
 
 class _NotPlain(Exception):
