@@ -96,8 +96,44 @@ def _stage_shares(stats, total: float) -> dict[str, float]:
     return out
 
 
+class _BatchMemory:
+    """Resident memory per batch: the peak while it is computed (sampled every 2 ms by a thread)
+    and the size after it, with glibc's ``malloc_trim(0)`` first (what the run keeps)."""
+
+    def __init__(self):
+        import ctypes
+        import threading
+        self.trim = ctypes.CDLL("libc.so.6").malloc_trim
+        self.peaks, self.after, self.current, self.running = [], [], 0.0, True
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    @staticmethod
+    def _rss_mb() -> float:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+    def _sample(self) -> None:
+        while self.running:
+            self.current = max(self.current, self._rss_mb())
+            time.sleep(0.002)
+
+    def follow(self, chunks):
+        for rows in chunks:
+            self.peaks.append(max(self.current, self._rss_mb()))
+            self.trim(0)
+            self.after.append(self._rss_mb())
+            self.current = 0.0
+            yield rows
+        self.running = False
+
+    def summary(self) -> dict:
+        later = slice(10, None) if len(self.after) > 20 else slice(None)
+        return {"batches": len(self.peaks), "peak_min": min(self.peaks), "peak_max": max(self.peaks),
+                "after_min": min(self.after[later]), "after_max": max(self.after[later])}
+
+
 def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: bool, threads: int,
-            profile: bool = False) -> dict:
+            profile: bool = False, batch_memory: bool = False) -> dict:
     import cProfile
     import pstats
 
@@ -133,12 +169,16 @@ def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: b
     t0 = time.perf_counter()
     if prof is not None:
         prof.enable()
-    rows = write_catalogue(out, predict_batches(m, batches(), batch_size=batch_size, refine=refiner))
+    watch = _BatchMemory() if batch_memory else None
+    chunks = predict_batches(m, batches(), batch_size=batch_size, refine=refiner)
+    rows = write_catalogue(out, chunks if watch is None else watch.follow(chunks))
     if prof is not None:
         prof.disable()
     dt = time.perf_counter() - t0
     res = {"n": rows, "seconds": dt, "spectra_per_s": rows / dt,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if watch is not None:
+        res["batch_memory"] = watch.summary()
     if prof is not None:
         res["stages"] = _stage_shares(pstats.Stats(prof), dt)
     return res
@@ -186,6 +226,11 @@ def main() -> int:
     p.add_argument("--shard-size", type=int, default=None,
                    help="CLI runs: rows (or files) per shard (default: N / 8, at least 64)")
     p.add_argument("--no-stages", action="store_true", help="skip the profiled run")
+    p.add_argument("--modes", nargs="+", default=["refine", "no-refine"], choices=["refine", "no-refine"],
+                   help="in-process runs: with refinement (the default path), without, or both (default)")
+    p.add_argument("--batch-memory", action="store_true",
+                   help="in-process runs also print each batch's peak resident memory (range over the batches) "
+                        "and the resident size after each batch, trimmed, from the 11th on")
     p.add_argument("--mmap-threshold", type=int, default=None, metavar="BYTES",
                    help="in-process runs with glibc's MALLOC_MMAP_THRESHOLD_=BYTES (a fixed threshold: "
                         "blocks this large are mapped and given back when freed; docs/benchmarks.md)")
@@ -196,7 +241,8 @@ def main() -> int:
         if args.worker:
             store, model, n, refine = args.worker
             print(json.dumps(_worker(store, model, int(n), args.batch_size, str(tmp_path / f"cat.{args.format}"),
-                                     refine in ("refine", "profile"), args.threads, refine == "profile")))
+                                     refine in ("refine", "profile"), args.threads, refine == "profile",
+                                     args.batch_memory)))
             return 0
         from mtopnet.store import store_info
         from mtopnet.trained import shipped_model_path
@@ -214,16 +260,20 @@ def main() -> int:
                 env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
             res = subprocess.run([sys.executable, __file__, "--worker", store, model, str(n), mode,
                                   "--batch-size", str(args.batch_size), "--format", args.format,
-                                  "--threads", str(args.threads)],
+                                  "--threads", str(args.threads), *(["--batch-memory"] if args.batch_memory else [])],
                                  capture_output=True, text=True, check=True, env=env)
             return json.loads(res.stdout.strip().splitlines()[-1])
 
         print(f"{'refine':>9} {'N':>8} {'seconds':>8} {'spectra/s':>10} {'peak RSS MB':>12}")
         for n in args.sizes:
-            for mode in ("refine", "no-refine"):
+            for mode in args.modes:
                 r = worker(n, mode)
                 print(f"{mode:>9} {r['n']:>8} {r['seconds']:>8.1f} {r['spectra_per_s']:>10.0f} "
                       f"{r['peak_rss_mb']:>12.0f}", flush=True)
+                if "batch_memory" in r:
+                    b = r["batch_memory"]
+                    print(f"{'':>9} {b['batches']} batches: peak {b['peak_min']:.0f}-{b['peak_max']:.0f} MB, "
+                          f"after each (trimmed) {b['after_min']:.0f}-{b['after_max']:.0f} MB", flush=True)
         n0 = args.sizes[0] if args.sizes else min(4000, available)
         if not args.no_stages:
             r = worker(n0, "profile")
