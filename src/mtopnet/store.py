@@ -259,7 +259,10 @@ def write_store(path: str | Path, batch: SpectraBatch, attrs: dict | None = None
     kw = dict(track_times=False)
     _compression_kw(compression)
     buffer = io.BytesIO()
-    with h5py.File(buffer, "w", track_order=True) as f:
+    # no chunk cache: each chunk is placed in the file when it is written, in call order; with
+    # the cache, a chunk is placed when its dataset closes, i.e. whenever Python frees the
+    # dataset object (a garbage-collection cycle can delay it), and the bytes would depend on that
+    with h5py.File(buffer, "w", track_order=True, rdcc_nbytes=0) as f:
         _write_root_attrs(f, list(batch.arms), attrs)
         f.create_dataset("ids", data=encode_ids(batch.ids), **kw)
         lab = f.create_group("labels", track_order=True)
