@@ -198,6 +198,20 @@ class RawHDU:
     size: int
 
 
+def _data_extent(header: _RawHeader, path: str, index: int) -> tuple[list[int], int] | None:
+    """An HDU's axes (NAXIS1..n) and the size of its data in bytes (unpadded), from its header;
+    None where an axis length is not an integer. UserError for a negative one (the file is
+    damaged; astropy, and a walk that trusted it, would loop for ever)."""
+    naxis = [header.get(f"NAXIS{i}", 0) for i in range(1, int(header.get("NAXIS", 0)) + 1)]
+    if any(not isinstance(n, int) or isinstance(n, bool) for n in naxis):
+        return None
+    if any(n < 0 for n in naxis):
+        raise fail(path, f"file is damaged: HDU {index} has a negative NAXISn ({naxis})")
+    size = (abs(int(header.get("BITPIX", 8))) // 8 * int(header.get("GCOUNT", 1))
+            * (int(header.get("PCOUNT", 0)) + int(np.prod(naxis)))) if naxis else 0
+    return naxis, size
+
+
 def primary_header(path: str) -> _RawHeader | None:
     """The primary header of an uncompressed FITS file, read raw (``get`` parses a value);
     None for a compressed, unreadable or non-FITS file (read those with astropy)."""
@@ -230,13 +244,10 @@ def walk_fits(path: str) -> list[RawHDU] | None:
                 header = _raw_header(handle)
                 if header is None or header.continued:
                     return None
-                naxis = [header.get(f"NAXIS{i}", 0) for i in range(1, int(header.get("NAXIS", 0)) + 1)]
-                if any(not isinstance(n, int) for n in naxis):
+                extent = _data_extent(header, path, len(hdus))
+                if extent is None:
                     return None
-                if any(n < 0 for n in naxis):  # astropy would loop for ever on it
-                    raise fail(path, f"file is damaged: HDU {len(hdus)} has a negative NAXISn ({naxis})")
-                size = (abs(int(header.get("BITPIX", 8))) // 8 * int(header.get("GCOUNT", 1))
-                        * (int(header.get("PCOUNT", 0)) + int(np.prod(naxis)))) if naxis else 0
+                size = extent[1]
                 start = handle.tell()
                 end = start + -(-size // _BLOCK) * _BLOCK
                 if end > length:
@@ -276,7 +287,7 @@ def scan_tables(path: str, names: tuple[str, ...]) -> dict[str, np.ndarray] | No
             if head[:2] == _GZIP_MAGIC or head == _BZIP2_MAGIC:
                 return None
             handle.seek(0)
-            first = True
+            first, hdu = True, 0
             while len(found) < len(names):
                 header = _raw_header(handle)
                 if header is None:
@@ -284,9 +295,11 @@ def scan_tables(path: str, names: tuple[str, ...]) -> dict[str, np.ndarray] | No
                         return None
                     break
                 first = False
-                naxis = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, int(header.get("NAXIS", 0)) + 1)]
-                size = (abs(int(header.get("BITPIX", 8))) // 8 * int(header.get("GCOUNT", 1))
-                        * (int(header.get("PCOUNT", 0)) + int(np.prod(naxis)))) if naxis else 0
+                extent = _data_extent(header, path, hdu)
+                if extent is None:
+                    return None
+                naxis, size = extent
+                hdu += 1
                 start = handle.tell()
                 name = str(header.get("EXTNAME", "")).strip().upper()
                 if name in names and name not in found and str(header.get("XTENSION", "")).strip() == "BINTABLE":
@@ -299,6 +312,8 @@ def scan_tables(path: str, names: tuple[str, ...]) -> dict[str, np.ndarray] | No
                         return None
                     found[name] = np.frombuffer(raw, dtype=dtype).copy()
                 handle.seek(start + -(-size // _BLOCK) * _BLOCK)
+    except UserError:
+        raise
     except (OSError, ValueError, TypeError):
         return None
     return found
