@@ -1,20 +1,23 @@
 """End-to-end inference speed and memory: HDF5 store (or per-object FITS files) -> catalogue.
 
     python benchmarks/predict.py [--store FILE.h5] [--model NAME_OR_PATH] [--sizes 2000 8000]
-                                 [--batch-size 1024] [--format parquet] [--threads 2]
+                                 [--batch-size 1024] [--format parquet] [--threads N]
                                  [--workers 1 2] [--fits "DIR/*.fits" --fits-n 500] [--no-stages]
 
 1. **In-process, per size**: each size runs in a fresh process (so the peak RSS is that run's
    own), once with the template refinement of z (``mtopnet predict``'s default,
    mtopnet.refine) and once without (``--no-refine``): it streams the first N objects of the
-   store through ``predict_batches`` into a catalogue and prints spectra/s and the peak
-   resident memory. Equal peaks for different N show memory flat in N (a size larger than
-   the store reads it again from the start, so 10^5 needs no 10^5 store).
+   store through ``predict_batches`` (``--threads`` batches at once, default all CPUs) into
+   a catalogue and prints spectra/s and the peak resident memory. Equal peaks for different
+   N show memory flat in N (a size larger than the store reads it again from the start, so
+   10^5 needs no 10^5 store).
 2. **Stages** (the first size, default path, unless ``--no-stages``): the same run under
-   cProfile, each stage's share of the time: reading, preprocessing, network, full-range
-   scan (with its combination with the PDF), refinement, feature evidence, writing, other.
+   cProfile with one batch at a time (cProfile sees one thread), each stage's share of the
+   time: reading, preprocessing, network, full-range scan (with its combination with the
+   PDF), refinement, feature evidence, writing, other.
 3. **Workers** (``--workers``): the real CLI, ``mtopnet predict STORE --workers N`` (Dask
-   LocalCluster for N > 1, one torch thread per worker; ``--shard-size``, default N/8 rows),
+   LocalCluster for N > 1, ``--threads`` left at its default, CPUs / N; ``--shard-size``,
+   default N/8 rows),
    on the first size's objects, timed from outside (process start, model loading and the
    assembly included): throughput for 1 and 2 workers.
 4. **FITS files** (``--fits GLOB``): the CLI on per-object files (e.g. moons1d's, one file
@@ -137,15 +140,13 @@ def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: b
     import cProfile
     import pstats
 
-    import torch
-
     from mtopnet.catalogue import write_catalogue
     from mtopnet.predict import predict_batches
     from mtopnet.store import read_store
     from mtopnet.trained import load_model
 
-    torch.set_num_threads(threads)
     m = load_model(model)
+    threads = 1 if profile else threads  # cProfile sees the calling thread only
     refiner = False
     if refine:
         from mtopnet.refine import Refiner
@@ -164,13 +165,13 @@ def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: b
             done += take
 
     # warm up (first-call allocations, rebinning matrices) on a small batch, not timed
-    list(predict_batches(m, [read_store(store, 0, 64)], refine=refiner))
+    list(predict_batches(m, [read_store(store, 0, 64)], refine=refiner, threads=threads))
     prof = cProfile.Profile() if profile else None
     t0 = time.perf_counter()
     if prof is not None:
         prof.enable()
     watch = _BatchMemory() if batch_memory else None
-    chunks = predict_batches(m, batches(), batch_size=batch_size, refine=refiner)
+    chunks = predict_batches(m, batches(), batch_size=batch_size, refine=refiner, threads=threads)
     rows = write_catalogue(out, chunks if watch is None else watch.follow(chunks))
     if prof is not None:
         prof.disable()
@@ -219,7 +220,8 @@ def main() -> int:
                    help="in-process runs of these sizes (none: only the CLI runs)")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--format", default="parquet", choices=["fits", "parquet", "csv"])
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="in-process runs: batches at once, each single-threaded (default: all CPUs)")
     p.add_argument("--workers", type=int, nargs="*", default=[], help="CLI runs with these --workers counts")
     p.add_argument("--fits", default=None, help="glob of per-object FITS files for CLI runs")
     p.add_argument("--fits-n", type=int, default=500, help="objects of --fits to predict (default 500)")
@@ -252,7 +254,7 @@ def main() -> int:
                                else str(_toy_store(tmp_path / "toy.h5", max(args.sizes))))
         available = store_info(store)["n"]
         print(f"store {store} ({available} objects), model {model}, batch {args.batch_size}, "
-              f"{os.cpu_count()} CPUs, {args.threads} torch threads in-process")
+              f"{os.cpu_count()} CPUs, {args.threads} batches at once in-process")
 
         def worker(n: int, mode: str) -> dict:
             env = dict(os.environ)

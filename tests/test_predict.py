@@ -174,3 +174,40 @@ def test_empty_batches_give_an_empty_catalogue(tiny_model_path, tmp_path, toy_wa
     assert isinstance(empty, SpectraBatch)
     assert write_catalogue(tmp_path / "e.fits", predict_batches(model, [empty])) == 0
     assert len(read_catalogue(tmp_path / "e.fits")["TARGETID"]) == 0
+
+
+def _same_rows(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b, strict=True):
+        assert list(ra) == list(rb)
+        for k in ra:
+            va, vb = np.asarray(ra[k]), np.asarray(rb[k])
+            assert va.dtype == vb.dtype and va.shape == vb.shape and va.tobytes() == vb.tobytes(), k
+
+
+def test_batches_in_threads_give_the_same_bytes_in_input_order(tiny_model_path, toy_stores, toy_waves):
+    model = load_model(tiny_model_path)
+    batches = [read_store(toy_stores[2], i, i + 7) for i in range(0, 40, 7)]  # 6 batches, the last of 5
+    batches.insert(2, toy_batch(2, {"A": toy_waves["A"]}, seed=1, start_id=900))  # out of the model's domain
+    before = torch.get_num_threads()
+    runs = {}
+    for threads in (1, 3):
+        with pytest.warns(DomainWarning) as caught:
+            runs[threads] = list(predict_batches(model, batches, threads=threads, with_pdf=True))
+        assert len([w for w in caught if issubclass(w.category, DomainWarning)]) == 1
+        assert torch.get_num_threads() == before  # restored
+    _same_rows(runs[3], runs[1])
+    ids = np.concatenate([r["TARGETID"] for r in runs[3]])
+    assert ids.tolist() == np.concatenate([np.asarray(b.ids) for b in batches]).tolist()
+    assert np.all(runs[3][2]["ZWARN"] & ZWarn.OUT_OF_DOMAIN) and not np.any(runs[3][1]["ZWARN"] & ZWarn.OUT_OF_DOMAIN)
+
+
+def test_threaded_run_closed_early_stops_cleanly(tiny_model_path, toy_stores):
+    model = load_model(tiny_model_path)
+    before = torch.get_num_threads()
+    gen = predict_batches(model, (read_store(toy_stores[2], i, i + 4) for i in range(0, 40, 4)), threads=2)
+    first = next(gen)
+    gen.close()  # the rest cancelled or finished, the pool shut down, torch's threads restored
+    assert len(first["Z"]) == 4 and torch.get_num_threads() == before
+    with pytest.raises(UserError, match="threads"):
+        next(predict_batches(model, [read_store(toy_stores[2], 0, 4)], threads=0))

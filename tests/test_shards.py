@@ -163,6 +163,30 @@ def test_cli_rerun_says_how_many_shards_it_reused(tiny_model_path, toy_stores, t
     assert spy.computed == list(range(3, 8))
 
 
+def test_threads_give_the_same_bytes_and_a_rerun_with_other_threads_resumes(tiny_model_path, toy_stores, tmp_path,
+                                                                            spy, capsys):
+    one = tmp_path / "one.fits"
+    predict_store(load_model(tiny_model_path), [toy_stores[1]], one, batch_size=8, shard_size=16)
+    out = tmp_path / "cat.fits"
+    args = ["predict", str(toy_stores[1]), "--model", str(tiny_model_path), "--out", str(out), "--quiet",
+            "--batch-size", "8", "--shard-size", "16"]
+    spy.fail_at = 3
+    assert main([*args, "--threads", "3"]) == 130
+    spy.computed, spy.fail_at = [], None
+    assert main([*args, "--threads", "2"]) == 0  # other threads: the shards done are the same bytes
+    assert capsys.readouterr().out.strip() == f"{out}: 120 rows (3 of 8 shards from an earlier run)"
+    assert spy.computed == list(range(3, 8))
+    assert without_date(out.read_bytes()) == without_date(one.read_bytes())
+
+
+def test_default_threads_share_this_machines_cpus(monkeypatch):
+    monkeypatch.setattr(predict_mod.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert predict_mod.default_threads(1, None) == 8
+    assert predict_mod.default_threads(3, None) == 2
+    assert predict_mod.default_threads(16, None) == 1
+    assert predict_mod.default_threads(1, "tcp://host:8786") == 1
+
+
 def test_scheduler_address_runs_the_shards_on_that_cluster(tiny_model_path, toy_stores, tmp_path):
     distributed = pytest.importorskip("distributed")
     model = load_model(tiny_model_path)

@@ -11,8 +11,10 @@ on the CPU and NCCL on GPUs, rendezvous through ``MASTER_ADDR``/``MASTER_PORT`` 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -20,6 +22,26 @@ import torch
 import torch.distributed as dist
 
 from .config import UserError
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with torch's intra-op threads set to ``n`` (None: as they are), restored after.
+
+    Sets (and restores) only when ``n`` differs from the current count, so that blocks run in
+    several Python threads at once under one setting (``predict_batches(threads=N)`` sets 1)
+    never change it under each other.
+    """
+    old = torch.get_num_threads()
+    change = n is not None and n != old
+    if change:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(old)
+
 
 DEVICES = ("cpu", "cuda", "auto")
 """The accepted ``--device`` values."""

@@ -27,7 +27,9 @@ import hashlib
 import logging
 import os
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ from .catalogue import (
 from .columns import SMALL_DELTA_CHI2_LIMIT, ZInfo, ZWarn, capped_p, capped_qop
 from .config import ConfigError, UserError
 from .constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
+from .devices import torch_threads
 from .domain import (
     DomainReport,
     DomainWarning,
@@ -141,7 +144,7 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
                     min_valid_fraction: float = MIN_VALID_FRACTION,
                     refine: bool | Refiner = True, with_net_pdf: bool = False,
                     domain_report: DomainReport | None = None,
-                    sky_masks: bool = True) -> Iterator[dict[str, np.ndarray]]:
+                    sky_masks: bool = True, threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Catalogue rows for each batch (input order): dict column -> (n,) array (COEFF: (n, K)).
 
     Columns are :data:`CATALOGUE_COLUMNS`, then (with ``refine``) :data:`REFINE_COLUMNS`, then
@@ -161,34 +164,141 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
     stores converted from them lose the pixels the training spectra lost, and the simulator's
     own stores, which carry these masks already, are unchanged (ZWARN_INFO SKY_MASKED where
     data were voided).
+
+    ``threads``: None (the default) runs the batches one after the other with torch's and
+    BLAS's thread settings as the caller left them. A number N runs up to N batches at once
+    in threads of this process, every operation single-threaded (torch and BLAS set to one
+    thread while the generator runs, restored after): the rows are then the same bytes for
+    any N, and N cores are used (most of the time goes to torch and numpy operations, which
+    release the GIL). Memory: about N batches' worth.
     """
-    net, pre, zb = model.network, model.preprocessor, model.zbins
-    device = next(net.parameters()).device
-    refiner = None
-    if refine is True:
-        refiner = Refiner.from_model(model)
-    elif refine is not False and refine is not None:
-        refiner = refine
-    scan = _Scan(model, refiner) if refiner is not None and model.scan is not None else None
-    cal = model.calibration
-    levels = tuple(cal.interval_levels) if cal is not None else (0.68, 0.95)
-    m_mu, m_sd = model.label_norm["logmstar"]
-    s_mu, s_sd = model.label_norm["logsfr"]
+    run = _BatchPredictor(model, with_pdf=with_pdf, arm_resolution=arm_resolution,
+                          min_valid_fraction=min_valid_fraction, refine=refine, with_net_pdf=with_net_pdf,
+                          sky_masks=sky_masks)
     domain_cache: dict[bytes, bool] = {}
-    instrument = training_instrument(model) if sky_masks else None
-    for batch in _chunks(batches, batch_size):
-        if instrument is not None:
-            batch = apply_sky_masks(batch, instrument)
+    chunks = (b for b in _chunks(batches, batch_size) if len(b))
+    if threads is None:
+        for batch in chunks:
+            layout_ok = run.layout_ok(batch, domain_cache, domain_report)
+            rows, sparse = run.rows(batch, layout_ok)
+            run.report_sparse(sparse, layout_ok, domain_report)
+            yield rows
+        return
+    if threads < 1:
+        raise UserError(f"threads: must be >= 1, got {threads}")
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="mtopnet-predict") if threads > 1 else None
+    try:
+        with torch_threads(1), threadpool_limits(limits=1, user_api="blas"):
+            if pool is None:
+                for batch in chunks:
+                    layout_ok = run.layout_ok(batch, domain_cache, domain_report)
+                    rows, sparse = run.rows(batch, layout_ok)
+                    run.report_sparse(sparse, layout_ok, domain_report)
+                    yield rows
+                return
+            pending: deque = deque()  # (future, layout_ok) in input order, at most `threads` in flight
+            for batch in chunks:
+                layout_ok = run.layout_ok(batch, domain_cache, domain_report)
+                pending.append((pool.submit(run.rows, batch, layout_ok), layout_ok))
+                if len(pending) >= threads:
+                    future, ok = pending.popleft()
+                    rows, sparse = future.result()
+                    run.report_sparse(sparse, ok, domain_report)
+                    yield rows
+            while pending:
+                future, ok = pending.popleft()
+                rows, sparse = future.result()
+                run.report_sparse(sparse, ok, domain_report)
+                yield rows
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sparse:
+    """Objects of one batch whose valid data cover too little of the training wavelengths."""
+
+    n_out_of_domain: int
+    """Objects flagged OUT_OF_DOMAIN in the batch (layout or sparse coverage)."""
+    n_sparse: int
+    description: str | None
+    """:func:`sparse_description` of the batch where ``n_sparse`` > 0."""
+
+
+class _BatchPredictor:
+    """What one :func:`predict_batches` run shares between its batches: the model, refiner,
+    scan and calibration, read-only once built, so that batches may run in threads. The
+    domain bookkeeping (a cache per arm layout, warnings, the report) stays with the caller's
+    thread (:meth:`layout_ok`, :meth:`report_sparse`); :meth:`rows` does the rest."""
+
+    def __init__(self, model: TrainedModel, *, with_pdf: bool, arm_resolution: dict[str, float] | None,
+                 min_valid_fraction: float, refine: bool | Refiner, with_net_pdf: bool, sky_masks: bool):
+        self.model = model
+        self.with_pdf, self.with_net_pdf = with_pdf, with_net_pdf
+        self.arm_resolution = arm_resolution
+        self.min_valid_fraction = min_valid_fraction
+        self.device = next(model.network.parameters()).device
+        refiner = None
+        if refine is True:
+            refiner = Refiner.from_model(model)
+        elif refine is not False and refine is not None:
+            refiner = refine
+        self.refiner = refiner
+        self.scan = _Scan(model, refiner) if refiner is not None and model.scan is not None else None
+        self.fitter = refiner.spectype_fitter() if refiner is not None else None  # built here, not in a thread
+        self.instrument = training_instrument(model) if sky_masks else None
+
+    def layout_ok(self, batch: SpectraBatch, cache: dict[bytes, bool], report: DomainReport | None) -> bool:
+        """Whether ``batch``'s arm layout is in the model's domain (checked once per layout;
+        a DomainWarning, or a count in ``report``, for a layout that is not)."""
+        key = b"".join(a.encode() + np.asarray(d["wave"]).tobytes()[:64] + str(len(d["wave"])).encode()
+                       for a, d in batch.arms.items())
+        if key not in cache:
+            problem = domain_problem(self.model, batch, self.arm_resolution)
+            cache[key] = problem is None
+            if problem is not None:
+                first = str(np.asarray(batch.ids)[0])
+                what = (f"with arms {describe_arms(batch)} (first id {first}) are out of the model's domain: "
+                        f"{problem}")
+                if report is None:
+                    warnings.warn(DomainWarning(
+                        f"spectra {what}; the model expects {expected_domain(self.model)}; ZWARN bit OUT_OF_DOMAIN "
+                        f"({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=3)
+                else:
+                    report.n_layouts += 1
+                    report.layouts.append(hashlib.sha256(key).hexdigest()[:16])
+                    report.first = report.first or what
+        return cache[key]
+
+    def report_sparse(self, sparse: _Sparse, layout_ok: bool, report: DomainReport | None) -> None:
+        """Count a batch's out-of-domain objects in ``report``, or warn of its sparse ones."""
+        if report is not None:
+            report.n_spectra += sparse.n_out_of_domain
+            if sparse.description is not None and report.first is None:
+                report.first = sparse.description
+        elif sparse.description is not None and layout_ok:
+            warnings.warn(DomainWarning(f"{sparse.n_sparse} spectra {sparse.description}; "
+                                        f"ZWARN bit OUT_OF_DOMAIN ({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=3)
+
+    def rows(self, batch: SpectraBatch, layout_ok: bool) -> tuple[dict[str, np.ndarray], _Sparse]:
+        """The catalogue rows of one non-empty batch, and its sparse-coverage objects."""
+        model, refiner, scan, fitter = self.model, self.refiner, self.scan, self.fitter
+        net, pre, zb = model.network, model.preprocessor, model.zbins
+        cal = model.calibration
+        levels = tuple(cal.interval_levels) if cal is not None else (0.68, 0.95)
+        m_mu, m_sd = model.label_norm["logmstar"]
+        s_mu, s_sd = model.label_norm["logsfr"]
+        if self.instrument is not None:
+            batch = apply_sky_masks(batch, self.instrument)
         n = len(batch)
-        if n == 0:
-            continue
         x = pre(batch)
         with torch.inference_mode():
-            out = net(torch.from_numpy(x.spectrum).to(device), torch.from_numpy(x.continuum).to(device))
+            out = net(torch.from_numpy(x.spectrum).to(self.device), torch.from_numpy(x.continuum).to(self.device))
             out = {k: v.cpu() for k, v in out.items()}  # the network's device; the rest on the CPU
             pdf_net = torch.softmax(out["z_logits"].double(), dim=1).numpy()
         summ_net = pdf_summary(pdf_net, zb.edges)
-        unusable = (x.valid_fraction < min_valid_fraction) | (x.valid_fraction <= 0)
+        unusable = (x.valid_fraction < self.min_valid_fraction) | (x.valid_fraction <= 0)
         pdf, summ, scan_cols, weights = pdf_net, summ_net, None, x.ivar
         if scan is not None:  # weights: without the pixels the scan clipped (the refinement clips its own)
             pdf, scan_cols, weights = scan(x, pdf_net, summ_net["p_window"], ~unusable)
@@ -204,37 +314,14 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
                 evidence = feature_evidence(scan.scanner, x.flux, weights, np.where(unusable, np.nan, fit.z),
                                             arm_masks)
         types = None
-        fitter = refiner.spectype_fitter() if refiner is not None else None
         if fitter is not None:  # QSO / star templates against the galaxy fit (SPECTYPE)
             types = fitter.classify(x.flux, weights, fit.z, fit.coeff, fitted=~unusable, arm_masks=arm_masks,
                                     threads=refiner.config.threads)
-        key = b"".join(a.encode() + np.asarray(d["wave"]).tobytes()[:64] + str(len(d["wave"])).encode()
-                       for a, d in batch.arms.items())
-        if key not in domain_cache:
-            problem = domain_problem(model, batch, arm_resolution)
-            domain_cache[key] = problem is None
-            if problem is not None:
-                first = str(np.asarray(batch.ids)[0])
-                what = (f"with arms {describe_arms(batch)} (first id {first}) are out of the model's domain: "
-                        f"{problem}")
-                if domain_report is None:
-                    warnings.warn(DomainWarning(
-                        f"spectra {what}; the model expects {expected_domain(model)}; ZWARN bit OUT_OF_DOMAIN "
-                        f"({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
-                else:
-                    domain_report.n_layouts += 1
-                    domain_report.layouts.append(hashlib.sha256(key).hexdigest()[:16])
-                    domain_report.first = domain_report.first or what
         # per object: the arms' layout, or valid data on too little of the training coverage
         sparse = sparse_coverage(model, x.ivar)
-        out_of_domain = np.full(n, not domain_cache[key]) | sparse
-        if domain_report is not None:
-            domain_report.n_spectra += int(out_of_domain.sum())
-            if sparse.any() and domain_report.first is None:
-                domain_report.first = sparse_description(model, x.ivar, batch.ids)
-        elif sparse.any() and domain_cache[key]:
-            warnings.warn(DomainWarning(f"{int(sparse.sum())} spectra {sparse_description(model, x.ivar, batch.ids)}; "
-                                        f"ZWARN bit OUT_OF_DOMAIN ({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=2)
+        out_of_domain = np.full(n, not layout_ok) | sparse
+        sparse_info = _Sparse(int(out_of_domain.sum()), int(sparse.sum()),
+                              sparse_description(model, x.ivar, batch.ids) if sparse.any() else None)
         features = {}
         if scan is not None:
             features = _fit_features(summ, summ_net, pdf_net, zb.edges, fit, scan_cols, x, out_of_domain, evidence)
@@ -244,7 +331,7 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
             p_dz01, qop = summ["p_window"], np.ones(n, dtype=np.int16)
         zwarn = np.zeros(n, dtype=np.int64)
         info = np.zeros(n, dtype=np.int32)
-        zwarn |= np.where(x.valid_fraction < min_valid_fraction, int(ZWarn.LITTLE_COVERAGE), 0)
+        zwarn |= np.where(x.valid_fraction < self.min_valid_fraction, int(ZWarn.LITTLE_COVERAGE), 0)
         all_masked = x.valid_fraction <= 0
         zwarn |= np.where(all_masked, int(ZWarn.NODATA), 0)
         info |= np.where(~x.continuum_detected & ~all_masked, int(ZInfo.LOW_SN), 0).astype(np.int32)
@@ -316,16 +403,16 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
         if scan_cols is not None:
             for k, dt in SCAN_DTYPES.items():
                 rows[k] = np.asarray(scan_cols[k]).astype(dt)
-        if with_pdf:
+        if self.with_pdf:
             rows["Z_PDF"] = pdf.astype(np.float32)
-        if with_net_pdf:
+        if self.with_net_pdf:
             rows["z_pdf_net"] = pdf_net.astype(np.float32)
             if not features:
                 features = _fit_features(summ, summ_net, pdf_net, zb.edges, fit, scan_cols, x, out_of_domain,
                                          evidence)
             for k, v in {**summ, **features}.items():
                 rows[f"q_{k}"] = np.asarray(v)
-        yield rows
+        return rows, sparse_info
 
 
 def _redrock_columns(batch: SpectraBatch, x, summ: dict, intervals: dict, fit, scan_cols: dict | None,
@@ -468,9 +555,10 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
     ``shard_size`` store rows or files, each written to ``OUT.shards/`` when done; a re-run
     with the same model, inputs and options skips the shards done, and the catalogue is
     assembled from the shards in input order. ``workers`` > 1 runs the shards on a Dask
-    LocalCluster of that many processes, ``scheduler`` (an address) on a Dask cluster. Every
-    shard is computed with ``threads`` torch threads, whatever runs it: float rounding depends
-    on the thread count, so with it fixed the catalogue is the same bytes for any ``workers``.
+    LocalCluster of that many processes, ``scheduler`` (an address) on a Dask cluster. Each
+    process computes up to ``threads`` batches at once (:func:`predict_batches`), every
+    operation single-threaded: the catalogue is the same bytes for any ``workers`` and
+    ``threads`` (and a re-run with other counts reuses the shards done).
     Streams: memory stays flat in the number of objects. Returns the run's
     :class:`~mtopnet.shards.ShardRun` (rows written, shards reused and computed).
     Out-of-domain spectra give one :class:`DomainWarning` at the end, with their number. While
@@ -500,7 +588,7 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
     device = str(next(model.network.parameters()).device)
     loaded = {"model": file_digest(model.source), "device": device,  # what a worker loads, by content
               "refine": None if not refine else [repr(refine.config), refine.basis.meta]}
-    settings = {**loaded, "batch_size": batch_size, "with_pdf": with_pdf, "format": format, "threads": threads}
+    settings = {**loaded, "batch_size": batch_size, "with_pdf": with_pdf, "format": format}
     shards = plan_shards(list(inputs), format, shard_size, settings)
     kinds = {unit.fmt in _INTEGER_ID_FORMATS for shard in shards for unit in shard.units}
     job = _ShardJob(model.source, device, batch_size, with_pdf, True if shipped_refiner else (refine or False),
@@ -587,14 +675,10 @@ def _predict_shard(job: _ShardJob, shard: Shard, info: dict) -> Iterator[dict[st
     if job.as_text:  # integer and text ids mixed (DESI + SDSS): one text id column
         batches = (dataclasses.replace(b, ids=np.asarray(b.ids).astype(str)) for b in batches)
     report = DomainReport()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(job.threads)  # torch and numpy's BLAS: the same threads in-process and on a worker
-    try:
-        with threadpool_limits(limits=job.threads, user_api="blas"):
-            yield from predict_batches(model, batches, with_pdf=job.with_pdf, batch_size=job.batch_size,
-                                       arm_resolution=job.arm_resolution, refine=refiner or False, domain_report=report)
-    finally:
-        torch.set_num_threads(threads)
+    # job.threads batches at once, every operation single-threaded: the same bytes in-process and on a worker
+    yield from predict_batches(model, batches, with_pdf=job.with_pdf, batch_size=job.batch_size,
+                               arm_resolution=job.arm_resolution, refine=refiner or False, domain_report=report,
+                               threads=job.threads)
     info["domain"] = dataclasses.asdict(report)
     info["unit_rows"] = unit_rows  # catalogue rows per input unit (pass-through tables)
 
@@ -618,11 +702,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the shards on the Dask cluster of this scheduler (e.g. tcp://host:8786)")
     p.add_argument("--shard-size", type=int, default=SHARD_SIZE,
                    help=f"store rows, or files, per shard (default {SHARD_SIZE}); a re-run skips the shards done")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per process (default 1; use --workers for more cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="batches computed at once in each process, every operation single-threaded (default: "
+                        "this machine's CPUs / --workers, at least 1; 1 with --scheduler); the catalogue is the "
+                        "same bytes for any --threads and --workers")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the network runs: cpu (default) or cuda (error without a GPU); "
                         "preprocessing and refinement run on the CPU")
+
+
+def default_threads(workers: int, scheduler: str | None) -> int:
+    """``--threads`` when not given: the CPUs this process may use, shared by ``workers``
+    local processes (at least 1); 1 for a ``scheduler``'s workers, whose cores are not known here."""
+    if scheduler is not None:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(workers, 1))
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -633,14 +728,15 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size: must be >= 1, got {args.batch_size}")
     for name in ("workers", "shard_size", "threads"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     model = load_model(args.model, device=args.device)
     log.debug("model %s on %s", model.source, args.device)
     run = predict_sharded(model, args.inputs, args.out, batch_size=args.batch_size, with_pdf=args.pdf,
                           overwrite=args.overwrite, progress=progress_enabled(), format=args.format,
                           refine=not args.no_refine, priors_out=args.priors_out, workers=args.workers,
-                          scheduler=args.scheduler, shard_size=args.shard_size, threads=args.threads)
+                          scheduler=args.scheduler, shard_size=args.shard_size,
+                          threads=args.threads or default_threads(args.workers, args.scheduler))
     resumed = f" ({run.n_reused} of {run.n_shards} shards from an earlier run)" if run.n_reused else ""
     priors = f"; Redrock priors in {args.priors_out}" if args.priors_out else ""
     print(f"{args.out}: {run.n_rows} rows{resumed}{priors}")  # the command's result line (stdout)

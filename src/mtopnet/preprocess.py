@@ -349,11 +349,13 @@ class Preprocessor:
     def _gather(self, wave: np.ndarray) -> _Gather:
         wave = np.ascontiguousarray(wave, dtype=np.float64)
         key = hashlib.blake2b(wave.tobytes(), digest_size=16).digest()
-        if key not in self._gathers:
+        gather = self._gathers.get(key)
+        if gather is None:  # a local first: batches in threads may clear the cache in between
+            gather = _as_gather(rebin_matrix(wave, self._edges))
             if len(self._gathers) > 64:
                 self._gathers.clear()
-            self._gathers[key] = _as_gather(rebin_matrix(wave, self._edges))
-        return self._gathers[key]
+            self._gathers[key] = gather
+        return gather
 
     def coverage(self, arm_waves: dict[str, np.ndarray]) -> np.ndarray:
         """(n_pix,) bool: grid pixels that at least one arm covers (ignoring masks)."""

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..constants import C_KMS, SEPARATION_KMS
+from ..devices import torch_threads
 from ..quality import pdf_peaks, window_mass
 from .basis import RefineBasis, build_basis
 from .kernels import best_fit_coeff, best_fit_model, coarse_chi2, fine_chi2, outlier_pixels
@@ -278,13 +279,8 @@ class Refiner:
         point estimate (``pdf_summary(...)["z"]``); skip: (N,) bool objects not to refine;
         z_err_net: (N,) error reported for objects not refined (default NaN).
         """
-        threads = torch.get_num_threads()
-        if self.config.threads is not None:
-            torch.set_num_threads(self.config.threads)
-        try:
+        with torch_threads(self.config.threads):
             return self._refine(flux, ivar, pdf, z_net, skip, z_err_net)
-        finally:
-            torch.set_num_threads(threads)
 
     def _refine(self, flux: np.ndarray, ivar: np.ndarray, pdf: np.ndarray, z_net: np.ndarray,
                 skip: np.ndarray | None, z_err_net: np.ndarray | None) -> RefineResult:

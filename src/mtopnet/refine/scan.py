@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, UserError
+from ..devices import torch_threads
 from .kernels import outlier_pixels
 from .settings import ScanConfig
 
@@ -256,13 +257,8 @@ class ZScanner:
         """
         if threads is not None and threads < 1:
             raise UserError(f"zscan: threads must be >= 1, got {threads}")
-        old = torch.get_num_threads()
-        if threads is not None:
-            torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             return self._scan(flux, ivar, chunk)
-        finally:
-            torch.set_num_threads(old)
 
     def _scan(self, flux: np.ndarray, ivar: np.ndarray, chunk: int) -> ZScanResult:
         flux = np.asarray(flux)

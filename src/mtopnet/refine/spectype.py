@@ -51,6 +51,7 @@ import torch
 
 from ..config import ConfigError
 from ..constants import C_KMS
+from ..devices import torch_threads
 from ..templates import default_template_dir, read_templates
 from .basis import RefineBasis, build_basis
 from .kernels import _phase_major, _solve_chi2, _windows, smooth_basis
@@ -248,13 +249,8 @@ class SpectypeFitter:
         grid pixels it covers (the nuisance vectors' support; default: the whole grid as one
         arm); threads: torch threads while fitting (restored after; None keeps torch's).
         """
-        old = torch.get_num_threads()
-        if threads is not None:
-            torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             return self._classify(flux, ivar, z_galaxy, coeff, fitted, arm_masks)
-        finally:
-            torch.set_num_threads(old)
 
     def _classify(self, flux: np.ndarray, ivar: np.ndarray, z_galaxy: np.ndarray, coeff: np.ndarray,
                   fitted: np.ndarray | None, arm_masks: list[np.ndarray] | None) -> SpectypeResult:
