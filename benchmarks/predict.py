@@ -1,7 +1,7 @@
 """End-to-end inference speed and memory: HDF5 store (or per-object FITS files) -> catalogue.
 
     python benchmarks/predict.py [--store FILE.h5] [--model NAME_OR_PATH] [--sizes 2000 8000]
-                                 [--batch-size 1024] [--format parquet] [--threads N]
+                                 [--batch-size 256] [--format parquet] [--threads N]
                                  [--workers 1 2] [--fits "DIR/*.fits" --fits-n 500] [--no-stages]
 
 1. **In-process, per size**: each size runs in a fresh process (so the peak RSS is that run's
@@ -16,8 +16,8 @@
    time: reading, preprocessing, network, full-range scan (with its combination with the
    PDF), refinement, feature evidence, writing, other.
 3. **Workers** (``--workers``): the real CLI, ``mtopnet predict STORE --workers N`` (Dask
-   LocalCluster for N > 1, ``--threads`` left at its default, CPUs / N; ``--shard-size``,
-   default N/8 rows),
+   LocalCluster for N > 1, ``--threads`` left at its default, CPUs / N; ``--shard-size``:
+   the CLI's default for one worker, N/8 rows for more),
    on the first size's objects, timed from outside (process start, model loading and the
    assembly included): throughput for 1 and 2 workers.
 4. **FITS files** (``--fits GLOB``): the CLI on per-object files (e.g. moons1d's, one file
@@ -185,18 +185,29 @@ def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: b
     return res
 
 
-def _cli_rate(inputs: list[str], n: int, model: str, workers: int, out: Path, shard_size: int,
+def _cli_rate(inputs: list[str], n: int, model: str, workers: int, out: Path, shard_size: int | None,
               extra: tuple[str, ...] = ()) -> dict:
-    """``mtopnet predict INPUTS --workers N --shard-size S [extra]`` in a subprocess: wall seconds
-    (process start, model loading and assembly included) and spectra/s for n objects."""
+    """``mtopnet predict INPUTS --workers N [--shard-size S] [extra]`` in a subprocess: wall seconds
+    (process start, model loading and assembly included) and spectra/s for n objects (S None:
+    the CLI's default)."""
+    size = [] if shard_size is None else ["--shard-size", str(shard_size)]
     cmd = [sys.executable, "-m", "mtopnet.cli", "predict", *inputs, "--out", str(out), "--model", model,
-           "--workers", str(workers), "--shard-size", str(shard_size), "--overwrite", *extra]
+           "--workers", str(workers), *size, "--overwrite", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     dt = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"mtopnet predict failed ({proc.returncode}): {proc.stderr.strip()[-1000:]}")
     return {"n": n, "seconds": dt, "spectra_per_s": n / dt}
+
+
+def _shard_size(given: int | None, workers: int, n: int) -> int | None:
+    """--shard-size for a CLI run: the one given; else the CLI's default for one worker (its
+    --threads batches at once run within a shard), and N / 8 (at least 64) for more, so that
+    every worker gets shards."""
+    if given is not None:
+        return given
+    return None if workers == 1 else max(64, n // 8)
 
 
 def _fits_objects(pattern: str, n: int) -> list[str]:
@@ -218,7 +229,7 @@ def main() -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--sizes", type=int, nargs="*", default=[2000, 8000],
                    help="in-process runs of these sizes (none: only the CLI runs)")
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=None, help="in-process runs (default: mtopnet predict's)")
     p.add_argument("--format", default="parquet", choices=["fits", "parquet", "csv"])
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="in-process runs: batches at once, each single-threaded (default: all CPUs)")
@@ -226,7 +237,8 @@ def main() -> int:
     p.add_argument("--fits", default=None, help="glob of per-object FITS files for CLI runs")
     p.add_argument("--fits-n", type=int, default=500, help="objects of --fits to predict (default 500)")
     p.add_argument("--shard-size", type=int, default=None,
-                   help="CLI runs: rows (or files) per shard (default: N / 8, at least 64)")
+                   help="CLI runs: rows (or files) per shard (default: the CLI's with 1 worker, whose "
+                        "batches at once need shards of several batches; N / 8, at least 64, with more)")
     p.add_argument("--no-stages", action="store_true", help="skip the profiled run")
     p.add_argument("--modes", nargs="+", default=["refine", "no-refine"], choices=["refine", "no-refine"],
                    help="in-process runs: with refinement (the default path), without, or both (default)")
@@ -238,6 +250,9 @@ def main() -> int:
                         "blocks this large are mapped and given back when freed; docs/benchmarks.md)")
     p.add_argument("--worker", nargs=4, metavar=("STORE", "MODEL", "N", "REFINE"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.batch_size is None:
+        from mtopnet.predict import BATCH_SIZE
+        args.batch_size = BATCH_SIZE
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         if args.worker:
@@ -294,7 +309,7 @@ def main() -> int:
             print(f"CLI `mtopnet predict --workers N` on {n0} spectra of the store (default path; start included):")
             for w in args.workers:
                 r = _cli_rate([str(sub)], n0, model, w, tmp_path / f"cli-{w}.{args.format}",
-                              args.shard_size or max(64, n0 // 8))
+                              _shard_size(args.shard_size, w, n0))
                 print(f"  workers {w}: {r['seconds']:7.1f} s {r['spectra_per_s']:8.0f} spectra/s", flush=True)
         if args.fits:
             files = _fits_objects(args.fits, args.fits_n)
@@ -303,7 +318,7 @@ def main() -> int:
             for w in args.workers or [1]:
                 for label, extra in (("default path", ()), ("--no-refine", ("--no-refine",))):
                     r = _cli_rate(files, n_obj, model, w, tmp_path / f"fits-{w}.{args.format}",
-                                  args.shard_size or max(64, n_obj // 8), extra)
+                                  _shard_size(args.shard_size, w, n_obj), extra)
                     print(f"  workers {w}, {label:>12}: {r['seconds']:7.1f} s {r['spectra_per_s']:8.0f} spectra/s",
                           flush=True)
     return 0

@@ -42,7 +42,7 @@ from .columns import capped_p, capped_qop
 from .config import UserError
 from .constants import SUCCESS_DZ
 from .logs import progress_bar, progress_enabled
-from .predict import predict_batches
+from .predict import BATCH_SIZE, predict_batches
 from .quality import (
     FEATURES,
     FIT_FEATURES,
@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 
 def recalibrate(model_path: str | os.PathLike, val_store: str | os.PathLike, out: str | os.PathLike | None = None,
-                config: RefineConfig | None = None, batch_size: int = 1024, progress: bool = False) -> dict:
+                config: RefineConfig | None = None, batch_size: int = BATCH_SIZE, progress: bool = False) -> dict:
     """Refit a checkpoint's p_dz01 / QOP calibration with refinement applied, on a VALIDATION store.
 
     Runs the model with refinement over ``val_store`` (never the test or held-out set), fits
