@@ -16,6 +16,7 @@ from mtopnet.catalogue import (
 )
 from mtopnet.config import UserError
 from mtopnet.predict import DomainWarning, predict_batches, predict_store
+from mtopnet.refine import RefineConfig, Refiner
 from mtopnet.store import SpectraBatch, read_store
 from mtopnet.testing import toy_batch
 from mtopnet.trained import load_model
@@ -211,3 +212,6 @@ def test_threaded_run_closed_early_stops_cleanly(tiny_model_path, toy_stores):
     assert len(first["Z"]) == 4 and torch.get_num_threads() == before
     with pytest.raises(UserError, match="threads"):
         next(predict_batches(model, [read_store(toy_stores[2], 0, 4)], threads=0))
+    own = Refiner.from_model(model, RefineConfig(threads=2))
+    with pytest.raises(UserError, match="RefineConfig"):
+        next(predict_batches(model, [read_store(toy_stores[2], 0, 4)], threads=2, refine=own))

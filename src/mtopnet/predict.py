@@ -177,46 +177,52 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
     in threads of this process, every operation single-threaded (torch and BLAS set to one
     thread while the generator runs, restored after): the rows are then the same bytes for
     any N, and N cores are used (most of the time goes to torch and numpy operations, which
-    release the GIL). Memory: about N batches' worth.
+    release the GIL). Memory: about N batches' worth. UserError: N < 1, or a ``refine``
+    Refiner whose ``config.threads`` is more than 1 (it would change torch's threads under
+    the other batches).
     """
     run = _BatchPredictor(model, with_pdf=with_pdf, arm_resolution=arm_resolution,
                           min_valid_fraction=min_valid_fraction, refine=refine, with_net_pdf=with_net_pdf,
                           sky_masks=sky_masks)
     domain_cache: dict[bytes, bool] = {}
     chunks = (b for b in _chunks(batches, batch_size) if len(b))
-    if threads is None:
+
+    def one_by_one() -> Iterator[dict[str, np.ndarray]]:
         for batch in chunks:
             layout_ok = run.layout_ok(batch, domain_cache, domain_report)
             rows, sparse = run.rows(batch, layout_ok)
             run.report_sparse(sparse, layout_ok, domain_report)
             yield rows
+
+    if threads is None:
+        yield from one_by_one()
         return
     if threads < 1:
         raise UserError(f"threads: must be >= 1, got {threads}")
+    if run.refiner is not None and run.refiner.config.threads not in (None, 1):
+        raise UserError(f"threads: a refinement with its own torch threads ({run.refiner.config.threads}) "
+                        f"cannot run with batches in threads; use RefineConfig(threads=1)")
     pool = ThreadPoolExecutor(threads, thread_name_prefix="mtopnet-predict") if threads > 1 else None
+    pending: deque = deque()  # (future, layout_ok) in input order, at most `threads` in flight
+
+    def oldest() -> dict[str, np.ndarray]:
+        future, layout_ok = pending.popleft()
+        rows, sparse = future.result()
+        run.report_sparse(sparse, layout_ok, domain_report)
+        return rows
+
     try:
         with torch_threads(1), threadpool_limits(limits=1, user_api="blas"):
             if pool is None:
-                for batch in chunks:
-                    layout_ok = run.layout_ok(batch, domain_cache, domain_report)
-                    rows, sparse = run.rows(batch, layout_ok)
-                    run.report_sparse(sparse, layout_ok, domain_report)
-                    yield rows
+                yield from one_by_one()
                 return
-            pending: deque = deque()  # (future, layout_ok) in input order, at most `threads` in flight
             for batch in chunks:
                 layout_ok = run.layout_ok(batch, domain_cache, domain_report)
                 pending.append((pool.submit(run.rows, batch, layout_ok), layout_ok))
                 if len(pending) >= threads:
-                    future, ok = pending.popleft()
-                    rows, sparse = future.result()
-                    run.report_sparse(sparse, ok, domain_report)
-                    yield rows
+                    yield oldest()
             while pending:
-                future, ok = pending.popleft()
-                rows, sparse = future.result()
-                run.report_sparse(sparse, ok, domain_report)
-                yield rows
+                yield oldest()
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
