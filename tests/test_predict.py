@@ -210,8 +210,63 @@ def test_threaded_run_closed_early_stops_cleanly(tiny_model_path, toy_stores):
     first = next(gen)
     gen.close()  # the rest cancelled or finished, the pool shut down, torch's threads restored
     assert len(first["Z"]) == 4 and torch.get_num_threads() == before
-    with pytest.raises(UserError, match="threads"):
-        next(predict_batches(model, [read_store(toy_stores[2], 0, 4)], threads=0))
+    with pytest.raises(UserError, match="threads"):  # when called, not at the first batch
+        predict_batches(model, [read_store(toy_stores[2], 0, 4)], threads=0)
     own = Refiner.from_model(model, RefineConfig(threads=2))
     with pytest.raises(UserError, match="RefineConfig"):
-        next(predict_batches(model, [read_store(toy_stores[2], 0, 4)], threads=2, refine=own))
+        predict_batches(model, [read_store(toy_stores[2], 0, 4)], threads=2, refine=own)
+
+
+def test_a_batch_stops_at_its_next_stage_once_its_run_has_ended(tiny_model_path, toy_stores):
+    from mtopnet.predict import _BatchPredictor, _Stopped
+    model = load_model(tiny_model_path)
+    run = _BatchPredictor(model, with_pdf=False, arm_resolution=None, min_valid_fraction=0.2, refine=True,
+                          with_net_pdf=False, sky_masks=True)
+    rows, _ = run.rows(read_store(toy_stores[2], 0, 3), True)
+    assert len(rows["Z"]) == 3
+    run.stop.set()
+    with pytest.raises(_Stopped):
+        run.rows(read_store(toy_stores[2], 0, 3), True)
+
+
+@pytest.mark.parametrize("threads", [None, 2])
+def test_domain_warnings_name_the_callers_line(tiny_model_path, toy_waves, threads):
+    model = load_model(tiny_model_path)
+    with pytest.warns(DomainWarning) as caught:
+        for _ in predict_batches(model, [toy_batch(2, {"A": toy_waves["A"]}, seed=1)], threads=threads):
+            pass
+    assert {w.filename for w in caught if issubclass(w.category, DomainWarning)} == {__file__}
+
+
+def test_overlapping_single_threaded_blocks_keep_one_thread_until_the_last_ends():
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from mtopnet.devices import single_threaded_ops
+
+    def blas() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    torch.set_num_threads(2)
+    seen = {}
+    other_in, main_out = threading.Event(), threading.Event()
+
+    def other():  # a second run in another thread, still running when this thread's ends
+        with single_threaded_ops():
+            other_in.set()
+            main_out.wait(10)
+            seen["inside"] = (torch.get_num_threads(), blas())
+
+    with single_threaded_ops():
+        assert torch.get_num_threads() == 1 and all(n == 1 for n in blas())
+        thread = threading.Thread(target=other)
+        thread.start()
+        other_in.wait(10)
+    assert torch.get_num_threads() == 2  # this thread's own setting, restored
+    main_out.set()
+    thread.join(20)
+    assert seen["inside"][0] == 1 and all(n == 1 for n in seen["inside"][1])  # not restored under the other
+    with single_threaded_ops():  # one block in this (the main) thread: BLAS's count set and restored here
+        assert all(n == 1 for n in blas())
+    assert torch.get_num_threads() == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -41,6 +42,39 @@ def torch_threads(n: int | None) -> Iterator[None]:
     finally:
         if change:
             torch.set_num_threads(old)
+
+
+_ONE_THREAD = threading.Lock()
+_one_thread_state: dict[str, Any] = {"users": 0}
+
+
+@contextlib.contextmanager
+def single_threaded_ops() -> Iterator[None]:
+    """Run the block with torch's intra-op threads and numpy's BLAS threads (threadpoolctl)
+    at 1, so that an operation's rounding does not depend on how many cores there are.
+
+    torch's count is the calling thread's (OpenMP's setting is per thread; threads started
+    inside the block take 1 too) and is restored when the block ends. BLAS's is the
+    process's: the first block to start sets it and the last to end restores it, so that a
+    block ending while another runs in another thread (two prediction runs in one process)
+    does not restore it under the other. OpenBLAS (0.3.31 here) takes a count only from the
+    process's main thread: set or restored from another thread, nothing changes (Dask's
+    workers start with OPENBLAS_NUM_THREADS=1).
+    """
+    with _ONE_THREAD:
+        state = _one_thread_state
+        if state["users"] == 0:
+            from threadpoolctl import threadpool_limits
+            state["blas"] = threadpool_limits(limits=1, user_api="blas")
+        state["users"] += 1
+    try:
+        with torch_threads(1):
+            yield
+    finally:
+        with _ONE_THREAD:
+            state["users"] -= 1
+            if state["users"] == 0:
+                state["blas"].restore_original_limits()
 
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -178,5 +212,6 @@ def all_reduce_sum(values: list[float], procs: Processes, device: torch.device) 
     return [float(v) for v in t.cpu()]
 
 
-__all__ = ["DEVICES", "GROUP_TIMEOUT", "resolve_device", "Processes", "processes_from_env", "join_process_group",
+__all__ = ["single_threaded_ops", "torch_threads", "DEVICES", "GROUP_TIMEOUT", "resolve_device", "Processes",
+           "processes_from_env", "join_process_group",
            "leave_process_group", "data_parallel", "barrier", "broadcast_object", "all_reduce_sum"]

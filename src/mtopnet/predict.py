@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -36,7 +37,6 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 
 from .catalogue import (
     CATALOGUE_DTYPES,
@@ -48,7 +48,7 @@ from .catalogue import (
 from .columns import SMALL_DELTA_CHI2_LIMIT, ZInfo, ZWarn, capped_p, capped_qop
 from .config import ConfigError, UserError
 from .constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
-from .devices import torch_threads
+from .devices import single_threaded_ops
 from .domain import (
     DomainReport,
     DomainWarning,
@@ -181,51 +181,79 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
     Refiner whose ``config.threads`` is more than 1 (it would change torch's threads under
     the other batches).
     """
+    if threads is not None and threads < 1:
+        raise UserError(f"threads: must be >= 1, got {threads}")
     run = _BatchPredictor(model, with_pdf=with_pdf, arm_resolution=arm_resolution,
                           min_valid_fraction=min_valid_fraction, refine=refine, with_net_pdf=with_net_pdf,
                           sky_masks=sky_masks)
-    domain_cache: dict[bytes, bool] = {}
-    chunks = (b for b in _chunks(batches, batch_size) if len(b))
-
-    def one_by_one() -> Iterator[dict[str, np.ndarray]]:
-        for batch in chunks:
-            layout_ok = run.layout_ok(batch, domain_cache, domain_report)
-            rows, sparse = run.rows(batch, layout_ok)
-            run.report_sparse(sparse, layout_ok, domain_report)
-            yield rows
-
-    if threads is None:
-        yield from one_by_one()
-        return
-    if threads < 1:
-        raise UserError(f"threads: must be >= 1, got {threads}")
-    if run.refiner is not None and run.refiner.config.threads not in (None, 1):
+    if threads is not None and run.refiner is not None and run.refiner.config.threads not in (None, 1):
         raise UserError(f"threads: a refinement with its own torch threads ({run.refiner.config.threads}) "
                         f"cannot run with batches in threads; use RefineConfig(threads=1)")
+    return _batch_rows(run, (b for b in _chunks(batches, batch_size) if len(b)), domain_report, threads)
+
+
+def _batch_rows(run: _BatchPredictor, chunks: Iterator[SpectraBatch], report: DomainReport | None,
+                threads: int | None) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`predict_batches`' generator (its warnings name the line of the caller's loop)."""
+    cache: dict[bytes, bool] = {}
+
+    def one_by_one() -> Iterator[tuple[dict[str, np.ndarray], list[str]]]:
+        for batch in chunks:
+            layout_ok, said = run.layout_ok(batch, cache, report)
+            rows, sparse = run.rows(batch, layout_ok)
+            yield rows, said + run.report_sparse(sparse, layout_ok, report)
+
+    if threads is None:
+        for rows, said in one_by_one():
+            _warn_domain(said)
+            yield rows
+        return
     pool = ThreadPoolExecutor(threads, thread_name_prefix="mtopnet-predict") if threads > 1 else None
     pending: deque = deque()  # (future, layout_ok) in input order, at most `threads` in flight
 
-    def oldest() -> dict[str, np.ndarray]:
+    def oldest() -> tuple[dict[str, np.ndarray], list[str]]:
         future, layout_ok = pending.popleft()
         rows, sparse = future.result()
-        run.report_sparse(sparse, layout_ok, domain_report)
-        return rows
+        return rows, run.report_sparse(sparse, layout_ok, report)
 
     try:
-        with torch_threads(1), threadpool_limits(limits=1, user_api="blas"):
+        with single_threaded_ops():
             if pool is None:
-                yield from one_by_one()
+                for rows, said in one_by_one():
+                    _warn_domain(said)
+                    yield rows
                 return
             for batch in chunks:
-                layout_ok = run.layout_ok(batch, domain_cache, domain_report)
+                layout_ok, said = run.layout_ok(batch, cache, report)
+                _warn_domain(said)
                 pending.append((pool.submit(run.rows, batch, layout_ok), layout_ok))
                 if len(pending) >= threads:
-                    yield oldest()
+                    rows, said = oldest()
+                    _warn_domain(said)
+                    yield rows
             while pending:
-                yield oldest()
+                rows, said = oldest()
+                _warn_domain(said)
+                yield rows
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            run.stop.set()  # batches still in flight (an error, Ctrl-C, the generator closed) stop at their next stage
+            while True:
+                try:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    break
+                except KeyboardInterrupt:  # another Ctrl-C: still wait (a second or two) rather than leave threads
+                    continue
+
+
+def _warn_domain(messages: list[str]) -> None:
+    """One DomainWarning per message, naming the line of the loop over :func:`predict_batches`."""
+    for message in messages:
+        warnings.warn(DomainWarning(message), stacklevel=3)
+
+
+class _Stopped(Exception):
+    """A batch abandoned because its run ended (:attr:`_BatchPredictor.stop`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,12 +289,21 @@ class _BatchPredictor:
         self.scan = _Scan(model, refiner) if refiner is not None and model.scan is not None else None
         self.fitter = refiner.spectype_fitter() if refiner is not None else None  # built here, not in a thread
         self.instrument = training_instrument(model) if sky_masks else None
+        self.stop = threading.Event()
+        """Set when the run ends early: batches in flight in other threads stop at their next stage."""
 
-    def layout_ok(self, batch: SpectraBatch, cache: dict[bytes, bool], report: DomainReport | None) -> bool:
-        """Whether ``batch``'s arm layout is in the model's domain (checked once per layout;
-        a DomainWarning, or a count in ``report``, for a layout that is not)."""
+    def _check(self) -> None:
+        if self.stop.is_set():
+            raise _Stopped
+
+    def layout_ok(self, batch: SpectraBatch, cache: dict[bytes, bool], report: DomainReport | None
+                  ) -> tuple[bool, list[str]]:
+        """Whether ``batch``'s arm layout is in the model's domain (checked once per layout), and
+        the DomainWarning message for a new layout that is not (counted in ``report`` instead,
+        when given)."""
         key = b"".join(a.encode() + np.asarray(d["wave"]).tobytes()[:64] + str(len(d["wave"])).encode()
                        for a, d in batch.arms.items())
+        said = []
         if key not in cache:
             problem = domain_problem(self.model, batch, self.arm_resolution)
             cache[key] = problem is None
@@ -275,24 +312,25 @@ class _BatchPredictor:
                 what = (f"with arms {describe_arms(batch)} (first id {first}) are out of the model's domain: "
                         f"{problem}")
                 if report is None:
-                    warnings.warn(DomainWarning(
-                        f"spectra {what}; the model expects {expected_domain(self.model)}; ZWARN bit OUT_OF_DOMAIN "
-                        f"({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=3)
+                    said.append(f"spectra {what}; the model expects {expected_domain(self.model)}; ZWARN bit "
+                                f"OUT_OF_DOMAIN ({int(ZWarn.OUT_OF_DOMAIN)}) set")
                 else:
                     report.n_layouts += 1
                     report.layouts.append(hashlib.sha256(key).hexdigest()[:16])
                     report.first = report.first or what
-        return cache[key]
+        return cache[key], said
 
-    def report_sparse(self, sparse: _Sparse, layout_ok: bool, report: DomainReport | None) -> None:
-        """Count a batch's out-of-domain objects in ``report``, or warn of its sparse ones."""
+    def report_sparse(self, sparse: _Sparse, layout_ok: bool, report: DomainReport | None) -> list[str]:
+        """Count a batch's out-of-domain objects in ``report``; or the DomainWarning message of
+        its sparse ones (none when its whole layout was out of the domain, said once already)."""
         if report is not None:
             report.n_spectra += sparse.n_out_of_domain
             if sparse.description is not None and report.first is None:
                 report.first = sparse.description
         elif sparse.description is not None and layout_ok:
-            warnings.warn(DomainWarning(f"{sparse.n_sparse} spectra {sparse.description}; "
-                                        f"ZWARN bit OUT_OF_DOMAIN ({int(ZWarn.OUT_OF_DOMAIN)}) set"), stacklevel=3)
+            return [f"{sparse.n_sparse} spectra {sparse.description}; ZWARN bit OUT_OF_DOMAIN "
+                    f"({int(ZWarn.OUT_OF_DOMAIN)}) set"]
+        return []
 
     def rows(self, batch: SpectraBatch, layout_ok: bool) -> tuple[dict[str, np.ndarray], _Sparse]:
         """The catalogue rows of one non-empty batch, and its sparse-coverage objects."""
@@ -306,6 +344,7 @@ class _BatchPredictor:
             batch = apply_sky_masks(batch, self.instrument)
         n = len(batch)
         x = pre(batch)
+        self._check()
         with torch.inference_mode():
             out = net(torch.from_numpy(x.spectrum).to(self.device), torch.from_numpy(x.continuum).to(self.device))
             out = {k: v.cpu() for k, v in out.items()}  # the network's device; the rest on the CPU
@@ -313,10 +352,12 @@ class _BatchPredictor:
         summ_net = pdf_summary(pdf_net, zb.edges)
         unusable = (x.valid_fraction < self.min_valid_fraction) | (x.valid_fraction <= 0)
         pdf, summ, scan_cols, weights = pdf_net, summ_net, None, x.ivar
+        self._check()
         if scan is not None:  # weights: without the pixels the scan clipped (the refinement clips its own)
             pdf, scan_cols, weights = scan(x, pdf_net, summ_net["p_window"], ~unusable)
             summ = pdf_summary(pdf, zb.edges)
         fit, evidence = None, None
+        self._check()
         if refiner is not None:
             fit = refiner.refine(x.flux, x.ivar, pdf, summ["z"], skip=unusable,
                                  z_err_net=0.5 * (summ["z_hi68"] - summ["z_lo68"]))
@@ -327,6 +368,7 @@ class _BatchPredictor:
                 evidence = feature_evidence(scan.scanner, x.flux, weights, np.where(unusable, np.nan, fit.z),
                                             arm_masks)
         types = None
+        self._check()
         if fitter is not None:  # QSO / star templates against the galaxy fit (SPECTYPE)
             types = fitter.classify(x.flux, weights, fit.z, fit.coeff, fitted=~unusable, arm_masks=arm_masks,
                                     threads=refiner.config.threads)
@@ -571,7 +613,9 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
     LocalCluster of that many processes, ``scheduler`` (an address) on a Dask cluster. Each
     process computes up to ``threads`` batches at once (:func:`predict_batches`), every
     operation single-threaded: the catalogue is the same bytes for any ``workers`` and
-    ``threads`` (and a re-run with other counts reuses the shards done).
+    ``threads`` (and a re-run with other counts reuses the shards done). ``threads``
+    defaults to 1 here; the CLI's default is this machine's CPUs / ``workers``
+    (:func:`default_threads`).
     Streams: memory stays flat in the number of objects. Returns the run's
     :class:`~mtopnet.shards.ShardRun` (rows written, shards reused and computed).
     Out-of-domain spectra give one :class:`DomainWarning` at the end, with their number. While
@@ -603,6 +647,7 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
               "refine": None if not refine else [repr(refine.config), refine.basis.meta]}
     settings = {**loaded, "batch_size": batch_size, "with_pdf": with_pdf, "format": format}
     shards = plan_shards(list(inputs), format, shard_size, settings)
+    log.debug("%d shard(s); each process computes %d batch(es) of %d at once", len(shards), threads, batch_size)
     kinds = {unit.fmt in _INTEGER_ID_FORMATS for shard in shards for unit in shard.units}
     job = _ShardJob(model.source, device, batch_size, with_pdf, True if shipped_refiner else (refine or False),
                     threads, as_text=len(kinds) > 1,
@@ -714,11 +759,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run the shards on the Dask cluster of this scheduler (e.g. tcp://host:8786)")
     p.add_argument("--shard-size", type=int, default=SHARD_SIZE,
-                   help=f"store rows, or files, per shard (default {SHARD_SIZE}); a re-run skips the shards done")
+                   help=f"store rows, or objects of other inputs (a file, or the files of one moons1d object), "
+                        f"per shard (default {SHARD_SIZE}); a re-run skips the shards done")
     p.add_argument("--threads", type=int, default=None,
                    help="batches computed at once in each process, every operation single-threaded (default: "
-                        "this machine's CPUs / --workers, at least 1; 1 with --scheduler); the catalogue is the "
-                        "same bytes for any --threads and --workers")
+                        "this machine's CPUs / --workers, at least 1; 1 with --scheduler); the catalogue's rows "
+                        "are the same for any --threads and --workers")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the network runs: cpu (default) or cuda (error without a GPU); "
                         "preprocessing and refinement run on the CPU")
