@@ -936,7 +936,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.docs:
         docs = REPO / "docs" / "cross_sim_table.md"
         tmp = docs.with_name("." + docs.name + ".tmp")
-        tmp.write_text("# Cross-simulator test (benchmarks/cross_sim.py)\n\n" + md)
+        # the docs name the output folder DIR, not this machine's path
+        shown = md.replace(f"--out {shlex.quote(str(args.out))}", "--out DIR")
+        tmp.write_text("# Cross-simulator test (benchmarks/cross_sim.py)\n\n" + shown)
         os.replace(tmp, docs)
     return 0
 
