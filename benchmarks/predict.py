@@ -231,8 +231,9 @@ def main() -> int:
                    help="in-process runs of these sizes (none: only the CLI runs)")
     p.add_argument("--batch-size", type=int, default=None, help="in-process runs (default: mtopnet predict's)")
     p.add_argument("--format", default="parquet", choices=["fits", "parquet", "csv"])
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                   help="in-process runs: batches at once, each single-threaded (default: all CPUs)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="in-process runs: batches at once, each single-threaded (default: mtopnet predict's, "
+                        "the CPUs)")
     p.add_argument("--workers", type=int, nargs="*", default=[], help="CLI runs with these --workers counts")
     p.add_argument("--fits", default=None, help="glob of per-object FITS files for CLI runs")
     p.add_argument("--fits-n", type=int, default=500, help="objects of --fits to predict (default 500)")
@@ -250,9 +251,9 @@ def main() -> int:
                         "blocks this large are mapped and given back when freed; docs/benchmarks.md)")
     p.add_argument("--worker", nargs=4, metavar=("STORE", "MODEL", "N", "REFINE"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.batch_size is None:
-        from mtopnet.predict import BATCH_SIZE
-        args.batch_size = BATCH_SIZE
+    from mtopnet.predict import BATCH_SIZE, default_threads
+    args.batch_size = args.batch_size or BATCH_SIZE
+    args.threads = args.threads or default_threads(1, None)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         if args.worker:
