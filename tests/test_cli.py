@@ -63,3 +63,18 @@ def test_os_errors_are_one_line_too(monkeypatch, capsys, error, message):
     monkeypatch.setattr(cli, "_cmd_instruments", fail)  # the parser is built on each call
     code, out, err = _run(["instruments"], capsys)
     assert code == 2 and err == f"mtopnet instruments: error: {message}\n"
+
+
+def test_exit_now_flushes_the_streams_and_skips_exit_handlers():
+    import subprocess
+    import sys
+    code = ("import atexit, logging, sys\n"
+            "from mtopnet.cli import _exit_now\n"
+            "atexit.register(lambda: print('exit handler ran'))\n"
+            "logging.basicConfig(stream=sys.stderr)\n"
+            "logging.getLogger().error('logged')\n"
+            "print('printed', end='')\n"
+            "_exit_now(130)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130
+    assert proc.stdout == "printed" and "logged" in proc.stderr and "exit handler" not in proc.stdout + proc.stderr

@@ -8,7 +8,9 @@ command exists to print.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 
 from . import __version__, calibrate, demo, evaluate, inspect, predict, simulate, train
@@ -82,6 +84,20 @@ def _os_message(exc: OSError) -> str:
     return f"{exc.filename}: {reason}" if exc.filename else reason
 
 
+def _exit_now(code: int) -> None:
+    """Flush the log handlers and the standard streams, then end the process at once: no exit
+    handlers, no C++ static destructors. After batches had run in threads (``--threads``), a
+    second Ctrl-C while the first unwound made the interpreter's shutdown abort (SIGABRT,
+    "terminate called without an active exception"). Not used when a Dask cluster ran the
+    work: its shutdown frees what multiprocessing allocated."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``mtopnet ARGV``; the one place where logging is configured (:func:`mtopnet.logs.cli_logging`)
     and where user errors become one line and exit code 2 (UserError, ConfigError, OSError);
@@ -103,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:
             log.error("interrupted", extra={"bare": True})  # no "error:": the user stopped it
+            in_process = getattr(args, "workers", 1) == 1 and getattr(args, "scheduler", None) is None
+            if argv is None and in_process:  # the program itself, its work in its own threads: end now, as
+                _exit_now(130)  # a kill would (what is done is on disk, the same command resumes); see _exit_now
             return 130
 
 

@@ -57,9 +57,9 @@ def single_threaded_ops() -> Iterator[None]:
     inside the block take 1 too) and is restored when the block ends. BLAS's is the
     process's: the first block to start sets it and the last to end restores it, so that a
     block ending while another runs in another thread (two prediction runs in one process)
-    does not restore it under the other. OpenBLAS (0.3.31 here) takes a count only from the
-    process's main thread: set or restored from another thread, nothing changes (Dask's
-    workers start with OPENBLAS_NUM_THREADS=1).
+    does not restore it under the other. The OpenBLAS that numpy's wheels bundle (0.3.31 when
+    this was written) takes a count only from the process's main thread: set or restored from
+    another thread, nothing changes (Dask's workers start with OPENBLAS_NUM_THREADS=1).
     """
     with _ONE_THREAD:
         state = _one_thread_state

@@ -177,7 +177,9 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
     in threads of this process, every operation single-threaded (torch and BLAS set to one
     thread while the generator runs, restored after): the rows are then the same bytes for
     any N, and N cores are used (most of the time goes to torch and numpy operations, which
-    release the GIL). Memory: about N batches' worth. UserError: N < 1, or a ``refine``
+    release the GIL). Memory: about N batches' worth. Iterate from the process's main thread:
+    OpenBLAS takes its thread count only from there (:func:`mtopnet.devices.single_threaded_ops`).
+    UserError: N < 1, or a ``refine``
     Refiner whose ``config.threads`` is more than 1 (it would change torch's threads under
     the other batches).
     """
