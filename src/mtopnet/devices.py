@@ -8,6 +8,10 @@ the environment ``torchrun`` (or ``srun`` + ``torchrun``) sets: ``RANK`` (0 .. W
 ``WORLD_SIZE`` (the number of processes) and ``LOCAL_RANK`` (the process's index on its
 machine, which picks its GPU). Without them a run is one process. The process group uses gloo
 on the CPU and NCCL on GPUs, rendezvous through ``MASTER_ADDR``/``MASTER_PORT`` (``env://``).
+
+Threads on the CPU: :func:`torch_threads` (torch's intra-op threads for a block) and
+:func:`single_threaded_ops` (torch and BLAS on one thread, for results that do not depend on
+the number of cores: prediction's batches in threads).
 """
 from __future__ import annotations
 
