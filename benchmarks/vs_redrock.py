@@ -238,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.docs:
         docs = Path(args.docs)
         tmp = docs.with_name(docs.name + ".tmp")
-        tmp.write_text("# Benchmark: M-TOPnet vs Redrock\n\n" + section)
+        # the docs name the output folder DIR, not this machine's path
+        shown = section.replace(f"--out {shlex.quote(str(args.out))}", "--out DIR")
+        tmp.write_text("# Benchmark: M-TOPnet vs Redrock\n\n" + shown)
         os.replace(tmp, docs)
     print(table)
     return 0
