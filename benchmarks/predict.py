@@ -252,8 +252,8 @@ def main() -> int:
     p.add_argument("--worker", nargs=4, metavar=("STORE", "MODEL", "N", "REFINE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     from mtopnet.predict import BATCH_SIZE, default_threads
-    args.batch_size = args.batch_size or BATCH_SIZE
-    args.threads = args.threads or default_threads(1, None)
+    args.batch_size = BATCH_SIZE if args.batch_size is None else args.batch_size
+    args.threads = default_threads(1, None) if args.threads is None else args.threads
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         if args.worker:

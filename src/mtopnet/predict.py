@@ -22,6 +22,7 @@ executors, assembly) live in :mod:`mtopnet.shards`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -205,12 +206,7 @@ def _batch_rows(run: _BatchPredictor, chunks: Iterator[SpectraBatch], report: Do
             rows, sparse = run.rows(batch, layout_ok)
             yield rows, said + run.report_sparse(sparse, layout_ok, report)
 
-    if threads is None:
-        for rows, said in one_by_one():
-            _warn_domain(said)
-            yield rows
-        return
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="mtopnet-predict") if threads > 1 else None
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="mtopnet-predict") if threads and threads > 1 else None
     pending: deque = deque()  # (future, layout_ok) in input order, at most `threads` in flight
 
     def oldest() -> tuple[dict[str, np.ndarray], list[str]]:
@@ -218,8 +214,8 @@ def _batch_rows(run: _BatchPredictor, chunks: Iterator[SpectraBatch], report: Do
         rows, sparse = future.result()
         return rows, run.report_sparse(sparse, layout_ok, report)
 
-    try:
-        with single_threaded_ops():
+    try:  # threads None: the caller's thread settings; a number: every operation on one thread
+        with single_threaded_ops() if threads is not None else contextlib.nullcontext():
             if pool is None:
                 for rows, said in one_by_one():
                     _warn_domain(said)
