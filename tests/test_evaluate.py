@@ -32,3 +32,28 @@ def test_metrics_on_a_known_catalogue():
     assert m["logsfr"]["star-forming"]["n"] == 50
     assert sum(b["n"] for b in m["redshift_by_hmag"].values()) == n
     assert "| all | 100 |" in metrics_markdown(m)
+
+
+def test_properties_are_graded_against_the_light_in_the_spectrum():
+    """With labels/light_fraction, the truth of LOGMSTAR / LOGSFR is the light the spectrum
+    holds (mtopnet.store.spectrum_property); without it, the whole galaxy's."""
+    n = 40
+    truth = {"id": np.arange(n), "z": np.full(n, 1.0), "hmag": np.full(n, 22.0), "logmstar": np.full(n, 10.0),
+             "logsfr": np.full(n, 1.0), "type": np.zeros(n)}
+    cat = {"TARGETID": np.arange(n), "Z": np.full(n, 1.0), "LOGMSTAR": np.full(n, 9.7), "LOGMSTAR_ERR": np.full(n, 0.1),
+           "LOGSFR": np.full(n, 0.7), "LOGSFR_ERR": np.full(n, 0.1)}
+    whole = compute_metrics(cat, truth)
+    assert whole["logmstar"]["all"]["bias"] == pytest.approx(-0.3)
+    half = compute_metrics(cat, {**truth, "light_fraction": np.full(n, 10 ** -0.3)})
+    assert half["logmstar"]["all"]["bias"] == pytest.approx(0.0, abs=1e-6)
+    assert half["logsfr"]["star-forming"]["bias"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_spectrum_property():
+    from mtopnet.store import spectrum_property
+    lab = {"logmstar": np.array([10.0, 11.0, np.nan]), "light_fraction": np.array([1.0, 0.1, 0.5])}
+    assert np.allclose(spectrum_property(lab, "logmstar"), [10.0, 10.0, np.nan], equal_nan=True)
+    assert np.array_equal(spectrum_property({"logsfr": np.array([1.5])}, "logsfr"), [1.5])
+    assert np.isnan(spectrum_property({"logsfr": np.array([1.0]), "light_fraction": np.array([0.0])}, "logsfr")[0])
+    with pytest.raises(ValueError, match="hmag"):
+        spectrum_property(lab, "hmag")

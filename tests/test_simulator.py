@@ -308,13 +308,13 @@ from mtopnet.instruments.noise import observe_arm_conditions  # noqa: E402
 
 SURVEY_CONTENT_SHA256 = "29567c60cd4e537084e84d0f44a7ee1864498695493c6199b73dc4c5390a0355"
 """Content of shard 0 of the survey + fixed default (n=12, seed=5), as written before the
-training prior and the nuisances existed."""
+training prior and the nuisances existed (without the later ``light_fraction`` label)."""
 
 
 def _content_hash(batch) -> str:
     import hashlib
     h = hashlib.sha256()
-    for k in sorted(batch.labels):
+    for k in sorted(set(batch.labels) - {"light_fraction"}):
         h.update(k.encode())
         h.update(np.ascontiguousarray(batch.labels[k]).tobytes())
     for a in sorted(batch.arms):
@@ -486,3 +486,53 @@ def test_line_snr_scales_with_flux_and_counts_the_sky_error_coherently(inst, mod
     noisy = sim.observe_galaxies_conditions(inst, model, p, rest, cond, 1800.0, np.random.default_rng(8))
     worse = sim.line_snr(inst, model, p, rest, noisy, cond)
     assert np.all(worse <= snr * 1.001 + 1e-9) and np.median(worse / np.maximum(snr, 1e-9)) < 0.98
+
+
+# --- the share of a galaxy's light in its spectrum -------------------------------------------
+
+from mtopnet.instruments import light_fraction  # noqa: E402
+
+
+def test_light_fraction_is_the_calibrated_flux_of_an_extended_source_over_a_point_source(inst, rng):
+    """An extended source's calibrated spectrum holds light_fraction of its flux (the
+    calibration corrects a point source's aperture loss), a point source all of it."""
+    exp = Exposure(8 * 3600, seeing=1.0, airmass=1.3)
+    ratios, weights = [], []
+    for arm in inst.arms:
+        src = _flat_fnu(arm, 14.0, 2)  # bright: photon noise < 1e-3 per pixel
+        spec = observe_arm(arm, src, exp, rng, source_sigma=np.array([0.0, 0.5 / 1.1774]))
+        good = spec.ivar[0] > 0
+        ratios.append(np.median(spec.flux[1, good] / spec.flux[0, good]))
+        weights.append(len(arm.wave))
+    measured = np.average(ratios, weights=weights)
+    f = light_fraction(inst, 1.0, 1.3, [0.0, 0.5])
+    assert f[0] == pytest.approx(1.0)
+    assert measured == pytest.approx(f[1], abs=0.01)
+    assert 0.3 < f[1] < 0.95
+
+
+def test_light_fraction_falls_with_source_size_and_rises_with_seeing(inst):
+    f = light_fraction(inst, 0.8, 1.2, [0.0, 0.2, 0.5, 1.0, 2.0])
+    assert np.all(np.diff(f) < 0) and f[-1] > 0
+    assert light_fraction(inst, 1.3, 1.2, 0.5)[0] > light_fraction(inst, 0.5, 1.2, 0.5)[0]
+
+
+@pytest.mark.parametrize("kw", [{}, {"population": "training", "nuisance": "randomised"}])
+def test_simulate_records_light_fraction_and_the_backfill_script_agrees(tmp_path, kw):
+    """Every simulated store holds light_fraction; scripts/add_light_fraction.py computes the
+    same from what an older store recorded (its conditions or its exposure and r_e)."""
+    spec = _spec(n=24, seed=8, shard_size=24, **kw)
+    out = tmp_path / "s.h5"
+    sim.simulate(spec, out, workers=1, progress=False, consolidate=True)
+    with h5py.File(out, "r+") as f:
+        frac = f["labels/light_fraction"][:]
+        assert frac.dtype == np.float32 and np.all((frac > 0) & (frac <= 1.0 + 1e-6))
+        assert frac.std() > 0  # galaxies of different sizes (and conditions)
+        del f["labels/light_fraction"]
+    script = Path(__file__).resolve().parents[1] / "scripts" / "add_light_fraction.py"
+    run = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    with h5py.File(out, "r") as f:
+        assert np.allclose(f["labels/light_fraction"][:], frac, rtol=1e-5)
+    again = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True)
+    assert again.returncode == 0 and "already" in again.stdout

@@ -88,3 +88,18 @@ def test_two_training_stores_and_init_from_a_checkpoint(toy_stores, tmp_path):
     other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, latent=12))
     with pytest.raises(UserError, match="--init"):
         train(toy_stores[0], toy_stores[1], tmp_path / "c", other, progress=False, init=first["model"])
+
+
+def test_cache_holds_the_properties_of_the_light_in_the_spectrum(toy_waves, tmp_path):
+    """The property heads learn log M* and log SFR of the light the spectrum holds."""
+    import numpy as np
+
+    from mtopnet.store import write_store
+    from mtopnet.testing import toy_batch
+    batch = toy_batch(12, toy_waves, seed=5)
+    frac = np.linspace(0.2, 1.0, 12).astype(np.float32)
+    batch.labels["light_fraction"] = frac
+    write_store(tmp_path / "s.h5", batch, {"instrument": "toy"})
+    cache = build_cache(tmp_path / "s.h5", TINY_PRE, tmp_path / "cache", progress=False)
+    for key in ("logmstar", "logsfr"):
+        assert np.allclose(cache.labels[key], batch.labels[key] + np.log10(frac.astype(np.float64)))

@@ -11,6 +11,9 @@ stores simulated in 2MASS H, ``labels/hmag``; the band of ``simulate --band`` ot
   and the reliability of ``p_dz01`` (mean predicted vs observed success per bin);
 * log M*: bias (median of predicted - true), robust scatter (1.4826 x MAD), coverage of
   +-1 sigma and +-2 sigma; log SFR: the same for star-forming objects (``type == 0``).
+  Both against the stars and star formation whose light the spectrum holds
+  (:func:`mtopnet.store.spectrum_property`: the whole galaxy's when the store has no
+  ``light_fraction``).
 
 Plots (PNG, matplotlib Agg): success fraction vs H with the paper's prototype curve
 (``success_vs_hmag.png``; ``success_vs_mag.png`` without the curve for another band),
@@ -31,7 +34,7 @@ from .catalogue import match_ids, read_catalogue, read_truth, read_zbin_centres
 from .config import UserError
 from .constants import SUCCESS_DZ
 from .plots import evaluation as figures
-from .store import open_store, write_error, write_file_atomic
+from .store import open_store, spectrum_property, write_error, write_file_atomic
 
 COMMAND = "evaluate"
 HMAG_EDGES = (20.0, 21.0, 22.0, 23.0, 24.0, 24.5, 25.0, 25.5, 26.0)
@@ -151,16 +154,16 @@ def compute_metrics(cat: dict[str, np.ndarray], truth: dict[str, np.ndarray], ba
     out["redshift_by_hmag"] = {name: redshift_metrics(z, z_true, c, (hmag > lo) & (hmag <= hi))
                                for name, lo, hi in mag_bins}
     if "LOGMSTAR" in c and "logmstar" in t:
-        pm = {"all": property_metrics(c["LOGMSTAR"], c["LOGMSTAR_ERR"], t["logmstar"].astype(float), everyone)}
+        true_m = spectrum_property(t, "logmstar")
+        pm = {"all": property_metrics(c["LOGMSTAR"], c["LOGMSTAR_ERR"], true_m, everyone)}
         for name, lo, hi in issue_bins:
-            pm[name] = property_metrics(c["LOGMSTAR"], c["LOGMSTAR_ERR"], t["logmstar"].astype(float),
-                                        (hmag > lo) & (hmag <= hi))
+            pm[name] = property_metrics(c["LOGMSTAR"], c["LOGMSTAR_ERR"], true_m, (hmag > lo) & (hmag <= hi))
         out["logmstar"] = pm
     if "LOGSFR" in c and "logsfr" in t:
-        ps = {"star-forming": property_metrics(c["LOGSFR"], c["LOGSFR_ERR"], t["logsfr"].astype(float), sf)}
+        true_s = spectrum_property(t, "logsfr")
+        ps = {"star-forming": property_metrics(c["LOGSFR"], c["LOGSFR_ERR"], true_s, sf)}
         for name, lo, hi in issue_bins:
-            ps[name] = property_metrics(c["LOGSFR"], c["LOGSFR_ERR"], t["logsfr"].astype(float),
-                                        sf & (hmag > lo) & (hmag <= hi))
+            ps[name] = property_metrics(c["LOGSFR"], c["LOGSFR_ERR"], true_s, sf & (hmag > lo) & (hmag <= hi))
         out["logsfr"] = ps
     if "P_DZ01" in c:
         ok = np.abs(z - z_true) < SUCCESS_DZ

@@ -54,7 +54,7 @@ from .galaxies import (
 )
 from .galaxies.model import C_KMS, FLUX_UNIT
 from .galaxies.sps import DLOGLAM_REST
-from .instruments import Instrument, load_instrument, observe_arm, observe_arm_conditions
+from .instruments import Instrument, light_fraction, load_instrument, observe_arm, observe_arm_conditions
 from .instruments.nuisance import GROUP_SIZE, NUISANCES, Conditions, draw_conditions, nominal_conditions
 from .logs import progress_bar, progress_enabled
 from .store import (
@@ -384,8 +384,10 @@ def _simulate_shard(spec: SimulationSpec, shard: int) -> SpectraBatch:
         labels.update(extra_labels(inst, model, params, rest, arms, cond, sub))
         for d in arms.values():
             d.pop("gain"), d.pop("sky_error")
+        labels["light_fraction"] = light_fraction(inst, cond.seeing, cond.airmass, cond.source_re)
     else:
         arms = observe_galaxies(inst, model, params, rest, spec.exposure, rng)
+        labels["light_fraction"] = light_fraction(inst, spec.exposure.seeing, spec.exposure.airmass, params.r_e)
     ids = shard * spec.shard_size + np.arange(n, dtype=np.int64)
     labels = {k: np.asarray(v, dtype=np.float32 if v.dtype.kind == "f" else v.dtype)
               for k, v in labels.items()}

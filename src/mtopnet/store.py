@@ -21,6 +21,12 @@ Layout (one file, N objects, one group per spectrograph arm)::
                                 nu_wave_shift_pix, nu_telluric_left,
                                 nu_fluxcal_offset_<ARM>, nu_fluxcal_amp_<ARM>
                                 (docs/simulator.md)
+                              every simulate run adds:
+                                light_fraction (share of the galaxy's light that the
+                                  point-source-calibrated spectrum holds, 1 for a point
+                                  source; instruments.light_fraction). logmstar and
+                                  logsfr stay the whole galaxy's; what a spectrum shows
+                                  is spectrum_property()
     /arms/<ARM>/wave          (L,) float64      vacuum Angstrom, pixel centres
     /arms/<ARM>/flux          (N, L) float32    1e-17 erg/s/cm2/A
     /arms/<ARM>/ivar          (N, L) float32    1/(1e-17 erg/s/cm2/A)^2, 0 = no information
@@ -66,7 +72,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -147,6 +153,30 @@ def encode_ids(ids: np.ndarray) -> np.ndarray:
 def decode_ids(ids: np.ndarray) -> np.ndarray:
     """Inverse of :func:`encode_ids`: int64 or str."""
     return np.char.decode(ids, "utf-8") if ids.dtype.kind == "S" else ids
+
+
+PROPERTY_LABELS = ("logmstar", "logsfr")
+"""The labels of the network's property heads (log10 Msun and log10 Msun/yr)."""
+
+
+def spectrum_property(labels: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    """Label ``name`` (one of :data:`PROPERTY_LABELS`) for the light the spectrum holds.
+
+    ``labels[name] + log10(labels["light_fraction"])``: a spectrum that holds 60% of a
+    galaxy's light (a fibre on an extended source) shows the stars and star formation of 60%
+    of the galaxy. The network is trained on, and evaluated against, this quantity; a store
+    without ``light_fraction`` (spectra that hold all the light, as aperture-corrected ones
+    do) gives ``labels[name]``. Returns (N,) float64 (NaN where the label is NaN).
+    Raises KeyError if ``labels`` has no ``name``.
+    """
+    if name not in PROPERTY_LABELS:
+        raise ValueError(f"spectrum_property: {name!r} is not one of {PROPERTY_LABELS}")
+    value = np.asarray(labels[name], dtype=np.float64)
+    if "light_fraction" not in labels:
+        return value
+    frac = np.asarray(labels["light_fraction"], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return value + np.where(frac > 0, np.log10(frac), np.nan)
 
 
 def check_writable(path: str | Path, overwrite: bool) -> Path:

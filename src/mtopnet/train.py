@@ -68,11 +68,19 @@ from .model import LossWeights, ModelConfig, MTopNet, ZBinning, count_parameters
 from .model.line_head import line_target
 from .preprocess import PreprocessConfig, Preprocessor
 from .quality import SUCCESS_DZ, fit_calibration, pdf_summary
-from .store import iter_store, open_store, store_info, write_error, write_file_atomic
+from .store import (
+    PROPERTY_LABELS,
+    iter_store,
+    open_store,
+    spectrum_property,
+    store_info,
+    write_error,
+    write_file_atomic,
+)
 
 COMMAND = "train"
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _DERIVED_MODEL_FIELDS = ("n_pix", "n_continuum_features", "n_z_bins", "wave_min", "dloglam", "z_min", "z_max",
                          "line_waves", "scale_feature")
 
@@ -189,7 +197,8 @@ class Cache:
     """A preprocessed store on disk: float16 memmaps plus labels in memory.
 
     spectrum: (N, 2, n_pix) float16; continuum: (N, n_features) float16; labels: name -> (N,)
-    float64 (z, logmstar, logsfr, type, hmag; NaN where the store has none); ids (N,);
+    float64 (z, logmstar, logsfr, type, hmag; NaN where the store has none; logmstar and
+    logsfr of the light in the spectrum, :func:`mtopnet.store.spectrum_property`); ids (N,);
     valid_fraction (N,) float32.
     """
 
@@ -296,7 +305,9 @@ def build_cache(store: str | Path, preprocess: PreprocessConfig, root: str | Pat
             spec[start:stop] = np.clip(x.spectrum, -6e4, 6e4)
             cont[start:stop] = np.clip(x.continuum, -6e4, 6e4)
             for k in _CACHE_LABELS:
-                if k in batch.labels:
+                if k in PROPERTY_LABELS and k in batch.labels:
+                    labels[k][start:stop] = spectrum_property(batch.labels, k)
+                elif k in batch.labels:
                     labels[k][start:stop] = np.asarray(batch.labels[k], dtype=np.float64)
             ids[start:stop] = batch.ids
             valid[start:stop] = x.valid_fraction

@@ -23,10 +23,10 @@ from .instrument import (
     pixel_mask,
     resample_mask,
 )
-from .noise import ArmSpectra, observe_arm, observe_arm_conditions
+from .noise import ArmSpectra, light_fraction, observe_arm, observe_arm_conditions
 
-__all__ = ["Instrument", "Arm", "ArmSpectra", "observe_arm", "observe_arm_conditions", "load_instrument",
-           "available_instruments", "MASK_BAD", "MASK_SKYLINE", "MASK_TELLURIC", "bin_mean",
+__all__ = ["Instrument", "Arm", "ArmSpectra", "observe_arm", "observe_arm_conditions", "light_fraction",
+           "load_instrument", "available_instruments", "MASK_BAD", "MASK_SKYLINE", "MASK_TELLURIC", "bin_mean",
            "image_quality", "Aperture", "SKY_MASK_BITS", "pixel_mask", "resample_mask"]
 
 

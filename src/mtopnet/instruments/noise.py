@@ -100,6 +100,31 @@ def observe_arm(arm: Arm, fine_flux: np.ndarray, exposure: Exposure, rng: np.ran
     return ArmSpectra(arm.wave.copy(), flux.astype(np.float32), ivar.astype(np.float32), mask)
 
 
+def light_fraction(inst, seeing: np.ndarray | float, airmass: np.ndarray | float,
+                   source_re: np.ndarray | float, step: int = 16) -> np.ndarray:
+    """Share of each source's light that its calibrated spectrum holds: (N,) in (0, 1].
+
+    The aperture (fibre or slit) passes a fraction of a source's light; the flux
+    calibration corrects the fraction a point source loses (as :func:`observe_arm` and
+    :func:`observe_arm_conditions` do), so the spectrum of an extended source holds
+    ``fraction(source) / fraction(point source)`` of the galaxy's light, 1 for a point
+    source. Averaged over every ``step``-th pixel of every arm of ``inst`` (an
+    :class:`~mtopnet.instruments.Instrument`; the ratio changes slowly with wavelength).
+    seeing: arcsec FWHM at 500 nm at zenith; airmass; source_re: half-light radius in
+    arcsec (a 2D Gaussian profile); scalars or (N,) arrays.
+    """
+    seeing, airmass, source_re = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=np.float64))
+                                                       for v in (seeing, airmass, source_re)))
+    src_var = (source_re / 1.1774)[:, None] ** 2  # half-light radius of a 2D Gaussian = 1.1774 sigma
+    parts = []
+    for arm in inst.arms:
+        wave = arm.wave[::step]
+        psf_var = (image_quality(seeing[:, None], wave[None, :], airmass[:, None], inst.config.telescope_diameter)
+                   / FWHM_PER_SIGMA) ** 2
+        parts.append(inst.aperture.fraction(psf_var + src_var) / inst.aperture.fraction(psf_var))
+    return np.concatenate(parts, axis=1).mean(axis=1)
+
+
 def _shift_fine(fine: np.ndarray, shift_fine: np.ndarray) -> np.ndarray:
     """Shift each row by ``shift_fine`` (N,) fine pixels, |shift| <= 1, by linear interpolation.
 

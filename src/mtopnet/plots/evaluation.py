@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 
 from ..constants import SUCCESS_DZ  # noqa: E402
 from ..lines import LINES  # noqa: E402
-from ..store import read_store, write_file_atomic  # noqa: E402
+from ..store import read_store, spectrum_property, write_file_atomic  # noqa: E402
 
 PAPER_CURVE_H = np.array([20.0, 23.9, 24.1, 24.3, 24.5, 24.7, 24.9, 25.1, 25.3, 25.5, 25.7, 25.9])
 PAPER_CURVE_FRAC = np.array([0.93, 0.93, 0.91, 0.88, 0.84, 0.79, 0.74, 0.66, 0.59, 0.51, 0.43, 0.38])
@@ -114,7 +114,7 @@ def coverage(c: dict[str, np.ndarray], t: dict[str, np.ndarray], sf: np.ndarray,
             observed.append(np.mean((c[f"Z_LO{lv}"] <= zt) & (zt <= c[f"Z_HI{lv}"])))
     for key, sel in (("logmstar", np.ones(len(z), bool)), ("logsfr", sf)):
         if key.upper() in c and key in t:
-            tt = t[key].astype(float)
+            tt = spectrum_property(t, key)
             s = sel & np.isfinite(tt)
             if s.any():
                 pull = np.abs(c[key.upper()][s] - tt[s]) / np.maximum(c[f"{key.upper()}_ERR"][s], 1e-6)
@@ -133,13 +133,14 @@ def coverage(c: dict[str, np.ndarray], t: dict[str, np.ndarray], sf: np.ndarray,
 
 
 def properties(c: dict[str, np.ndarray], t: dict[str, np.ndarray], sf: np.ndarray, out: Path) -> list[Path]:
-    """Predicted vs true log M* (all) and log SFR (star-forming ``sf``). ``logmstar.png``, ``logsfr.png``."""
+    """Predicted vs true log M* (all) and log SFR (star-forming ``sf``), the truth of the light in the
+    spectrum (:func:`mtopnet.store.spectrum_property`). ``logmstar.png``, ``logsfr.png``."""
     z = c["Z"]
     files = []
     for key, sel, label in (("logmstar", np.ones(len(z), bool), "log M* [Msun]"),
                             ("logsfr", sf, "log SFR [Msun/yr] (star-forming)")):
         if key.upper() in c and key in t:
-            tt, pred = t[key].astype(float), c[key.upper()]
+            tt, pred = spectrum_property(t, key), c[key.upper()]
             s = sel & np.isfinite(tt)
             fig, ax = plt.subplots(figsize=(4.5, 4.5))
             if s.any():
