@@ -100,13 +100,15 @@ def fine_chi2(basis: RefineBasis, w: torch.Tensor, wf: torch.Tensor, offsets: to
         a = t.transpose(-1, -2) @ t
         b = (t.transpose(-1, -2) @ fsw[:, None, :, None])[..., 0]
         return _solve_chi2(a, b, wff[:, None])
-    tc = _windows(_phase_major(basis, continuum=True), os_, offsets, j)  # (R, T, J, Kc)
-    tc *= sw[:, None, :, None]
     a = torch.empty(r, n_t, k, k)
     b = torch.empty(r, n_t, k)
-    tct = tc.transpose(-1, -2)
-    a[:, :, :kc, :kc] = tct @ tc
-    b[:, :, :kc] = (tct @ fsw[:, None, :, None])[..., 0]
+    phased = _phase_major(basis, continuum=True)
+    for trial in range(n_t):  # one trial at a time: (R, J, Kc) windows stay in the CPU's caches
+        tc = _windows(phased, os_, offsets[:, trial], j)  # (R, J, Kc)
+        tc *= sw[:, :, None]
+        tct = tc.transpose(-1, -2)
+        a[:, trial, :kc, :kc] = tct @ tc
+        b[:, trial, :kc] = (fsw[:, None, :] @ tc)[:, 0]
     pad = line_pix < 0
     pix = line_pix.clamp(0, j - 1)
     swl = torch.where(pad, torch.zeros(()), torch.gather(sw, 1, pix))  # (R, P)
@@ -117,7 +119,7 @@ def fine_chi2(basis: RefineBasis, w: torch.Tensor, wf: torch.Tensor, offsets: to
     al = tl[..., kc:].transpose(-1, -2) @ tl  # (R, T, K - kc, K)
     a[:, :, kc:, :] = al
     a[:, :, :kc, kc:] = al[..., :kc].transpose(-1, -2)
-    b[:, :, kc:] = (tl[..., kc:].transpose(-1, -2) @ fswl[:, None, :, None])[..., 0]
+    b[:, :, kc:] = (fswl[:, None, None, :] @ tl[..., kc:])[..., 0, :]
     return _solve_chi2(a, b, wff[:, None])
 
 
@@ -132,7 +134,7 @@ def best_fit_coeff(basis: RefineBasis, w: torch.Tensor, f: torch.Tensor, offsets
     t = _windows(_phase_major(basis), basis.oversample, offsets[:, None], w.shape[1])[:, 0]  # (R, J, K)
     tw = t * w[:, :, None]
     a = (tw.transpose(1, 2) @ t).double()
-    b = (tw.transpose(1, 2) @ f[:, :, None])[..., 0].double()
+    b = (f[:, None, :] @ tw)[:, 0].double()
     diag = torch.diagonal(a, dim1=-2, dim2=-1)
     scale = torch.where(diag > 0, diag, torch.ones_like(diag)).rsqrt()
     eye = torch.eye(a.shape[-1], dtype=a.dtype)
@@ -148,7 +150,7 @@ def best_fit_model(basis: RefineBasis, w: torch.Tensor, f: torch.Tensor, offsets
     the :func:`best_fit_coeff` combination of the basis vectors (w, f, offsets as there), and
     those coefficients (R, K) float64."""
     coeff, t = best_fit_coeff(basis, w, f, offsets)
-    return (t.double() @ coeff[:, :, None])[..., 0].float(), coeff
+    return (t @ coeff.float()[:, :, None])[..., 0], coeff
 
 
 SMOOTH_DEGREE = 3
@@ -193,7 +195,7 @@ def feature_dchi2(templates: torch.Tensor, w: torch.Tensor, f: torch.Tensor, smo
     t = torch.cat([templates.float(), smooth.float()[None].expand(r, j, smooth.shape[1])], 2)  # (R, J, K + P)
     tw = t * w.float()[:, :, None]
     a = tw.transpose(1, 2) @ t  # normal equations of templates + smooth; the smooth alone is their lower block
-    b = (tw.transpose(1, 2) @ f.float()[:, :, None])[..., 0]
+    b = (f.float()[:, None, :] @ tw)[:, 0]
     wff = (w.double() * f.double() ** 2).sum(1)
     return _solve_chi2(a[:, k:, k:], b[:, k:], wff) - _solve_chi2(a, b, wff)
 

@@ -141,7 +141,7 @@ def _fit(t: torch.Tensor, w: torch.Tensor, f: torch.Tensor, solve: bool = False
     ``solve``, the coefficients (R, K) float64."""
     tw = t * w[:, :, None]
     a = tw.transpose(1, 2) @ t
-    b = (tw.transpose(1, 2) @ f[:, :, None])[..., 0]
+    b = (f[:, None, :] @ tw)[:, 0]
     chi2 = _solve_chi2(a, b, (w.double() * f.double() ** 2).sum(1))
     if not solve:
         return chi2, None
