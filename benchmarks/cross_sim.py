@@ -599,6 +599,8 @@ def write_store_from_fits(spectra_dir: Path, truth: dict[str, np.ndarray], path:
     batch.labels = {k: np.asarray(truth[k], dtype=np.float32 if k != "type" else np.int8)
                     for k in ("z", "logmstar", "logsfr", "hmag", "type", "max_line_flux", "line_snr")}
     batch.labels["z"] = np.asarray(truth["z"], dtype=np.float64)
+    # moons1d observes point sources and corrects their aperture loss: each spectrum holds
+    # all of its galaxy's light (store.spectrum_property reads a missing light_fraction as 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_store(path, batch, attrs={"instrument": "moons-lr", "provenance": provenance})
     return path
@@ -754,7 +756,7 @@ def tool_metrics(z_true: np.ndarray, cat: dict[str, np.ndarray], sel: np.ndarray
             out[f"coverage{level}"] = float(np.mean((lo <= z_true[sel]) & (z_true[sel] <= hi)))
         if truth is not None:
             m = sel & (truth["hmag"] <= MASS_HMAX)
-            if m.any():
+            if m.any():  # moons1d's point sources, aperture-loss corrected: the spectra hold all the light
                 d = np.asarray(cat["LOGMSTAR"], dtype=np.float64)[m] - truth["logmstar"][m]
                 out["logmstar_bias_h24"] = float(np.median(d))
                 out["logmstar_scatter_h24"] = robust_scatter(d)

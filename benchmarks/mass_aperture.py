@@ -13,6 +13,12 @@ the median error, and the median error moved to the reference fraction with the 
 slope (``err - slope (log10 f - log10 f_ref)``): what is left when the flux fraction is
 matched. A spectrum that keeps its fibre loss (f < 1) and one aperture-corrected (f ~ 1)
 differ in flux by 1/f; a network that reads the mass from the flux sees that as mass.
+
+The error here is against the whole galaxy's mass (``labels/logmstar``). Since model 0.4 the
+network reports the mass of the light in the spectrum (``logmstar + log10(light_fraction)``,
+:func:`mtopnet.store.spectrum_property`, what ``mtopnet evaluate`` grades), so on the own
+simulator that error follows log10 f by design (slope ~1); what is left at the reference
+fraction is the part no aperture explains.
 """
 from __future__ import annotations
 
