@@ -28,9 +28,10 @@ test: $(STAMP)
 # The shipped MOONS LR model, from nothing (docs/model.md): simulate the training and validation
 # stores from the training prior with randomised observing conditions (seeds 1001, 1002), make a
 # second validation set with another simulator (benchmarks/cross_sim.py: Bagpipes' own
-# model_galaxy through the consortium's moons1d; seed 6001), train (stage 1); then fine-tune on
+# model_galaxy through the consortium's moons1d; seed 6001), train (stage 1); fine-tune on
 # the stage-1 stores plus 40,000 more from the training prior (seed 1004) and 60,000 from the
-# survey population with randomised conditions (seed 1003) (stage 2); calibrate the template
+# survey population with randomised conditions (seed 1003) (stage 2); fine-tune again with
+# 200,000 more from the training prior (seeds 1005, 1006) (stage 3); calibrate the template
 # scan, p_dz01, QOP and the intervals on both validation sets, and copy the checkpoint into the
 # package. Never the test seeds (2024, 3001, 7001, 424242).
 MODEL_DIR := runs/moons-lr
@@ -47,6 +48,14 @@ data/train2.h5: | $(STAMP)
 	mkdir -p data
 	$(VENV)/bin/mtopnet simulate --instrument moons-lr --exposure 8h $(PRIOR) --n 40000 --seed 1004 --out $@ --workers 2
 
+data/train3.h5: | $(STAMP)
+	mkdir -p data
+	$(VENV)/bin/mtopnet simulate --instrument moons-lr --exposure 8h $(PRIOR) --n 100000 --seed 1005 --out $@ --workers 2
+
+data/train4.h5: | $(STAMP)
+	mkdir -p data
+	$(VENV)/bin/mtopnet simulate --instrument moons-lr --exposure 8h $(PRIOR) --n 100000 --seed 1006 --out $@ --workers 2
+
 data/train-survey.h5: | $(STAMP)
 	mkdir -p data
 	$(VENV)/bin/mtopnet simulate --instrument moons-lr --exposure 8h --population survey --nuisance randomised --n 60000 --seed 1003 --out $@ --workers 2
@@ -55,9 +64,11 @@ data/calib-xsim.h5: | $(STAMP)
 	mkdir -p data
 	$(PY) benchmarks/cross_sim.py --n 1000 --seed 6001 --out data/calib-xsim --skip-predict --skip-redrock --store-out $@
 
-model: data/train.h5 data/val.h5 data/train2.h5 data/train-survey.h5 data/calib-xsim.h5
+TRAIN_ALL := data/train.h5 data/train2.h5 data/train3.h5 data/train4.h5 data/train-survey.h5
+model: $(TRAIN_ALL) data/val.h5 data/calib-xsim.h5
 	$(VENV)/bin/mtopnet train --train data/train.h5 --val data/val.h5 --out $(MODEL_DIR)-stage1 --config configs/train-moons-lr.yaml
-	$(VENV)/bin/mtopnet train --train data/train.h5 data/train2.h5 data/train-survey.h5 --val data/val.h5 --out $(MODEL_DIR) --config configs/train-moons-lr.yaml --init $(MODEL_DIR)-stage1/model.pt --epochs 5 --lr 0.001
+	$(VENV)/bin/mtopnet train --train data/train.h5 data/train2.h5 data/train-survey.h5 --val data/val.h5 --out $(MODEL_DIR)-stage2 --config configs/train-moons-lr.yaml --init $(MODEL_DIR)-stage1/model.pt --epochs 5 --lr 0.001
+	$(VENV)/bin/mtopnet train --train data/train.h5 data/train2.h5 data/train3.h5 data/train4.h5 data/train-survey.h5 --val data/val.h5 --out $(MODEL_DIR) --config configs/train-moons-lr.yaml --init $(MODEL_DIR)-stage2/model.pt --epochs 3 --lr 0.001
 	$(VENV)/bin/mtopnet calibrate $(MODEL_DIR)/model.pt data/val.h5 data/calib-xsim.h5 --scan --out $(MODEL_DIR)/model-calibrated.pt
 	cp $(MODEL_DIR)/model-calibrated.pt src/mtopnet/models/moons-lr.pt
 

@@ -263,3 +263,32 @@ def test_refine_basis_conventions(basis):
         ZScanner.from_refine_basis(basis, Z_RANGE, n_templates=11)
     with pytest.raises(ConfigError):
         ZScanner.from_refine_basis(basis, Z_RANGE, lines=("Halpha",))  # this basis has no line vectors
+
+
+def test_combination_fit_weighs_each_validation_set_the_same():
+    """A large validation set where the network is right must not outvote a small one (made
+    another way) where the templates are: with ``groups`` each set weighs the same."""
+    zb = ZBinning()
+    edges, centres = zb.edges, zb.centres
+    rng = np.random.default_rng(4)
+    n_a, n_b = 900, 100
+    n = n_a + n_b
+    z_true = rng.uniform(0.7, 2.9, n)
+    z_wrong = np.where(z_true > 1.8, z_true - 0.5, z_true + 0.5)
+    # set A: the network right; the templates' minimum wrong for 30%. Set B: the network wrong.
+    z_net = np.where(np.arange(n) < n_a, z_true, z_wrong)
+    z_tpl = np.where((np.arange(n) < n_a) & (rng.uniform(size=n) < 0.3), z_wrong, z_true)
+    pdf = np.exp(-0.5 * ((centres[None, :] - z_net[:, None]) / 0.004) ** 2) + 1e-6
+    pdf /= pdf.sum(axis=1, keepdims=True)
+    chi2 = 3000 + np.minimum(5e6 * ((centres[None, :] - z_tpl[:, None]) / (1 + z_tpl[:, None])) ** 2, 400)
+    groups = (np.arange(n) >= n_a).astype(int)
+    _, t_pooled, pooled = fit_combination(pdf, chi2, edges, z_true, objective="success")
+    w, t, grouped = fit_combination(pdf, chi2, edges, z_true, objective="success", groups=groups)
+    assert t_pooled == 0.0 and pooled["success_fraction"] == pytest.approx(0.9)  # the network alone
+    assert t > 0 and grouped["n_by_group"] == [n_a, n_b]
+    assert grouped["success_by_group"][1] > 0.9 and grouped["success_fraction"] > 0.8
+    assert grouped["success_fraction"] == pytest.approx(np.mean(grouped["success_by_group"]))
+    _, _, few = fit_combination(pdf, chi2, edges, z_true, objective="success", groups=groups, max_objects=400)
+    assert few["n_by_group"] == [200, 100]  # an equal share each, all of a smaller set
+    with pytest.raises(UserError, match="groups"):
+        fit_combination(pdf, chi2, edges, z_true, groups=groups[:10])

@@ -10,8 +10,10 @@ the refined z and the PDF mass around it (the PDF statistics alone).
 With ``--scan`` (:func:`calibrate_with_scan`), three fits, each on the validation data:
 
 1. the weights of the full-range template scan against the network's PDF
-   (:func:`mtopnet.refine.fit_combination`: ``w_net``, ``t``), on every object with a
-   redshift inside the bins;
+   (:func:`mtopnet.refine.fit_combination`: ``w_net``, ``t``), on objects with a redshift
+   inside the bins, each validation store weighing the same (up to 3,000 objects, shared
+   equally): a large set from the training simulator must not outvote a small one made
+   another way, where the network is least to be trusted;
 2. the quality model -- a logistic regression on the PDF statistics and the evidence of the
    fit (:data:`mtopnet.quality.FIT_FEATURES`) followed by an isotonic map -- giving
    ``p_dz01`` and the QOP thresholds, on the full prediction (scan, combination,
@@ -154,10 +156,11 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
         truths.append({"id": np.asarray(truth["id"]).astype(str), "z": np.asarray(truth["z"], dtype=np.float64)})
     n_val = sum(store_info(path)["n"] for path in val_stores)
     # 1. the combination's weights, from the network's PDFs and the scan on every object
-    pdfs, chi2s, oks, ztrue, pnet = [], [], [], [], []
+    pdfs, chi2s, oks, ztrue, pnet, groups = [], [], [], [], [], []
     bar = progress_bar(total=n_val, desc="calibrate (scan)", unit="spec", progress=progress)
-    for path, truth in zip(val_stores, truths, strict=True):
+    for store_index, (path, truth) in enumerate(zip(val_stores, truths, strict=True)):
         for batch in iter_store(path, batch_size):
+            groups.append(np.full(len(batch), store_index))
             x = model.preprocessor(batch)
             with torch.inference_mode():
                 logits = model.network(torch.from_numpy(x.spectrum), torch.from_numpy(x.continuum))["z_logits"]
@@ -174,7 +177,8 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
         raise UserError("calibrate: the validation stores hold no spectra")
     w_net, t, info = fit_combination(np.concatenate(pdfs), np.concatenate(chi2s), zb.edges, np.concatenate(ztrue),
                                      ok=np.concatenate(oks), p_net=np.concatenate(pnet), gammas=(0.0, 1.0, 2.0, 3.0),
-                                     seed=seed, objective="success", max_objects=3000)
+                                     seed=seed, objective="success", max_objects=3000,
+                                     groups=np.concatenate(groups))
     del pdfs, chi2s
     scan = dataclasses.replace(scan, w_net=float(w_net), t=float(t), gamma=float(info["gamma"]))
     model.scan = scan

@@ -585,11 +585,14 @@ def train(train_store: str | Path | list, val_store: str | Path, out_dir: str | 
         raise write_error(out, exc) from None
     owns_group = join_process_group(procs, dev)
     try:
-        return _run(train_stores, val_store, out, config, resume=resume, progress=progress and procs.is_main,
-                    procs=procs, dev=dev, init=init)
+        summary = _run(train_stores, val_store, out, config, resume=resume, progress=progress and procs.is_main,
+                       procs=procs, dev=dev, init=init)
+        if owns_group:  # every process done (rank 0 writes last) before any leaves the group: a gloo
+            barrier(procs)  # process that left early could abort at exit ("terminate called ...")
     finally:
         if owns_group:
             leave_process_group()
+    return summary
 
 
 def _run(train_stores: list, val_store: str | Path, out: Path, config: TrainConfig, *, resume: bool,

@@ -196,7 +196,8 @@ def fit_combination(pdf_net: np.ndarray, chi2_bins: np.ndarray, edges: np.ndarra
                     t_range: tuple[float, float] = (1e-6, 10.0), eps: float = 1e-12,
                     window: float = SUCCESS_DZ, floor: float = 1e-4, p_net: np.ndarray | None = None,
                     gammas: tuple[float, ...] = (0.0,), max_objects: int = 6000,
-                    seed: int = 0, objective: str = "log_mass") -> tuple[float, float, dict]:
+                    seed: int = 0, objective: str = "log_mass", groups: np.ndarray | None = None
+                    ) -> tuple[float, float, dict]:
     """Fit (w_net, t) of :func:`combine_pdf` on a VALIDATION set (never test data).
 
     Maximises the mean over objects of ln max(P, ``floor``), P the posterior mass in the bins
@@ -213,6 +214,13 @@ def fit_combination(pdf_net: np.ndarray, chi2_bins: np.ndarray, edges: np.ndarra
     +-0.01 of its point estimate) each of ``gammas`` is tried for the :func:`network_gate`
     and the best is returned in the info dict (``gamma``). At most ``max_objects`` objects
     (a seeded random subset) enter the fit.
+
+    groups: (N,) int, the validation set of each object (e.g. one per simulator). Each group
+    then weighs the same in the objective (the mean over groups of each group's mean), and
+    the subset takes up to ``max_objects // n_groups`` objects of each: a large validation
+    set from the training simulator must not outvote a small one made another way, where
+    the network is least to be trusted. The info dict gives each group's ``success_by_group``
+    (objective ``"success"``).
 
     objective ``"success"`` instead maximises the fraction of objects whose posterior point
     estimate (:func:`mtopnet.quality.pdf_summary`'s ``z``) is within ``window`` of z_true, on
@@ -232,10 +240,19 @@ def fit_combination(pdf_net: np.ndarray, chi2_bins: np.ndarray, edges: np.ndarra
     use = (idx >= 0) & (idx < len(edges) - 1) & np.isfinite(z_true)
     if not use.any():
         raise UserError("zscan.fit_combination: no object has its true z inside the bins")
-    if use.sum() > max_objects:
-        keep = np.random.default_rng(seed).choice(np.flatnonzero(use), max_objects, replace=False)
-        use = np.zeros_like(use)
-        use[np.sort(keep)] = True
+    group = np.zeros(len(z_true), np.int64) if groups is None else np.asarray(groups, np.int64)
+    if len(group) != len(z_true):
+        raise UserError(f"zscan.fit_combination: {len(group)} groups for {len(z_true)} objects")
+    labels = np.unique(group[use])
+    rng = np.random.default_rng(seed)
+    quota = max_objects // len(labels)
+    for g in labels:
+        members = np.flatnonzero(use & (group == g))
+        if len(members) > quota:
+            use[members] = False
+            use[np.sort(rng.choice(members, quota, replace=False))] = True
+    gid = np.searchsorted(labels, group[use])
+    weight = 1.0 / (len(labels) * np.bincount(gid, minlength=len(labels))[gid])  # sums to 1
     pdf = np.asarray(pdf_net, dtype=np.float64)[use]
     dchi2_raw = np.asarray(chi2_bins, dtype=np.float64)[use]
     dchi2_raw = dchi2_raw - dchi2_raw.min(axis=1, keepdims=True)
@@ -256,12 +273,12 @@ def fit_combination(pdf_net: np.ndarray, chi2_bins: np.ndarray, edges: np.ndarra
         post = np.exp(logp - logp.max(axis=1, keepdims=True))
         cum = np.concatenate([np.zeros((len(post), 1)), np.cumsum(post, axis=1)], axis=1)
         mass = (cum[rows, np.minimum(hi, post.shape[1])] - cum[rows, lo]) / cum[:, -1]
-        return float(np.mean(np.log(np.maximum(mass, floor))))
+        return float(np.sum(weight * np.log(np.maximum(mass, floor))))
 
     lt_lo, lt_hi = math.log10(t_range[0]), math.log10(t_range[1])
     t_grid = np.linspace(lt_lo, lt_hi, int(round(lt_hi - lt_lo)) * 2 + 1)
     if objective == "success":
-        return _fit_success(pdf, dchi2_raw, edges, zt, p_use, gammas, w_range, t_grid, window, mean_log_post)
+        return _fit_success(pdf, dchi2_raw, edges, zt, p_use, gammas, w_range, t_grid, window, weight, gid)
     if objective != "log_mass":
         raise UserError(f"zscan.fit_combination: objective must be 'success' or 'log_mass', got {objective!r}")
     best_gamma, best_score = 0.0, -np.inf
@@ -289,13 +306,18 @@ def fit_combination(pdf_net: np.ndarray, chi2_bins: np.ndarray, edges: np.ndarra
 
 def _fit_success(pdf: np.ndarray, dchi2_raw: np.ndarray, edges: np.ndarray, z_true: np.ndarray,
                  p_net: np.ndarray | None, gammas: tuple[float, ...], w_range: tuple[float, float],
-                 t_grid: np.ndarray, window: float, mean_log_post) -> tuple[float, float, dict]:
-    """Grid search of (gamma, w_net, t) for the largest success fraction (see fit_combination)."""
+                 t_grid: np.ndarray, window: float, weight: np.ndarray, gid: np.ndarray
+                 ) -> tuple[float, float, dict]:
+    """Grid search of (gamma, w_net, t) for the largest weighted success fraction (see
+    fit_combination; ``weight`` (N,) sums to 1, ``gid`` (N,) the group of each object)."""
     from ..quality import pdf_summary
 
-    def success(w: float, t: float, gate: np.ndarray | None) -> float:
+    def hits(w: float, t: float, gate: np.ndarray | None) -> np.ndarray:
         post = combine_pdf(pdf, dchi2_raw, w, t, gate=gate)
-        return float(np.mean(np.abs(pdf_summary(post, edges, window)["z"] - z_true) < window))
+        return np.abs(pdf_summary(post, edges, window)["z"] - z_true) < window
+
+    def success(w: float, t: float, gate: np.ndarray | None) -> float:
+        return float(np.sum(weight * hits(w, t, gate)))
 
     base = success(1.0, 0.0, None)
     best = (base, 0.0, 1.0, 0.0)  # (score, -t, w, gamma): the network alone first
@@ -308,8 +330,11 @@ def _fit_success(pdf: np.ndarray, dchi2_raw: np.ndarray, edges: np.ndarray, z_tr
                 if (score, -t) > best[:2]:
                     best = (score, -t, float(w), float(gamma))
     score, neg_t, w_fit, gamma = best
+    final = hits(w_fit, -neg_t, network_gate(p_net, gamma) if p_net is not None else None)
+    by_group = [float(final[gid == g].mean()) for g in range(int(gid.max()) + 1)] if len(gid) else []
     return w_fit, -neg_t, {"objective": "success", "success_fraction": score, "network_alone": base,
-                           "n": int(len(pdf)), "gamma": gamma, "success": True}
+                           "n": int(len(pdf)), "gamma": gamma, "success": True, "success_by_group": by_group,
+                           "n_by_group": np.bincount(gid).tolist() if len(gid) else []}
 
 
 __all__ = ["NO_FEATURES_DCHI2", "scan_summary", "chi2_on_bins", "feature_evidence", "scan_dispersion", "scan_on_bins",
