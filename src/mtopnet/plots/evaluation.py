@@ -147,7 +147,7 @@ def properties(c: dict[str, np.ndarray], t: dict[str, np.ndarray], sf: np.ndarra
                 ax.hexbin(tt[s], pred[s], gridsize=50, mincnt=1, bins="log", cmap="Blues")
                 lo, hi = np.percentile(np.concatenate([tt[s], pred[s]]), [0.5, 99.5])
                 ax.plot([lo, hi], [lo, hi], "k:")
-            ax.set(xlabel=f"true {label}", ylabel=f"predicted {label}")
+            ax.set(xlabel=f"true {label}, light in the spectrum", ylabel=f"predicted {label}")
             files.append(_save(fig, out / f"{key}.png"))
     return files
 
