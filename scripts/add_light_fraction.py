@@ -11,7 +11,9 @@ the same function: each object's seeing, airmass and source size (``nu_seeing``,
 ``nu_airmass``, ``nu_source_r_e``) where the store has them (``--nuisance randomised``,
 ``--population training``), else the run's exposure (provenance) and the galaxy's
 ``r_e``. The label is written in place (the spectra are not touched); a store that has it
-is left as it is. One line and exit 2 for a store that is not a simulated one.
+is left as it is. Every store given is tried; one line for each that is not a simulated store
+(or not HDF5), and exit 2 if any failed. The values agree with what ``simulate`` writes to
+float32 rounding (the conditions are read back from float32 labels).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import sys
 import h5py
 import numpy as np
 
+from mtopnet.config import UserError
 from mtopnet.instruments import light_fraction, load_instrument
 
 
@@ -36,27 +39,45 @@ def fraction_for(f: h5py.File) -> np.ndarray:
     return light_fraction(inst, exp["seeing"], exp["airmass"], lab["r_e"][:])
 
 
+def add_to(path: str) -> str:
+    """Add the label to one store; the line to print. Raises ValueError with the reason."""
+    try:
+        f = h5py.File(path, "r+")
+    except OSError as exc:
+        reason = "not an HDF5 file" if "signature" in str(exc) else str(exc).split(" (")[0]
+        raise ValueError(reason) from None
+    with f:
+        labels = f.get("labels", {})
+        if "light_fraction" in labels:
+            return f"{path}: has light_fraction already"
+        try:
+            prov = json.loads(f.attrs["provenance"])
+            prov["instrument"], prov["exposure"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("not a store of mtopnet simulate (no provenance with instrument and exposure)") from None
+        if "r_e" not in labels:
+            raise ValueError("not a store of mtopnet simulate (no labels/r_e)")
+        try:
+            frac = fraction_for(f).astype(np.float32)
+        except UserError as exc:  # e.g. an instrument this installation does not know
+            raise ValueError(str(exc)) from None
+        f["labels"].create_dataset("light_fraction", data=frac)
+    q = np.percentile(frac, [5, 50, 95])
+    return f"{path}: light_fraction added, 5/50/95th percentiles {q[0]:.3f} {q[1]:.3f} {q[2]:.3f}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stores", nargs="+")
     args = ap.parse_args()
-    for path in args.stores:
+    failed = 0
+    for path in args.stores:  # every store is tried; exit 2 if any failed
         try:
-            with h5py.File(path, "r+") as f:
-                if "light_fraction" in f.get("labels", {}):
-                    print(f"{path}: has light_fraction already")
-                    continue
-                if "provenance" not in f.attrs or "r_e" not in f.get("labels", {}):
-                    print(f"{path}: not a store of mtopnet simulate (no provenance or labels/r_e)", file=sys.stderr)
-                    return 2
-                frac = fraction_for(f).astype(np.float32)
-                f["labels"].create_dataset("light_fraction", data=frac)
-        except OSError as exc:
+            print(add_to(path))
+        except ValueError as exc:
             print(f"{path}: {exc}", file=sys.stderr)
-            return 2
-        q = np.percentile(frac, [5, 50, 95])
-        print(f"{path}: light_fraction added, 5/50/95th percentiles {q[0]:.3f} {q[1]:.3f} {q[2]:.3f}")
-    return 0
+            failed += 1
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":

@@ -57,3 +57,5 @@ def test_spectrum_property():
     assert np.isnan(spectrum_property({"logsfr": np.array([1.0]), "light_fraction": np.array([0.0])}, "logsfr")[0])
     with pytest.raises(ValueError, match="hmag"):
         spectrum_property(lab, "hmag")
+    with pytest.warns(UserWarning, match="add_light_fraction"):  # simulated before the label existed
+        assert spectrum_property({"logmstar": np.array([10.0]), "r_e": np.array([0.3])}, "logmstar")[0] == 10.0

@@ -536,3 +536,8 @@ def test_simulate_records_light_fraction_and_the_backfill_script_agrees(tmp_path
         assert np.allclose(f["labels/light_fraction"][:], frac, rtol=1e-5)
     again = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True)
     assert again.returncode == 0 and "already" in again.stdout
+    junk = tmp_path / "junk.h5"
+    junk.write_text("not a store")
+    bad = subprocess.run([sys.executable, str(script), str(junk), str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == f"{junk}: not an HDF5 file"
+    assert "already" in bad.stdout  # the stores after a bad one are still done

@@ -206,7 +206,8 @@ def metrics_markdown(m: dict) -> str:
                      f"{_fmt(r.get('coverage95'))} | {_fmt(q3.get('fraction'))} | {_fmt(q3.get('purity'))} | "
                      f"{_fmt(q3.get('completeness'))} | {_fmt(q4.get('fraction'))} | {_fmt(q4.get('purity'))} | "
                      f"{_fmt(q4.get('completeness'))} |")
-    for key, title in (("logmstar", "log M*"), ("logsfr", "log SFR (star-forming, type 0)")):
+    for key, title in (("logmstar", "log M* of the light in the spectrum"),
+                       ("logsfr", "log SFR of the light in the spectrum (star-forming, type 0)")):
         if key not in m:
             continue
         lines += ["", f"## {title}", "", "| selection | n | bias | scatter (1.4826 MAD) | rms | cov68 | cov95 |",

@@ -70,6 +70,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -166,13 +167,19 @@ def spectrum_property(labels: Mapping[str, np.ndarray], name: str) -> np.ndarray
     galaxy's light (a fibre on an extended source) shows the stars and star formation of 60%
     of the galaxy. The network is trained on, and evaluated against, this quantity; a store
     without ``light_fraction`` (spectra that hold all the light, as aperture-corrected ones
-    do) gives ``labels[name]``. Returns (N,) float64 (NaN where the label is NaN).
+    do) gives ``labels[name]`` -- with a UserWarning where the labels hold ``r_e`` (a store
+    ``mtopnet simulate`` wrote before it recorded ``light_fraction``: extended galaxies whose
+    spectra hold part of their light). Returns (N,) float64 (NaN where the label is NaN).
     Raises KeyError if ``labels`` has no ``name``.
     """
     if name not in PROPERTY_LABELS:
         raise ValueError(f"spectrum_property: {name!r} is not one of {PROPERTY_LABELS}")
     value = np.asarray(labels[name], dtype=np.float64)
     if "light_fraction" not in labels:
+        if "r_e" in labels:  # galaxies of known size: a store mtopnet simulate wrote before the label
+            warnings.warn("a simulated store without labels/light_fraction: its log M* and log SFR are read as "
+                          "the whole galaxy's, not the light in the spectrum; add the label with "
+                          "python scripts/add_light_fraction.py STORE", UserWarning, stacklevel=2)
         return value
     frac = np.asarray(labels["light_fraction"], dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):

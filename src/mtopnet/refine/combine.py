@@ -219,8 +219,10 @@ def fit_combination(pdf_net: np.ndarray, chi2_bins: np.ndarray, edges: np.ndarra
     then weighs the same in the objective (the mean over groups of each group's mean), and
     the subset takes up to ``max_objects // n_groups`` objects of each: a large validation
     set from the training simulator must not outvote a small one made another way, where
-    the network is least to be trusted. The info dict gives each group's ``success_by_group``
-    (objective ``"success"``).
+    the network is least to be trusted. With objective ``"success"`` the info dict's
+    ``success_fraction`` and ``network_alone`` are those group means, and ``success_by_group``
+    and ``n_by_group`` list each group with objects in the fit (z_true inside the bins), in
+    ascending group order.
 
     objective ``"success"`` instead maximises the fraction of objects whose posterior point
     estimate (:func:`mtopnet.quality.pdf_summary`'s ``z``) is within ``window`` of z_true, on
@@ -331,10 +333,11 @@ def _fit_success(pdf: np.ndarray, dchi2_raw: np.ndarray, edges: np.ndarray, z_tr
                     best = (score, -t, float(w), float(gamma))
     score, neg_t, w_fit, gamma = best
     final = hits(w_fit, -neg_t, network_gate(p_net, gamma) if p_net is not None else None)
-    by_group = [float(final[gid == g].mean()) for g in range(int(gid.max()) + 1)] if len(gid) else []
+    present = np.unique(gid)
     return w_fit, -neg_t, {"objective": "success", "success_fraction": score, "network_alone": base,
-                           "n": int(len(pdf)), "gamma": gamma, "success": True, "success_by_group": by_group,
-                           "n_by_group": np.bincount(gid).tolist() if len(gid) else []}
+                           "n": int(len(pdf)), "gamma": gamma, "success": True,
+                           "success_by_group": [float(final[gid == g].mean()) for g in present],
+                           "n_by_group": [int((gid == g).sum()) for g in present]}
 
 
 __all__ = ["NO_FEATURES_DCHI2", "scan_summary", "chi2_on_bins", "feature_evidence", "scan_dispersion", "scan_on_bins",
