@@ -36,25 +36,22 @@ test: $(STAMP)
 # package. Never the test seeds (2024, 3001, 7001, 424242).
 MODEL_DIR := runs/moons-lr
 PRIOR := --population training --nuisance randomised --hmag-range 20 25.5 --z-range 0.6 3.0
+# $(call SIMULATE_PRIOR,N,SEED): N spectra of the training prior into the target
+SIMULATE_PRIOR = mkdir -p data && $(VENV)/bin/mtopnet simulate --instrument moons-lr --exposure 8h $(PRIOR) --n $(1) --seed $(2) --out $@ --workers 2
 data/train.h5: | $(STAMP)
-	mkdir -p data
-	$(VENV)/bin/mtopnet simulate --instrument moons-lr --exposure 8h $(PRIOR) --n 100000 --seed 1001 --out $@ --workers 2
+	$(call SIMULATE_PRIOR,100000,1001)
 
 data/val.h5: | $(STAMP)
-	mkdir -p data
-	$(VENV)/bin/mtopnet simulate --instrument moons-lr --exposure 8h $(PRIOR) --n 10000 --seed 1002 --out $@ --workers 2
+	$(call SIMULATE_PRIOR,10000,1002)
 
 data/train2.h5: | $(STAMP)
-	mkdir -p data
-	$(VENV)/bin/mtopnet simulate --instrument moons-lr --exposure 8h $(PRIOR) --n 40000 --seed 1004 --out $@ --workers 2
+	$(call SIMULATE_PRIOR,40000,1004)
 
 data/train3.h5: | $(STAMP)
-	mkdir -p data
-	$(VENV)/bin/mtopnet simulate --instrument moons-lr --exposure 8h $(PRIOR) --n 100000 --seed 1005 --out $@ --workers 2
+	$(call SIMULATE_PRIOR,100000,1005)
 
 data/train4.h5: | $(STAMP)
-	mkdir -p data
-	$(VENV)/bin/mtopnet simulate --instrument moons-lr --exposure 8h $(PRIOR) --n 100000 --seed 1006 --out $@ --workers 2
+	$(call SIMULATE_PRIOR,100000,1006)
 
 data/train-survey.h5: | $(STAMP)
 	mkdir -p data
@@ -68,7 +65,7 @@ TRAIN_ALL := data/train.h5 data/train2.h5 data/train3.h5 data/train4.h5 data/tra
 model: $(TRAIN_ALL) data/val.h5 data/calib-xsim.h5
 	$(VENV)/bin/mtopnet train --train data/train.h5 --val data/val.h5 --out $(MODEL_DIR)-stage1 --config configs/train-moons-lr.yaml
 	$(VENV)/bin/mtopnet train --train data/train.h5 data/train2.h5 data/train-survey.h5 --val data/val.h5 --out $(MODEL_DIR)-stage2 --config configs/train-moons-lr.yaml --init $(MODEL_DIR)-stage1/model.pt --epochs 5 --lr 0.001
-	$(VENV)/bin/mtopnet train --train data/train.h5 data/train2.h5 data/train3.h5 data/train4.h5 data/train-survey.h5 --val data/val.h5 --out $(MODEL_DIR) --config configs/train-moons-lr.yaml --init $(MODEL_DIR)-stage2/model.pt --epochs 3 --lr 0.001
+	$(VENV)/bin/mtopnet train --train $(TRAIN_ALL) --val data/val.h5 --out $(MODEL_DIR) --config configs/train-moons-lr.yaml --init $(MODEL_DIR)-stage2/model.pt --epochs 3 --lr 0.001
 	$(VENV)/bin/mtopnet calibrate $(MODEL_DIR)/model.pt data/val.h5 data/calib-xsim.h5 --scan --out $(MODEL_DIR)/model-calibrated.pt
 	cp $(MODEL_DIR)/model-calibrated.pt src/mtopnet/models/moons-lr.pt
 

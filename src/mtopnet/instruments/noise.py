@@ -115,14 +115,23 @@ def light_fraction(inst, seeing: np.ndarray | float, airmass: np.ndarray | float
     """
     seeing, airmass, source_re = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=np.float64))
                                                        for v in (seeing, airmass, source_re)))
-    src_var = (source_re / 1.1774)[:, None] ** 2  # half-light radius of a 2D Gaussian = 1.1774 sigma
     parts = []
     for arm in inst.arms:
-        wave = arm.wave[::step]
-        psf_var = (image_quality(seeing[:, None], wave[None, :], airmass[:, None], inst.config.telescope_diameter)
-                   / FWHM_PER_SIGMA) ** 2
-        parts.append(inst.aperture.fraction(psf_var + src_var) / inst.aperture.fraction(psf_var))
+        source, point = aperture_fractions(inst, arm.wave[::step], seeing, airmass[:, None], source_re)
+        parts.append(source / point)
     return np.concatenate(parts, axis=1).mean(axis=1)
+
+
+def aperture_fractions(inst, wave: np.ndarray, seeing: np.ndarray, airmass: np.ndarray | float,
+                       source_re: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fractions of each source's light, and of a point source's, that enter the aperture
+    (fibre or slit) of ``inst`` at ``wave`` (L,) A: two (N, L) arrays. seeing (N,): arcsec
+    FWHM at 500 nm at zenith; airmass: scalar or (N, 1); source_re (N,): half-light radius in
+    arcsec of a 2D Gaussian light profile."""
+    psf_var = (image_quality(seeing[:, None], wave[None, :], airmass, inst.config.telescope_diameter)
+               / FWHM_PER_SIGMA) ** 2  # (N, L) arcsec^2
+    src_sigma = source_re / 1.1774  # half-light radius of a 2D Gaussian = 1.1774 sigma
+    return inst.aperture.fraction(psf_var + src_sigma[:, None] ** 2), inst.aperture.fraction(psf_var)
 
 
 def _shift_fine(fine: np.ndarray, shift_fine: np.ndarray) -> np.ndarray:
@@ -172,12 +181,7 @@ def observe_arm_conditions(arm: Arm, arm_index: int, fine_flux: np.ndarray, sub_
     if np.any(cond.wave_shift):
         src = _shift_fine(src, cond.wave_shift * FINE_PER_PIXEL)
     pixel_flux = arm.convolve_and_bin(src, lsf_scale)  # (N, L)
-    cfg = arm.instrument.config
-    psf_var = (image_quality(cond.seeing[:, None], arm.wave[None, :], airmass, cfg.telescope_diameter)
-               / FWHM_PER_SIGMA) ** 2  # (N, L) arcsec^2
-    src_sigma = cond.source_re / 1.1774  # half-light radius of a 2D Gaussian = 1.1774 sigma
-    fibre = arm.instrument.aperture.fraction(psf_var + src_sigma[:, None] ** 2)  # fibre or slit
-    point = arm.instrument.aperture.fraction(psf_var)
+    fibre, point = aperture_fractions(arm.instrument, arm.wave, cond.seeing, airmass, cond.source_re)  # or slit
     ratio = arm.best_throughput_ratio
     thr = 1.0 + cond.throughput[:, None] * (ratio[None, :] - 1.0) if ratio is not None else np.ones((n, 1))
     epf = resp.electrons_per_flux * thr  # (N, L) per sub-exposure
