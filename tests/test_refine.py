@@ -202,6 +202,11 @@ def test_predict_refines_by_default_and_no_refine_keeps_the_network(tiny_model_p
     same = ~int(ZWarn.LOW_PEAK_PROB | ZWarn.REFINE_DISAGREE | ZWarn.FIT_OUTLIERS | ZWarn.SMALL_DELTA_CHI2
                 | ZWarn.BAD_MINFIT)
     assert np.array_equal(ref["ZWARN"] & same, net["ZWARN"] & same)
+    # a poor fit (reduced chi2 > 3) is information, never a warning
+    from mtopnet.columns import ZInfo
+    poor = (ref["ZWARN_INFO"] & int(ZInfo.POOR_FIT)) != 0
+    assert np.array_equal(poor, np.nan_to_num(ref["RCHI2"]) > RefineConfig().max_rchi2)
+    assert not np.any(net["ZWARN_INFO"] & int(ZInfo.POOR_FIT))
 
 
 def test_recalibrate_writes_a_refined_calibration(tiny_model_path, toy_stores, tmp_path):
@@ -258,3 +263,49 @@ def test_feature_dchi2_sees_features_not_smooth_continua():
     ev = feature_dchi2(templates, torch.from_numpy(w), torch.from_numpy(f), smooth).numpy()
     assert ev[0] < 15 and ev[3] < 15  # 2 template vectors: chi2 with 2 degrees of freedom
     assert ev[1] > 100 and ev[2] > 100
+
+
+def test_coarse_stage_reads_the_full_range_scan_and_finds_the_same_z(basis, monkeypatch):
+    """Given the chi2 of a full-range scan with the coarse stage's own vectors (the first
+    ``coarse_templates`` continuum vectors, no lines), the coarse stage reads it instead of
+    fitting (no coarse_chi2 call) and the refined z are the same; rows the scan did not fit
+    fall back to coarse_chi2."""
+    from mtopnet.refine import CoarseChi2, ZScanner
+    ref = refiner(basis)
+    rng = np.random.default_rng(4)
+    z = rng.uniform(0.7, 2.9, 6)
+    flux = np.stack([noiseless_spectrum(zi, halpha=1.0) for zi in z]).astype(np.float32)
+    flux += rng.normal(0, 0.1, flux.shape).astype(np.float32)
+    ivar = np.full(flux.shape, 100.0, np.float32)
+    pdf = np.concatenate([gaussian_pdf((1.0, zi + 0.004, 0.004), (0.3, zi + 0.2, 0.004)) for zi in z])
+    z_net = pdf_summary(pdf, ZB.edges)["z"]
+    own = ref.refine(flux, ivar, pdf, z_net)
+    scanner = ZScanner.from_refine_basis(basis, (ZB.z_min, ZB.z_max), n_templates=ref.config.coarse_templates)
+    res = scanner.scan(flux, ivar)
+    calls = []
+    real = refine_fit.coarse_chi2
+    monkeypatch.setattr(refine_fit, "coarse_chi2", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    known = CoarseChi2.from_scan(scanner, res, np.arange(len(z)), len(z))
+    read = ref.refine(flux, ivar, pdf, z_net, coarse=known)
+    assert calls == []
+    assert np.allclose(read.z, own.z, atol=2e-6) and np.all(np.abs(read.z - z) < 3e-4)
+    # object 2 not scanned: its rows alone (one per PDF peak it has, up to 3) go to coarse_chi2
+    known.have[2] = False
+    again = ref.refine(flux, ivar, pdf, z_net, coarse=known)
+    assert len(calls) == 1 and 1 <= calls[0] <= 3 and np.allclose(again.z, own.z, atol=2e-6)
+    with pytest.raises(ValueError, match="stride"):
+        CoarseChi2.from_scan(ZScanner.from_refine_basis(basis, (ZB.z_min, ZB.z_max), stride=2), res,
+                             np.arange(len(z)), len(z))
+
+
+def test_a_poor_fit_alone_is_information_not_disagreement():
+    """A reduced chi2 above max_rchi2 sets poor_fit (ZWARN_INFO POOR_FIT), not REFINE_DISAGREE;
+    a better-fitting peak left unreported still disagrees."""
+    cfg = RefineConfig(max_rchi2=3.0, disagree_dchi2=25.0)
+    n_valid = np.array([1000, 1000])
+    peak_chi2 = np.array([[5000.0, np.inf], [900.0, 800.0]])  # rchi2 ~5 (one peak); ~0.8 with a better peak
+    res = refine_fit.combine(np.array([[1.2, np.nan], [1.5, 2.0]]), np.full((2, 2), 1e-4), peak_chi2,
+                             np.array([[1.0, 0.0], [0.7, 0.3]]), np.array([1.2, 1.5]), n_valid, 10, cfg,
+                             np.full(2, np.nan))
+    assert res.poor_fit.tolist() == [True, False]
+    assert res.disagree.tolist() == [False, True]

@@ -39,7 +39,7 @@ class ZWarn(enum.IntFlag):
     BAD_MINFIT = 1 << 10  # a template fit ran but found no usable chi2 minimum: Z is the network's
     POORDATA = 1 << 11  # NaN/inf flux or ivar, or negative ivar, in unmasked pixels (they were masked)
     OUT_OF_DOMAIN = 1 << 16  # coverage (masks counted), sampling or resolution differs from the training data
-    REFINE_DISAGREE = 1 << 17  # fit vs PDF: a weakly-supported peak fits best, or no peak fits (rchi2 > 3)
+    REFINE_DISAGREE = 1 << 17  # fit vs PDF: a weakly-supported peak fits best, or the fit was rejected
     IMPLAUSIBLE_FLUX = 1 << 18  # flux scale impossible for a galaxy (wrong unit?): M*, SFR meaningless (QOP <= 2)
     SCAN_DISAGREE = 1 << 19  # the full-range scan prefers another z by more than 9 in chi2 (QOP <= 2)
     FIT_OUTLIERS = 1 << 20  # a few pixels far from the fit dominated it; fitted without them (QOP <= 3)
@@ -83,7 +83,7 @@ P_CAP = ZWarn.OUT_OF_DOMAIN | ZWarn.IMPLAUSIBLE_FLUX
 arms or resolution, a flux scale no galaxy has), whose calibrated probability means nothing.
 The other QOP caps (:data:`QOP_CAP_2`) flag evidence that the validation data do hold, where
 P_DZ01 stays calibrated (capping it too put the cross-simulator ECE from 0.012 to 0.053:
-bright spectra with REFINE_DISAGREE are right)."""
+bright spectra whose fit had a reduced chi2 > 3, then part of REFINE_DISAGREE, are right)."""
 
 
 def capped_p(p_dz01: np.ndarray, zwarn: np.ndarray, caps: bool = True,
@@ -108,6 +108,7 @@ class ZInfo(enum.IntFlag):
     MULTI_PEAK = 1 << 2  # the PDF has more than one peak holding >= 5% within +-0.01 (see DELTACHI2)
     UNTRAINED_PIXELS = 1 << 3  # data where the model saw none in training (voided before the network)
     SKY_MASKED = 1 << 4  # the training instrument's sky-line / telluric masks voided pixels the file had not masked
+    POOR_FIT = 1 << 5  # best fit's reduced chi2 > 3: templates miss part of a bright spectrum (Z right on validation)
 
     @classmethod
     def names(cls, value: int) -> list[str]:

@@ -18,7 +18,7 @@ import numpy as np
 from .config import Exposure, UserError
 from .evaluate import evaluate
 from .galaxies.population import N_OLD_BINS, GalaxyParams
-from .instruments import load_instrument, observe_arm
+from .instruments import load_instrument, observe_arm, source_sigma
 from .logs import progress_enabled
 from .plots import continuum_snr, flat_fnu_snr, plot_examples, plot_snr_vs_mag
 from .predict import predict_store
@@ -56,7 +56,7 @@ def simulator_figures(out: Path, instrument: str = "moons-lr", exposure: Exposur
         arms = {}
         for arm in inst.arms:
             fine = model.observed(rest, p, arm.fine_wave, arm.fine_edges)
-            s = observe_arm(arm, fine, exposure, rng, p.r_e / 1.1774)
+            s = observe_arm(arm, fine, exposure, rng, source_sigma(p.r_e))
             arms[arm.name] = {"wave": s.wave, "flux": s.flux[0], "ivar": s.ivar[0], "mask": s.mask[0]}
         examples.append({"z": p.z[0], "hmag": hmag, "arms": arms, "exposure": exposure,
                          "label": f"{inst.name}, {exposure.total / 3600:.0f} h: star-forming galaxy, z = {p.z[0]:.2f}, "

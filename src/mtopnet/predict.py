@@ -69,6 +69,7 @@ from .provenance import catalogue_provenance
 from .quality import central_intervals, pdf_summary, window_mass
 from .refine import (
     NO_FEATURES_DCHI2,
+    CoarseChi2,
     Refiner,
     ZScanner,
     combine_pdf,
@@ -125,16 +126,21 @@ class _Scan:
         self.scanner = ZScanner.from_scan_config(refiner.basis, (zb.z_min, zb.z_max), cfg)
 
     def __call__(self, x, pdf_net: np.ndarray, p_net: np.ndarray, usable: np.ndarray
-                 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-        """Posterior PDFs (N, K), the scan's columns for the objects it selects, and the
-        weights (N, n_pix) the fits should use: x.ivar with the scan's clipped pixels at 0."""
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, CoarseChi2 | None]:
+        """Posterior PDFs (N, K), the scan's columns for the objects it selects, the weights
+        (N, n_pix) the fits should use (x.ivar with the scan's clipped pixels at 0), and the
+        scan's chi2 at every whole-pixel shift for the refinement's coarse stage (None where
+        the scan's trials are not every pixel)."""
         n = len(pdf_net)
         cols = {"SCANNED": np.zeros(n, np.int16), "SCAN_Z": np.full(n, np.nan), "SCAN_DCHI2": np.full(n, np.nan)}
         sel = np.flatnonzero(usable & (p_net < self.config.select_below))
         pdf = pdf_net
         weights = x.ivar
+        coarse = None
         if len(sel):
             res, chi2_bins, w = scan_on_bins(self.scanner, x.flux[sel], x.ivar[sel], self.edges, self.clip_sigma)
+            if self.scanner.stride == 1:
+                coarse = CoarseChi2.from_scan(self.scanner, res, sel, n)
             weights = x.ivar.copy()
             weights[sel] = np.where(w > 0, weights[sel], 0)
             pdf = pdf_net.copy()
@@ -144,7 +150,7 @@ class _Scan:
             cols["SCANNED"][sel] = res.ok
             cols["SCAN_Z"][sel] = np.where(res.ok, z_best, np.nan)
             cols["SCAN_DCHI2"][sel] = np.where(res.ok, dchi2, np.nan)
-        return pdf, cols, weights
+        return pdf, cols, weights, coarse
 
 
 def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, with_pdf: bool = False,
@@ -349,16 +355,16 @@ class _BatchPredictor:
             pdf_net = torch.softmax(out["z_logits"].double(), dim=1).numpy()
         summ_net = pdf_summary(pdf_net, zb.edges)
         unusable = (x.valid_fraction < self.min_valid_fraction) | (x.valid_fraction <= 0)
-        pdf, summ, scan_cols, weights = pdf_net, summ_net, None, x.ivar
+        pdf, summ, scan_cols, weights, coarse = pdf_net, summ_net, None, x.ivar, None
         self._check()
         if scan is not None:  # weights: without the pixels the scan clipped (the refinement clips its own)
-            pdf, scan_cols, weights = scan(x, pdf_net, summ_net["p_window"], ~unusable)
+            pdf, scan_cols, weights, coarse = scan(x, pdf_net, summ_net["p_window"], ~unusable)
             summ = pdf_summary(pdf, zb.edges)
         fit, evidence = None, None
         self._check()
         if refiner is not None:
             fit = refiner.refine(x.flux, x.ivar, pdf, summ["z"], skip=unusable,
-                                 z_err_net=0.5 * (summ["z_hi68"] - summ["z_lo68"]))
+                                 z_err_net=0.5 * (summ["z_hi68"] - summ["z_lo68"]), coarse=coarse)
             # p_dz01 and QOP describe the reported z: the PDF mass within +-0.01 of it
             summ = {**summ, "z": fit.z, "p_window": window_mass(pdf, zb.edges, fit.z, refiner.config.window)}
             arm_masks = [pre.coverage({a: d["wave"]}) for a, d in batch.arms.items()]
@@ -397,6 +403,7 @@ class _BatchPredictor:
         zwarn |= np.where(p_dz01 < 0.5, int(ZWarn.LOW_PEAK_PROB), 0)
         if fit is not None:
             zwarn |= np.where(fit.disagree, int(ZWarn.REFINE_DISAGREE), 0)
+            info |= np.where(fit.poor_fit, int(ZInfo.POOR_FIT), 0).astype(np.int32)
             zwarn |= np.where(np.isfinite(fit.rchi2) & (fit.refined < 0), int(ZWarn.BAD_MINFIT), 0)
         info |= np.where(x.outside_coverage, int(ZInfo.UNTRAINED_PIXELS), 0).astype(np.int32)
         if "sky_masked" in batch.labels:  # real input given the training instrument's sky masks

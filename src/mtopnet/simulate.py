@@ -54,7 +54,14 @@ from .galaxies import (
 )
 from .galaxies.model import C_KMS, FLUX_UNIT
 from .galaxies.sps import DLOGLAM_REST
-from .instruments import Instrument, light_fraction, load_instrument, observe_arm, observe_arm_conditions
+from .instruments import (
+    Instrument,
+    light_fraction,
+    load_instrument,
+    observe_arm,
+    observe_arm_conditions,
+    source_sigma,
+)
 from .instruments.nuisance import GROUP_SIZE, NUISANCES, Conditions, draw_conditions, nominal_conditions
 from .logs import progress_bar, progress_enabled
 from .store import (
@@ -229,14 +236,14 @@ def observe_galaxies(inst: Instrument, model: GalaxyModel, params: GalaxyParams,
                      exposure: Exposure, rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
     """Per-arm flux/ivar/mask of galaxies (rows in the order given)."""
     arms: dict[str, dict[str, list]] = {a.name: {"flux": [], "ivar": [], "mask": []} for a in inst.arms}
-    source_sigma = params.r_e / 1.1774  # half-light radius of a 2D Gaussian = 1.1774 sigma
+    src_sigma = source_sigma(params.r_e)
     for start in range(0, len(params), SUB_BATCH):
         sl = slice(start, start + SUB_BATCH)
         p = params.subset(sl)
         r = rest.__class__(rest.cont[sl], rest.line_lum[sl], rest.logmstar[sl], rest.logsfr[sl], rest.logsfr_inst[sl])
         for arm in inst.arms:
             fine = model.observed(r, p, arm.fine_wave, arm.fine_edges)
-            spec = observe_arm(arm, fine, exposure, rng, source_sigma[sl])
+            spec = observe_arm(arm, fine, exposure, rng, src_sigma[sl])
             for key in ("flux", "ivar", "mask"):
                 arms[arm.name][key].append(getattr(spec, key))
     return {a: {"wave": inst.arm(a).wave, **{k: np.concatenate(v) for k, v in d.items()}}

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..config import ConfigError, InstrumentConfig, UserError, load_yaml
-from .aperture import Aperture
+from .aperture import Aperture, source_sigma
 from .instrument import (
     MASK_BAD,
     MASK_SKYLINE,
@@ -27,7 +27,7 @@ from .noise import ArmSpectra, light_fraction, observe_arm, observe_arm_conditio
 
 __all__ = ["Instrument", "Arm", "ArmSpectra", "observe_arm", "observe_arm_conditions", "light_fraction",
            "load_instrument", "available_instruments", "MASK_BAD", "MASK_SKYLINE", "MASK_TELLURIC", "bin_mean",
-           "image_quality", "Aperture", "SKY_MASK_BITS", "pixel_mask", "resample_mask"]
+           "image_quality", "Aperture", "SKY_MASK_BITS", "pixel_mask", "resample_mask", "source_sigma"]
 
 
 def _shipped_dir() -> Path:

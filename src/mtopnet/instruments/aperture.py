@@ -26,6 +26,14 @@ from ..config import ApertureConfig
 
 FWHM_PER_SIGMA = 2.3548
 """FWHM / sigma of a Gaussian (the rounding used throughout the fibre model)."""
+HALF_LIGHT_PER_SIGMA = 1.1774
+"""Half-light radius / sigma of a circular 2D Gaussian light profile (sqrt(2 ln 2))."""
+
+
+def source_sigma(r_e):
+    """The Gaussian sigma (arcsec; scalar or array, as given) of a source whose half-light
+    radius is ``r_e`` arcsec: the size the aperture model takes (0 for a point source)."""
+    return r_e / HALF_LIGHT_PER_SIGMA
 
 
 class Aperture:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import Exposure
 from ..constants import MASK_BAD
-from .aperture import FWHM_PER_SIGMA
+from .aperture import FWHM_PER_SIGMA, source_sigma
 from .instrument import FINE_PER_PIXEL, Arm, image_quality
 from .nuisance import Conditions, fluxcal_factor
 
@@ -130,7 +130,7 @@ def aperture_fractions(inst, wave: np.ndarray, seeing: np.ndarray, airmass: np.n
     arcsec of a 2D Gaussian light profile."""
     psf_var = (image_quality(seeing[:, None], wave[None, :], airmass, inst.config.telescope_diameter)
                / FWHM_PER_SIGMA) ** 2  # (N, L) arcsec^2
-    src_sigma = source_re / 1.1774  # half-light radius of a 2D Gaussian = 1.1774 sigma
+    src_sigma = source_sigma(source_re)
     return inst.aperture.fraction(psf_var + src_sigma[:, None] ** 2), inst.aperture.fraction(psf_var)
 
 

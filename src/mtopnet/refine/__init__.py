@@ -20,7 +20,8 @@ Refinement does the fitter's work only where the PDF puts its mass:
    within +-``window`` in z of each peak, with the continuum vectors only; ``A`` and ``b``
    for all shifts of one (object, peak) come out of one matrix product of a Toeplitz
    arrangement of the data with the pixel-aligned table, batched over all (object, peak)
-   pairs; its minimum is that of ``chi2 - 2 ln p(z)``. Fine: every ``fine_step``
+   pairs (or, given the full-range scan's chi2 at every shift, :class:`CoarseChi2`, read from
+   it); its minimum is that of ``chi2 - 2 ln p(z)``. Fine: every ``fine_step``
    1/``oversample``-pixel sub-steps within +-``fine_half`` of two candidates (the coarse
    minimum, and the coarse local minimum nearest the peak), with the full basis (continuum
    + lines), batched over (row, candidate, trial). A parabola through the fine minimum
@@ -30,8 +31,10 @@ Refinement does the fitter's work only where the PDF puts its mass:
    peak's PDF mass. A fit is rejected (the network's z is kept, ``refined = -1``) if its
    fine scan has no minimum, if it leaves the PDF's support, or if it moves z by more than
    ``max_shift`` without a chi2 gain of ``move_dchi2``. ``REFINE_DISAGREE`` is set for a
-   rejected fit, for a better-fitting peak that was not reported (by ``disagree_dchi2``),
-   and when the best fit's reduced chi2 exceeds ``max_rchi2``. ``p_dz01`` is recomputed by
+   rejected fit and for a better-fitting peak that was not reported (by ``disagree_dchi2``);
+   ``poor_fit`` (ZWARN_INFO POOR_FIT) when the best fit's reduced chi2 exceeds ``max_rchi2``
+   (template mismatch, which grows with S/N: on validation data such redshifts were right,
+   and QOP is not capped for it). ``p_dz01`` is recomputed by
    the caller for the reported z (PDF mass within +-0.01 of it, through the calibration).
 
 Everything is vectorised over objects, peaks and trials (torch batched matrix products);
@@ -66,12 +69,12 @@ from .combine import (
                       scan_summary,
 )
 from .fit import Refiner, RefineResult, combine, parabola_vertex
-from .kernels import coarse_chi2, fine_chi2
+from .kernels import CoarseChi2, coarse_chi2, fine_chi2
 from .scan import ZScanner, ZScanResult, smooth_length
 from .settings import RefineConfig, ScanConfig
 from .spectype import SpectypeConfig, SpectypeFitter, SpectypeResult
 
-__all__ = ["NO_FEATURES_DCHI2",
+__all__ = ["NO_FEATURES_DCHI2", "CoarseChi2",
            "feature_evidence", "RefineConfig", "ScanConfig", "RefineBasis", "RefineResult", "Refiner", "build_basis",
            "coarse_chi2",
            "fine_chi2", "combine", "parabola_vertex", "ZScanner", "ZScanResult", "smooth_length", "scan_summary",

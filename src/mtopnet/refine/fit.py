@@ -14,7 +14,7 @@ from ..constants import C_KMS, SEPARATION_KMS
 from ..devices import torch_threads
 from ..quality import pdf_peaks, window_mass
 from .basis import RefineBasis, build_basis
-from .kernels import best_fit_coeff, best_fit_model, coarse_chi2, fine_chi2, outlier_pixels
+from .kernels import CoarseChi2, best_fit_coeff, best_fit_model, coarse_chi2, fine_chi2, outlier_pixels
 from .settings import RefineConfig
 from .spectype import SpectypeFitter
 
@@ -46,7 +46,9 @@ class RefineResult:
     peak (> 1000 km/s away) minus the best (NaN if only one peak was fitted); rchi2:
     reduced chi2 of the best fit (NaN if not refined);
     refined: index of the reported peak (0 = the PDF's main peak), -1 if not refined;
-    disagree: REFINE_DISAGREE; fit_mass: PDF mass within +-window of the reported z.
+    disagree: REFINE_DISAGREE (a better-fitting peak not reported, or the fit rejected);
+    poor_fit: the best fit's reduced chi2 > ``max_rchi2`` (ZInfo.POOR_FIT); fit_mass: PDF
+    mass within +-window of the reported z.
     peak_z, peak_chi2, peak_mass: (N, P) per-peak refined z, fine chi2, PDF mass (NaN/inf/0
     where absent). n_clipped: pixels given zero weight as outliers of the first fit
     (``RefineConfig.clip_sigma``); outlier_dominated: those pixels held more than
@@ -62,6 +64,7 @@ class RefineResult:
     rchi2: np.ndarray
     refined: np.ndarray
     disagree: np.ndarray
+    poor_fit: np.ndarray
     fit_mass: np.ndarray
     peak_z: np.ndarray
     peak_chi2: np.ndarray
@@ -160,9 +163,13 @@ class Refiner:
         return fine_chi2(basis, w, wf, torch.from_numpy(offsets), lp).numpy().min(axis=1)
 
     def _scan(self, flux: np.ndarray, ivar: np.ndarray, obj: np.ndarray, z_peak: np.ndarray,
-              log_density: np.ndarray | None = None
+              log_density: np.ndarray | None = None, known: CoarseChi2 | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Coarse then fine scans for R rows (object index ``obj``, peak ``z_peak``).
+
+        The coarse chi2 comes from ``known`` (the full-range scan's, of its basis) where it
+        holds the row's whole window, else from the coarse basis
+        (:func:`~mtopnet.refine.kernels.coarse_chi2`).
 
         The coarse minimum is that of ``chi2 - 2 ln p(z)``, p the PDF density
         (``log_density``: (N, K) ln of pdf / bin width at the bin centres, interpolated
@@ -188,9 +195,14 @@ class Refiner:
         coarse = np.full((r, n_shift), np.inf)
         fine_n = 2 * (cfg.fine_half // cfg.fine_step) + 1
         fine = np.empty((r, fine_n))
+        todo = np.ones(r, bool)
+        if known is not None and r:
+            read, ok = known.window(obj, shift0, n_shift)
+            coarse[ok] = read[ok]
+            todo = ~ok
         # rows sorted by window width, so that each chunk scans only as many shifts as it needs
-        by_width = np.argsort(half, kind="stable")
-        for start in range(0, r, cfg.chunk_rows):
+        by_width = np.flatnonzero(todo)[np.argsort(half[todo], kind="stable")]
+        for start in range(0, len(by_width), cfg.chunk_rows):
             sel = by_width[start:start + cfg.chunk_rows]
             n_s = int(2 * half[sel].max() + 1)
             idx = torch.from_numpy(obj[sel])
@@ -271,19 +283,24 @@ class Refiner:
         return z, z_err, chi2_min, z_coarse, coarse
 
     def refine(self, flux: np.ndarray, ivar: np.ndarray, pdf: np.ndarray, z_net: np.ndarray,
-               skip: np.ndarray | None = None, z_err_net: np.ndarray | None = None) -> RefineResult:
+               skip: np.ndarray | None = None, z_err_net: np.ndarray | None = None,
+               coarse: CoarseChi2 | None = None) -> RefineResult:
         """Refine N objects.
 
         flux, ivar: (N, n_pix) on the model grid (:meth:`Preprocessor.rebin`), 1e-17
         erg/s/cm2/A and its inverse variance; pdf: (N, n_bins); z_net: (N,) the network's
         point estimate (``pdf_summary(...)["z"]``); skip: (N,) bool objects not to refine;
-        z_err_net: (N,) error reported for objects not refined (default NaN).
+        z_err_net: (N,) error reported for objects not refined (default NaN); coarse: the
+        full-range scan's chi2 of these N objects (:class:`CoarseChi2`), which the coarse
+        stage then reads instead of fitting the coarse basis (the scan already tried every
+        pixel shift; its basis frees the strong lines, as the fine stage's does).
         """
         with torch_threads(self.config.threads):
-            return self._refine(flux, ivar, pdf, z_net, skip, z_err_net)
+            return self._refine(flux, ivar, pdf, z_net, skip, z_err_net, coarse)
 
     def _refine(self, flux: np.ndarray, ivar: np.ndarray, pdf: np.ndarray, z_net: np.ndarray,
-                skip: np.ndarray | None, z_err_net: np.ndarray | None) -> RefineResult:
+                skip: np.ndarray | None, z_err_net: np.ndarray | None,
+                coarse: CoarseChi2 | None = None) -> RefineResult:
         """The fit; then, with ``clip_sigma``, pixels that far from the best-fit model get zero
         weight and the objects that had any are fitted once more."""
         cfg = self.config
@@ -291,7 +308,7 @@ class Refiner:
         flux = np.asarray(flux, dtype=np.float32)
         ivar = np.where(np.isfinite(ivar) & (ivar > 0) & np.isfinite(flux), ivar, 0).astype(np.float32)
         flux = np.where(ivar > 0, flux, 0).astype(np.float32)
-        out = self._fit(flux, ivar, pdf, z_net, skip, z_err_net)
+        out = self._fit(flux, ivar, pdf, z_net, skip, z_err_net, coarse)
         out.n_clipped = np.zeros(n, np.int64)
         out.outlier_dominated = np.zeros(n, bool)
         if cfg.clip_sigma is None:
@@ -312,7 +329,8 @@ class Refiner:
             w = np.where(clip, 0, w).astype(np.float32)
             again = self._fit(flux[redo], w[redo], np.asarray(pdf)[redo], np.asarray(z_net)[redo],
                               None if skip is None else np.asarray(skip)[redo],
-                              None if z_err_net is None else np.asarray(z_err_net)[redo])
+                              None if z_err_net is None else np.asarray(z_err_net)[redo],
+                              None if coarse is None else coarse.subset(redo))
             for fld in dataclasses.fields(RefineResult):
                 mine, theirs = getattr(out, fld.name), getattr(again, fld.name)
                 if theirs is not None and mine is not None and mine.shape[1:] == theirs.shape[1:]:
@@ -370,7 +388,8 @@ class Refiner:
         return chi
 
     def _fit(self, flux: np.ndarray, ivar: np.ndarray, pdf: np.ndarray, z_net: np.ndarray,
-             skip: np.ndarray | None, z_err_net: np.ndarray | None) -> RefineResult:
+             skip: np.ndarray | None, z_err_net: np.ndarray | None,
+             coarse: CoarseChi2 | None = None) -> RefineResult:
         """One refinement of N objects with cleaned float32 flux and ivar."""
         cfg = self.config
         n = len(flux)
@@ -384,7 +403,7 @@ class Refiner:
         obj, peak = np.nonzero(use)
         width = np.diff(self.edges)
         log_density = np.log(np.maximum(np.asarray(pdf, dtype=np.float64) / width, 1e-300))
-        zf, ze, chi, _, _ = self._scan(flux, ivar, obj, z_peak[obj, peak], log_density)
+        zf, ze, chi, _, _ = self._scan(flux, ivar, obj, z_peak[obj, peak], log_density, coarse)
         peak_z = np.full((n, p), np.nan)
         peak_err = np.full((n, p), np.nan)
         peak_chi2 = np.full((n, p), np.inf)
@@ -439,12 +458,13 @@ def combine(peak_z: np.ndarray, peak_zerr: np.ndarray, peak_chi2: np.ndarray, pe
         unheeded = (best != chosen) & (peak_chi2[rows, chosen] - peak_chi2[rows, best] >= config.disagree_dchi2)
     conv = np.ones(peak_z.shape, bool) if converged is None else np.asarray(converged, bool)
     rejected = fitted & ~conv[rows, chosen]
-    disagree = fitted & (unheeded | (rchi2 > config.max_rchi2) | rejected)
+    disagree = fitted & (unheeded | rejected)
     used = fitted & ~rejected
     z = np.where(used, peak_z[rows, chosen], z_net)
     z_err = np.where(used, peak_zerr[rows, chosen], z_err_net)
     return RefineResult(z=z, z_err=z_err, z_net=z_net.copy(), delta_chi2=np.full(n, np.nan), rchi2=rchi2,
                         refined=np.where(used, chosen, -1).astype(np.int16), disagree=disagree,
+                        poor_fit=fitted & (rchi2 > config.max_rchi2),
                         fit_mass=np.zeros(n), peak_z=peak_z, peak_chi2=peak_chi2, peak_mass=peak_mass,
                         peak_zerr=peak_zerr)
 

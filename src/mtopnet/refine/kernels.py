@@ -2,6 +2,8 @@
 trial offsets, batched over (object, peak, trial) with torch (float32 products, float64 solves)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -62,6 +64,44 @@ def coarse_chi2(basis: RefineBasis, w: torch.Tensor, wf: torch.Tensor, shift0: t
     a[:, :, iu[1], iu[0]] = out_a
     wff = (wf * wf / torch.where(w > 0, w, torch.ones_like(w))).sum(1)
     return _solve_chi2(a, out_b, wff[:, None])
+
+
+@dataclass
+class CoarseChi2:
+    """chi2 already known at every whole-pixel shift (the full-range scan's), for the
+    refinement's coarse stage to read instead of computing its own.
+
+    chi2: (N, S) float32, column c at shift ``shift0 + c`` (the refinement basis's pixel
+    shifts: data pixel j against table row ``oversample * (j + shift)``); have: (N,) bool rows
+    that hold values (the others are computed by :func:`~mtopnet.refine.kernels.coarse_chi2`).
+    """
+
+    chi2: np.ndarray
+    shift0: int
+    have: np.ndarray
+
+    @classmethod
+    def from_scan(cls, scanner, res, rows: np.ndarray, n: int) -> "CoarseChi2":
+        """From a :class:`~mtopnet.refine.ZScanner` result (stride 1) of objects ``rows`` of n;
+        rows whose fit did not run (``res.ok`` False) hold nothing."""
+        if scanner.stride != 1:
+            raise ValueError(f"CoarseChi2: the scan must try every pixel shift (stride {scanner.stride})")
+        chi2 = np.zeros((n, res.chi2.shape[1]), np.float32)
+        chi2[rows] = res.chi2[:, ::-1]  # z order -> shift order
+        have = np.zeros(n, bool)
+        have[rows] = res.ok
+        return cls(chi2=chi2, shift0=int(scanner.shift_lo), have=have)
+
+    def subset(self, rows: np.ndarray) -> "CoarseChi2":
+        return CoarseChi2(chi2=self.chi2[rows], shift0=self.shift0, have=self.have[rows])
+
+    def window(self, obj: np.ndarray, shift0: np.ndarray, n_shift: int) -> tuple[np.ndarray, np.ndarray]:
+        """chi2 (R, n_shift) float64 at shifts ``shift0`` (R,) + 0..n_shift-1 of objects ``obj``
+        (R,), and (R,) bool: the row was read (its object has values over the whole window)."""
+        first = shift0 - self.shift0
+        ok = self.have[obj] & (first >= 0) & (first + n_shift <= self.chi2.shape[1])
+        cols = np.clip(first[:, None] + np.arange(n_shift)[None, :], 0, self.chi2.shape[1] - 1)
+        return self.chi2[obj[:, None], cols].astype(np.float64), ok
 
 
 def _windows(phased: torch.Tensor, oversample: int, offsets: torch.Tensor, n_pix: int) -> torch.Tensor:
@@ -258,5 +298,6 @@ def _pixel_table(basis: RefineBasis, k: int) -> torch.Tensor:
     return basis.cache[key]
 
 
-__all__ = ["best_fit_coeff", "best_fit_model", "coarse_chi2", "feature_dchi2", "fine_chi2", "outlier_pixels",
+__all__ = ["CoarseChi2", "best_fit_coeff", "best_fit_model", "coarse_chi2", "feature_dchi2", "fine_chi2",
+           "outlier_pixels",
            "smooth_basis", "SMOOTH_DEGREE"]
