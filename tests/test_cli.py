@@ -78,3 +78,23 @@ def test_exit_now_flushes_the_streams_and_skips_exit_handlers():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 130
     assert proc.stdout == "printed" and "logged" in proc.stderr and "exit handler" not in proc.stdout + proc.stderr
+
+
+def test_subcommands_are_imported_only_when_they_run():
+    """``mtopnet.cli.MODULES`` names each subcommand's module, whose COMMAND agrees; a run of
+    one subcommand imports neither the others nor the simulator's galaxy models."""
+    import importlib
+    import subprocess
+    import sys
+
+    from mtopnet.cli import MODULES, build_parser
+    for name, module in MODULES.items():
+        assert name == importlib.import_module(f"mtopnet.{module}").COMMAND
+    full = build_parser()  # no argv: every subcommand, as the top-level help lists them
+    sub = next(a for a in full._actions if a.dest == "command")
+    assert set(sub.choices) == set(MODULES) | {"instruments"}
+    code = ("import sys; from mtopnet.cli import main; rc = main(['predict', '--help']); "
+            "print(sorted(m for m in ('mtopnet.demo', 'mtopnet.simulate', 'mtopnet.train', 'mtopnet.galaxies') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "usage: mtopnet predict" in out and out.strip().endswith("[]")

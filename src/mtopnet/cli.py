@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
 import os
 import sys
 
-from . import __version__, calibrate, demo, evaluate, inspect, predict, simulate, train
-from .baselines import make_templates, redrock
+from . import __version__
 from .config import UserError
 from .instruments import available_instruments, load_instrument
 from .logs import LEVELS, cli_logging
@@ -31,15 +31,31 @@ def _cmd_instruments(args: argparse.Namespace) -> int:
     return 0
 
 
+MODULES = {"simulate": "simulate", "train": "train", "predict": "predict", "evaluate": "evaluate",
+           "inspect": "inspect", "calibrate": "calibrate", "baseline": "baselines.redrock",
+           "make-templates": "baselines.make_templates", "demo": "demo"}
+"""Subcommand -> its module in this package (each module's ``COMMAND`` names it; a test checks
+they agree), imported only when that subcommand runs or the top-level help lists them all: a
+run of ``mtopnet predict`` need not import the simulator, the training or the plots (~1.5 s)."""
+
 SUBCOMMANDS: dict[str, tuple] = {}
-"""name -> (add_arguments(parser), run(args) -> int, help). Modules register themselves below."""
+"""name -> (add_arguments(parser), run(args) -> int, help) of the subcommands loaded."""
 
 
-def _register() -> None:
-    SUBCOMMANDS["simulate"] = (simulate.add_arguments, simulate.run_cli, "simulate a spectrum store")
-    SUBCOMMANDS["instruments"] = (lambda p: None, _cmd_instruments, "list the shipped instruments")
-    for mod in (train, predict, evaluate, inspect, calibrate, redrock, make_templates, demo):
-        SUBCOMMANDS[mod.COMMAND] = (mod.add_arguments, mod.run_cli, mod.__doc__.splitlines()[0])
+def _load(name: str) -> None:
+    """Register subcommand ``name`` (importing its module; again on each call, cheaply)."""
+    if name == "instruments":
+        SUBCOMMANDS[name] = (lambda p: None, _cmd_instruments, "list the shipped instruments")
+        return
+    mod = importlib.import_module(f"{__package__}.{MODULES[name]}")
+    help_ = "simulate a spectrum store" if name == "simulate" else mod.__doc__.splitlines()[0]
+    SUBCOMMANDS[name] = (mod.add_arguments, mod.run_cli, help_)
+
+
+def _chosen(argv: list[str] | None) -> str | None:
+    """The subcommand ``argv`` runs (its first word that is not an option), or None."""
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    return words[0] if words and (words[0] in MODULES or words[0] == "instruments") else None
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -65,11 +81,21 @@ def add_log_options(parser: argparse.ArgumentParser, top: bool = False) -> None:
                 add_log_options(child)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    _register()
+def build_parser(argv: list[str] | None = ()) -> argparse.ArgumentParser:
+    """The parser of ``mtopnet``, with every subcommand's arguments; given the ``argv`` to
+    parse (None: sys.argv), only the subcommand it runs is imported and filled in (the others
+    are listed by name and help)."""
+    chosen = None if argv == () else _chosen(argv)
+    names = ["simulate", "instruments"] + [n for n in MODULES if n != "simulate"]
+    for name in names if chosen is None else [chosen]:
+        _load(name)
     parser = OneLineParser(prog="mtopnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    for name, (add, run, help_) in SUBCOMMANDS.items():
+    for name in names:
+        if name not in SUBCOMMANDS:
+            sub.add_parser(name)
+            continue
+        add, run, help_ = SUBCOMMANDS[name]
         p = sub.add_parser(name, help=help_)
         add(p)
         p.set_defaults(_run=run)
@@ -102,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``mtopnet ARGV``; the one place where logging is configured (:func:`mtopnet.logs.cli_logging`)
     and where user errors become one line and exit code 2 (UserError, ConfigError, OSError);
     warnings are one log line each. Returns the exit code."""
-    parser = build_parser()
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, one line already printed)
