@@ -47,3 +47,19 @@ def test_calibrate_with_scan_writes_scan_and_fit_features(tiny_model_path, toy_s
     junk = garbage_batch(read_store(toy_stores[2], 0, 40), np.random.default_rng(5), 0)
     jrows = next(predict_batches(model, [junk]))
     assert np.all(jrows["QOP"] <= 2)
+
+
+def test_calibrate_cli_chooses_the_scan_basis(tiny_model_path, toy_stores, tmp_path, capsys):
+    """``--scan-templates`` and ``--scan-lines`` set the scan's basis in the checkpoint; an
+    unknown line group is one line and exit code 2."""
+    from mtopnet.cli import main
+    out = tmp_path / "scan4.pt"
+    assert main(["-q", "calibrate", str(tiny_model_path), str(toy_stores[1]), "--scan", "--scan-templates", "4",
+                 "--scan-lines", "none", "--garbage-fraction", "0", "--out", str(out)]) == 0
+    scan = read_checkpoint(out)["scan"]
+    assert scan["n_templates"] == 4 and list(scan["lines"]) == []
+    capsys.readouterr()
+    assert main(["-q", "calibrate", str(tiny_model_path), str(toy_stores[1]), "--scan", "--scan-lines", "Hgamma-ish",
+                 "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Hgamma-ish" in err[0] and not (tmp_path / "x.pt").exists()

@@ -270,6 +270,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --scan: no-signal spectra added as failures, per validation spectrum (default 0.05)")
     p.add_argument("--select-below", type=float, default=ScanConfig.select_below,
                    help="with --scan: scan objects whose network p_dz01 is below this (default: all)")
+    p.add_argument("--scan-templates", type=int, default=ScanConfig.n_templates,
+                   help=f"with --scan: PCA vectors the scan fits (default {ScanConfig.n_templates})")
+    p.add_argument("--scan-lines", default=",".join(ScanConfig.lines),
+                   help="with --scan: emission-line groups the scan fits with free amplitudes, comma-separated, "
+                        f"or 'none' (default {','.join(ScanConfig.lines)})")
     p.add_argument("--batch-size", type=int, default=512, help="spectra per batch (default 512)")
 
 
@@ -282,8 +287,11 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.scan:
         if not 0 <= args.garbage_fraction < 1:
             raise UserError(f"--garbage-fraction: must be within [0, 1), got {args.garbage_fraction}")
+        lines = () if args.scan_lines.strip().lower() in ("", "none") else tuple(
+            name.strip() for name in args.scan_lines.split(",") if name.strip())
         report = calibrate_with_scan(args.model, args.val_stores, args.out,
-                                     ScanConfig(select_below=args.select_below),
+                                     ScanConfig(select_below=args.select_below, n_templates=args.scan_templates,
+                                                lines=lines),
                                      garbage_fraction=args.garbage_fraction, batch_size=args.batch_size,
                                      progress=progress_enabled())
     else:
