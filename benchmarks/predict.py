@@ -88,13 +88,14 @@ STAGES = (  # (stage, source file suffix, function name): cumulative time under 
 
 def _stage_shares(stats, total: float) -> dict[str, float]:
     """Seconds per stage from a pstats.Stats of a run; writing = write_catalogue minus the
-    predict_batches generator it drives; other = the rest."""
+    rows generator it drives (``predict._batch_rows``, which ``predict_batches`` returns);
+    other = the rest."""
     def cum(suffix: str, name: str) -> float:
         return sum(v[3] for k, v in stats.stats.items() if k[0].endswith(suffix) and k[2] == name)
 
     out = {stage: cum(suffix, name) for stage, suffix, name in STAGES}
-    out["write"] = max(cum("mtopnet/catalogue.py", "write_catalogue") - cum("mtopnet/predict.py", "predict_batches")
-                       - out["read"], 0.0)
+    rows = cum("mtopnet/predict.py", "_batch_rows") + cum("mtopnet/predict.py", "predict_batches")
+    out["write"] = max(cum("mtopnet/catalogue.py", "write_catalogue") - rows - out["read"], 0.0)
     out["other"] = max(total - sum(out.values()), 0.0)
     return out
 
