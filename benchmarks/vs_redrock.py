@@ -144,6 +144,10 @@ def build_table(truth: dict, ours: dict | None, rr: dict, cpu_ours: float | None
     return "\n".join(rows)
 
 
+NOTES = "### Reading the table"
+"""Heading of the hand-written notes in the ``--docs`` file, which a re-run keeps."""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000, help="spectra to simulate (>= 1000 for the reported run)")
@@ -240,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = docs.with_name(docs.name + ".tmp")
         # the docs name the output folder DIR, not this machine's path
         shown = section.replace(f"--out {shlex.quote(str(args.out))}", "--out DIR")
-        tmp.write_text("# Benchmark: M-TOPnet vs Redrock\n\n" + shown)
+        # the file's own reading notes (a "### Reading the table" section) are kept: they are
+        # written by hand from the numbers, and must be revised by hand when those change
+        notes = ""
+        if docs.is_file() and NOTES in docs.read_text():
+            notes = "\n" + NOTES + docs.read_text().split(NOTES, 1)[1]
+        tmp.write_text("# Benchmark: M-TOPnet vs Redrock\n\n" + shown + notes)
         os.replace(tmp, docs)
     print(table)
     return 0
