@@ -63,3 +63,13 @@ def test_calibrate_cli_chooses_the_scan_basis(tiny_model_path, toy_stores, tmp_p
                  "--out", str(tmp_path / "x.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Hgamma-ish" in err[0] and not (tmp_path / "x.pt").exists()
+    # errors name the option; the scan's options without --scan are refused, not ignored
+    for argv, message in ((["--scan", "--scan-templates", "0"], "--scan-templates: must be at least 1"),
+                          (["--scan", "--scan-templates", "99"], "--scan-templates: must be 1-"),
+                          (["--scan", "--scan-lines", ""], "--scan-lines: unknown line groups ['']"),
+                          (["--scan-lines", "none"], "they need --scan")):
+        assert main(["-q", "calibrate", str(tiny_model_path), str(toy_stores[1]), *argv,
+                     "--out", str(tmp_path / "y.pt")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+    assert not (tmp_path / "y.pt").exists()

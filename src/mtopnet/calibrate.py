@@ -41,8 +41,9 @@ import torch
 from .catalogue import match_ids, read_truth
 from .checkpoint import read_checkpoint, save_checkpoint
 from .columns import capped_p, capped_qop
-from .config import UserError
+from .config import ConfigError, UserError
 from .constants import SUCCESS_DZ
+from .lines import LINE_GROUPS
 from .logs import progress_bar, progress_enabled
 from .predict import BATCH_SIZE, predict_batches
 from .quality import (
@@ -270,12 +271,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --scan: no-signal spectra added as failures, per validation spectrum (default 0.05)")
     p.add_argument("--select-below", type=float, default=ScanConfig.select_below,
                    help="with --scan: scan objects whose network p_dz01 is below this (default: all)")
-    p.add_argument("--scan-templates", type=int, default=ScanConfig.n_templates,
-                   help=f"with --scan: PCA vectors the scan fits (default {ScanConfig.n_templates})")
-    p.add_argument("--scan-lines", default=",".join(ScanConfig.lines),
+    p.add_argument("--scan-templates", type=int, default=None,
+                   help=f"with --scan: PCA vectors the scan fits, at least 1 and at most the basis's "
+                        f"(default {ScanConfig.n_templates})")
+    p.add_argument("--scan-lines", default=None,
                    help="with --scan: emission-line groups the scan fits with free amplitudes, comma-separated, "
-                        f"or 'none' (default {','.join(ScanConfig.lines)})")
+                        f"or 'none'; groups: {', '.join(g[0] for g in LINE_GROUPS)} "
+                        f"(default {','.join(ScanConfig.lines)})")
     p.add_argument("--batch-size", type=int, default=512, help="spectra per batch (default 512)")
+
+
+def _scan_basis(n_templates: int | None, lines: str | None) -> tuple[int, tuple[str, ...]]:
+    """The scan's PCA vectors and line groups from ``--scan-templates`` and ``--scan-lines``
+    (None: the defaults). UserError: fewer than one vector, an empty or unknown line group."""
+    n = ScanConfig.n_templates if n_templates is None else n_templates
+    if n < 1:
+        raise UserError(f"--scan-templates: must be at least 1, got {n}")
+    if lines is None:
+        return n, ScanConfig.lines
+    if lines.strip().lower() == "none":
+        return n, ()
+    names = tuple(name.strip() for name in lines.split(","))
+    known = [g[0] for g in LINE_GROUPS]
+    bad = [name for name in names if name not in known]
+    if bad:
+        raise UserError(f"--scan-lines: unknown line groups {bad}; known: {', '.join(known)}, or 'none'")
+    return n, names
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -287,14 +308,21 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.scan:
         if not 0 <= args.garbage_fraction < 1:
             raise UserError(f"--garbage-fraction: must be within [0, 1), got {args.garbage_fraction}")
-        lines = () if args.scan_lines.strip().lower() in ("", "none") else tuple(
-            name.strip() for name in args.scan_lines.split(",") if name.strip())
-        report = calibrate_with_scan(args.model, args.val_stores, args.out,
-                                     ScanConfig(select_below=args.select_below, n_templates=args.scan_templates,
-                                                lines=lines),
-                                     garbage_fraction=args.garbage_fraction, batch_size=args.batch_size,
-                                     progress=progress_enabled())
+        n_templates, lines = _scan_basis(args.scan_templates, args.scan_lines)
+        try:
+            report = calibrate_with_scan(args.model, args.val_stores, args.out,
+                                         ScanConfig(select_below=args.select_below, n_templates=n_templates,
+                                                    lines=lines),
+                                         garbage_fraction=args.garbage_fraction, batch_size=args.batch_size,
+                                         progress=progress_enabled())
+        except ConfigError as exc:  # the scan's basis: name the option the user gave
+            text = str(exc)
+            if text.startswith("zscan.n_templates"):
+                raise UserError(text.replace("zscan.n_templates", "--scan-templates", 1)) from None
+            raise
     else:
+        if args.scan_templates is not None or args.scan_lines is not None:
+            raise UserError("--scan-templates and --scan-lines set the full-range scan: they need --scan")
         if len(args.val_stores) != 1:
             raise UserError("without --scan, calibrate takes one validation store")
         report = recalibrate(args.model, args.val_stores[0], args.out, batch_size=args.batch_size,

@@ -1,4 +1,6 @@
-"""The ``mtopnet`` command: thin subcommands over library functions.
+"""mtopnet: redshift PDFs, stellar masses and SFRs of galaxy spectra (M-TOPnet), and its simulator.
+
+The command's subcommands are thin layers over library functions.
 
 Every error a user can cause ends as one line on stderr and exit code 2. Log lines, warnings
 and progress bars go to stderr (``-v/--verbose`` adds debug lines, ``-q/--quiet`` keeps

@@ -38,8 +38,8 @@ class ZWarn(enum.IntFlag):
     NODATA = 1 << 9  # no valid pixel at all: outputs are the network's prior (QOP 1, P_DZ01 0)
     BAD_MINFIT = 1 << 10  # a template fit ran but found no usable chi2 minimum: Z is the network's
     POORDATA = 1 << 11  # NaN/inf flux or ivar, or negative ivar, in unmasked pixels (they were masked)
-    OUT_OF_DOMAIN = 1 << 16  # coverage (masks counted), sampling or resolution differs from the training data
-    REFINE_DISAGREE = 1 << 17  # fit vs PDF: a weakly-supported peak fits best, or the fit was rejected
+    OUT_OF_DOMAIN = 1 << 16  # coverage (masks counted), sampling or resolution unlike training (QOP <= 2)
+    REFINE_DISAGREE = 1 << 17  # another PDF peak fits better by >= 25 in chi2, or the fit was rejected (QOP <= 2)
     IMPLAUSIBLE_FLUX = 1 << 18  # flux scale impossible for a galaxy (wrong unit?): M*, SFR meaningless (QOP <= 2)
     SCAN_DISAGREE = 1 << 19  # the full-range scan prefers another z by more than 9 in chi2 (QOP <= 2)
     FIT_OUTLIERS = 1 << 20  # a few pixels far from the fit dominated it; fitted without them (QOP <= 3)

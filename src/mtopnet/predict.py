@@ -61,7 +61,7 @@ from .domain import (
     sparse_description,
 )
 from .instruments import Instrument, load_instrument
-from .io import input_passthrough, stack_passthrough
+from .io import FORMATS, input_passthrough, stack_passthrough
 from .logs import progress_enabled
 from .preprocess import apply_sky_masks
 from .priors import check_priors_out, prior_columns, write_priors
@@ -747,13 +747,16 @@ def _predict_shard(job: _ShardJob, shard: Shard, info: dict) -> Iterator[dict[st
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="spectrum stores or files (see mtopnet.io)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="spectrum stores or files: HDF5 stores, moons1d, DESI, SDSS, FITS tables or images, "
+                        "text (docs/readers.md)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"shipped model name or checkpoint path (default {DEFAULT_MODEL})")
     p.add_argument("--out", required=True, help="catalogue: .fits, .parquet or .csv")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"spectra per batch (default {BATCH_SIZE})")
     p.add_argument("--pdf", action="store_true", help="also write the full redshift PDF and the bin centres")
-    p.add_argument("--format", default=None, help="input format (default: detected)")
+    p.add_argument("--format", default=None,
+                   help=f"input format: {', '.join(FORMATS)} (default: detected from each file)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing catalogue")
     p.add_argument("--priors-out", default=None, metavar="FILE.fits",
                    help="also write a Redrock priors file (rrdesi --priors FILE; integer ids only)")

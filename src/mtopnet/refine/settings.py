@@ -45,7 +45,7 @@ class RefineConfig:
     disagree_dchi2: a secondary peak fitting better than the reported one by at least this
         sets REFINE_DISAGREE.
     max_rchi2: above this reduced chi2 of the best fit, the templates miss part of the
-        spectrum (ZWARN_INFO POOR_FIT; not a warning: REFINE_DISAGREE until model 0.4).
+        spectrum (ZWARN_INFO POOR_FIT; not a warning: REFINE_DISAGREE up to model 0.4 included).
     min_density_ratio: a fit is rejected (the network's z reported, REFINE_DISAGREE) if its
         fine scan holds no chi2 minimum, or if it lands where the PDF density is below this
         fraction of its value at the starting peak (off by default: the trained model's
