@@ -92,26 +92,32 @@ def run_cli(args: argparse.Namespace) -> int:
     if not store.exists():
         simulate(spec, store, workers=args.workers, progress=progress_enabled())
     figures = simulator_figures(out, store=store, seed=args.seed)
-    report = _network_report(out, store)
+    report, summary = _network_report(out, store)
     print(f"\nsimulated {args.n} MOONS LR 8 h spectra: {store}")
     for f in figures:
         print(f"figure: {f}")
     if report:
+        print(f"catalogue: {out / 'catalogue.fits'}")
         print(f"report: {report}")
+        print(summary)
     print(f"done in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
-def _network_report(out: Path, store: Path) -> Path | None:
-    """Predict with the shipped model and evaluate, if the model is shipped."""
+def _network_report(out: Path, store: Path) -> tuple[Path | None, str]:
+    """Predict with the shipped model and evaluate, if the model is shipped: the report's
+    metrics.md (None without a model) and a one-line summary of it."""
     try:
         model = load_model(None)
     except UserError as exc:
         log.warning("no network report: %s", exc)
-        return None
+        return None, ""
     catalogue = out / "catalogue.fits"
     predict_store(model, [store], catalogue, overwrite=True)
     report = out / "report"
-    evaluate(catalogue, store, report)
-    return report / "metrics.md"
+    r = evaluate(catalogue, store, report)["redshift"]["all"]
+    q4 = r["qop4"]
+    summary = (f"redshifts right to |dz| < 0.01: {r['frac_dz01']:.3f} of {r['n']}; QOP 4: {q4['purity']:.3f} right "
+               f"on {q4['fraction']:.0%} of the spectra")
+    return report / "metrics.md", summary
 
