@@ -93,6 +93,18 @@ def image_quality(seeing: float, wave: np.ndarray, airmass: float, diameter: flo
     return np.hypot(fwhm_tel, fwhm_atm)
 
 
+def aperture_fraction(inst: "Instrument", wave: np.ndarray, seeing: np.ndarray | float,
+                      airmass: np.ndarray | float, source_sigma: np.ndarray | float) -> np.ndarray:
+    """Fraction of a source's light entering the aperture (fibre or slit) of ``inst`` at
+    ``wave`` (A): a centred Gaussian PSF of the seeing-limited image quality
+    (:func:`image_quality`; ``seeing`` arcsec FWHM at 500 nm at zenith) convolved with a
+    Gaussian source of ``source_sigma`` arcsec (0 for a point source), through the
+    instrument's :class:`~mtopnet.instruments.aperture.Aperture`. All arguments broadcast
+    together (e.g. wave (1, L) with seeing and source_sigma (N, 1) -> (N, L))."""
+    psf_var = (image_quality(seeing, wave, airmass, inst.config.telescope_diameter) / FWHM_PER_SIGMA) ** 2
+    return inst.aperture.fraction(psf_var + np.asarray(source_sigma, dtype=np.float64) ** 2)
+
+
 def running_median(values: np.ndarray, window: int) -> np.ndarray:
     from scipy.ndimage import median_filter
     return median_filter(values, size=window, mode="nearest")
@@ -266,13 +278,10 @@ class Arm:
         A centred Gaussian PSF of the seeing-limited image quality convolved with a Gaussian
         source of ``source_sigma`` arcsec (0 for a point source), through the instrument's
         aperture (:class:`~mtopnet.instruments.aperture.Aperture`).
-        source_sigma: scalar or (N,) -> (L,) or (N, L).
+        source_sigma: scalar or (N,) -> (L,) or (N, L) (:func:`aperture_fraction`).
         """
-        psf_sigma = image_quality(seeing, self.wave, airmass,
-                                  self.instrument.config.telescope_diameter) / FWHM_PER_SIGMA
         src = np.asarray(source_sigma, dtype=np.float64)
-        total_var = psf_sigma ** 2 + (src[..., None] ** 2 if src.ndim else src ** 2)
-        return self.instrument.aperture.fraction(total_var)
+        return aperture_fraction(self.instrument, self.wave, seeing, airmass, src[..., None] if src.ndim else src)
 
     def response(self, airmass: float, seeing: float, t_sub: float) -> ArmResponse:
         """Per-pixel constants for these conditions (cached)."""

@@ -25,8 +25,8 @@ import numpy as np
 
 from ..config import Exposure
 from ..constants import MASK_BAD
-from .aperture import FWHM_PER_SIGMA, source_sigma
-from .instrument import FINE_PER_PIXEL, Arm, image_quality
+from .aperture import source_sigma
+from .instrument import FINE_PER_PIXEL, Arm, aperture_fraction
 from .nuisance import Conditions, fluxcal_factor
 
 
@@ -127,11 +127,10 @@ def aperture_fractions(inst, wave: np.ndarray, seeing: np.ndarray, airmass: np.n
     """Fractions of each source's light, and of a point source's, that enter the aperture
     (fibre or slit) of ``inst`` at ``wave`` (L,) A: two (N, L) arrays. seeing (N,): arcsec
     FWHM at 500 nm at zenith; airmass: scalar or (N, 1); source_re (N,): half-light radius in
-    arcsec of a 2D Gaussian light profile."""
-    psf_var = (image_quality(seeing[:, None], wave[None, :], airmass, inst.config.telescope_diameter)
-               / FWHM_PER_SIGMA) ** 2  # (N, L) arcsec^2
-    src_sigma = source_sigma(source_re)
-    return inst.aperture.fraction(psf_var + src_sigma[:, None] ** 2), inst.aperture.fraction(psf_var)
+    arcsec of a 2D Gaussian light profile (:func:`~mtopnet.instruments.instrument.aperture_fraction`)."""
+    seeing, wave = seeing[:, None], wave[None, :]
+    return (aperture_fraction(inst, wave, seeing, airmass, source_sigma(source_re)[:, None]),
+            aperture_fraction(inst, wave, seeing, airmass, 0.0))
 
 
 def _shift_fine(fine: np.ndarray, shift_fine: np.ndarray) -> np.ndarray:
