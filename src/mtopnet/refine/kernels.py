@@ -173,15 +173,20 @@ def best_fit_coeff(basis: RefineBasis, w: torch.Tensor, f: torch.Tensor, offsets
     """
     t = _windows(_phase_major(basis), basis.oversample, offsets[:, None], w.shape[1])[:, 0]  # (R, J, K)
     tw = t * w[:, :, None]
-    a = (tw.transpose(1, 2) @ t).double()
-    b = (f[:, None, :] @ tw)[:, 0].double()
+    return solve_coeff(tw.transpose(1, 2) @ t, (f[:, None, :] @ tw)[:, 0]), t
+
+
+def solve_coeff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The least-squares coefficients (R, K) float64 of normal equations a (R, K, K), b (R, K):
+    in float64, Jacobi-scaled with a 1e-9 ridge, and a 1e-5 ridge for systems that are not
+    positive definite (as :func:`_solve_chi2`)."""
+    a, b = a.double(), b.double()
     diag = torch.diagonal(a, dim1=-2, dim2=-1)
     scale = torch.where(diag > 0, diag, torch.ones_like(diag)).rsqrt()
     eye = torch.eye(a.shape[-1], dtype=a.dtype)
     an = a * scale[:, :, None] * scale[:, None, :] + 1e-9 * eye
-    coeff = torch.linalg.solve(an + 1e-5 * eye * (torch.linalg.cholesky_ex(an)[1] != 0)[:, None, None],
-                               (b * scale)[..., None])[..., 0] * scale
-    return coeff, t
+    return torch.linalg.solve(an + 1e-5 * eye * (torch.linalg.cholesky_ex(an)[1] != 0)[:, None, None],
+                              (b * scale)[..., None])[..., 0] * scale
 
 
 def best_fit_model(basis: RefineBasis, w: torch.Tensor, f: torch.Tensor, offsets: torch.Tensor
@@ -299,5 +304,5 @@ def _pixel_table(basis: RefineBasis, k: int) -> torch.Tensor:
 
 
 __all__ = ["CoarseChi2", "best_fit_coeff", "best_fit_model", "coarse_chi2", "feature_dchi2", "fine_chi2",
-           "outlier_pixels",
+           "outlier_pixels", "solve_coeff",
            "smooth_basis", "SMOOTH_DEGREE"]

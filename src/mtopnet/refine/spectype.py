@@ -54,7 +54,7 @@ from ..constants import C_KMS
 from ..devices import torch_threads
 from ..templates import default_template_dir, read_templates
 from .basis import RefineBasis, build_basis
-from .kernels import _phase_major, _solve_chi2, _windows, smooth_basis
+from .kernels import _phase_major, _solve_chi2, _windows, smooth_basis, solve_coeff
 from .scan import ZScanner
 from .settings import RefineConfig
 
@@ -145,14 +145,7 @@ def _fit(t: torch.Tensor, w: torch.Tensor, f: torch.Tensor, solve: bool = False
     chi2 = _solve_chi2(a, b, (w.double() * f.double() ** 2).sum(1))
     if not solve:
         return chi2, None
-    a64, b64 = a.double(), b.double()
-    diag = torch.diagonal(a64, dim1=-2, dim2=-1)
-    scale = torch.where(diag > 0, diag, torch.ones_like(diag)).rsqrt()
-    eye = torch.eye(a.shape[-1], dtype=torch.float64)
-    an = a64 * scale[:, :, None] * scale[:, None, :] + 1e-9 * eye
-    bad = torch.linalg.cholesky_ex(an)[1] != 0
-    coeff = torch.linalg.solve(an + 1e-5 * eye * bad[:, None, None], (b64 * scale)[..., None])[..., 0] * scale
-    return chi2, coeff
+    return chi2, solve_coeff(a, b)
 
 
 class SpectypeFitter:
