@@ -246,9 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         shown = section.replace(f"--out {shlex.quote(str(args.out))}", "--out DIR")
         # the file's own reading notes (a "### Reading the table" section) are kept: they are
         # written by hand from the numbers, and must be revised by hand when those change
-        notes = ""
-        if docs.is_file() and NOTES in docs.read_text():
-            notes = "\n" + NOTES + docs.read_text().split(NOTES, 1)[1]
+        old = docs.read_text() if docs.is_file() else ""
+        notes = "\n" + NOTES + old.split(NOTES, 1)[1] if NOTES in old else ""
         tmp.write_text("# Benchmark: M-TOPnet vs Redrock\n\n" + shown + notes)
         os.replace(tmp, docs)
     print(table)
