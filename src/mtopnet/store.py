@@ -170,7 +170,8 @@ def spectrum_property(labels: Mapping[str, np.ndarray], name: str) -> np.ndarray
     do) gives ``labels[name]`` -- with a UserWarning where the labels hold ``r_e`` (a store
     ``mtopnet simulate`` wrote before it recorded ``light_fraction``: extended galaxies whose
     spectra hold part of their light). Returns (N,) float64 (NaN where the label is NaN).
-    Raises KeyError if ``labels`` has no ``name``.
+    Raises KeyError if ``labels`` has no ``name``, ValueError for a name not in
+    :data:`PROPERTY_LABELS`.
     """
     if name not in PROPERTY_LABELS:
         raise ValueError(f"spectrum_property: {name!r} is not one of {PROPERTY_LABELS}")
