@@ -265,6 +265,26 @@ def wave_to_angstrom(values: np.ndarray, unit, source: Any) -> np.ndarray:
         raise fail(source, f"wavelength unit {unit} is not a spectral unit") from None
 
 
+@functools.lru_cache(maxsize=1)
+def _flux_target():
+    import astropy.units as u
+
+    return FLUX_UNIT_CGS * u.erg / u.s / u.cm ** 2 / u.AA
+
+
+@functools.lru_cache(maxsize=64)
+def _per_wavelength_factor(unit) -> float | None:
+    """The scalar taking ``unit`` to 1e-17 erg/s/cm2/A, or None if it is not a flux density
+    per wavelength (cached: composing and converting units costs ~0.5 ms, once per arm of
+    every file otherwise)."""
+    import astropy.units as u
+
+    try:
+        return float(unit.to(_flux_target()))
+    except u.UnitConversionError:
+        return None
+
+
 def flux_factor(unit, wave_angstrom: np.ndarray, source: Any, aperture_arcsec2: float | None = None):
     """Factor (scalar or (L,)) taking flux in ``unit`` to 1e-17 erg/s/cm2/A (None -> 1).
 
@@ -275,12 +295,10 @@ def flux_factor(unit, wave_angstrom: np.ndarray, source: Any, aperture_arcsec2: 
 
     if unit is None:
         return 1.0
-    target = FLUX_UNIT_CGS * u.erg / u.s / u.cm ** 2 / u.AA
-    try:  # a flux density per wavelength: one scalar, no per-pixel equivalency
-        factor = np.asarray(unit.to(target))
-        return 1.0 if abs(float(factor) - 1.0) < 1e-12 else factor
-    except u.UnitConversionError:
-        pass
+    scalar = _per_wavelength_factor(unit)
+    if scalar is not None:  # a flux density per wavelength: one scalar, no per-pixel equivalency
+        return 1.0 if abs(scalar - 1.0) < 1e-12 else np.asarray(scalar)
+    target = _flux_target()
     equiv = u.spectral_density(np.asarray(wave_angstrom, dtype=np.float64) * u.AA)
     try:
         factor = np.asarray((1.0 * unit).to_value(target, equivalencies=equiv))
