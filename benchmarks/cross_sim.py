@@ -26,9 +26,15 @@
    project's Redrock baseline (``mtopnet.baselines.redrock``: the shipped PCA templates,
    0.6 <= z <= 3, Redrock's galaxy step) on the same spectra; the Redrock catalogue is kept
    in ``DIR/redrock.fits`` and reused by later runs (e.g. for a new model).
-6. Prints the table of issue 10 by H bin and by type, mtopnet and Redrock side by side, and
-   writes it to ``DIR/cross_sim.md`` and ``DIR/cross_sim.json`` (and ``docs/cross_sim_table.md``
-   with ``--docs``).
+6. Prints the table of issue 10 by H bin and by type, mtopnet and Redrock side by side, with
+   the paired comparison on the same objects (how many only one of them gets right, and the
+   difference of their success fractions with its 1-sigma error), and writes it to
+   ``DIR/cross_sim.md`` and ``DIR/cross_sim.json`` (and ``docs/cross_sim_table.md`` with
+   ``--docs``).
+
+``--pool DIR DIR ... --out OUT`` prints the same table over the objects of several finished
+runs (seeds) together, refusing catalogues made with different model files, and writes it to
+``OUT/cross_sim_pooled.md`` and ``.json``.
 
 Seeds: 7001 (and 7002...) are TEST seeds, never to be used for training or calibration;
 calibration sets use 6001 (6002...). The script refuses the project's training seeds.
@@ -768,6 +774,22 @@ def tool_metrics(z_true: np.ndarray, cat: dict[str, np.ndarray], sel: np.ndarray
     return out
 
 
+def paired_counts(z_true: np.ndarray, ours: dict[str, np.ndarray], rr: dict[str, np.ndarray],
+                  sel: np.ndarray) -> dict[str, Any]:
+    """The two tools on the same objects ``sel``: how many only mtopnet gets right (|dz| < 0.01),
+    how many only Redrock, and the difference of their success fractions with its 1-sigma
+    error from those discordant pairs alone (McNemar: sqrt(b + c) / n), the yardstick for
+    "at least Redrock's" on one sample."""
+    n = int(sel.sum())
+    if n == 0:
+        return {"n": 0}
+    ok_m = np.abs(np.asarray(ours["Z"], dtype=np.float64)[sel] - z_true[sel]) < SUCCESS_DZ
+    ok_r = np.abs(np.asarray(rr["z"], dtype=np.float64)[sel] - z_true[sel]) < SUCCESS_DZ
+    b, c = int(np.sum(ok_m & ~ok_r)), int(np.sum(ok_r & ~ok_m))
+    return {"n": n, "mtopnet_only": b, "redrock_only": c, "difference": (b - c) / n,
+            "sigma": float(np.sqrt(b + c)) / n}
+
+
 def selections(truth: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
     h = truth["hmag"]
     sels = []
@@ -790,7 +812,9 @@ def build_tables(truth: dict[str, np.ndarray], ours: dict[str, np.ndarray] | Non
     for label, sel in selections(truth):
         res[label] = {"n": int(sel.sum()),
                       "mtopnet": tool_metrics(z_true, ours, sel, "mtopnet", truth) if ours is not None else None,
-                      "redrock": tool_metrics(z_true, rr, sel, "redrock") if rr is not None else None}
+                      "redrock": tool_metrics(z_true, rr, sel, "redrock") if rr is not None else None,
+                      "paired": paired_counts(z_true, ours, rr, sel) if ours is not None and rr is not None
+                      else None}
 
     def f(x, d=3):
         return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{d}f}"
@@ -803,13 +827,19 @@ def build_tables(truth: dict[str, np.ndarray], ours: dict[str, np.ndarray] | Non
             v = v.get(k) if isinstance(v, dict) else None
         return f(v, d)
 
-    L = ["| selection | N | \\|dz\\|<0.01 mtopnet / Redrock | catastrophic mtopnet / Redrock | "
+    def paired(p):
+        if p is None or p["n"] == 0:
+            return "-"
+        return f"{p['mtopnet_only']} / {p['redrock_only']} ({p['difference']:+.3f} +- {p['sigma']:.3f})"
+
+    L = ["| selection | N | \\|dz\\|<0.01 mtopnet / Redrock | right only by mtopnet / only by Redrock "
+         "(difference +- 1 sigma) | catastrophic mtopnet / Redrock | "
          "qop 4 purity (share) | qop>=3 purity (share) | Redrock ZWARN=0 purity (share) | p_dz01 ECE | "
          "68% / 95% coverage | log M* bias / scatter (H<=24) |",
-         "|---|---:|---|---|---|---|---|---|---|---|"]
+         "|---|---:|---|---|---|---|---|---|---|---|---|"]
     for label, row in res.items():
         m, r = row["mtopnet"], row["redrock"]
-        L.append(f"| {label} | {row['n']} | {g(m, 'success')} / {g(r, 'success')} | "
+        L.append(f"| {label} | {row['n']} | {g(m, 'success')} / {g(r, 'success')} | {paired(row['paired'])} | "
                  f"{g(m, 'catastrophic')} / {g(r, 'catastrophic')} | "
                  f"{g(m, 'qop4', 'purity')} ({g(m, 'qop4', 'share', d=2)}) | "
                  f"{g(m, 'qop>=3', 'purity')} ({g(m, 'qop>=3', 'share', d=2)}) | "
@@ -841,6 +871,42 @@ def read_parquet(path: Path) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------
 
 
+def pool(dirs: list[str], log=print) -> tuple[str, dict[str, Any]]:
+    """The table over the objects of several finished runs (each DIR with truth.fits,
+    mtopnet.parquet, redrock.fits and cross_sim.json), pooled; refused when their mtopnet
+    catalogues were made with different model files (MODELSHA) or a seed repeats."""
+    import pyarrow.parquet as pq
+
+    from mtopnet.baselines.redrock import read_catalogue
+    truths, ours, rrs, seeds, shas = [], [], [], [], set()
+    for d in map(Path, dirs):
+        missing = [n for n in ("truth.fits", "mtopnet.parquet", "redrock.fits", "cross_sim.json")
+                   if not (d / n).is_file()]
+        if missing:
+            raise RuntimeError(f"{d}: no {', '.join(missing)} (run the script on it first)")
+        truth = read_truth(d / "truth.fits")
+        seeds.append(int(json.loads((d / "cross_sim.json").read_text())["seed"]))
+        meta = pq.read_schema(d / "mtopnet.parquet").metadata or {}
+        shas.add(meta.get(b"MODELSHA", b"?").decode())
+        truths.append(truth)
+        ours.append(match_catalogue(read_parquet(d / "mtopnet.parquet"), truth["id"]))
+        rrs.append(match_catalogue(read_catalogue(d / "redrock.fits"), truth["id"]))
+    if len(set(seeds)) < len(seeds):
+        raise RuntimeError(f"a seed repeats among {seeds}")
+    if len(shas) > 1:
+        raise RuntimeError(f"the mtopnet catalogues come from {len(shas)} different model files; "
+                           f"re-run the script on each folder with one model")
+
+    def cat(parts):
+        keys = set.intersection(*(set(p) for p in parts))
+        return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in keys}
+    table, res = build_tables(cat(truths), cat(ours), cat(rrs))
+    notes = ", ".join(f"{s} ({seed_note(s)})" for s in seeds)
+    head = (f"Cross-simulator test, pooled: {sum(len(t['z']) for t in truths)} objects of seeds {notes}; "
+            f"mtopnet model file SHA-256 {next(iter(shas))[:12]}...; Redrock: the project's baseline.\n")
+    return head + "\n" + table + "\n", res
+
+
 def seed_note(seed: int) -> str:
     if seed in TEST_SEEDS:
         return "a test seed, never used for training or calibration"
@@ -865,8 +931,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-redrock", action="store_true", help="do not run Redrock")
     ap.add_argument("--rr-ncpu", type=int, default=2, help="Redrock processes (default 2)")
     ap.add_argument("--docs", action="store_true", help="also write docs/cross_sim_table.md")
+    ap.add_argument("--pool", nargs="+", metavar="DIR", default=None,
+                    help="print the table over the objects of these finished runs' folders, pooled "
+                         "(nothing is generated or run; --out: where to write cross_sim_pooled.md/.json)")
     args = ap.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if args.pool:
+        try:
+            md, res = pool(args.pool, log)
+        except (RuntimeError, OSError, KeyError) as exc:
+            print(f"cross_sim: error: {exc}", file=sys.stderr)
+            return 2
+        print(md)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in (("cross_sim_pooled.md", md),
+                           ("cross_sim_pooled.json", json.dumps({"dirs": args.pool, "rows": res}, indent=1))):
+            tmp = out / f".{name}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, out / name)
+        return 0
     if args.n < 1:
         print("cross_sim: error: --n must be >= 1", file=sys.stderr)
         return 2

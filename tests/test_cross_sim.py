@@ -125,3 +125,61 @@ def test_metrics_on_known_values():
     assert m["logmstar_n_h24"] == 3 and m["logmstar_bias_h24"] == pytest.approx(0.0)
     rr = cs.tool_metrics(z_true, {"z": cat["Z"], "zwarn": np.array([0, 4, 0, 0])}, np.ones(4, bool), "redrock")
     assert rr["zwarn0"]["share"] == 0.75 and rr["zwarn0"]["purity"] == pytest.approx(2 / 3)
+
+
+def test_paired_counts():
+    """Discordant pairs and the McNemar error of the difference, on a hand-made sample."""
+    z_true = np.array([1.0, 1.0, 2.0, 2.0, 2.5])
+    ours = {"Z": np.array([1.0, 1.5, 2.0, 2.5, 2.5])}  # right: 0, 2, 4
+    rr = {"z": np.array([1.5, 1.0, 2.0, 2.0, 2.5])}  # right: 1, 2, 3, 4
+    p = cs.paired_counts(z_true, ours, rr, np.ones(5, bool))
+    assert (p["mtopnet_only"], p["redrock_only"]) == (1, 2)
+    assert p["difference"] == pytest.approx(-0.2) and p["sigma"] == pytest.approx(np.sqrt(3) / 5)
+    assert cs.paired_counts(z_true, ours, rr, np.zeros(5, bool)) == {"n": 0}
+
+
+def _finished_run(d: Path, seed: int, z: np.ndarray, dz_ours: np.ndarray, dz_rr: np.ndarray, sha: str) -> None:
+    """A folder as the script leaves it: truth.fits, mtopnet.parquet, redrock.fits, cross_sim.json;
+    the tools' z are the truth's (vacuum) z plus ``dz_ours`` and ``dz_rr``."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mtopnet.baselines.redrock import RedrockCatalogue, write_catalogue
+    d.mkdir()
+    n = len(z)
+    ids = np.array([f"x{seed}-{i:06d}" for i in range(n)])
+    rows = [{"id": ids[i], "index": i, "z": z[i], "z_drawn": z[i], "logmstar": 10.0, "logmformed": 10.2,
+             "logsfr": 0.0, "ssfr": -10.0, "hmag": 21.0 + i, "quiescent": i % 2, "type": i % 2, "family": "delayed",
+             "av": 0.5, "metallicity": 0.0, "logu": -3.0, "veldisp": 150.0, "halpha_flux": 1e-17,
+             "oiii_flux": 1e-17, "max_line_flux": 1e-17, "line_snr": 5.0, "gen_cpu_s": 0.5} for i in range(n)]
+    cs.write_truth(rows, d / "truth.fits", {"SEED": seed})
+    z_true = cs.read_truth(d / "truth.fits")["z"]
+    z_ours, z_rr = z_true + dz_ours, z_true + dz_rr
+    cols = {"TARGETID": ids, "Z": z_ours, "QOP": np.full(n, 4), "P_DZ01": np.full(n, 0.9),
+            "Z_LO68": z_ours - 0.01, "Z_HI68": z_ours + 0.01, "Z_LO95": z_ours - 0.02, "Z_HI95": z_ours + 0.02,
+            "LOGMSTAR": np.full(n, 10.0)}
+    table = pa.table(cols).replace_schema_metadata({"MODELSHA": sha})
+    pq.write_table(table, d / "mtopnet.parquet")
+    write_catalogue(RedrockCatalogue(ids=ids, z=z_rr, zerr=np.full(n, 1e-4), zwarn=np.zeros(n, int),
+                                     deltachi2=np.full(n, 50.0), chi2=np.full(n, 1000.0),
+                                     npixels=np.full(n, 10000)), d / "redrock.fits")
+    (d / "cross_sim.json").write_text(json.dumps({"seed": seed}))
+
+
+def test_pool_concatenates_runs_and_refuses_mixed_models(tmp_path):
+    z = np.array([1.0, 1.5, 2.0])
+    _finished_run(tmp_path / "a", 7001, z, np.array([0, 0.1, 0]), np.zeros(3), "aa")
+    _finished_run(tmp_path / "b", 7002, z, np.zeros(3), np.array([0.1, 0, 0]), "aa")
+    md, res = cs.pool([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert res["all"]["n"] == 6 and "7001" in md and "7002" in md
+    assert res["all"]["mtopnet"]["success"] == pytest.approx(5 / 6)
+    assert res["all"]["redrock"]["success"] == pytest.approx(5 / 6)
+    assert (res["all"]["paired"]["mtopnet_only"], res["all"]["paired"]["redrock_only"]) == (1, 1)
+    _finished_run(tmp_path / "c", 7003, z, np.zeros(3), np.zeros(3), "bb")
+    with pytest.raises(RuntimeError, match="different model files"):
+        cs.pool([str(tmp_path / "a"), str(tmp_path / "c")])
+    with pytest.raises(RuntimeError, match="seed repeats"):
+        cs.pool([str(tmp_path / "a"), str(tmp_path / "a")])
+    assert cs.main(["--pool", str(tmp_path / "a"), str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
