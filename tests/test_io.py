@@ -227,6 +227,7 @@ def test_moons1d_header_walk_reads_what_astropy_reads(tmp_path, rng):
         assert detect_format(path) == "moons1d"
     cut.write_bytes(plain.read_bytes()[:-2880])
     assert walk_fits(str(cut)) is None
+    assert detect_format(cut) == "moons1d"  # from the primary header alone; the damage is found on reading
     with pytest.raises(UserError, match="truncated or damaged") as exc:
         read_file(cut)
     assert "\n" not in str(exc.value)

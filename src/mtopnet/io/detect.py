@@ -5,7 +5,7 @@ import gzip
 from pathlib import Path
 
 from ._core import fail
-from ._fits import hdu_names, open_fits, table_columns, walk_fits
+from ._fits import hdu_names, open_fits, primary_header, table_columns, walk_fits
 from .desi import desi_arms
 from .generic_fits import arm_tables
 from .text import _role, decode_sample, looks_like_text_spectrum
@@ -57,6 +57,9 @@ def sniff_format(path: str) -> str | None:
 
 
 def _sniff_fits(path: str) -> str | None:
+    primary = primary_header(path)  # moons1d writes INST = 'MOONS_SIM' there: one 2880-byte block read
+    if primary is not None and _moons1d_headers([primary]):
+        return "moons1d"  # a damaged one is refused, in words, when it is read
     hdus = walk_fits(path)  # a clean moons1d file is known from its headers alone (no astropy)
     if hdus is not None and not any("EXTNAME" in h.header for h in hdus) and _moons1d_headers(
             [h.header for h in hdus]):
