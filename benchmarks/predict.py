@@ -194,12 +194,17 @@ def _cli_rate(inputs: list[str], n: int, model: str, workers: int, out: Path, sh
     size = [] if shard_size is None else ["--shard-size", str(shard_size)]
     cmd = [sys.executable, "-m", "mtopnet.cli", "predict", *inputs, "--out", str(out), "--model", model,
            "--workers", str(workers), *size, "--overwrite", *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    dt = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"mtopnet predict failed ({proc.returncode}): {proc.stderr.strip()[-1000:]}")
-    return {"n": n, "seconds": dt, "spectra_per_s": n / dt}
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this process's own peak resident size (not its workers')
+        dt = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"mtopnet predict failed ({proc.returncode}): "
+                               f"{err.read().decode(errors='replace').strip()[-1000:]}")
+    return {"n": n, "seconds": dt, "spectra_per_s": n / dt, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
 def _shard_size(given: int | None, workers: int, n: int) -> int | None:
@@ -236,6 +241,9 @@ def main() -> int:
                    help="in-process runs: batches at once, each single-threaded (default: mtopnet predict's, "
                         "the CPUs)")
     p.add_argument("--workers", type=int, nargs="*", default=[], help="CLI runs with these --workers counts")
+    p.add_argument("--cli-sizes", type=int, nargs="*", default=None,
+                   help="CLI runs on these numbers of spectra (the store again from the start where N exceeds "
+                        "it; default: the first of --sizes, at most the store's)")
     p.add_argument("--fits", default=None, help="glob of per-object FITS files for CLI runs")
     p.add_argument("--fits-n", type=int, default=500, help="objects of --fits to predict (default 500)")
     p.add_argument("--shard-size", type=int, default=None,
@@ -301,18 +309,22 @@ def main() -> int:
             for stage, sec in r["stages"].items():
                 print(f"  {stage:>17} {sec:8.2f} s {100 * sec / r['seconds']:5.1f}%")
         if args.workers:
-            sub = tmp_path / "sub.h5"
-            if n0 < available:
-                from mtopnet.store import read_store, write_store
-                write_store(sub, read_store(store, 0, n0),
-                            {k: v for k, v in store_info(store)["attrs"].items() if isinstance(v, str)})
-            else:
-                sub, n0 = Path(store), available
-            print(f"CLI `mtopnet predict --workers N` on {n0} spectra of the store (default path; start included):")
-            for w in args.workers:
-                r = _cli_rate([str(sub)], n0, model, w, tmp_path / f"cli-{w}.{args.format}",
-                              _shard_size(args.shard_size, w, n0))
-                print(f"  workers {w}: {r['seconds']:7.1f} s {r['spectra_per_s']:8.0f} spectra/s", flush=True)
+            for n_cli in args.cli_sizes or [n0]:
+                inputs = [store] * (n_cli // available)  # the store again from the start where N exceeds it
+                rest = n_cli % available
+                if rest:
+                    from mtopnet.store import read_store, write_store
+                    sub = tmp_path / f"sub-{rest}.h5"
+                    write_store(sub, read_store(store, 0, rest),
+                                {k: v for k, v in store_info(store)["attrs"].items() if isinstance(v, str)})
+                    inputs.append(str(sub))
+                print(f"CLI `mtopnet predict --workers N` on {n_cli} spectra of the store (default path; start "
+                      f"included; peak RSS of the command's own process):")
+                for w in args.workers:
+                    r = _cli_rate(inputs, n_cli, model, w, tmp_path / f"cli-{w}.{args.format}",
+                                  _shard_size(args.shard_size, w, n_cli))
+                    print(f"  workers {w}: {r['seconds']:7.1f} s {r['spectra_per_s']:8.0f} spectra/s "
+                          f"{r['peak_rss_mb']:8.0f} MB", flush=True)
         if args.fits:
             files = _fits_objects(args.fits, args.fits_n)
             n_obj = len({Path(f).name.rsplit("_", 1)[0] for f in files})
