@@ -752,6 +752,9 @@ def tool_metrics(z_true: np.ndarray, cat: dict[str, np.ndarray], sel: np.ndarray
     out: dict[str, Any] = {"n": n, "success": float(ok.mean()),
                            "catastrophic": float(np.mean(np.abs(dz) / (1 + z_true[sel]) > CATASTROPHIC))}
     if kind == "mtopnet":
+        if "SCAN_Z" in cat:  # the full-range template scan's own z (NaN where it did not run)
+            scan_z = np.asarray(cat["SCAN_Z"], dtype=np.float64)[sel]
+            out["scan_success"] = float(np.mean(np.abs(scan_z - z_true[sel]) < SUCCESS_DZ))
         qop = np.asarray(cat["QOP"])[sel]
         for name, chosen in (("qop4", qop == 4), ("qop>=3", qop >= 3)):
             k = int(chosen.sum())
@@ -835,8 +838,8 @@ def build_tables(truth: dict[str, np.ndarray], ours: dict[str, np.ndarray] | Non
     L = ["| selection | N | \\|dz\\|<0.01 mtopnet / Redrock | right only by mtopnet / only by Redrock "
          "(difference +- 1 sigma) | catastrophic mtopnet / Redrock | "
          "qop 4 purity (share) | qop>=3 purity (share) | Redrock ZWARN=0 purity (share) | p_dz01 ECE | "
-         "68% / 95% coverage | log M* bias / scatter (H<=24) |",
-         "|---|---:|---|---|---|---|---|---|---|---|---|"]
+         "68% / 95% coverage | log M* bias / scatter (H<=24) | mtopnet's template scan alone (SCAN_Z) |",
+         "|---|---:|---|---|---|---|---|---|---|---|---|---|"]
     for label, row in res.items():
         m, r = row["mtopnet"], row["redrock"]
         L.append(f"| {label} | {row['n']} | {g(m, 'success')} / {g(r, 'success')} | {paired(row['paired'])} | "
@@ -845,7 +848,8 @@ def build_tables(truth: dict[str, np.ndarray], ours: dict[str, np.ndarray] | Non
                  f"{g(m, 'qop>=3', 'purity')} ({g(m, 'qop>=3', 'share', d=2)}) | "
                  f"{g(r, 'zwarn0', 'purity')} ({g(r, 'zwarn0', 'share', d=2)}) | {g(m, 'ece_p_dz01')} | "
                  f"{g(m, 'coverage68')} / {g(m, 'coverage95')} | "
-                 f"{g(m, 'logmstar_bias_h24', d=2)} / {g(m, 'logmstar_scatter_h24', d=2)} |")
+                 f"{g(m, 'logmstar_bias_h24', d=2)} / {g(m, 'logmstar_scatter_h24', d=2)} | "
+                 f"{g(m, 'scan_success')} |")
     return "\n".join(L), res
 
 

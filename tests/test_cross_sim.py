@@ -114,10 +114,11 @@ def test_metrics_on_known_values():
     cat = {"Z": np.array([1.005, 1.5, 2.0, 2.02]), "QOP": np.array([4, 4, 3, 1]),
            "P_DZ01": np.array([0.95, 0.95, 0.55, 0.05]),
            "Z_LO68": z_true - 0.01, "Z_HI68": z_true + 0.01, "Z_LO95": np.array([0.9, 0.9, 2.1, 1.9]),
-           "Z_HI95": np.array([1.1, 1.1, 2.2, 2.1]), "LOGMSTAR": np.array([10.1, 10.0, 9.9, 11.0])}
+           "Z_HI95": np.array([1.1, 1.1, 2.2, 2.1]), "LOGMSTAR": np.array([10.1, 10.0, 9.9, 11.0]),
+           "SCAN_Z": np.array([1.0, 1.0, 2.5, np.nan])}  # NaN: the scan did not run (not right)
     truth = {"hmag": np.array([21.0, 23.0, 23.5, 24.5]), "logmstar": np.array([10.0, 10.0, 10.0, 10.0])}
     m = cs.tool_metrics(z_true, cat, np.ones(4, bool), "mtopnet", truth)
-    assert m["success"] == 0.5 and m["catastrophic"] == 0.25
+    assert m["success"] == 0.5 and m["catastrophic"] == 0.25 and m["scan_success"] == 0.5
     assert m["qop4"] == {"purity": 0.5, "share": 0.5} and m["qop>=3"]["share"] == 0.75
     assert m["coverage68"] == 1.0 and m["coverage95"] == 0.75
     # bins: 0.95 (2 objects, 1 right) -> |0.95-0.5|, 0.55 (right) -> 0.45, 0.05 (wrong) -> 0.05
