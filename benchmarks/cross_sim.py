@@ -875,7 +875,7 @@ def read_parquet(path: Path) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------
 
 
-def pool(dirs: list[str], log=print) -> tuple[str, dict[str, Any]]:
+def pool(dirs: list[str]) -> tuple[str, dict[str, Any]]:
     """The table over the objects of several finished runs (each DIR with truth.fits,
     mtopnet.parquet, redrock.fits and cross_sim.json), pooled; refused when their mtopnet
     catalogues were made with different model files (MODELSHA) or a seed repeats."""
@@ -942,7 +942,7 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     if args.pool:
         try:
-            md, res = pool(args.pool, log)
+            md, res = pool(args.pool)
         except (RuntimeError, OSError, KeyError) as exc:
             print(f"cross_sim: error: {exc}", file=sys.stderr)
             return 2
