@@ -740,6 +740,12 @@ def _nan(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
+def right(z: np.ndarray, z_true: np.ndarray) -> np.ndarray:
+    """(N,) bool: |z - z_true| < SUCCESS_DZ, the success criterion of every column (NaN z: not right)."""
+    with np.errstate(invalid="ignore"):
+        return np.abs(np.asarray(z, dtype=np.float64) - z_true) < SUCCESS_DZ
+
+
 def tool_metrics(z_true: np.ndarray, cat: dict[str, np.ndarray], sel: np.ndarray, kind: str,
                  truth: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Metrics of one tool on the rows ``sel``. kind: 'mtopnet' (an mtopnet catalogue: Redrock-shaped
@@ -747,14 +753,14 @@ def tool_metrics(z_true: np.ndarray, cat: dict[str, np.ndarray], sel: np.ndarray
     n = int(sel.sum())
     if n == 0:
         return {"n": 0}
-    dz = np.asarray(cat["Z" if kind == "mtopnet" else "z"], dtype=np.float64)[sel] - z_true[sel]
-    ok = np.abs(dz) < SUCCESS_DZ
+    z = np.asarray(cat["Z" if kind == "mtopnet" else "z"], dtype=np.float64)[sel]
+    dz = z - z_true[sel]
+    ok = right(z, z_true[sel])
     out: dict[str, Any] = {"n": n, "success": float(ok.mean()),
                            "catastrophic": float(np.mean(np.abs(dz) / (1 + z_true[sel]) > CATASTROPHIC))}
     if kind == "mtopnet":
         if "SCAN_Z" in cat:  # the full-range template scan's own z (NaN where it did not run)
-            scan_z = np.asarray(cat["SCAN_Z"], dtype=np.float64)[sel]
-            out["scan_success"] = float(np.mean(np.abs(scan_z - z_true[sel]) < SUCCESS_DZ))
+            out["scan_success"] = float(np.mean(right(np.asarray(cat["SCAN_Z"])[sel], z_true[sel])))
         qop = np.asarray(cat["QOP"])[sel]
         for name, chosen in (("qop4", qop == 4), ("qop>=3", qop >= 3)):
             k = int(chosen.sum())
@@ -786,8 +792,8 @@ def paired_counts(z_true: np.ndarray, ours: dict[str, np.ndarray], rr: dict[str,
     n = int(sel.sum())
     if n == 0:
         return {"n": 0}
-    ok_m = np.abs(np.asarray(ours["Z"], dtype=np.float64)[sel] - z_true[sel]) < SUCCESS_DZ
-    ok_r = np.abs(np.asarray(rr["z"], dtype=np.float64)[sel] - z_true[sel]) < SUCCESS_DZ
+    ok_m = right(np.asarray(ours["Z"])[sel], z_true[sel])
+    ok_r = right(np.asarray(rr["z"])[sel], z_true[sel])
     b, c = int(np.sum(ok_m & ~ok_r)), int(np.sum(ok_r & ~ok_m))
     return {"n": n, "mtopnet_only": b, "redrock_only": c, "difference": (b - c) / n,
             "sigma": float(np.sqrt(b + c)) / n}
