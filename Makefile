@@ -33,7 +33,7 @@ test: $(STAMP)
 # survey population with randomised conditions (seed 1003) (stage 2); fine-tune again with
 # 200,000 more from the training prior (seeds 1005, 1006) (stage 3); calibrate the template
 # scan, p_dz01, QOP and the intervals on both validation sets, and copy the checkpoint into the
-# package. Never the test seeds (2024, 3001, 7001-7003, 424242).
+# package. Never the test seeds (2024, 3001, 7001-7004, 424242).
 MODEL_DIR := runs/moons-lr
 PRIOR := --population training --nuisance randomised --hmag-range 20 25.5 --z-range 0.6 3.0
 # $(call SIMULATE_PRIOR,N,SEED): N spectra of the training prior into the target
