@@ -176,9 +176,12 @@ class SpectypeFitter:
         self.star_pixels = (t.abs().amax(dim=3) > 0).all(dim=2).all(dim=0).numpy()  # (J,)
         iu = torch.triu_indices(star_k, star_k)
         self._iu = iu
-        prods = t[..., iu[0]] * t[..., iu[1]]  # (S, J, C, P)
-        self._star_prods = prods.permute(1, 0, 2, 3).reshape(n_pix, -1).contiguous()  # (J, S*C*P)
         self._star_t = t.permute(1, 0, 2, 3).contiguous()  # (J, S, C, K)
+        # the star grid sums over the star pixels alone (its weights are zero elsewhere)
+        self._star_idx = torch.from_numpy(np.flatnonzero(self.star_pixels))
+        ts = self._star_t[self._star_idx]  # (J', S, C, K)
+        self._star_prods = (ts[..., iu[0]] * ts[..., iu[1]]).reshape(len(ts), -1).contiguous()  # (J', S*C*P)
+        self._star_t_sub = ts.reshape(len(ts), -1).contiguous()  # (J', S*C*K)
 
     @classmethod
     def from_refiner(cls, refiner, config: SpectypeConfig | None = None) -> "SpectypeFitter":
@@ -222,9 +225,10 @@ class SpectypeFitter:
         (w, f: (R, J) float32, w already zero off the star pixels)."""
         r = len(w)
         s, c, k = len(self.star_offsets), len(STAR_CLASSES), self.star_k
+        w, f = w[:, self._star_idx], f[:, self._star_idx]
         wf = w * f
         packed = (w @ self._star_prods).reshape(r, s, c, -1)  # (R, S, C, P): one product for all
-        b = (wf @ self._star_t.reshape(len(self._star_t), -1)).reshape(r, s, c, k)
+        b = (wf @ self._star_t_sub).reshape(r, s, c, k)
         a = torch.empty(r, s, c, k, k)
         a[..., self._iu[0], self._iu[1]] = packed
         a[..., self._iu[1], self._iu[0]] = packed
