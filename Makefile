@@ -63,6 +63,8 @@ data/calib-xsim.h5: | $(STAMP)
 
 TRAIN_ALL := data/train.h5 data/train2.h5 data/train3.h5 data/train4.h5 data/train-survey.h5
 TRAIN_CFG := --val data/val.h5 --config configs/train-moons-lr.yaml
+# a stage killed midway left DIR/last.pt: the re-run continues it (expanded when the recipe runs)
+RESUME = $(if $(wildcard $(1)/last.pt),--resume)
 # Two jobs at once (`make model` runs `make -j2` on the stages): training uses one core, so
 # the stores a later stage needs are simulated on the other one (nice 10: the training keeps
 # its core) while an earlier stage trains. The stores and the model are the same as in one job
@@ -72,13 +74,13 @@ model: | $(STAMP)
 	cp $(MODEL_DIR)/model-calibrated.pt src/mtopnet/models/moons-lr.pt
 
 $(MODEL_DIR)-stage1/model.pt: data/train.h5 data/val.h5
-	$(VENV)/bin/mtopnet train --train data/train.h5 $(TRAIN_CFG) --out $(MODEL_DIR)-stage1
+	$(VENV)/bin/mtopnet train --train data/train.h5 $(TRAIN_CFG) --out $(MODEL_DIR)-stage1 $(call RESUME,$(MODEL_DIR)-stage1)
 
 $(MODEL_DIR)-stage2/model.pt: $(MODEL_DIR)-stage1/model.pt data/train2.h5 data/train-survey.h5
-	$(VENV)/bin/mtopnet train --train data/train.h5 data/train2.h5 data/train-survey.h5 $(TRAIN_CFG) --out $(MODEL_DIR)-stage2 --init $< --epochs 5 --lr 0.001
+	$(VENV)/bin/mtopnet train --train data/train.h5 data/train2.h5 data/train-survey.h5 $(TRAIN_CFG) --out $(MODEL_DIR)-stage2 --init $< $(call RESUME,$(MODEL_DIR)-stage2) --epochs 5 --lr 0.001
 
 $(MODEL_DIR)/model.pt: $(MODEL_DIR)-stage2/model.pt $(TRAIN_ALL)
-	$(VENV)/bin/mtopnet train --train $(TRAIN_ALL) $(TRAIN_CFG) --out $(MODEL_DIR) --init $< --epochs 3 --lr 0.001
+	$(VENV)/bin/mtopnet train --train $(TRAIN_ALL) $(TRAIN_CFG) --out $(MODEL_DIR) --init $< $(call RESUME,$(MODEL_DIR)) --epochs 3 --lr 0.001
 
 $(MODEL_DIR)/model-calibrated.pt: $(MODEL_DIR)/model.pt data/val.h5 data/calib-xsim.h5
 	$(VENV)/bin/mtopnet calibrate $< data/val.h5 data/calib-xsim.h5 --scan --out $@

@@ -84,6 +84,10 @@ def test_two_training_stores_and_init_from_a_checkpoint(toy_stores, tmp_path):
     ck2 = torch.load(tuned["model"], weights_only=True)
     assert ck2["label_norm"] == ck["label_norm"]  # the heads keep the first run's standardisation
     assert "init" in ck2["provenance"]
+    # a fine-tuning run resumes with the same --init (what `make model` passes after a kill)
+    again = train(toy_stores[0], toy_stores[1], tmp_path / "b", cfg, progress=False, init=first["model"], resume=True)
+    assert again["epochs_run"] == 1
+    assert torch.load(again["model"], weights_only=True)["label_norm"] == ck["label_norm"]
     import dataclasses
     other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, latent=12))
     with pytest.raises(UserError, match="--init"):
