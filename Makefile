@@ -67,7 +67,7 @@ TRAIN_CFG := --val data/val.h5 --config configs/train-moons-lr.yaml
 RESUME = $(if $(wildcard $(1)/last.pt),--resume)
 # Two jobs at once (`make model` runs `make -j2` on the stages): training uses one core, so
 # the stores a later stage needs are simulated on the other one (nice 10: the training keeps
-# its core) while an earlier stage trains. The stores and the model are the same as in one job
+# most of its core, -5% measured) while an earlier stage trains. The stores and the model are the same as in one job
 # at a time; only the wall time differs (docs/model.md).
 model: | $(STAMP)
 	$(MAKE) -j2 $(MODEL_DIR)/model-calibrated.pt
