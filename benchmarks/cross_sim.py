@@ -917,6 +917,14 @@ def pool(dirs: list[str]) -> tuple[str, dict[str, Any]]:
     return head + "\n" + table + "\n", res
 
 
+def _write_texts(out: Path, texts: dict[str, str]) -> None:
+    """Each text to ``out/NAME`` atomically (``out/.NAME.tmp``, then a rename)."""
+    for name, text in texts.items():
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+
+
 def seed_note(seed: int) -> str:
     if seed in TEST_SEEDS:
         return "a test seed, never used for training or calibration"
@@ -955,11 +963,8 @@ def main(argv: list[str] | None = None) -> int:
         print(md)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        for name, text in (("cross_sim_pooled.md", md),
-                           ("cross_sim_pooled.json", json.dumps({"dirs": args.pool, "rows": res}, indent=1))):
-            tmp = out / f".{name}.tmp"
-            tmp.write_text(text)
-            os.replace(tmp, out / name)
+        _write_texts(out, {"cross_sim_pooled.md": md,
+                           "cross_sim_pooled.json": json.dumps({"dirs": args.pool, "rows": res}, indent=1)})
         return 0
     if args.n < 1:
         print("cross_sim: error: --n must be >= 1", file=sys.stderr)
@@ -1023,12 +1028,9 @@ def main(argv: list[str] | None = None) -> int:
             + ".\n\nCommand: `" + command + "`\n")
     md = head + "\n" + table + "\n"
     print(md)
-    for name, text in (("cross_sim.md", md),
-                       ("cross_sim.json", json.dumps({"command": command, "seed": args.seed, "n": args.n,
-                                                      "model": model_note, "cost": cost, "rows": res}, indent=1))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+    _write_texts(out, {"cross_sim.md": md,
+                       "cross_sim.json": json.dumps({"command": command, "seed": args.seed, "n": args.n,
+                                                     "model": model_note, "cost": cost, "rows": res}, indent=1)})
     if args.docs:
         docs = REPO / "docs" / "cross_sim_table.md"
         tmp = docs.with_name("." + docs.name + ".tmp")
