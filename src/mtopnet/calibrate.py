@@ -11,9 +11,10 @@ With ``--scan`` (:func:`calibrate_with_scan`), three fits, each on the validatio
 
 1. the weights of the full-range template scan against the network's PDF
    (:func:`mtopnet.refine.fit_combination`: ``w_net``, ``t``), on objects with a redshift
-   inside the bins, each validation store weighing the same (up to 3,000 objects, shared
-   equally): a large set from the training simulator must not outvote a small one made
-   another way, where the network is least to be trusted;
+   inside the bins, each simulator's stores weighing the same (up to 3,000 objects, shared
+   equally; the simulator is a store's provenance ``generator``): a large set from the
+   training simulator must not outvote a small one made another way, where the network is
+   least to be trusted, and a second store from the same simulator adds data, not weight;
 2. the quality model -- a logistic regression on the PDF statistics and the evidence of the
    fit (:data:`mtopnet.quality.FIT_FEATURES`) followed by an isotonic map -- giving
    ``p_dz01`` and the QOP thresholds, on the full prediction (scan, combination,
@@ -45,7 +46,8 @@ from .config import ConfigError, UserError
 from .constants import SUCCESS_DZ
 from .lines import LINE_GROUPS
 from .logs import progress_bar, progress_enabled
-from .predict import BATCH_SIZE, predict_batches
+from .predict import BATCH_SIZE, predict_batches, training_instrument
+from .preprocess import apply_sky_masks
 from .quality import (
     FEATURES,
     FIT_FEATURES,
@@ -138,6 +140,22 @@ def garbage_batch(template: SpectraBatch, rng: np.random.Generator, start_id: in
     return SpectraBatch(ids=ids, arms=arms)
 
 
+def _simulator_groups(infos: list[dict]) -> list[int]:
+    """The group of each validation store in the combination's fit: stores made by one
+    simulator (their provenance's ``generator``; the project's simulator, ``mtopnet
+    simulate``, writes none) form one group, and each group weighs the same
+    (:func:`mtopnet.refine.fit_combination`), however many stores or spectra it holds."""
+    keys = []
+    for info in infos:
+        try:
+            prov = json.loads(info["attrs"].get("provenance") or "{}")
+        except (TypeError, ValueError):
+            prov = {}
+        keys.append(str(prov.get("generator") or "mtopnet simulate") if isinstance(prov, dict) else "mtopnet simulate")
+    order = list(dict.fromkeys(keys))
+    return [order.index(k) for k in keys]
+
+
 def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os.PathLike],
                         out: str | os.PathLike | None = None, scan: ScanConfig | None = None,
                         garbage_fraction: float = 0.05, batch_size: int = 512, seed: int = 0,
@@ -155,14 +173,18 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     for path in val_stores:
         truth = read_truth(path)
         truths.append({"id": np.asarray(truth["id"]).astype(str), "z": np.asarray(truth["z"], dtype=np.float64)})
-    n_val = sum(store_info(path)["n"] for path in val_stores)
-    # 1. the combination's weights, from the network's PDFs and the scan on every object
+    infos = [store_info(path) for path in val_stores]
+    n_val = sum(info["n"] for info in infos)
+    group_of = _simulator_groups(infos)
+    instrument = training_instrument(model)  # the sky masks prediction applies (predict_batches)
+    # 1. the combination's weights, from the network's PDFs and the scan on every object,
+    #    on the spectra as prediction sees them
     pdfs, chi2s, oks, ztrue, pnet, groups = [], [], [], [], [], []
     bar = progress_bar(total=n_val, desc="calibrate (scan)", unit="spec", progress=progress)
     for store_index, (path, truth) in enumerate(zip(val_stores, truths, strict=True)):
         for batch in iter_store(path, batch_size):
-            groups.append(np.full(len(batch), store_index))
-            x = model.preprocessor(batch)
+            groups.append(np.full(len(batch), group_of[store_index]))
+            x = model.preprocessor(batch if instrument is None else apply_sky_masks(batch, instrument))
             with torch.inference_mode():
                 logits = model.network(torch.from_numpy(x.spectrum), torch.from_numpy(x.continuum))["z_logits"]
             pdf_b = torch.softmax(logits.double(), dim=1).numpy()
