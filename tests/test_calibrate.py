@@ -7,7 +7,7 @@ import numpy as np
 from mtopnet.calibrate import calibrate_with_scan, garbage_batch
 from mtopnet.catalogue import ZWarn
 from mtopnet.checkpoint import read_checkpoint
-from mtopnet.predict import predict_batches
+from mtopnet.predict import predict_batches, scan_sky, training_instrument
 from mtopnet.quality import FIT_FEATURES
 from mtopnet.store import iter_store, read_store
 from mtopnet.trained import load_model
@@ -35,6 +35,9 @@ def test_calibrate_with_scan_writes_scan_and_fit_features(tiny_model_path, toy_s
     assert abs(report["coverage68"] - 0.68) < 0.1
     model = load_model(out)
     assert model.scan is not None
+    # the training arms' sky is fitted by default, where the instrument loads (not the toy one's)
+    assert model.scan.sky is (training_instrument(model) is not None)
+    assert (scan_sky(model) is None) is not model.scan.sky
     rows = next(predict_batches(model, iter_store(toy_stores[2], 40)))
     assert {"SCANNED", "SCAN_Z", "SCAN_DCHI2"} <= set(rows)
     assert rows["SCANNED"].sum() > 0
@@ -55,9 +58,9 @@ def test_calibrate_cli_chooses_the_scan_basis(tiny_model_path, toy_stores, tmp_p
     from mtopnet.cli import main
     out = tmp_path / "scan4.pt"
     assert main(["-q", "calibrate", str(tiny_model_path), str(toy_stores[1]), "--scan", "--scan-templates", "4",
-                 "--scan-lines", "none", "--garbage-fraction", "0", "--out", str(out)]) == 0
+                 "--scan-lines", "none", "--no-scan-sky", "--garbage-fraction", "0", "--out", str(out)]) == 0
     scan = read_checkpoint(out)["scan"]
-    assert scan["n_templates"] == 4 and list(scan["lines"]) == []
+    assert scan["n_templates"] == 4 and list(scan["lines"]) == [] and scan["sky"] is False
     capsys.readouterr()
     assert main(["-q", "calibrate", str(tiny_model_path), str(toy_stores[1]), "--scan", "--scan-lines", "Hgamma-ish",
                  "--out", str(tmp_path / "x.pt")]) == 2
@@ -67,7 +70,8 @@ def test_calibrate_cli_chooses_the_scan_basis(tiny_model_path, toy_stores, tmp_p
     for argv, message in ((["--scan", "--scan-templates", "0"], "--scan-templates: must be at least 1"),
                           (["--scan", "--scan-templates", "99"], "--scan-templates: must be 1-"),
                           (["--scan", "--scan-lines", ""], "--scan-lines: unknown line groups ['']"),
-                          (["--scan-lines", "none"], "they need --scan")):
+                          (["--scan-lines", "none"], "they need --scan"),
+                          (["--no-scan-sky"], "they need --scan")):
         assert main(["-q", "calibrate", str(tiny_model_path), str(toy_stores[1]), *argv,
                      "--out", str(tmp_path / "y.pt")]) == 2
         err = capsys.readouterr().err.strip().splitlines()

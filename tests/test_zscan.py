@@ -12,6 +12,8 @@ from mtopnet.model import ZBinning
 from mtopnet.preprocess import PreprocessConfig
 from mtopnet.refine import (
     RefineConfig,
+    Refiner,
+    ScanConfig,
     ZScanner,
     build_basis,
     chi2_on_bins,
@@ -292,3 +294,57 @@ def test_combination_fit_weighs_each_validation_set_the_same():
     assert few["n_by_group"] == [200, 100]  # an equal share each, all of a smaller set
     with pytest.raises(UserError, match="groups"):
         fit_combination(pdf, chi2, edges, z_true, groups=groups[:10])
+
+
+def test_observed_vectors_fit_a_sky_residual_at_fixed_wavelengths():
+    """Observed-frame vectors (the arms' night sky) are fitted with free amplitudes beside the
+    basis: the chi2 equals a direct least-squares fit with them, and a strong residual of them
+    no longer decides the redshift."""
+    u = 600
+    x = np.linspace(0, 20, u)
+    table = np.stack([1 + 0.3 * np.sin(x), np.cos(3 * x), np.exp(-((x - 10) / 3) ** 2)], 1)
+    dl, ln0 = 1e-3, math.log(6000.0)
+    x0 = ln0 + 0.5 * dl - math.log(1.5) - 100 * dl
+    sky = np.zeros((2, 256))
+    sky[0, 20:120:9] = 1.0  # "sky lines" of two arms at fixed pixels
+    sky[1, 140:250:7] = 1.0
+    plain = ZScanner(table, x0, dl, ln0, 256, (0.3, 0.6))
+    with_sky = ZScanner(table, x0, dl, ln0, 256, (0.3, 0.6), observed=sky)
+    assert (plain.n_basis, with_sky.n_basis, with_sky.n_obs) == (3, 5, 2)
+    rng = np.random.default_rng(5)
+    s_true = plain.shift_lo + 40  # a trial on the lattice
+    truth = table[np.arange(256) + s_true] @ np.array([1.0, 0.5, 2.0])
+    flux = (truth + 3.0 * sky[0] - 2.0 * sky[1] + rng.normal(0, 0.05, 256))[None].astype(np.float32)
+    ivar = np.full((1, 256), 400.0, np.float32)
+    res = with_sky.scan(flux, ivar)
+    shifts = with_sky.shift_lo + np.arange(with_sky.n_trial)[::-1]  # increasing z
+    assert shifts[res.best[0]] == s_true
+    np.testing.assert_allclose(res.coeff[0, 3:], [3.0, -2.0], atol=0.05)  # the residual's amplitudes
+    # chi2 at every trial equals a direct fit of the templates and the observed vectors
+    sw = np.sqrt(ivar[0].astype(np.float64))
+    for si in (0, res.best[0], with_sky.n_trial - 1):
+        m = np.concatenate([table[np.arange(256) + shifts[si]], sky.T], 1) * sw[:, None]
+        c, *_ = np.linalg.lstsq(m, flux[0] * sw, rcond=None)
+        direct = ((flux[0] * sw - m @ c) ** 2).sum()  # float32 FFTs: to ~1e-5 of sum w f^2
+        assert res.chi2[0, si] == pytest.approx(direct, rel=1e-4, abs=2e-5 * res.chi2_zero[0])
+    assert res.chi2[0].min() < plain.scan(flux, ivar).chi2[0].min() / 10  # the residual is absorbed
+    with pytest.raises(ConfigError, match="observed"):
+        ZScanner(table, x0, dl, ln0, 256, (0.3, 0.6), observed=np.ones((1, 100)))
+
+
+def test_the_sky_vectors_of_the_training_arms():
+    from mtopnet.predict import scan_sky, training_instrument
+    from mtopnet.refine import sky_residual_vectors
+    from mtopnet.trained import load_model
+
+    model = load_model("moons-lr")
+    sky = sky_residual_vectors(training_instrument(model), model.preprocessor)
+    assert sky.shape == (3, model.preprocessor.config.n_pix)
+    assert np.allclose(np.abs(sky).max(axis=1), 1.0)
+    wave = model.preprocessor.config.wave
+    for row, (lo, hi) in zip(sky, [(6470, 9340), (9340, 13500), (14520, 18000)], strict=True):
+        inside = (wave > lo + 20) & (wave < hi - 20)
+        assert (row[~((wave > lo - 20) & (wave < hi + 20))] == 0).all() and (row[inside] > 0).mean() > 0.9
+    assert (scan_sky(model) is None) == (not model.scan.sky)
+    with pytest.raises(ConfigError, match="sky"):
+        ZScanner.from_scan_config(Refiner.from_model(model).basis, (0.6, 3.0), ScanConfig(sky=True))

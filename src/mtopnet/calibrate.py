@@ -60,7 +60,15 @@ from .quality import (
     refined_summary,
     reliability,
 )
-from .refine import RefineConfig, Refiner, ScanConfig, ZScanner, fit_combination, scan_on_bins
+from .refine import (
+    RefineConfig,
+    Refiner,
+    ScanConfig,
+    ZScanner,
+    fit_combination,
+    scan_on_bins,
+    sky_residual_vectors,
+)
 from .store import SpectraBatch, iter_store, store_info
 from .trained import load_model
 
@@ -164,11 +172,16 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     on VALIDATION stores; write the checkpoint (``out``, default in place, atomically).
     Returns a report: the fitted weights, the QOP classes, reliability and interval coverage
     on the validation data, and the share of objects whose answer the scan changed."""
-    scan = scan or ScanConfig()
+    scan = scan or ScanConfig(sky=True)
     model = load_model(model_path)
     refiner = Refiner.from_model(model)
     zb = model.zbins
-    scanner = ZScanner.from_scan_config(refiner.basis, (zb.z_min, zb.z_max), scan)
+    instrument = training_instrument(model)  # its sky masks, as prediction applies them (predict_batches)
+    asked_sky, scan = scan.sky, dataclasses.replace(scan, sky=scan.sky and instrument is not None)
+    sky = sky_residual_vectors(instrument, model.preprocessor) if scan.sky else None
+    scanner = ZScanner.from_scan_config(refiner.basis, (zb.z_min, zb.z_max), scan, sky=sky)
+    if asked_sky and not scan.sky:
+        log.warning("calibrate: the training instrument cannot be loaded: the scan fits no sky vectors")
     truths = []
     for path in val_stores:
         truth = read_truth(path)
@@ -176,7 +189,6 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     infos = [store_info(path) for path in val_stores]
     n_val = sum(info["n"] for info in infos)
     group_of = _simulator_groups(infos)
-    instrument = training_instrument(model)  # the sky masks prediction applies (predict_batches)
     # 1. the combination's weights, from the network's PDFs and the scan on every object,
     #    on the spectra as prediction sees them
     pdfs, chi2s, oks, ztrue, pnet, groups = [], [], [], [], [], []
@@ -300,6 +312,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --scan: emission-line groups the scan fits with free amplitudes, comma-separated, "
                         f"or 'none'; groups: {', '.join(g[0] for g in LINE_GROUPS)} "
                         f"(default {','.join(ScanConfig.lines)})")
+    p.add_argument("--no-scan-sky", action="store_true",
+                   help="with --scan: do not fit the training arms' night sky beside the templates (a sky-subtraction "
+                        "residual; fitted by default when the training instrument can be loaded)")
     p.add_argument("--batch-size", type=int, default=512, help="spectra per batch (default 512)")
 
 
@@ -334,7 +349,7 @@ def run_cli(args: argparse.Namespace) -> int:
         try:
             report = calibrate_with_scan(args.model, args.val_stores, args.out,
                                          ScanConfig(select_below=args.select_below, n_templates=n_templates,
-                                                    lines=lines),
+                                                    lines=lines, sky=not args.no_scan_sky),
                                          garbage_fraction=args.garbage_fraction, batch_size=args.batch_size,
                                          progress=progress_enabled())
         except ConfigError as exc:  # the scan's basis: name the option the user gave
@@ -343,8 +358,9 @@ def run_cli(args: argparse.Namespace) -> int:
                 raise UserError(text.replace("zscan.n_templates", "--scan-templates", 1)) from None
             raise
     else:
-        if args.scan_templates is not None or args.scan_lines is not None:
-            raise UserError("--scan-templates and --scan-lines set the full-range scan: they need --scan")
+        if args.scan_templates is not None or args.scan_lines is not None or args.no_scan_sky:
+            raise UserError("--scan-templates, --scan-lines and --no-scan-sky set the full-range scan: "
+                            "they need --scan")
         if len(args.val_stores) != 1:
             raise UserError("without --scan, calibrate takes one validation store")
         report = recalibrate(args.model, args.val_stores[0], args.out, batch_size=args.batch_size,

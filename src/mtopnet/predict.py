@@ -77,6 +77,7 @@ from .refine import (
     network_gate,
     scan_on_bins,
     scan_summary,
+    sky_residual_vectors,
 )
 from .shards import (
     SHARD_SIZE,
@@ -123,7 +124,7 @@ class _Scan:
         self.clip_sigma = cfg.clip_sigma
         zb = model.zbins
         self.edges = zb.edges
-        self.scanner = ZScanner.from_scan_config(refiner.basis, (zb.z_min, zb.z_max), cfg)
+        self.scanner = ZScanner.from_scan_config(refiner.basis, (zb.z_min, zb.z_max), cfg, sky=scan_sky(model))
 
     def __call__(self, x, pdf_net: np.ndarray, p_net: np.ndarray, usable: np.ndarray
                  ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, CoarseChi2 | None]:
@@ -714,6 +715,20 @@ def _load_for_job(job: _ShardJob) -> tuple[TrainedModel, Refiner | None]:
     model = load_model(job.model, device=job.device)
     refiner = Refiner.from_model(model) if job.refine is True else (job.refine or None)
     return model, refiner
+
+
+def scan_sky(model: TrainedModel) -> np.ndarray | None:
+    """The night sky of the training arms on the model grid (:func:`sky_residual_vectors`)
+    when the model's scan fits it (``model.scan.sky``), else None. UserError if it does and
+    the training instrument cannot be loaded."""
+    if model.scan is None or not model.scan.sky:
+        return None
+    inst = training_instrument(model)
+    if inst is None:
+        name = (model.instrument or {}).get("name")
+        raise UserError(f"the model's template scan fits the night sky of its training instrument "
+                        f"({name!r}), which cannot be loaded here")
+    return sky_residual_vectors(inst, model.preprocessor)
 
 
 def training_instrument(model: TrainedModel) -> Instrument | None:

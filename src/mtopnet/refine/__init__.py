@@ -56,7 +56,7 @@ Recalibration of a model's p_dz01 / QOP with refinement applied is ``mtopnet cal
 """
 from __future__ import annotations
 
-from .basis import RefineBasis, build_basis
+from .basis import RefineBasis, build_basis, sky_residual_vectors
 from .combine import (
                       NO_FEATURES_DCHI2,
                       chi2_on_bins,
@@ -74,7 +74,7 @@ from .scan import ZScanner, ZScanResult, smooth_length
 from .settings import RefineConfig, ScanConfig
 from .spectype import SpectypeConfig, SpectypeFitter, SpectypeResult
 
-__all__ = ["NO_FEATURES_DCHI2", "CoarseChi2",
+__all__ = ["NO_FEATURES_DCHI2", "CoarseChi2", "sky_residual_vectors",
            "feature_evidence", "RefineConfig", "ScanConfig", "RefineBasis", "RefineResult", "Refiner", "build_basis",
            "coarse_chi2",
            "fine_chi2", "combine", "parabola_vertex", "ZScanner", "ZScanResult", "smooth_length", "scan_summary",

@@ -1,10 +1,13 @@
 """The refinement's basis: PCA templates and emission-line groups, LSF-convolved and
-box-integrated on a model's log-lambda grid at 1/oversample pixel steps."""
+box-integrated on a model's log-lambda grid at 1/oversample pixel steps; and the night sky of
+each training arm on that grid, which the full-range scan fits beside them
+(:func:`sky_residual_vectors`)."""
 from __future__ import annotations
 
 import math
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
@@ -13,8 +16,13 @@ from scipy.special import erf
 from ..constants import C_KMS
 from ..lines import LINE_GROUPS
 from ..preprocess import PreprocessConfig
+from ..store import SpectraBatch
 from ..templates import default_template_path, read_templates
 from .settings import RefineConfig
+
+if TYPE_CHECKING:
+    from ..instruments import Instrument
+    from ..preprocess import Preprocessor
 
 
 def _box_table(x_edges: np.ndarray, values: np.ndarray, centres: np.ndarray, width: float) -> np.ndarray:
@@ -122,3 +130,32 @@ def build_basis(preprocess: PreprocessConfig, z_range: tuple[float, float], lsf_
 
 
 __all__ = ["RefineBasis", "build_basis"]
+
+
+def sky_residual_vectors(instrument: Instrument, preprocessor: Preprocessor) -> np.ndarray:
+    """(n_arms, n_pix) float64: the night sky of each of ``instrument``'s arms on the model grid.
+
+    Each row is the sky flux that arm records (sky electrons per pixel / electrons per unit
+    flux, at the instrument's observing airmass, seeing and sub-exposure), rebinned onto
+    ``preprocessor``'s grid like a spectrum, zero outside the arm, scaled to a maximum of 1.
+    A sky-subtraction residual is, to first order, the sky spectrum times a small factor per
+    arm (the simulator's ``sky_residual``; a real pipeline's scale error), a pattern at fixed
+    observed wavelengths: fitted with a free amplitude beside a template basis
+    (:class:`mtopnet.refine.ZScanner` ``observed``), it stops the residual's lines from being
+    fitted as a galaxy's at a wrong redshift. Rows of arms outside the grid are all zero.
+    """
+    obs = instrument.config.observing
+    rows = []
+    for arm in instrument.arms:
+        resp = arm.response(obs.airmass, obs.seeing, obs.sub_exposure)
+        epf = np.asarray(resp.electrons_per_flux, dtype=np.float64)
+        sky = np.divide(np.asarray(resp.sky_electrons, dtype=np.float64), epf, out=np.zeros_like(epf), where=epf > 0)
+        n = len(arm.wave)
+        batch = SpectraBatch(ids=np.zeros(1, np.int64),
+                             arms={arm.name: {"wave": arm.wave, "flux": sky[None].astype(np.float32),
+                                              "ivar": np.ones((1, n), np.float32), "mask": np.zeros((1, n), np.uint8)}})
+        flux, ivar, _ = preprocessor.rebin(batch)
+        row = np.where(ivar[0] > 0, flux[0], 0.0).astype(np.float64)
+        peak = np.abs(row).max()
+        rows.append(row / peak if peak > 0 else row)
+    return np.array(rows, dtype=np.float64).reshape(len(rows), preprocessor.config.n_pix)

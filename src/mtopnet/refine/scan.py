@@ -114,8 +114,11 @@ class ZScanner:
     z_range: (lo, hi) the scan covers both ends (one shift beyond each if off the lattice).
     n_poly: Legendre polynomials in observed ln(lambda) across the grid (0 = none, 3 = up to
         degree 2) fitted with free amplitudes beside the basis.
+    observed: (Q, n_pix) more observed-frame vectors with free amplitudes (not shifted), e.g.
+        each arm's sky (:func:`mtopnet.refine.sky_residual_vectors`); ``n_obs`` counts them and
+        the polynomials.
     min_pixels: objects with fewer valid pixels are not fitted (``ok`` False); default
-        ``2 * (K + n_poly)``.
+        ``2 * (K + n_obs)``.
     fft_double: FFTs in float64 (2-4x slower; float32 keeps chi2 to ~1e-5 of sum w f^2).
     weight_floor: see :data:`WEIGHT_FLOOR`.
     stride: 1 = every whole-pixel shift; 2 = every second one (half the inverse FFTs and
@@ -129,7 +132,7 @@ class ZScanner:
     def __init__(self, table: np.ndarray, x0: float, dloglam: float, ln_lam0: float, n_pix: int,
                  z_range: tuple[float, float], n_poly: int = 0, min_pixels: int | None = None,
                  fft_double: bool = False, weight_floor: float = WEIGHT_FLOOR, stride: int = 1,
-                 names: tuple[str, ...] | None = None):
+                 names: tuple[str, ...] | None = None, observed: np.ndarray | None = None):
         table = np.asarray(table, dtype=np.float64)
         if table.ndim != 2 or table.shape[1] < 1 or table.shape[0] < 2:
             raise ConfigError(f"zscan.table: need (U, K >= 1) rows, got shape {table.shape}")
@@ -146,8 +149,12 @@ class ZScanner:
         self.n_pix = int(n_pix)
         self.n_templates = table.shape[1]
         self.n_poly = int(n_poly)
+        obs = np.zeros((0, self.n_pix)) if observed is None else np.asarray(observed, dtype=np.float64)
+        if obs.ndim != 2 or obs.shape[1] != self.n_pix or not np.isfinite(obs).all():
+            raise ConfigError(f"zscan.observed: need finite (Q, {self.n_pix}) vectors, got {obs.shape}")
+        self.n_obs = self.n_poly + len(obs)
         self.names = tuple(names) if names is not None else tuple(f"t{k}" for k in range(self.n_templates))
-        n_basis = self.n_templates + self.n_poly
+        n_basis = self.n_templates + self.n_obs
         self.min_pixels = int(min_pixels) if min_pixels is not None else 2 * n_basis
         self.fft_double = bool(fft_double)
         if not 0 <= weight_floor < 1:
@@ -185,11 +192,9 @@ class ZScanner:
         # for stride 2: conj(B[L/2 - k]), k = 0..L/4
         self._basis_fft_hi = self._basis_fft[:, self.fft_len // 4:self.fft_len // 2 + 1].flip(-1).conj().resolve_conj()
         self._n_prod = len(il[0])
-        if self.n_poly:
-            x = np.linspace(-1.0, 1.0, self.n_pix)
-            self._poly = np.polynomial.legendre.legvander(x, self.n_poly - 1).T.copy()  # (Q, n_pix)
-        else:
-            self._poly = np.zeros((0, self.n_pix))
+        x = np.linspace(-1.0, 1.0, self.n_pix)
+        poly = np.polynomial.legendre.legvander(x, self.n_poly - 1).T if self.n_poly else np.zeros((0, self.n_pix))
+        self._poly = np.concatenate([poly, obs]).copy()  # (n_obs, n_pix): polynomials, then ``observed``
         self._poly32 = torch.from_numpy(self._poly).to(torch.float32)
         self._poly64 = torch.from_numpy(self._poly)
 
@@ -232,17 +237,20 @@ class ZScanner:
                    names=names, **kwargs)
 
     @classmethod
-    def from_scan_config(cls, basis: Any, z_range: tuple[float, float], config: ScanConfig) -> "ZScanner":
-        """The scanner a model's :class:`ScanConfig` describes, on a refinement basis
-        (:meth:`from_refine_basis` with the config's templates, lines, polynomials, smoothing
-        and stride)."""
+    def from_scan_config(cls, basis: Any, z_range: tuple[float, float], config: ScanConfig,
+                         sky: np.ndarray | None = None) -> "ZScanner":
+        """The scanner a :class:`ScanConfig` describes on a refinement basis; ``sky`` (n_arms,
+        n_pix): the arms' sky, fitted where ``config.sky`` (ConfigError if it is None then)."""
+        if config.sky and sky is None:
+            raise ConfigError("scan.sky: the scan fits the training instrument's night sky, which is not available")
         return cls.from_refine_basis(basis, z_range, n_templates=config.n_templates, lines=config.lines,
-                                     n_poly=config.n_poly, smooth=config.smooth, stride=config.stride)
+                                     n_poly=config.n_poly, smooth=config.smooth, stride=config.stride,
+                                     observed=sky if config.sky else None)
 
     @property
     def n_basis(self) -> int:
         """Vectors per fit: templates then polynomials."""
-        return self.n_templates + self.n_poly
+        return self.n_templates + self.n_obs
 
     # ------------------------------------------------------------------ scan
     def scan(self, flux: np.ndarray, ivar: np.ndarray, chunk: int = 8, threads: int | None = 1) -> ZScanResult:
@@ -294,8 +302,8 @@ class ZScanner:
         n, p = len(best), self.n_pix
         shift_idx = torch.from_numpy(self.stride * (self.n_trial - 1 - np.asarray(best, dtype=np.int64)))
         t = self._crop64[shift_idx[:, None] + torch.arange(p)[None, :]]  # (n, P, K)
-        if self.n_poly:
-            t = torch.cat([t, self._poly64.T[None].expand(n, p, self.n_poly)], 2)
+        if self.n_obs:
+            t = torch.cat([t, self._poly64.T[None].expand(n, p, self.n_obs)], 2)
         return (t @ torch.from_numpy(np.asarray(coeff, dtype=np.float64))[:, :, None])[..., 0].numpy()
 
     def templates_at(self, z: np.ndarray) -> torch.Tensor:
@@ -368,7 +376,7 @@ class ZScanner:
         Channels: the packed lower triangle of A, row-major ((i, j <= i) at i(i+1)/2 + j),
         then b (D). Rows 0..K-1 are the templates, K..K+Q-1 the polynomials."""
         n = len(w)
-        k, q, s, L = self.n_templates, self.n_poly, self.n_trial, self.fft_len
+        k, q, s, L = self.n_templates, self.n_obs, self.n_trial, self.fft_len
         d = k + q
         n_pack = d * (d + 1) // 2
         out, buf = ws["out"][:, :n], ws["buf"][:, :n]
@@ -441,7 +449,7 @@ class ZScanner:
     def _best_systems(self, w: np.ndarray, f: np.ndarray, shift_idx: torch.Tensor) -> torch.Tensor:
         """Packed normal equations (C, n) float64 of n objects at one shift each (index from
         ``shift_lo``), summed directly in float64 (the amplitudes at the minimum)."""
-        k, q = self.n_templates, self.n_poly
+        k, q = self.n_templates, self.n_obs
         d = k + q
         n, p = w.shape
         crop = self._crop64
