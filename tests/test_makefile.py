@@ -36,7 +36,7 @@ def test_make_model_reuses_a_finished_stage_and_resumes_a_killed_one(tmp_path):
     assert "--init runs/moons-lr-stage2/model.pt" in stage3
     assert not any(" simulate " in line for line in lines)  # every store present and up to date
     rest = lines[lines.index(stage3) + 1:]
-    assert " calibrate runs/moons-lr/model.pt data/val.h5 data/calib-xsim.h5 --scan" in rest[0]
+    assert " calibrate runs/moons-lr/model.pt data/val.h5 data/calib-xsim.h5 --scan --scan-lines none" in rest[0]
     assert rest[1] == "cp runs/moons-lr/model-calibrated.pt src/mtopnet/models/moons-lr.pt"
 
 
