@@ -346,5 +346,11 @@ def test_the_sky_vectors_of_the_training_arms():
         inside = (wave > lo + 20) & (wave < hi - 20)
         assert (row[~((wave > lo - 20) & (wave < hi + 20))] == 0).all() and (row[inside] > 0).mean() > 0.9
     assert (scan_sky(model) is None) == (not model.scan.sky)
+    # a model whose scan fits the sky needs its training instrument: a one-line error without it
+    import dataclasses
+
+    lost = dataclasses.replace(model, scan=dataclasses.replace(model.scan, sky=True), instrument={"name": "no-such"})
+    with pytest.raises(UserError, match="'no-such'"):
+        scan_sky(lost)
     with pytest.raises(ConfigError, match="sky"):
         ZScanner.from_scan_config(Refiner.from_model(model).basis, (0.6, 3.0), ScanConfig(sky=True))
