@@ -140,11 +140,10 @@ class ScanConfig:
     sky: also fit the night sky of each of the training instrument's arms with a free
         amplitude (:func:`mtopnet.refine.sky_residual_vectors`: a sky-subtraction residual,
         which the templates would otherwise fit with lines at a wrong redshift). On validation
-        data (the first 3,072 spectra of the training-prior validation set and seeds 6001-6003
-        of the cross-simulator calibration set) it raised the scan's own success from 0.552 to
-        0.584 and from 0.909 to 0.920, and, combined with the network (model 0.4.2's weights),
-        the own-simulator set's from 0.658 to 0.665 with the cross-simulator set unchanged
-        (0.929 / 0.928). Off for checkpoints calibrated before it existed.
+        data it raised the scan's own success from 0.552 to 0.584 (own simulator) and from 0.909
+        to 0.920 (cross-simulator), and the combination's on our own simulator, at no cost on
+        the other (``benchmarks/scan_basis.py``, docs/zscan.md). Off for checkpoints calibrated
+        before it existed.
     stride: scan every ``stride``-th whole-pixel shift (1 or 2).
     smooth: box-average the scanned vectors over this many pixels (see ZScanner).
     select_below: scan the objects whose network PDF holds less than this within +-0.01 of
