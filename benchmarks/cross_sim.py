@@ -918,11 +918,12 @@ def pool(dirs: list[str]) -> tuple[str, dict[str, Any]]:
 
 
 def _write_texts(out: Path, texts: dict[str, str]) -> None:
-    """Each text to ``out/NAME`` atomically (``out/.NAME.tmp``, then a rename)."""
+    """Each text to ``out/NAME`` atomically (:func:`mtopnet.store.write_file_atomic`: a full
+    disk is a one-line error and leaves no half-written file)."""
+    from mtopnet.store import write_file_atomic
+
     for name, text in texts.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        write_file_atomic(out / name, text.encode())
 
 
 def seed_note(seed: int) -> str:
