@@ -1033,12 +1033,10 @@ def main(argv: list[str] | None = None) -> int:
                        "cross_sim.json": json.dumps({"command": command, "seed": args.seed, "n": args.n,
                                                      "model": model_note, "cost": cost, "rows": res}, indent=1)})
     if args.docs:
-        docs = REPO / "docs" / "cross_sim_table.md"
-        tmp = docs.with_name("." + docs.name + ".tmp")
         # the docs name the output folder DIR, not this machine's path
         shown = md.replace(f"--out {shlex.quote(str(args.out))}", "--out DIR")
-        tmp.write_text("# Cross-simulator test (benchmarks/cross_sim.py)\n\n" + shown)
-        os.replace(tmp, docs)
+        title = "# Cross-simulator test (benchmarks/cross_sim.py)\n\n"
+        _write_texts(REPO / "docs", {"cross_sim_table.md": title + shown})
     return 0
 
 

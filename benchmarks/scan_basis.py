@@ -16,13 +16,12 @@ docs/zscan.md quotes it.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mtopnet.calibrate import _simulator_groups
+from mtopnet.calibrate import simulator_of
 from mtopnet.catalogue import match_ids, read_truth
 from mtopnet.constants import SUCCESS_DZ
 from mtopnet.predict import training_instrument
@@ -70,9 +69,10 @@ def main() -> int:
     sky = sky_residual_vectors(inst, pre)
     scanners = {name: ZScanner.from_scan_config(refiner.basis, (zb.z_min, zb.z_max), cfg, sky=sky)
                 for name, cfg in BASES.items()}
-    group_of = _simulator_groups([store_info(s) for s in args.stores])
-    keys = [json.loads(store_info(s)["attrs"].get("provenance") or "{}").get("generator") or "mtopnet simulate"
-            for s in args.stores]
+    keys = [simulator_of(store_info(s)) for s in args.stores]
+    names = list(dict.fromkeys(keys))  # one column per simulator, as `mtopnet calibrate` groups stores
+    group_of = [names.index(k) for k in keys]
+    centres = 0.5 * (zb.edges[1:] + zb.edges[:-1])
     hits: dict[tuple[int, str], list[np.ndarray]] = {}
     for store, n_max, group in zip(args.stores, args.n, group_of, strict=True):
         truth = read_truth(store)
@@ -88,7 +88,6 @@ def main() -> int:
             pdf = torch.softmax(logits.double(), dim=1).numpy()
             summ = pdf_summary(pdf, zb.edges)
             right = {"network alone": np.abs(summ["z"] - z_true) < SUCCESS_DZ}
-            centres = 0.5 * (zb.edges[1:] + zb.edges[:-1])
             for name, scanner in scanners.items():
                 res, chi2, _ = scan_on_bins(scanner, x.flux, x.ivar, zb.edges, BASES[name].clip_sigma)
                 chi2 = np.where(res.ok[:, None], chi2, 0.0)
@@ -100,8 +99,7 @@ def main() -> int:
             for k, v in right.items():
                 hits.setdefault((group, k), []).append(v)
             n += len(batch)
-    groups = sorted(set(group_of))
-    names = [keys[group_of.index(g)] for g in groups]
+    groups = range(len(names))
     sizes = [int(sum(len(v) for v in hits[(g, "network alone")])) for g in groups]
     lines = ["| |dz| < 0.01 | " + " | ".join(f"{nm} ({sz})" for nm, sz in zip(names, sizes, strict=True)) + " |",
              "|---|" + "---:|" * len(groups)]

@@ -16,8 +16,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from astropy.table import Table
 
+from cross_sim import read_truth as read_xsim_truth  # this folder's script
+from cross_sim import right
 from mtopnet.catalogue import match_ids, read_catalogue, read_truth
 from mtopnet.constants import SUCCESS_DZ
 
@@ -25,11 +26,8 @@ H_BINS = ((20.0, 24.0), (24.0, 25.0), (25.0, 25.5))
 
 
 def _truth(path: str) -> dict[str, np.ndarray]:
-    if Path(path).suffix.lower() in (".fits", ".fit"):
-        t = Table.read(path)
-        ids = np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in t["id"]])
-        return {"id": ids, "z": np.asarray(t["z"], float), "hmag": np.asarray(t["hmag"], float)}
-    return read_truth(path)
+    """A store's labels, or a cross_sim run's truth.fits."""
+    return read_xsim_truth(Path(path)) if Path(path).suffix.lower() in (".fits", ".fit") else read_truth(path)
 
 
 def main() -> int:
@@ -52,7 +50,7 @@ def main() -> int:
     z, z_net, z_true, hmag = map(np.concatenate, (z, z_net, z_true, hmag))
     with np.errstate(invalid="ignore"):
         changed = np.abs(z - z_net) >= SUCCESS_DZ
-        right, right_net = np.abs(z - z_true) < SUCCESS_DZ, np.abs(z_net - z_true) < SUCCESS_DZ
+    ok, ok_net = right(z, z_true), right(z_net, z_true)
     rows = [("all", np.ones(len(z), bool))]
     rows += [(f"H {lo:g}-{hi:g}", (hmag > lo) & (hmag <= hi)) for lo, hi in H_BINS]
     print("| selection | N | Z differs from Z_NET | made right | made wrong | network alone | catalogue |")
@@ -61,9 +59,9 @@ def main() -> int:
         if not sel.any():
             continue
         n, moved = int(sel.sum()), changed & sel
-        fixed, broke = int((moved & right & ~right_net).sum()), int((moved & ~right & right_net).sum())
+        fixed, broke = int((moved & ok & ~ok_net).sum()), int((moved & ~ok & ok_net).sum())
         print(f"| {name} | {n} | {int(moved.sum())} ({moved.sum() / n:.1%}) | {fixed} | {broke} "
-              f"| {right_net[sel].mean():.3f} | {right[sel].mean():.3f} |")
+              f"| {ok_net[sel].mean():.3f} | {ok[sel].mean():.3f} |")
     return 0
 
 

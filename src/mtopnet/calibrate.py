@@ -148,18 +148,21 @@ def garbage_batch(template: SpectraBatch, rng: np.random.Generator, start_id: in
     return SpectraBatch(ids=ids, arms=arms)
 
 
+def simulator_of(info: dict) -> str:
+    """The simulator that made a store (:func:`mtopnet.store.store_info`): its provenance's
+    ``generator``, or ``"mtopnet simulate"`` (the project's simulator writes none)."""
+    try:
+        prov = json.loads(info["attrs"].get("provenance") or "{}")
+    except (TypeError, ValueError):
+        prov = {}
+    return str(prov.get("generator") or "mtopnet simulate") if isinstance(prov, dict) else "mtopnet simulate"
+
+
 def _simulator_groups(infos: list[dict]) -> list[int]:
     """The group of each validation store in the combination's fit: stores made by one
-    simulator (their provenance's ``generator``; the project's simulator, ``mtopnet
-    simulate``, writes none) form one group, and each group weighs the same
+    simulator (:func:`simulator_of`) form one group, and each group weighs the same
     (:func:`mtopnet.refine.fit_combination`), however many stores or spectra it holds."""
-    keys = []
-    for info in infos:
-        try:
-            prov = json.loads(info["attrs"].get("provenance") or "{}")
-        except (TypeError, ValueError):
-            prov = {}
-        keys.append(str(prov.get("generator") or "mtopnet simulate") if isinstance(prov, dict) else "mtopnet simulate")
+    keys = [simulator_of(info) for info in infos]
     order = list(dict.fromkeys(keys))
     return [order.index(k) for k in keys]
 
@@ -370,4 +373,4 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["recalibrate", "calibrate_with_scan", "garbage_batch", "COMMAND", "add_arguments", "run_cli"]
+__all__ = ["recalibrate", "calibrate_with_scan", "simulator_of", "garbage_batch", "COMMAND", "add_arguments", "run_cli"]
