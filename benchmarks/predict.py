@@ -8,7 +8,9 @@
    own), once with the template refinement of z (``mtopnet predict``'s default,
    mtopnet.refine) and once without (``--no-refine``): it streams the first N objects of the
    store through ``predict_batches`` (``--threads`` batches at once, default all CPUs) into
-   a catalogue and prints spectra/s and the peak resident memory. Equal peaks for different
+   a catalogue and prints spectra/s, the peak resident memory of the run's own process and
+   the peak proportional set size (PSS) of it and the processes it forks for batches at
+   once, together (shared pages counted once: what the run holds). Equal peaks for different
    N show memory flat in N (a size larger than the store reads it again from the start, so
    10^5 needs no 10^5 store).
 2. **Stages** (the first size, default path, unless ``--no-stages``): the same run under
@@ -100,6 +102,42 @@ def _stage_shares(stats, total: float) -> dict[str, float]:
     return out
 
 
+def _tree_pss_mb(pid: int) -> float:
+    """Proportional set size (MB) of process ``pid`` and its descendants (pages shared between
+    them, e.g. a forked child's copy-on-write model, counted once): what they hold together."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as handle:
+                total += sum(int(line.split()[1]) for line in handle if line.startswith("Pss:")) / 1024
+            with open(f"/proc/{p}/task/{p}/children") as handle:
+                todo.extend(int(c) for c in handle.read().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+class _TreeMemory:
+    """The peak of :func:`_tree_pss_mb` for a process, sampled every 0.1 s by a thread."""
+
+    def __init__(self, pid: int):
+        import threading
+        self.pid, self.peak, self.running = pid, 0.0, True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, _tree_pss_mb(self.pid))
+            time.sleep(0.1)
+
+    def stop(self) -> float:
+        self.running = False
+        self.thread.join()
+        return self.peak
+
+
 class _BatchMemory:
     """Resident memory per batch: the peak while it is computed (sampled every 2 ms by a thread)
     and the size after it, with glibc's ``malloc_trim(0)`` first (what the run keeps)."""
@@ -172,13 +210,15 @@ def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: b
     if prof is not None:
         prof.enable()
     watch = _BatchMemory() if batch_memory else None
+    tree = _TreeMemory(os.getpid())
     chunks = predict_batches(m, batches(), batch_size=batch_size, refine=refiner, threads=threads)
     rows = write_catalogue(out, chunks if watch is None else watch.follow(chunks))
     if prof is not None:
         prof.disable()
     dt = time.perf_counter() - t0
     res = {"n": rows, "seconds": dt, "spectra_per_s": rows / dt,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "peak_pss_mb": tree.stop()}
     if watch is not None:
         res["batch_memory"] = watch.summary()
     if prof is not None:
@@ -197,14 +237,17 @@ def _cli_rate(inputs: list[str], n: int, model: str, workers: int, out: Path, sh
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        tree = _TreeMemory(proc.pid)  # the command and its processes (forked batches, Dask workers) together
         _, status, usage = os.wait4(proc.pid, 0)  # this process's own peak resident size (not its workers')
         dt = time.perf_counter() - t0
+        pss = tree.stop()
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
             raise RuntimeError(f"mtopnet predict failed ({proc.returncode}): "
                                f"{err.read().decode(errors='replace').strip()[-1000:]}")
-    return {"n": n, "seconds": dt, "spectra_per_s": n / dt, "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {"n": n, "seconds": dt, "spectra_per_s": n / dt, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "peak_pss_mb": pss}
 
 
 def _shard_size(given: int | None, workers: int, n: int) -> int | None:
@@ -291,12 +334,12 @@ def main() -> int:
                                  capture_output=True, text=True, check=True, env=env)
             return json.loads(res.stdout.strip().splitlines()[-1])
 
-        print(f"{'refine':>9} {'N':>8} {'seconds':>8} {'spectra/s':>10} {'peak RSS MB':>12}")
+        print(f"{'refine':>9} {'N':>8} {'seconds':>8} {'spectra/s':>10} {'peak RSS MB':>12} {'all PSS MB':>11}")
         for n in args.sizes:
             for mode in args.modes:
                 r = worker(n, mode)
                 print(f"{mode:>9} {r['n']:>8} {r['seconds']:>8.1f} {r['spectra_per_s']:>10.0f} "
-                      f"{r['peak_rss_mb']:>12.0f}", flush=True)
+                      f"{r['peak_rss_mb']:>12.0f} {r['peak_pss_mb']:>11.0f}", flush=True)
                 if "batch_memory" in r:
                     b = r["batch_memory"]
                     print(f"{'':>9} {b['batches']} batches: peak {b['peak_min']:.0f}-{b['peak_max']:.0f} MB, "
@@ -319,12 +362,12 @@ def main() -> int:
                                 {k: v for k, v in store_info(store)["attrs"].items() if isinstance(v, str)})
                     inputs.append(str(sub))
                 print(f"CLI `mtopnet predict --workers N` on {n_cli} spectra of the store (default path; start "
-                      f"included; peak RSS of the command's own process):")
+                      f"included; peak RSS of the command's own process, peak PSS of it and its processes):")
                 for w in args.workers:
                     r = _cli_rate(inputs, n_cli, model, w, tmp_path / f"cli-{w}.{args.format}",
                                   _shard_size(args.shard_size, w, n_cli))
                     print(f"  workers {w}: {r['seconds']:7.1f} s {r['spectra_per_s']:8.0f} spectra/s "
-                          f"{r['peak_rss_mb']:8.0f} MB", flush=True)
+                          f"{r['peak_rss_mb']:8.0f} MB, all {r['peak_pss_mb']:6.0f} MB", flush=True)
         if args.fits:
             files = _fits_objects(args.fits, args.fits_n)
             n_obj = len({Path(f).name.rsplit("_", 1)[0] for f in files})

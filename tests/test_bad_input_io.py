@@ -435,6 +435,23 @@ if __name__ == "__main__":
 """
 """Two tasks on the Dask LocalCluster of ``mtopnet.cluster`` (what simulate and predict use)."""
 
+_FORKED_SCRIPT = """
+import time
+from mtopnet.devices import ForkedPool
+
+class Owner:
+    def nap(self):
+        time.sleep(120)
+
+if __name__ == "__main__":
+    owner = Owner()
+    pool = ForkedPool(2, owner)
+    futures = [pool.submit(owner.nap) for _ in range(2)]
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+"""Two calls in the forked processes of ``mtopnet.devices.ForkedPool`` (predict's batches at once)."""
+
 
 def _children(pid: int) -> list[int]:
     out = []
@@ -458,17 +475,18 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
-def test_simulate_workers_die_with_their_parent(tmp_path):
+@pytest.mark.parametrize("script_text", [_POOL_SCRIPT, _FORKED_SCRIPT], ids=["dask", "forked"])
+def test_simulate_workers_die_with_their_parent(tmp_path, script_text):
     """Issue 13 item 8: SIGKILL of the process that started the worker processes (simulate's,
-    predict's Dask LocalCluster) ends the workers within seconds, silently (was: they ran to the
-    end, with broken-pipe tracebacks)."""
+    predict's Dask LocalCluster, predict's forked processes for batches at once) ends the
+    workers within seconds, silently (was: they ran to the end, with broken-pipe tracebacks)."""
     import os
     import signal
     import subprocess
     import sys
     import time
     script = tmp_path / "pool.py"
-    script.write_text(_POOL_SCRIPT)
+    script.write_text(script_text)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, text=True)

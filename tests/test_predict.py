@@ -217,6 +217,57 @@ def test_threaded_run_closed_early_stops_cleanly(tiny_model_path, toy_stores):
         predict_batches(model, [read_store(toy_stores[2], 0, 4)], threads=2, refine=own)
 
 
+def test_batches_at_once_run_in_processes_forked_once_per_run(tiny_model_path, toy_stores, tmp_path, monkeypatch):
+    """On Linux the batches at once run in forked processes (no shared GIL), forked once for all
+    the shards of a run (not once per shard), and none is left when the run ends."""
+    import multiprocessing
+
+    from astropy.io import fits
+
+    import mtopnet.predict as predict_mod
+    from mtopnet.devices import ForkedPool, forked_pool_possible
+    if not forked_pool_possible():
+        pytest.skip("forked processes need Linux")
+    assert not forked_pool_possible("cuda")  # CUDA cannot be used again in a forked child
+    made = []
+
+    class Counting(ForkedPool):
+        def __init__(self, n, owner):
+            made.append(n)
+            super().__init__(n, owner)
+
+    monkeypatch.setattr(predict_mod, "ForkedPool", Counting)
+    model = load_model(tiny_model_path)
+    out = tmp_path / "cat.fits"
+    predict_store(model, [toy_stores[1]], out, batch_size=8, shard_size=16, threads=2)  # 8 shards
+    assert made == [2]
+    assert not multiprocessing.active_children() and not predict_mod._RUNNERS
+    one = tmp_path / "one.fits"
+    predict_store(model, [toy_stores[1]], one, batch_size=8, shard_size=16, threads=1)
+    assert fits.getdata(out).tobytes() == fits.getdata(one).tobytes()
+
+
+def test_no_forked_processes_inside_a_daemonic_process():
+    """A Dask worker is a daemonic process, which may not have children: its batches at once
+    run in threads."""
+    import multiprocessing
+
+    from mtopnet.devices import forked_pool_possible
+    if not forked_pool_possible():
+        pytest.skip("forked processes need Linux")
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_report_forked_pool_possible, args=(queue,), daemon=True)
+    child.start()
+    assert queue.get(timeout=60) is False
+    child.join(60)
+
+
+def _report_forked_pool_possible(queue) -> None:
+    from mtopnet.devices import forked_pool_possible
+    queue.put(forked_pool_possible())
+
+
 def test_a_batch_stops_at_its_next_stage_once_its_run_has_ended(tiny_model_path, toy_stores):
     from mtopnet.predict import _BatchPredictor, _Stopped
     model = load_model(tiny_model_path)

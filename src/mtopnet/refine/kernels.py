@@ -9,6 +9,9 @@ import torch
 
 from .basis import RefineBasis
 
+PIVOT_TOL = 1e-6
+"""Jacobi-scaled Cholesky pivots below this drop the vector (degenerate with the others)."""
+
 
 def _solve_chi2(a: torch.Tensor, b: torch.Tensor, wff: torch.Tensor) -> torch.Tensor:
     """chi2 = wff - b^T A^-1 b for batches: a (..., K, K), b (..., K), wff broadcastable to (...).
@@ -303,6 +306,55 @@ def _pixel_table(basis: RefineBasis, k: int) -> torch.Tensor:
     return basis.cache[key]
 
 
+def packed_cholesky(c: torch.Tensor, d: int, wff: torch.Tensor, floor: torch.Tensor,
+                     solve: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """chi2 = wff - b^T A^-1 b for M systems, in place on packed channels ``c`` (C, M) float64:
+    the lower triangle of A row-major ((i, j <= i) at i(i+1)/2 + j), then b (D rows).
+
+    Jacobi-scaled; vector i is dropped where A_ii < floor (M,) or where its pivot falls below
+    PIVOT_TOL. With ``solve``, also returns the amplitudes x (D, M) (0 for dropped vectors).
+    Each step is a few row operations over all M systems at once.
+    """
+    def at(i: int, j: int) -> int:
+        return i * (i + 1) // 2 + j
+
+    n_pack = d * (d + 1) // 2
+    b = c[n_pack:n_pack + d]
+    diag = c[[at(i, i) for i in range(d)]]  # (D, M) copy
+    scale = torch.where(diag > floor[None, :], diag.clamp_min(1e-300).rsqrt(), torch.zeros_like(diag))
+    for i in range(d):
+        c[at(i, 0):at(i, i) + 1].mul_(scale[:i + 1]).mul_(scale[i][None])
+    b.mul_(scale)
+    chi2 = wff.clone()
+    cols, invs, ys = [], [], []
+    for k in range(d):
+        piv = c[at(k, k)]
+        inv = torch.where(piv > PIVOT_TOL, piv.clamp_min(PIVOT_TOL).rsqrt(), torch.zeros_like(piv))
+        y = b[k] * inv
+        chi2.addcmul_(y, y, value=-1.0)
+        if solve:
+            invs.append(inv)
+            ys.append(y)
+        if k == d - 1:
+            break
+        col = c[[at(i, k) for i in range(k + 1, d)]]  # (D-k-1, M) copy
+        col.mul_(inv)  # column k of L below the diagonal
+        if solve:
+            cols.append(col)
+        b[k + 1:].addcmul_(col, y[None], value=-1.0)
+        for i in range(k + 1, d):  # row i of the trailing block: entries (i, k+1..i), contiguous
+            c[at(i, k + 1):at(i, i) + 1].addcmul_(col[:i - k], col[i - k - 1][None], value=-1.0)
+    if not solve:
+        return chi2, None
+    x = torch.zeros(d, c.shape[1], dtype=c.dtype)
+    for k in range(d - 1, -1, -1):
+        acc = ys[k].clone()
+        if k < d - 1:
+            acc -= (cols[k] * x[k + 1:]).sum(0)
+        x[k] = acc * invs[k]
+    return chi2, x * scale
+
+
 __all__ = ["CoarseChi2", "best_fit_coeff", "best_fit_model", "coarse_chi2", "feature_dchi2", "fine_chi2",
-           "outlier_pixels", "solve_coeff",
+           "outlier_pixels", "packed_cholesky", "solve_coeff", "PIVOT_TOL",
            "smooth_basis", "SMOOTH_DEGREE"]

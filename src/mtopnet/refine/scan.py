@@ -51,7 +51,7 @@ import torch
 
 from ..config import ConfigError, UserError
 from ..devices import torch_threads
-from .kernels import outlier_pixels
+from .kernels import PIVOT_TOL, outlier_pixels, packed_cholesky
 from .settings import ScanConfig
 
 """Minima closer than this to the best one do not count as a competing solution."""
@@ -61,8 +61,6 @@ fraction of the object's sum of weights (for a unit-maximum vector it is at most
 dropped at that shift. It must exceed the float32 FFT's rounding (~1e-7 of the largest
 correlation); larger values also stop a sliver of a sharp feature at the edge of the valid
 data from being fitted to noise with a huge amplitude."""
-PIVOT_TOL = 1e-6
-"""Jacobi-scaled Cholesky pivots below this drop the vector (degenerate with the others)."""
 
 
 def smooth_length(n: int) -> int:
@@ -192,6 +190,18 @@ class ZScanner:
         # for stride 2: conj(B[L/2 - k]), k = 0..L/4
         self._basis_fft_hi = self._basis_fft[:, self.fft_len // 4:self.fft_len // 2 + 1].flip(-1).conj().resolve_conj()
         self._n_prod = len(il[0])
+        # the packed channels that come from correlations (the rest, polynomial x polynomial and
+        # b of the polynomials, do not depend on the shift and are summed directly): row ranges
+        d, q = k + self.n_obs, self.n_obs
+        ranges = [(0, self._n_prod)] + [((k + i) * (k + i + 1) // 2, (k + i) * (k + i + 1) // 2 + k) for i in range(q)]
+        ranges.append((d * (d + 1) // 2, d * (d + 1) // 2 + k))
+        merged = [list(ranges[0])]
+        for lo, hi in ranges[1:]:
+            if lo == merged[-1][1]:
+                merged[-1][1] = hi
+            else:
+                merged.append([lo, hi])
+        self._fft_rows = [tuple(r) for r in merged]
         x = np.linspace(-1.0, 1.0, self.n_pix)
         poly = np.polynomial.legendre.legvander(x, self.n_poly - 1).T if self.n_poly else np.zeros((0, self.n_pix))
         self._poly = np.concatenate([poly, obs]).copy()  # (n_obs, n_pix): polynomials, then ``observed``
@@ -407,16 +417,15 @@ class ZScanner:
 
         npr = self._n_prod
         product(0, slice(0, npr), spec[:npr])  # template x template
-        for qi in range(q):  # row K + qi: cross terms with the K templates, then constants
+        for qi in range(q):  # row K + qi: cross terms with the K templates (its constants: below)
             r0 = (k + qi) * (k + qi + 1) // 2
             product(2 + qi, slice(npr, None), spec[r0:r0 + k])
-            spec[r0 + k:r0 + k + qi + 1].zero_()
         product(1, slice(npr, None), spec[n_pack:n_pack + k])
-        spec[n_pack + k:].zero_()
-        torch.fft.irfft(spec, n=L // self.stride, out=out)
-        if self.stride == 2:
-            out.mul_(0.5)
-        buf.copy_(out[..., :s])
+        for lo, hi in self._fft_rows:  # only the channels that are correlations
+            torch.fft.irfft(spec[lo:hi], n=L // self.stride, out=out[lo:hi])
+            if self.stride == 2:
+                out[lo:hi].mul_(0.5)
+            buf[lo:hi].copy_(out[lo:hi, :, :s])
         w64 = wt.double()
         if q:
             p64 = self._poly64
@@ -435,13 +444,13 @@ class ZScanner:
         wff_t = torch.from_numpy(wff)
         m = n * s
         flat = buf.view(-1, n * s) if buf.is_contiguous() else buf.reshape(-1, n * s)
-        chi2, _ = _packed_cholesky(flat, d, wff_t[:, None].expand(n, s).reshape(m),
+        chi2, _ = packed_cholesky(flat, d, wff_t[:, None].expand(n, s).reshape(m),
                                    floor[:, None].expand(n, s).reshape(m))
         chi2 = chi2.view(n, s)
         bi_shift = torch.argmin(chi2, dim=1)  # in shift order
         # the solve overwrote the channels: the n best systems are summed again directly
         best = self._best_systems(w, f, self.stride * bi_shift)
-        _, coeff = _packed_cholesky(best, d, wff_t, floor, solve=True)
+        _, coeff = packed_cholesky(best, d, wff_t, floor, solve=True)
         chi2 = chi2.flip(1)
         bi = s - 1 - bi_shift
         return chi2.clamp_min(0).float().numpy(), bi.numpy(), coeff.T.numpy()
@@ -463,55 +472,6 @@ class ZScanner:
         b = torch.einsum("np,np,npi->ni", w64, f64, t)
         il = torch.tril_indices(d, d)
         return torch.cat([a[:, il[0], il[1]], b], 1).T.contiguous()
-
-
-def _packed_cholesky(c: torch.Tensor, d: int, wff: torch.Tensor, floor: torch.Tensor,
-                     solve: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """chi2 = wff - b^T A^-1 b for M systems, in place on packed channels ``c`` (C, M) float64:
-    the lower triangle of A row-major ((i, j <= i) at i(i+1)/2 + j), then b (D rows).
-
-    Jacobi-scaled; vector i is dropped where A_ii < floor (M,) or where its pivot falls below
-    PIVOT_TOL. With ``solve``, also returns the amplitudes x (D, M) (0 for dropped vectors).
-    Each step is a few row operations over all M systems at once.
-    """
-    def at(i: int, j: int) -> int:
-        return i * (i + 1) // 2 + j
-
-    n_pack = d * (d + 1) // 2
-    b = c[n_pack:n_pack + d]
-    diag = c[[at(i, i) for i in range(d)]]  # (D, M) copy
-    scale = torch.where(diag > floor[None, :], diag.clamp_min(1e-300).rsqrt(), torch.zeros_like(diag))
-    for i in range(d):
-        c[at(i, 0):at(i, i) + 1].mul_(scale[:i + 1]).mul_(scale[i][None])
-    b.mul_(scale)
-    chi2 = wff.clone()
-    cols, invs, ys = [], [], []
-    for k in range(d):
-        piv = c[at(k, k)]
-        inv = torch.where(piv > PIVOT_TOL, piv.clamp_min(PIVOT_TOL).rsqrt(), torch.zeros_like(piv))
-        y = b[k] * inv
-        chi2.addcmul_(y, y, value=-1.0)
-        if solve:
-            invs.append(inv)
-            ys.append(y)
-        if k == d - 1:
-            break
-        col = c[[at(i, k) for i in range(k + 1, d)]]  # (D-k-1, M) copy
-        col.mul_(inv)  # column k of L below the diagonal
-        if solve:
-            cols.append(col)
-        b[k + 1:].addcmul_(col, y[None], value=-1.0)
-        for i in range(k + 1, d):  # row i of the trailing block: entries (i, k+1..i), contiguous
-            c[at(i, k + 1):at(i, i) + 1].addcmul_(col[:i - k], col[i - k - 1][None], value=-1.0)
-    if not solve:
-        return chi2, None
-    x = torch.zeros(d, c.shape[1], dtype=c.dtype)
-    for k in range(d - 1, -1, -1):
-        acc = ys[k].clone()
-        if k < d - 1:
-            acc -= (cols[k] * x[k + 1:]).sum(0)
-        x[k] = acc * invs[k]
-    return chi2, x * scale
 
 
 # ----------------------------------------------------------------------------- summaries
