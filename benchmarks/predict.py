@@ -2,15 +2,16 @@
 
     python benchmarks/predict.py [--store FILE.h5] [--model NAME_OR_PATH] [--sizes 2000 8000]
                                  [--batch-size 256] [--format parquet] [--threads N]
-                                 [--workers 1 2] [--fits "DIR/*.fits" --fits-n 500] [--no-stages]
+                                 [--workers 1 2] [--repeat R] [--fits "DIR/*.fits" --fits-n 500]
+                                 [--no-stages]
 
 1. **In-process, per size**: each size runs in a fresh process (so the peak RSS is that run's
    own), once with the template refinement of z (``mtopnet predict``'s default,
    mtopnet.refine) and once without (``--no-refine``): it streams the first N objects of the
    store through ``predict_batches`` (``--threads`` batches at once, default all CPUs) into
    a catalogue and prints spectra/s, the peak resident memory of the run's own process and
-   the peak proportional set size (PSS) of it and the processes it forks for batches at
-   once, together (shared pages counted once: what the run holds). Equal peaks for different
+   the peak of its and the processes it forks for batches at once, summed (sampled every
+   0.1 s; the model's pages they share are counted in each: an upper bound). Equal peaks for different
    N show memory flat in N (a size larger than the store reads it again from the start, so
    10^5 needs no 10^5 store).
 2. **Stages** (the first size, default path, unless ``--no-stages``): the same run under
@@ -20,8 +21,11 @@
 3. **Workers** (``--workers``): the real CLI, ``mtopnet predict STORE --workers N`` (Dask
    LocalCluster for N > 1, ``--threads`` left at its default, CPUs / N; ``--shard-size``:
    the CLI's default for one worker, N/8 rows for more),
-   on the first size's objects, timed from outside (process start, model loading and the
-   assembly included): throughput for 1 and 2 workers.
+   on the first size's objects (or ``--cli-sizes``; each ``--repeat`` times), timed from
+   outside (process start, model loading and the assembly included): throughput for 1 and 2
+   workers, the command's own peak resident size, and the peak of it and its processes
+   together (forked batch processes, Dask workers: resident sizes summed, or with ``--pss``
+   proportional set sizes, which count shared pages once).
 4. **FITS files** (``--fits GLOB``): the CLI on per-object files (e.g. moons1d's, one file
    per arm as ``benchmarks/cross_sim.py`` writes them), the first ``--fits-n`` objects,
    with each ``--workers`` count.
@@ -102,15 +106,24 @@ def _stage_shares(stats, total: float) -> dict[str, float]:
     return out
 
 
-def _tree_pss_mb(pid: int) -> float:
-    """Proportional set size (MB) of process ``pid`` and its descendants (pages shared between
-    them, e.g. a forked child's copy-on-write model, counted once): what they hold together."""
+def _tree_rss_mb(pid: int, pss: bool = False) -> float:
+    """Resident size (MB) of process ``pid`` and its descendants, summed: from ``/proc/PID/statm``,
+    which costs the processes read nothing, with the pages that forked processes share with
+    their parent (the model) counted in each (an upper bound); with ``pss``, their proportional
+    set sizes from ``/proc/PID/smaps_rollup`` (shared pages counted once: what they hold
+    together), whose reading walks the processes' page tables and slowed the runs measured by
+    ~10% when done every 0.1 s."""
     total, todo = 0.0, [pid]
+    page = os.sysconf("SC_PAGE_SIZE") / 2 ** 20
     while todo:
         p = todo.pop()
         try:
-            with open(f"/proc/{p}/smaps_rollup") as handle:
-                total += sum(int(line.split()[1]) for line in handle if line.startswith("Pss:")) / 1024
+            if pss:
+                with open(f"/proc/{p}/smaps_rollup") as handle:
+                    total += sum(int(line.split()[1]) for line in handle if line.startswith("Pss:")) / 1024
+            else:
+                with open(f"/proc/{p}/statm") as handle:
+                    total += int(handle.read().split()[1]) * page
             with open(f"/proc/{p}/task/{p}/children") as handle:
                 todo.extend(int(c) for c in handle.read().split())
         except (OSError, ValueError):
@@ -119,17 +132,17 @@ def _tree_pss_mb(pid: int) -> float:
 
 
 class _TreeMemory:
-    """The peak of :func:`_tree_pss_mb` for a process, sampled every 0.1 s by a thread."""
+    """The peak of :func:`_tree_rss_mb` for a process, sampled every 0.1 s by a thread."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, pss: bool = False):
         import threading
-        self.pid, self.peak, self.running = pid, 0.0, True
+        self.pid, self.pss, self.peak, self.running = pid, pss, 0.0, True
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
 
     def _sample(self) -> None:
         while self.running:
-            self.peak = max(self.peak, _tree_pss_mb(self.pid))
+            self.peak = max(self.peak, _tree_rss_mb(self.pid, self.pss))
             time.sleep(0.1)
 
     def stop(self) -> float:
@@ -218,7 +231,7 @@ def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: b
     dt = time.perf_counter() - t0
     res = {"n": rows, "seconds": dt, "spectra_per_s": rows / dt,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "peak_pss_mb": tree.stop()}
+           "peak_all_mb": tree.stop()}
     if watch is not None:
         res["batch_memory"] = watch.summary()
     if prof is not None:
@@ -227,7 +240,7 @@ def _worker(store: str, model: str, n: int, batch_size: int, out: str, refine: b
 
 
 def _cli_rate(inputs: list[str], n: int, model: str, workers: int, out: Path, shard_size: int | None,
-              extra: tuple[str, ...] = ()) -> dict:
+              extra: tuple[str, ...] = (), pss: bool = False) -> dict:
     """``mtopnet predict INPUTS --workers N [--shard-size S] [extra]`` in a subprocess: wall seconds
     (process start, model loading and assembly included) and spectra/s for n objects (S None:
     the CLI's default)."""
@@ -237,17 +250,17 @@ def _cli_rate(inputs: list[str], n: int, model: str, workers: int, out: Path, sh
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        tree = _TreeMemory(proc.pid)  # the command and its processes (forked batches, Dask workers) together
+        tree = _TreeMemory(proc.pid, pss)  # the command and its processes (forked batches, Dask workers) together
         _, status, usage = os.wait4(proc.pid, 0)  # this process's own peak resident size (not its workers')
         dt = time.perf_counter() - t0
-        pss = tree.stop()
+        peak_all = tree.stop()
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
             raise RuntimeError(f"mtopnet predict failed ({proc.returncode}): "
                                f"{err.read().decode(errors='replace').strip()[-1000:]}")
     return {"n": n, "seconds": dt, "spectra_per_s": n / dt, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "peak_pss_mb": pss}
+            "peak_all_mb": peak_all}
 
 
 def _shard_size(given: int | None, workers: int, n: int) -> int | None:
@@ -287,6 +300,12 @@ def main() -> int:
     p.add_argument("--cli-sizes", type=int, nargs="*", default=None,
                    help="CLI runs on these numbers of spectra (the store again from the start where N exceeds "
                         "it; default: the first of --sizes, at most the store's)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="CLI runs on the store: each this many times, one after the other (the machine's speed "
+                        "drifts by ~10%% within minutes here: compare medians)")
+    p.add_argument("--pss", action="store_true",
+                   help="CLI runs on the store: the memory of the command and its processes as their summed "
+                        "proportional set sizes (shared pages once) instead of resident sizes (slows the runs)")
     p.add_argument("--fits", default=None, help="glob of per-object FITS files for CLI runs")
     p.add_argument("--fits-n", type=int, default=500, help="objects of --fits to predict (default 500)")
     p.add_argument("--shard-size", type=int, default=None,
@@ -334,12 +353,12 @@ def main() -> int:
                                  capture_output=True, text=True, check=True, env=env)
             return json.loads(res.stdout.strip().splitlines()[-1])
 
-        print(f"{'refine':>9} {'N':>8} {'seconds':>8} {'spectra/s':>10} {'peak RSS MB':>12} {'all PSS MB':>11}")
+        print(f"{'refine':>9} {'N':>8} {'seconds':>8} {'spectra/s':>10} {'peak RSS MB':>12} {'all RSS MB':>11}")
         for n in args.sizes:
             for mode in args.modes:
                 r = worker(n, mode)
                 print(f"{mode:>9} {r['n']:>8} {r['seconds']:>8.1f} {r['spectra_per_s']:>10.0f} "
-                      f"{r['peak_rss_mb']:>12.0f} {r['peak_pss_mb']:>11.0f}", flush=True)
+                      f"{r['peak_rss_mb']:>12.0f} {r['peak_all_mb']:>11.0f}", flush=True)
                 if "batch_memory" in r:
                     b = r["batch_memory"]
                     print(f"{'':>9} {b['batches']} batches: peak {b['peak_min']:.0f}-{b['peak_max']:.0f} MB, "
@@ -362,12 +381,14 @@ def main() -> int:
                                 {k: v for k, v in store_info(store)["attrs"].items() if isinstance(v, str)})
                     inputs.append(str(sub))
                 print(f"CLI `mtopnet predict --workers N` on {n_cli} spectra of the store (default path; start "
-                      f"included; peak RSS of the command's own process, peak PSS of it and its processes):")
+                      f"included; peak RSS of the command's own process, and of it and its processes summed"
+                      f"{' (PSS)' if args.pss else ''}):")
                 for w in args.workers:
-                    r = _cli_rate(inputs, n_cli, model, w, tmp_path / f"cli-{w}.{args.format}",
-                                  _shard_size(args.shard_size, w, n_cli))
-                    print(f"  workers {w}: {r['seconds']:7.1f} s {r['spectra_per_s']:8.0f} spectra/s "
-                          f"{r['peak_rss_mb']:8.0f} MB, all {r['peak_pss_mb']:6.0f} MB", flush=True)
+                    for _ in range(max(args.repeat, 1)):
+                        r = _cli_rate(inputs, n_cli, model, w, tmp_path / f"cli-{w}.{args.format}",
+                                      _shard_size(args.shard_size, w, n_cli), pss=args.pss)
+                        print(f"  workers {w}: {r['seconds']:7.1f} s {r['spectra_per_s']:8.0f} spectra/s "
+                              f"{r['peak_rss_mb']:8.0f} MB, all {r['peak_all_mb']:6.0f} MB", flush=True)
         if args.fits:
             files = _fits_objects(args.fits, args.fits_n)
             n_obj = len({Path(f).name.rsplit("_", 1)[0] for f in files})
