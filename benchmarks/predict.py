@@ -316,7 +316,9 @@ def main() -> int:
                    help="in-process runs: with refinement (the default path), without, or both (default)")
     p.add_argument("--batch-memory", action="store_true",
                    help="in-process runs also print each batch's peak resident memory (range over the batches) "
-                        "and the resident size after each batch, trimmed, from the 11th on")
+                        "and the resident size after each batch, trimmed, from the 11th on (of the run's own "
+                        "process: with --threads > 1 on Linux the batches are computed in processes it forks, so "
+                        "give --threads 1)")
     p.add_argument("--mmap-threshold", type=int, default=None, metavar="BYTES",
                    help="in-process runs with glibc's MALLOC_MMAP_THRESHOLD_=BYTES (a fixed threshold: "
                         "blocks this large are mapped and given back when freed; docs/benchmarks.md)")

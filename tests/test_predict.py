@@ -247,6 +247,56 @@ def test_batches_at_once_run_in_processes_forked_once_per_run(tiny_model_path, t
     assert fits.getdata(out).tobytes() == fits.getdata(one).tobytes()
 
 
+def test_a_batch_process_that_dies_ends_the_run_resumably(tiny_model_path, toy_stores, tmp_path, monkeypatch):
+    """A forked batch process killed under a batch (the OOM killer, a batch system) ends the run
+    with ResumableError: the shards done are kept, and the same call continues from them."""
+    import os
+
+    import mtopnet.predict as predict_mod
+    from mtopnet.cluster import ResumableError
+    from mtopnet.devices import forked_pool_possible
+    if not forked_pool_possible():
+        pytest.skip("forked processes need Linux")
+    real = predict_mod._BatchPredictor.rows
+
+    def rows(self, batch, layout_ok):  # dies at shard 4 (the val store's ids start at 1000; shards of 16)
+        if int(np.asarray(batch.ids)[0]) == 1064:
+            os._exit(9)
+        return real(self, batch, layout_ok)
+
+    monkeypatch.setattr(predict_mod._BatchPredictor, "rows", rows)
+    model = load_model(tiny_model_path)
+    out = tmp_path / "cat.fits"
+    with pytest.raises(ResumableError, match="re-run the same command"):
+        predict_mod.predict_sharded(model, [toy_stores[1]], out, batch_size=8, shard_size=16, threads=2)
+    assert not out.exists()
+    monkeypatch.setattr(predict_mod._BatchPredictor, "rows", real)
+    run = predict_mod.predict_sharded(model, [toy_stores[1]], out, batch_size=8, shard_size=16, threads=2)
+    assert (run.n_reused, run.n_computed, run.n_rows) == (4, 4, 120)
+
+
+def test_warnings_of_forked_calls_are_raised_in_the_parent():
+    from mtopnet.devices import ForkedPool, forked_pool_possible
+    if not forked_pool_possible():
+        pytest.skip("forked processes need Linux")
+
+    class Owner:
+        def warns(self, text):
+            import warnings
+            warnings.warn(text, UserWarning, stacklevel=2)
+            return len(text)
+
+    owner = Owner()
+    pool = ForkedPool(2, owner)
+    try:
+        futures = [pool.submit(owner.warns, text) for text in ("first", "second!")]
+        with pytest.warns(UserWarning) as caught:
+            assert [pool.result(f) for f in futures] == [5, 7]
+        assert sorted(str(w.message) for w in caught) == ["first", "second!"]
+    finally:
+        pool.shutdown()
+
+
 def test_no_forked_processes_inside_a_daemonic_process():
     """A Dask worker is a daemonic process, which may not have children: its batches at once
     run in threads."""

@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -94,9 +95,11 @@ was when the pool forked)."""
 def forked_pool_possible(device: torch.device | str = "cpu") -> bool:
     """Whether :class:`ForkedPool` can run here: Linux (fork is the start method that shares the
     parent's built objects; elsewhere it is unsafe or absent), a CPU device (CUDA cannot be used
-    again in a forked child), and not inside a daemonic process (a Dask worker's), which may not
-    have children."""
+    again in a forked child), the main thread (a child dies with the thread that forked it; a
+    Dask worker's tasks run in other threads), and not inside a daemonic process (a Dask
+    worker's), which may not have children."""
     return (sys.platform.startswith("linux") and torch.device(device).type == "cpu"
+            and threading.current_thread() is threading.main_thread()
             and not multiprocessing.current_process().daemon)
 
 
@@ -107,7 +110,7 @@ def _forked_init(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
     if os.getppid() != parent:  # it died before the line above
@@ -117,39 +120,77 @@ def _forked_init(parent: int) -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
-def _call_forked(key: int, name: str, args: tuple) -> Any:
-    return getattr(_FORKED[key], name)(*args)
+def _call_forked(key: int, name: str, args: tuple) -> tuple[Any, list[tuple]]:
+    """The owner's method called in a child, and the warnings it raised (text, category, file,
+    line) for the parent to raise again."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = getattr(_FORKED[key], name)(*args)
+    return out, [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+
+
+class _StopFlag:
+    """An event without a lock (one byte of shared memory): a child killed while reading it
+    cannot leave it locked for the parent."""
+
+    def __init__(self, ctx: Any):
+        self._value = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
 
 
 class ForkedPool:
     """Up to ``n`` calls of ``owner``'s methods at once, each in a process forked from this one.
 
     The children are forked at the first :meth:`submit` and share what ``owner`` holds at that
-    moment (copy-on-write): a model and its tables are not loaded or built again. Each child
-    runs every torch and BLAS operation on one thread, as :func:`single_threaded_ops` does, so
-    results are the same bytes as in threads. Arguments and results are pickled. Faster than
-    threads for Python-heavy work (prediction: ~5-10% on 2 cores, docs/benchmarks.md), because
-    the children do not share the GIL. :meth:`stop_event` gives an event the children see set.
-    Use only where :func:`forked_pool_possible`; iterate from the main thread (a child dies
-    with the thread that forked it).
+    moment (copy-on-write): a model and the tables built before are not loaded or built again
+    (caches built at a child's first call are its own). Each child runs every torch and BLAS
+    operation on one thread, as :func:`single_threaded_ops` does, so results are the same bytes
+    as in threads. Arguments and results are pickled; :meth:`result` raises the warnings a call
+    raised again in the parent. The children do not share the GIL (prediction's template fits
+    are many small torch operations, between which threads wait for it). :meth:`stop_event`
+    gives an event the children see set; :meth:`kill` ends them at once. Use only where
+    :func:`forked_pool_possible`.
     """
 
     def __init__(self, n: int, owner: Any):
         self._ctx = multiprocessing.get_context("fork")
+        self._pool = ProcessPoolExecutor(n, mp_context=self._ctx, initializer=_forked_init, initargs=(os.getpid(),))
         self._owner = owner
         self._key = id(owner)
+        self._registry: dict = {}  # the warnings raised again: once per text and place, as warn() does
         _FORKED[self._key] = owner
-        self._pool = ProcessPoolExecutor(n, mp_context=self._ctx, initializer=_forked_init, initargs=(os.getpid(),))
 
-    def stop_event(self) -> Any:
+    def stop_event(self) -> _StopFlag:
         """An event the parent sets and the children (forked after this call) see."""
-        return self._ctx.Event()
+        return _StopFlag(self._ctx)
 
     def submit(self, method: Callable, *args: Any) -> Future:
-        """Run the bound ``method`` of the owner with ``args`` in a child."""
+        """Run the bound ``method`` of the owner (looked up there by its name) with ``args`` in a
+        child (the first call forks them). Raises BrokenProcessPool when a child has died."""
         if getattr(method, "__self__", None) is not self._owner:
             raise TypeError("ForkedPool.submit: takes bound methods of the pool's owner")
-        return self._pool.submit(_call_forked, self._key, method.__name__, args)
+        with warnings.catch_warnings():  # Python >= 3.12 warns of any fork in a process with threads
+            warnings.filterwarnings("ignore", message=r".*fork\(\) may lead to deadlocks", category=DeprecationWarning)
+            return self._pool.submit(_call_forked, self._key, method.__name__, args)
+
+    def result(self, future: Future) -> Any:
+        """A :meth:`submit` call's result, its warnings raised again here (BrokenProcessPool
+        when its child died)."""
+        out, caught = future.result()
+        for text, category, filename, lineno in caught:
+            warnings.warn_explicit(text, category, filename, lineno, registry=self._registry)
+        return out
+
+    def kill(self) -> None:
+        """End the children now (SIGKILL): a second Ctrl-C while a call hangs."""
+        for proc in list((getattr(self._pool, "_processes", None) or {}).values()):  # the executor's children
+            with contextlib.suppress(OSError, ValueError):
+                proc.kill()
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         """As ``ProcessPoolExecutor.shutdown``; the owner is then forgotten."""

@@ -47,6 +47,7 @@ from .catalogue import (
     SCAN_DTYPES,
     catalogue_format,
 )
+from .cluster import ResumableError
 from .columns import SMALL_DELTA_CHI2_LIMIT, ZInfo, ZWarn, capped_p, capped_qop
 from .config import ConfigError, UserError
 from .constants import C_KMS, SEPARATION_KMS, SUCCESS_DZ
@@ -186,12 +187,13 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
     every operation single-threaded (torch and BLAS set to one thread while the generator
     runs, restored after): the rows are then the same bytes for any N, and N cores are used.
     The N batches run in processes forked from this one (:class:`mtopnet.devices.ForkedPool`:
-    they share the built model and tables, not the GIL; 5-10% faster than threads on 2 cores)
-    where :func:`mtopnet.devices.forked_pool_possible` (Linux, a CPU device, not a daemonic
-    process such as a Dask worker), else in threads of this process. Memory: about N batches'
-    worth. Iterate from the process's main thread: OpenBLAS takes its thread count only from
-    there (:func:`mtopnet.devices.single_threaded_ops`), and forked children end with the
-    thread that forked them.
+    they share the built model and tables, not the GIL; their warnings are raised again here)
+    where :func:`mtopnet.devices.forked_pool_possible` (Linux, a CPU device, the main thread,
+    not a daemonic process such as a Dask worker), else in threads of this process. Memory:
+    about N batches' worth (docs/benchmarks.md). Iterate from the process's main thread:
+    OpenBLAS takes its thread count only from there (:func:`mtopnet.devices.single_threaded_ops`).
+    A forked process that dies under a batch ends the run with
+    :class:`~mtopnet.cluster.ResumableError`.
     UserError: N < 1, or a ``refine``
     Refiner whose ``config.threads`` is more than 1 (it would change torch's threads under
     the other batches).
@@ -246,11 +248,8 @@ class _BatchRunner:
 
         def oldest() -> tuple[dict[str, np.ndarray], list[str]]:
             future, layout_ok = pending.popleft()
-            try:
-                rows, sparse = future.result()
-            except BrokenProcessPool:
-                raise UserError("predict: a process computing batches ended abruptly (killed, or out of memory); "
-                                "re-run to continue from the shards done, or use --threads 1") from None
+            with _broken_pool_resumable():
+                rows, sparse = pool.result(future) if isinstance(pool, ForkedPool) else future.result()
             return rows, run.report_sparse(sparse, layout_ok, report)
 
         done = False
@@ -266,7 +265,8 @@ class _BatchRunner:
                     for batch in chunks:
                         layout_ok, said = run.layout_ok(batch, cache, report)
                         _warn_domain(said)
-                        pending.append((pool.submit(run.rows, batch, layout_ok), layout_ok))
+                        with _broken_pool_resumable():
+                            pending.append((pool.submit(run.rows, batch, layout_ok), layout_ok))
                         if len(pending) >= threads:
                             rows, said = oldest()
                             _warn_domain(said)
@@ -290,8 +290,21 @@ class _BatchRunner:
             try:
                 self.pool.shutdown(wait=True, cancel_futures=True)
                 break
-            except KeyboardInterrupt:  # another Ctrl-C: still wait (a second or two) rather than leave them
-                continue
+            except KeyboardInterrupt:  # another Ctrl-C: wait for threads (a second or two), end processes now
+                if isinstance(self.pool, ForkedPool):
+                    self.pool.kill()
+
+
+@contextlib.contextmanager
+def _broken_pool_resumable() -> Iterator[None]:
+    """A forked batch process that died (killed, out of memory) ends the run as
+    :class:`ResumableError`: the shards done are kept, and the same command continues."""
+    try:
+        yield
+    except BrokenProcessPool:
+        raise ResumableError("predict: a process computing batches ended abruptly (killed, out of memory, or its "
+                             "result could not be sent back); re-run the same command to continue from the shards "
+                             "done, or use --threads 1") from None
 
 
 def _warn_domain(messages: list[str]) -> None:
@@ -317,9 +330,10 @@ class _Sparse:
 
 class _BatchPredictor:
     """What one :func:`predict_batches` run shares between its batches: the model, refiner,
-    scan and calibration, read-only once built, so that batches may run in threads. The
-    domain bookkeeping (a cache per arm layout, warnings, the report) stays with the caller's
-    thread (:meth:`layout_ok`, :meth:`report_sparse`); :meth:`rows` does the rest."""
+    scan and calibration, read-only once built, so that batches may run at once (in threads, or
+    in processes forked from this one: :class:`_BatchRunner`). The domain bookkeeping (a cache
+    per arm layout, warnings, the report) stays with the caller's thread (:meth:`layout_ok`,
+    :meth:`report_sparse`); :meth:`rows` does the rest."""
 
     def __init__(self, model: TrainedModel, *, with_pdf: bool, arm_resolution: dict[str, float] | None,
                  min_valid_fraction: float, refine: bool | Refiner, with_net_pdf: bool, sky_masks: bool):
@@ -338,7 +352,8 @@ class _BatchPredictor:
         self.fitter = refiner.spectype_fitter() if refiner is not None else None  # built here, not in a thread
         self.instrument = training_instrument(model) if sky_masks else None
         self.stop = threading.Event()
-        """Set when the run ends early: batches in flight in other threads stop at their next stage."""
+        """Set when the run ends early: batches in flight in other threads (or forked processes, which get
+        a shared flag instead: :meth:`mtopnet.devices.ForkedPool.stop_event`) stop at their next stage."""
 
     def _check(self) -> None:
         if self.stop.is_set():
@@ -714,7 +729,8 @@ def predict_sharded(model: TrainedModel, inputs: list[str | Path] | str | Path, 
                           else None)
     finally:
         drop_cached(job.cache_key)
-        close_shard_runners()
+        if threading.current_thread() is threading.main_thread():  # the runner is the main thread's
+            close_shard_runners()
     if priors_out is not None:
         write_priors(priors_out, priors)
     report = DomainReport()
@@ -790,8 +806,9 @@ def training_instrument(model: TrainedModel) -> Instrument | None:
 
 
 _RUNNERS: dict[str, _BatchRunner] = {}
-"""This process's :class:`_BatchRunner` for the shards of the current run (at most one: its
-processes are forked once per run, not once per shard)."""
+"""The main thread's :class:`_BatchRunner` for the shards of the current in-process run (at
+most one: its processes are forked once per run, not once per shard; closed by
+:func:`predict_sharded` when the run ends)."""
 
 
 def _runner_key(job: _ShardJob) -> str:
@@ -805,11 +822,14 @@ def _shard_runner(job: _ShardJob, model: TrainedModel, refiner: Refiner | None) 
     runner = _RUNNERS.get(key)
     if runner is None or runner.closed:
         close_shard_runners()
-        run = _BatchPredictor(model, with_pdf=job.with_pdf, arm_resolution=job.arm_resolution,
-                              min_valid_fraction=MIN_VALID_FRACTION, refine=refiner or False,
-                              with_net_pdf=False, sky_masks=True)
-        runner = _RUNNERS[key] = _BatchRunner(run, job.threads)
+        runner = _RUNNERS[key] = _BatchRunner(_shard_predictor(job, model, refiner), job.threads)
     return runner
+
+
+def _shard_predictor(job: _ShardJob, model: TrainedModel, refiner: Refiner | None) -> _BatchPredictor:
+    return _BatchPredictor(model, with_pdf=job.with_pdf, arm_resolution=job.arm_resolution,
+                           min_valid_fraction=MIN_VALID_FRACTION, refine=refiner or False,
+                           with_net_pdf=False, sky_masks=True)
 
 
 def close_shard_runners() -> None:
@@ -827,8 +847,12 @@ def _predict_shard(job: _ShardJob, shard: Shard, info: dict) -> Iterator[dict[st
         batches = (dataclasses.replace(b, ids=np.asarray(b.ids).astype(str)) for b in batches)
     report = DomainReport()
     # job.threads batches at once, every operation single-threaded: the same bytes in-process and on a worker
-    runner = _shard_runner(job, model, refiner)
-    yield from runner.rows((b for b in _chunks(batches, job.batch_size) if len(b)), report)
+    # in the main thread (an in-process run) one runner serves all the shards; in a Dask worker's
+    # task threads, a runner per shard (as predict_batches)
+    main = threading.current_thread() is threading.main_thread()
+    runner = _shard_runner(job, model, refiner) if main else _BatchRunner(_shard_predictor(job, model, refiner),
+                                                                          job.threads)
+    yield from runner.rows((b for b in _chunks(batches, job.batch_size) if len(b)), report, keep=main)
     info["domain"] = dataclasses.asdict(report)
     info["unit_rows"] = unit_rows  # catalogue rows per input unit (pass-through tables)
 
@@ -857,10 +881,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"store rows, or objects of other inputs (a file, or the files of one moons1d object), "
                         f"per shard (default {SHARD_SIZE}); a re-run skips the shards done")
     p.add_argument("--threads", type=int, default=None,
-                   help="batches computed at once by each process (in processes it forks, on Linux; else in "
-                        "threads), every operation single-threaded (default: this machine's CPUs / --workers, at "
-                        "least 1; 1 with --scheduler); the catalogue's rows are the same for any --threads and "
-                        "--workers")
+                   help="batches computed at once by each process, every operation single-threaded: in processes "
+                        "it forks (Linux, --device cpu, --workers 1 without --scheduler), else in threads (default: "
+                        "this machine's CPUs / --workers, at least 1; 1 with --scheduler); the catalogue's rows are "
+                        "the same for any --threads and --workers")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the network runs: cpu (default) or cuda (error without a GPU); "
                         "preprocessing and refinement run on the CPU")
