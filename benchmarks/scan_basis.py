@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtopnet.calibrate import simulator_of
+from mtopnet.calibrate import simulator_groups
 from mtopnet.catalogue import match_ids, read_truth
 from mtopnet.constants import SUCCESS_DZ
 from mtopnet.predict import training_instrument
@@ -69,9 +69,8 @@ def main() -> int:
     sky = sky_residual_vectors(inst, pre)
     scanners = {name: ZScanner.from_scan_config(refiner.basis, (zb.z_min, zb.z_max), cfg, sky=sky)
                 for name, cfg in BASES.items()}
-    keys = [simulator_of(store_info(s)) for s in args.stores]
-    names = list(dict.fromkeys(keys))  # one column per simulator, as `mtopnet calibrate` groups stores
-    group_of = [names.index(k) for k in keys]
+    # one column per simulator, as `mtopnet calibrate` groups stores
+    names, group_of = simulator_groups([store_info(s) for s in args.stores])
     centres = 0.5 * (zb.edges[1:] + zb.edges[:-1])
     hits: dict[tuple[int, str], list[np.ndarray]] = {}
     for store, n_max, group in zip(args.stores, args.n, group_of, strict=True):

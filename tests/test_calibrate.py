@@ -81,12 +81,12 @@ def test_calibrate_cli_chooses_the_scan_basis(tiny_model_path, toy_stores, tmp_p
 
 def test_validation_stores_are_grouped_by_simulator():
     """Two stores of one simulator are one group of the combination's fit, not two votes."""
-    from mtopnet.calibrate import _simulator_groups
+    from mtopnet.calibrate import simulator_groups
 
     own = {"attrs": {"provenance": '{"seed": 1002, "population": "training"}'}}
     xsim = [{"attrs": {"provenance": f'{{"generator": "benchmarks/cross_sim.py", "seed": {s}}}'}}
             for s in (6001, 6002)]
     other = {"attrs": {"provenance": '{"generator": "someone else"}'}}
     bare = {"attrs": {}}
-    assert _simulator_groups([own, *xsim]) == [0, 1, 1]
-    assert _simulator_groups([xsim[0], own, other, xsim[1], bare]) == [0, 1, 2, 0, 1]
+    assert simulator_groups([own, *xsim]) == (["mtopnet simulate", "benchmarks/cross_sim.py"], [0, 1, 1])
+    assert simulator_groups([xsim[0], own, other, xsim[1], bare])[1] == [0, 1, 2, 0, 1]

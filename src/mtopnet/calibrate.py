@@ -158,13 +158,14 @@ def simulator_of(info: dict) -> str:
     return str(prov.get("generator") or "mtopnet simulate") if isinstance(prov, dict) else "mtopnet simulate"
 
 
-def _simulator_groups(infos: list[dict]) -> list[int]:
-    """The group of each validation store in the combination's fit: stores made by one
-    simulator (:func:`simulator_of`) form one group, and each group weighs the same
-    (:func:`mtopnet.refine.fit_combination`), however many stores or spectra it holds."""
+def simulator_groups(infos: list[dict]) -> tuple[list[str], list[int]]:
+    """The simulators of validation stores (:func:`simulator_of`, in order of first appearance)
+    and each store's group in the combination's fit: stores made by one simulator form one
+    group, and each group weighs the same (:func:`mtopnet.refine.fit_combination`), however
+    many stores or spectra it holds."""
     keys = [simulator_of(info) for info in infos]
     order = list(dict.fromkeys(keys))
-    return [order.index(k) for k in keys]
+    return order, [order.index(k) for k in keys]
 
 
 def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os.PathLike],
@@ -191,7 +192,7 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
         truths.append({"id": np.asarray(truth["id"]).astype(str), "z": np.asarray(truth["z"], dtype=np.float64)})
     infos = [store_info(path) for path in val_stores]
     n_val = sum(info["n"] for info in infos)
-    group_of = _simulator_groups(infos)
+    _, group_of = simulator_groups(infos)
     # 1. the combination's weights, from the network's PDFs and the scan on every object,
     #    on the spectra as prediction sees them
     pdfs, chi2s, oks, ztrue, pnet, groups = [], [], [], [], [], []
@@ -373,4 +374,5 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["recalibrate", "calibrate_with_scan", "simulator_of", "garbage_batch", "COMMAND", "add_arguments", "run_cli"]
+__all__ = ["recalibrate", "calibrate_with_scan", "simulator_of", "simulator_groups", "garbage_batch", "COMMAND",
+           "add_arguments", "run_cli"]

@@ -108,7 +108,10 @@ shard more batches to run at once (``--threads``)."""
 
 
 def _chunks(batches: Iterable[SpectraBatch], size: int | None) -> Iterator[SpectraBatch]:
+    """The non-empty batches of ``batches``, those longer than ``size`` split."""
     for batch in batches:
+        if len(batch) == 0:
+            continue
         if size is None or len(batch) <= size:
             yield batch
         else:
@@ -203,7 +206,7 @@ def predict_batches(model: TrainedModel, batches: Iterable[SpectraBatch], *, wit
     run = _BatchPredictor(model, with_pdf=with_pdf, arm_resolution=arm_resolution,
                           min_valid_fraction=min_valid_fraction, refine=refine, with_net_pdf=with_net_pdf,
                           sky_masks=sky_masks)
-    return _batch_rows(run, (b for b in _chunks(batches, batch_size) if len(b)), domain_report, threads)
+    return _batch_rows(run, _chunks(batches, batch_size), domain_report, threads)
 
 
 def _batch_rows(run: _BatchPredictor, chunks: Iterator[SpectraBatch], report: DomainReport | None,
@@ -852,7 +855,7 @@ def _predict_shard(job: _ShardJob, shard: Shard, info: dict) -> Iterator[dict[st
     main = threading.current_thread() is threading.main_thread()
     runner = _shard_runner(job, model, refiner) if main else _BatchRunner(_shard_predictor(job, model, refiner),
                                                                           job.threads)
-    yield from runner.rows((b for b in _chunks(batches, job.batch_size) if len(b)), report, keep=main)
+    yield from runner.rows(_chunks(batches, job.batch_size), report, keep=main)
     info["domain"] = dataclasses.asdict(report)
     info["unit_rows"] = unit_rows  # catalogue rows per input unit (pass-through tables)
 

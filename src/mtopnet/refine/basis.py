@@ -129,9 +129,6 @@ def build_basis(preprocess: PreprocessConfig, z_range: tuple[float, float], lsf_
                        n_continuum=int(flux.shape[0]), names=tuple(names), meta=meta)
 
 
-__all__ = ["RefineBasis", "build_basis"]
-
-
 def sky_residual_vectors(instrument: Instrument, preprocessor: Preprocessor) -> np.ndarray:
     """(n_arms, n_pix) float64: the night sky of each of ``instrument``'s arms on the model grid.
 
@@ -159,3 +156,6 @@ def sky_residual_vectors(instrument: Instrument, preprocessor: Preprocessor) -> 
         peak = np.abs(row).max()
         rows.append(row / peak if peak > 0 else row)
     return np.array(rows, dtype=np.float64).reshape(len(rows), preprocessor.config.n_pix)
+
+
+__all__ = ["RefineBasis", "build_basis", "sky_residual_vectors"]

@@ -190,8 +190,8 @@ class ZScanner:
         # for stride 2: conj(B[L/2 - k]), k = 0..L/4
         self._basis_fft_hi = self._basis_fft[:, self.fft_len // 4:self.fft_len // 2 + 1].flip(-1).conj().resolve_conj()
         self._n_prod = len(il[0])
-        # the packed channels that come from correlations (the rest, polynomial x polynomial and
-        # b of the polynomials, do not depend on the shift and are summed directly): row ranges
+        # the packed channels that come from correlations (the rest, the observed-frame vectors'
+        # own products and their b, do not depend on the shift and are summed directly): row ranges
         d, q = k + self.n_obs, self.n_obs
         ranges = [(0, self._n_prod)] + [((k + i) * (k + i + 1) // 2, (k + i) * (k + i + 1) // 2 + k) for i in range(q)]
         ranges.append((d * (d + 1) // 2, d * (d + 1) // 2 + k))
@@ -259,7 +259,7 @@ class ZScanner:
 
     @property
     def n_basis(self) -> int:
-        """Vectors per fit: templates then polynomials."""
+        """Vectors per fit: templates, then polynomials and observed vectors (``n_obs``)."""
         return self.n_templates + self.n_obs
 
     # ------------------------------------------------------------------ scan
@@ -384,7 +384,7 @@ class ZScanner:
         """Correlation channels (C, n, S) float64 and sum w (n,) for n objects.
 
         Channels: the packed lower triangle of A, row-major ((i, j <= i) at i(i+1)/2 + j),
-        then b (D). Rows 0..K-1 are the templates, K..K+Q-1 the polynomials."""
+        then b (D). Rows 0..K-1 are the templates, K..K+Q-1 the polynomials and observed vectors."""
         n = len(w)
         k, q, s, L = self.n_templates, self.n_obs, self.n_trial, self.fft_len
         d = k + q
@@ -445,7 +445,7 @@ class ZScanner:
         m = n * s
         flat = buf.view(-1, n * s) if buf.is_contiguous() else buf.reshape(-1, n * s)
         chi2, _ = packed_cholesky(flat, d, wff_t[:, None].expand(n, s).reshape(m),
-                                   floor[:, None].expand(n, s).reshape(m))
+                                  floor[:, None].expand(n, s).reshape(m))
         chi2 = chi2.view(n, s)
         bi_shift = torch.argmin(chi2, dim=1)  # in shift order
         # the solve overwrote the channels: the n best systems are summed again directly
