@@ -2,13 +2,15 @@
 quality model, the interval levels, and what prediction does with them."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from mtopnet.calibrate import calibrate_with_scan, garbage_batch
 from mtopnet.catalogue import ZWarn
 from mtopnet.checkpoint import read_checkpoint
 from mtopnet.predict import predict_batches, scan_sky, training_instrument
-from mtopnet.quality import FIT_FEATURES
+from mtopnet.quality import FEATURES, FIT_FEATURES
 from mtopnet.store import iter_store, read_store
 from mtopnet.trained import load_model
 
@@ -50,6 +52,14 @@ def test_calibrate_with_scan_writes_scan_and_fit_features(tiny_model_path, toy_s
     junk = garbage_batch(read_store(toy_stores[2], 0, 40), np.random.default_rng(5), 0)
     jrows = next(predict_batches(model, [junk]))
     assert np.all(jrows["QOP"] <= 2)
+    # the network's PDF alone (--no-refine) has a calibration of its own, on the network's features
+    assert payload["calibration_net"]["features"] == list(FEATURES)
+    assert report["network_alone"]["qop4"]["n"] >= 0 and model.calibration_net is not None
+    net = next(predict_batches(model, iter_store(toy_stores[2], 40), refine=False, with_net_pdf=True))
+    summary = {k[2:]: v for k, v in net.items() if k.startswith("q_")}
+    p_net, qop_net = model.calibration_net.apply(summary)
+    assert np.allclose(net["P_DZ01"], p_net.astype(net["P_DZ01"].dtype)) and np.array_equal(net["QOP"], qop_net)
+    assert not np.allclose(net["P_DZ01"], model.calibration.apply(summary)[0].astype(net["P_DZ01"].dtype))
 
 
 def test_calibrate_cli_chooses_the_scan_basis(tiny_model_path, toy_stores, tmp_path, capsys):
@@ -74,8 +84,8 @@ def test_calibrate_cli_chooses_the_scan_basis(tiny_model_path, toy_stores, tmp_p
                           (["--no-scan-sky"], "they need --scan")):
         assert main(["-q", "calibrate", str(tiny_model_path), str(toy_stores[1]), *argv,
                      "--out", str(tmp_path / "y.pt")]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0], (argv, err)
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if "120 validation spectra" not in line]
+        assert len(err) == 1 and message in err[0], (argv, err)  # (the toy store's size is warned of)
     assert not (tmp_path / "y.pt").exists()
 
 
@@ -90,3 +100,31 @@ def test_validation_stores_are_grouped_by_simulator():
     bare = {"attrs": {}}
     assert simulator_groups([own, *xsim]) == (["mtopnet simulate", "benchmarks/cross_sim.py"], [0, 1, 1])
     assert simulator_groups([xsim[0], own, other, xsim[1], bare])[1] == [0, 1, 2, 0, 1]
+
+
+def test_calibrate_never_replaces_the_model_unasked(tiny_model_path, toy_stores, tmp_path, capsys):
+    """Without --out, calibrate needs --overwrite to replace MODEL; an existing --out needs
+    --overwrite too, and an unwritable one is refused before any work. Each refusal is one line,
+    exit code 2, and leaves the files as they were."""
+    import shutil
+
+    from mtopnet.cli import main
+    model = tmp_path / "m.pt"
+    shutil.copy(tiny_model_path, model)
+    before = model.read_bytes()
+    assert main(["-q", "calibrate", str(model), str(toy_stores[1])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "--overwrite" in err[0]
+    existing = tmp_path / "old.pt"
+    existing.write_bytes(b"keep")
+    assert main(["-q", "calibrate", str(model), str(toy_stores[1]), "--out", str(existing)]) == 2
+    assert "exists" in capsys.readouterr().err and existing.read_bytes() == b"keep"
+    assert main(["-q", "calibrate", str(model), str(toy_stores[1]), "--out", str(tmp_path / "no" / "x.pt")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert model.read_bytes() == before
+    assert main(["-q", "calibrate", str(model), str(toy_stores[1]), "--overwrite", "--batch-size", "64"]) == 0
+    assert model.read_bytes() != before
+    out = capsys.readouterr()
+    assert "warning" in out.err and "120 validation spectra" in out.err  # few: said, not refused
+    report = out.out
+    json.loads(report[:report.rindex("}") + 1])  # valid JSON: no NaN

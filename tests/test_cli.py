@@ -98,3 +98,16 @@ def test_subcommands_are_imported_only_when_they_run():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "usage: mtopnet predict" in out and out.strip().endswith("[]")
+
+
+def test_version_and_make_templates_into_a_new_folder(tmp_path, capsys):
+    """``mtopnet --version`` prints the version; ``make-templates --out`` makes a folder that
+    does not exist yet (as every other --out does), after the work."""
+    from mtopnet import __version__
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"mtopnet {__version__}"
+    out = tmp_path / "new" / "templates"
+    assert main(["-q", "make-templates", "--out", str(out), "--n-galaxies", "12", "--n-components", "3"]) == 0
+    assert (out / "templates-default.txt").is_file() and len(list(out.glob("rrtemplate-*.fits"))) == 1
+    (tmp_path / "file").write_text("x")
+    assert main(["-q", "make-templates", "--out", str(tmp_path / "file")]) == 2
+    assert "is not a folder" in capsys.readouterr().err

@@ -206,3 +206,49 @@ def test_the_page_in_headless_chromium(toy_catalogues, toy_stores, tmp_path):
     for js in (tmp_path / "page" / "objects").glob("*.js"):
         js.write_text("MTOP.object(" + js.stem + ", {arms: [{}]});\n")
     assert _selftest(tmp_path / "page", tmp_path).startswith("SELFTEST FAIL")
+
+
+def test_a_catalogue_paired_with_other_spectra_is_said(toy_catalogues, toy_stores, tmp_path):
+    """evaluate --truth and inspect's inputs are checked against the input hashes the catalogue
+    records: another store with the same ids (any two simulated stores' ids are 0..N-1) is
+    warned of, and so is a truth store that holds only some of the catalogue's ids; the store the
+    catalogue was made from (or a copy of it) is not."""
+    import shutil
+    import warnings
+
+    from mtopnet.evaluate import evaluate
+    from mtopnet.store import read_store, store_info, write_store
+    cat_path, csv_path = toy_catalogues
+    n = store_info(toy_stores[2])["n"]
+    copy = tmp_path / "copy.h5"
+    shutil.copy(toy_stores[2], copy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert evaluate(cat_path, copy, tmp_path / "r0", plots=False)["warnings"] == []
+        write_inspection(cat_path, copy, tmp_path / "p0", fit=False)
+        assert evaluate(csv_path, copy, tmp_path / "r1", plots=False)["warnings"] == []  # CSV records no inputs
+    other = tmp_path / "other.h5"  # the same ids and spectra, written again: another file
+    batch = read_store(toy_stores[2], 0, n)
+    batch.labels["z"] = batch.labels["z"] + 0.3
+    write_store(other, batch, {"instrument": "toy"})
+    with pytest.warns(UserWarning, match="not a file the catalogue was predicted from"):
+        m = evaluate(cat_path, other, tmp_path / "r2", plots=False)
+    assert m["n_matched"] == n and len(m["warnings"]) == 1
+    with pytest.warns(UserWarning, match="not a file the catalogue was predicted from"):
+        write_inspection(cat_path, other, tmp_path / "p2", fit=False)
+    half = tmp_path / "half.h5"
+    write_store(half, read_store(toy_stores[2], 0, n // 2), {"instrument": "toy"})
+    with pytest.warns(UserWarning, match=f"only {n // 2} of {n} catalogue rows"):
+        evaluate(csv_path, half, tmp_path / "r3", plots=False)
+
+
+def test_a_failed_evaluation_leaves_no_report_folder(toy_catalogues, toy_stores, tmp_path):
+    from mtopnet.evaluate import evaluate
+    from mtopnet.store import read_store, write_store
+    batch = read_store(toy_stores[2], 0, 3)
+    batch.ids = np.asarray(batch.ids) + 10 ** 6  # no id in common
+    store = tmp_path / "elsewhere.h5"
+    write_store(store, batch, {"instrument": "toy"})
+    with pytest.raises(UserError, match="no catalogue id matches"):
+        evaluate(toy_catalogues[1], store, tmp_path / "report", plots=False)
+    assert not (tmp_path / "report").exists()

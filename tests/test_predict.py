@@ -259,10 +259,10 @@ def test_a_batch_process_that_dies_ends_the_run_resumably(tiny_model_path, toy_s
         pytest.skip("forked processes need Linux")
     real = predict_mod._BatchPredictor.rows
 
-    def rows(self, batch, layout_ok):  # dies at shard 4 (the val store's ids start at 1000; shards of 16)
+    def rows(self, batch, *args):  # dies at shard 4 (the val store's ids start at 1000; shards of 16)
         if int(np.asarray(batch.ids)[0]) == 1064:
             os._exit(9)
-        return real(self, batch, layout_ok)
+        return real(self, batch, *args)
 
     monkeypatch.setattr(predict_mod._BatchPredictor, "rows", rows)
     model = load_model(tiny_model_path)

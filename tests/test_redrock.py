@@ -233,8 +233,29 @@ def test_cli_errors_are_one_line(tmp_path):
     assert code == 2 and err.count("\n") == 1 and "format" in err
     code, err = _run_cli(["baseline", "nosuchtool", "x.h5"])
     assert code == 2 and err.count("\n") == 1
+    fits_file = tmp_path / "spec.fits"
+    fits_file.write_bytes(b"SIMPLE  =                    T" + b" " * 2850)
+    code, err = _run_cli(["baseline", "redrock", str(fits_file), "--out", str(tmp_path / "o.fits")])
+    assert code == 2 and err.count("\n") == 1 and "not an HDF5 spectrum store" in err and "rrdesi" in err
 
 
 def test_z_range_beyond_template_coverage_is_refused(inst):
     with pytest.raises(Exception, match="cover the data"):
         rr.RedrockRunner(rr.instrument_arms("moons-lr"), z_range=(0.3, 3.0))
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".csv", ".parquet"])
+def test_evaluate_reads_the_baselines_catalogue(tmp_path, suffix, toy_stores):
+    """``mtopnet evaluate`` grades the baseline's catalogue in every format (FITS has Redrock's
+    TARGETID; the others the baseline's lowercase names)."""
+    from mtopnet.evaluate import evaluate
+    from mtopnet.store import read_store
+    batch = read_store(toy_stores[1], 0, 6)
+    z = np.asarray(batch.labels["z"], dtype=np.float64)
+    n = len(z)
+    cat = rr.RedrockCatalogue(ids=np.asarray(batch.ids), z=z + np.r_[0.0, 0.0, 0.0, 0.0, 0.5, 0.5][:n],
+                              zerr=np.full(n, 1e-4), zwarn=np.zeros(n, np.int64), deltachi2=np.full(n, 50.0),
+                              chi2=np.full(n, 1e4), npixels=np.full(n, 12000))
+    path = rr.write_catalogue(cat, tmp_path / f"rr{suffix}")
+    m = evaluate(path, toy_stores[1], tmp_path / "report", plots=False)
+    assert m["n_matched"] == n and m["redshift"]["all"]["frac_dz01"] == pytest.approx(4 / 6)

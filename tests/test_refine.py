@@ -220,7 +220,7 @@ def test_recalibrate_writes_a_refined_calibration(tiny_model_path, toy_stores, t
 
 
 def test_recalibrate_cli_errors_are_one_line(tmp_path, capsys):
-    code = main(["calibrate", str(tmp_path / "none.pt"), str(tmp_path / "none.h5")])
+    code = main(["calibrate", str(tmp_path / "none.pt"), str(tmp_path / "none.h5"), "--out", str(tmp_path / "o.pt")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no such file" in err
 

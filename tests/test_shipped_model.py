@@ -103,7 +103,7 @@ def test_optical_desi_spectra_are_not_qop_4(model):
     rows = [r for b in batches for r in [next(predict_batches(model, [b]))]]
     qop = np.concatenate([r["QOP"] for r in rows])
     zwarn = np.concatenate([r["ZWARN"] for r in rows])
-    assert np.all(qop < 4)
+    assert np.all(qop == 1)  # another instrument's arms: unreliable, not "possible"
     assert np.all(zwarn & int(ZWarn.OUT_OF_DOMAIN))
     assert np.all(np.concatenate([r["P_DZ01"] for r in rows]) <= 0.5)  # a capped object's P_DZ01 too
 
@@ -113,5 +113,18 @@ def test_optical_sdss_spectra_get_no_confident_probability(model):
     P_DZ01 may claim the redshift is certain (both capped)."""
     batches = list(read_spectra(sorted(str(p) for p in (DATA / "sdss").glob("*.fits"))))
     rows = [next(predict_batches(model, [b])) for b in batches]
-    assert np.all(np.concatenate([r["QOP"] for r in rows]) <= 2)
+    assert np.all(np.concatenate([r["QOP"] for r in rows]) == 1)
     assert np.all(np.concatenate([r["P_DZ01"] for r in rows]) <= 0.5)
+
+
+def test_a_moons_spectrum_without_an_arm_is_out_of_domain_not_foreign(model):
+    """A MOONS spectrum that lost an arm is OUT_OF_DOMAIN (QOP <= 2) but not another
+    instrument's (QOP 1): a third of the coverage missing, less than half."""
+    from mtopnet.domain import layout_problem
+    batch = _observe(_quiescent(1.3), hmag=21.0, hours=8.0, seed=3)
+    assert layout_problem(model, batch) == (None, False)
+    two = dataclasses.replace(batch, arms={k: a for k, a in batch.arms.items() if k != "YJ"})
+    problem, foreign = layout_problem(model, two)
+    assert problem is not None and "covers" in problem and not foreign
+    rows = next(predict_batches(model, [two]))
+    assert rows["ZWARN"][0] & int(ZWarn.OUT_OF_DOMAIN) and rows["QOP"][0] <= 2

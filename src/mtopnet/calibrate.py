@@ -34,6 +34,7 @@ import dataclasses
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ from .refine import (
     scan_on_bins,
     sky_residual_vectors,
 )
-from .store import SpectraBatch, iter_store, store_info
+from .store import SpectraBatch, check_writable, iter_store, store_info
 from .trained import load_model
 
 COMMAND = "calibrate"
@@ -168,6 +169,64 @@ def simulator_groups(infos: list[dict]) -> tuple[list[str], list[int]]:
     return order, [order.index(k) for k in keys]
 
 
+def _quality_pass(model, refine, val_stores: list, truths: list[dict], n_val: int, garbage_fraction: float,
+                  batch_size: int, seed: int, progress: bool, features: tuple[str, ...], desc: str) -> dict:
+    """Predict the validation stores (with ``refine``: a Refiner, or False for the network's PDF
+    alone) with no-signal spectra added as failures, and fit the quality model on ``features``
+    and the interval levels (global and per QOP class, after the caps prediction applies).
+    The no-signal spectra come from a generator seeded by ``seed`` alone, so that two passes
+    see the same ones."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x6A2B]))
+    cols: dict[str, list[np.ndarray]] = {}
+    zt_all, pdf_all = [], []
+    n_garbage = 0
+    bar = progress_bar(total=n_val, desc=desc, unit="spec", progress=progress)
+
+    def batches():
+        nonlocal n_garbage
+        for path, truth in zip(val_stores, truths, strict=True):
+            for batch in iter_store(path, batch_size):
+                ids = np.asarray(batch.ids).astype(str)
+                zt_all.append(truth["z"][match_ids(ids, truth["id"])])
+                yield batch
+                bar.update(len(batch))  # the validation spectra; the no-signal ones are extra
+                k = int(rng.binomial(len(batch), garbage_fraction)) if garbage_fraction > 0 else 0
+                if k:
+                    junk = garbage_batch(batch.subset(slice(0, k)), rng, n_garbage)
+                    n_garbage += k
+                    zt_all.append(np.full(k, np.nan))
+                    yield junk
+
+    for rows in predict_batches(model, batches(), batch_size=None, refine=refine, with_pdf=True,
+                                with_net_pdf=True):
+        for k, v in rows.items():
+            if k.startswith("q_") or k in ("Z", "Z_NET", "ZWARN"):
+                cols.setdefault(k, []).append(np.asarray(v))
+        pdf_all.append(rows["Z_PDF"])
+    bar.close()
+    log.info("%s: %d validation spectra and %d no-signal spectra", desc, n_val, n_garbage)
+    zb = model.zbins
+    summary = {k[2:]: np.concatenate(v) for k, v in cols.items() if k.startswith("q_")}
+    z_true = np.concatenate(zt_all)
+    z = np.concatenate(cols["Z"])
+    real = np.isfinite(z_true)  # the no-signal spectra have no redshift to hold
+    pdf = np.concatenate(pdf_all)[real].astype(np.float64)
+    zt_real = z_true[real]
+    temperature, levels = fit_intervals(pdf, zb.edges, zt_real)
+    cal = fit_calibration(summary, z_true, features=features, interval_levels=levels)
+    p_new, qop = cal.apply(summary)
+    zwarn_all = np.concatenate(cols["ZWARN"])
+    caps = refine is not False  # as prediction caps: with the scan only
+    qop, p_new = capped_qop(qop, zwarn_all, caps), capped_p(p_new, zwarn_all, caps)
+    qop_real = qop[real]
+    by_qop = fit_levels_by_class(pdf, zb.edges, zt_real, qop_real, temperature=temperature)
+    cal = dataclasses.replace(cal, interval_temperature=temperature, interval_levels_by_qop=by_qop)
+    z_net = np.concatenate(cols["Z_NET"]) if "Z_NET" in cols else z
+    return {"cal": cal, "temperature": temperature, "levels": levels, "by_qop": by_qop, "p": p_new, "z": z,
+            "z_true": z_true, "pdf": pdf, "zt_real": zt_real, "qop_real": qop_real, "n_garbage": n_garbage,
+            "z_net": z_net}
+
+
 def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os.PathLike],
                         out: str | os.PathLike | None = None, scan: ScanConfig | None = None,
                         garbage_fraction: float = 0.05, batch_size: int = 512, seed: int = 0,
@@ -221,54 +280,24 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     del pdfs, chi2s
     scan = dataclasses.replace(scan, w_net=float(w_net), t=float(t), gamma=float(info["gamma"]))
     model.scan = scan
-    model.calibration = None
+    model.calibration = model.calibration_net = None
     # 2. the quality model, on the full prediction, with no-signal spectra as failures
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x6A2B]))
-    cols: dict[str, list[np.ndarray]] = {}
-    zt_all, pdf_all = [], []
-    n_garbage = 0
-    bar = progress_bar(total=n_val, desc="calibrate (quality)", unit="spec", progress=progress)
-
-    def batches():
-        nonlocal n_garbage
-        for path, truth in zip(val_stores, truths, strict=True):
-            for batch in iter_store(path, batch_size):
-                ids = np.asarray(batch.ids).astype(str)
-                zt_all.append(truth["z"][match_ids(ids, truth["id"])])
-                yield batch
-                bar.update(len(batch))  # the validation spectra; the no-signal ones are extra
-                k = int(rng.binomial(len(batch), garbage_fraction)) if garbage_fraction > 0 else 0
-                if k:
-                    junk = garbage_batch(batch.subset(slice(0, k)), rng, n_garbage)
-                    n_garbage += k
-                    zt_all.append(np.full(k, np.nan))
-                    yield junk
-
-    for rows in predict_batches(model, batches(), batch_size=None, refine=refiner, with_pdf=True,
-                                with_net_pdf=True):
-        for k, v in rows.items():
-            if k.startswith("q_") or k in ("Z", "Z_NET", "SCANNED", "ZWARN"):
-                cols.setdefault(k, []).append(np.asarray(v))
-        pdf_all.append(rows["Z_PDF"])
-    bar.close()
-    log.info("calibrate: %d validation spectra and %d no-signal spectra", n_val, n_garbage)
-    summary = {k[2:]: np.concatenate(v) for k, v in cols.items() if k.startswith("q_")}
-    z_true = np.concatenate(zt_all)
-    z = np.concatenate(cols["Z"])
-    real = np.isfinite(z_true)  # the no-signal spectra have no redshift to hold
-    pdf = np.concatenate(pdf_all)[real].astype(np.float64)
-    zt_real = z_true[real]
-    temperature, levels = fit_intervals(pdf, zb.edges, zt_real)
-    cal = fit_calibration(summary, z_true, features=FEATURES + FIT_FEATURES, interval_levels=levels)
-    p_new, qop = cal.apply(summary)
-    zwarn_all = np.concatenate(cols["ZWARN"])
-    qop, p_new = capped_qop(qop, zwarn_all), capped_p(p_new, zwarn_all)  # the classes and p predict reports
-    qop_real = qop[real]
-    by_qop = fit_levels_by_class(pdf, zb.edges, zt_real, qop_real, temperature=temperature)
-    cal = dataclasses.replace(cal, interval_temperature=temperature, interval_levels_by_qop=by_qop)
+    fitted = _quality_pass(model, refiner, val_stores, truths, n_val, garbage_fraction, batch_size, seed, progress,
+                      FEATURES + FIT_FEATURES, "calibrate (quality)")
+    cal, temperature, levels, by_qop = fitted["cal"], fitted["temperature"], fitted["levels"], fitted["by_qop"]
+    z, z_true, pdf, zt_real, qop_real = (fitted[k] for k in ("z", "z_true", "pdf", "zt_real", "qop_real"))
+    p_new, n_garbage = fitted["p"], fitted["n_garbage"]
     with np.errstate(invalid="ignore"):
         success = np.abs(z - z_true) < SUCCESS_DZ
-    changed = np.abs(np.concatenate(cols["Z_NET"]) - z) > SUCCESS_DZ
+    changed = np.abs(fitted["z_net"] - z) > SUCCESS_DZ
+    # 3. the quality model of the network's PDF alone (--no-refine), on the same spectra
+    q_net = _quality_pass(model, False, val_stores, truths, n_val, garbage_fraction, batch_size, seed, progress,
+                          FEATURES, "calibrate (network alone)")
+    with np.errstate(invalid="ignore"):
+        success_net = np.abs(q_net["z"] - q_net["z_true"]) < SUCCESS_DZ
+    cal_net = dataclasses.replace(q_net["cal"], report={
+        **q_net["cal"].report, "n": int(len(q_net["z"])), "success_fraction": float(success_net.mean()),
+        "reliability": reliability(q_net["p"], success_net)})
     coverage_by_qop = {}
     for q, lvs in by_qop.items():
         sel = qop_real == int(q)
@@ -285,10 +314,13 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
         "coverage_by_qop": coverage_by_qop,
         **cal.report,
         "reliability": reliability(p_new, success),
+        "network_alone": {k: cal_net.report[k] for k in ("success_fraction", "qop4", "qop3", "qop2", "qop1")
+                          if k in cal_net.report},
     }
     cal = dataclasses.replace(cal, report=report)
     payload = read_checkpoint(model_path)
     payload["calibration"] = cal.as_dict()
+    payload["calibration_net"] = cal_net.as_dict()
     payload["scan"] = scan.as_dict()
     prov = dict(payload.get("provenance") or {})
     prov["calibration"] = {"scan": True, "val_stores": [str(p) for p in val_stores], "n": int(len(z)),
@@ -302,7 +334,10 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="checkpoint (.pt)")
     p.add_argument("val_stores", nargs="+", metavar="VAL_STORE", help="validation stores (never the test set)")
-    p.add_argument("--out", default=None, help="write here instead of replacing MODEL")
+    p.add_argument("--out", default=None,
+                   help="the calibrated checkpoint to write (required unless --overwrite replaces MODEL in place)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it exists; without --out, replace MODEL itself")
     p.add_argument("--scan", action="store_true",
                    help="calibrate the full-range template scan and the fit-evidence quality model (docs/quality.md)")
     p.add_argument("--garbage-fraction", type=float, default=0.05,
@@ -340,16 +375,50 @@ def _scan_basis(n_templates: int | None, lines: str | None) -> tuple[int, tuple[
     return n, names
 
 
+MIN_VALIDATION = 1000
+"""Below this many validation spectra ``mtopnet calibrate`` warns: the fits it makes (isotonic
+p_dz01, QOP thresholds, interval levels per class) need hundreds of objects per class."""
+
+
+def _json_safe(value):
+    """``value`` with NaN and infinities as None, so that the printed report is valid JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    return value
+
+
+def _warn_if_few(stores: list[str]) -> None:
+    """A UserWarning when the validation stores hold fewer than :data:`MIN_VALIDATION` spectra."""
+    n_val = sum(store_info(path)["n"] for path in stores)
+    if n_val < MIN_VALIDATION:
+        warnings.warn(f"calibrate: {n_val} validation spectra; p_dz01, QOP and the interval levels fitted on "
+                      f"fewer than {MIN_VALIDATION:,} are noisy and may leave QOP classes empty "
+                      "(docs/quality.md)", UserWarning, stacklevel=3)
+
+
 def run_cli(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size: must be >= 1, got {args.batch_size}")
     for path in args.val_stores:
         if not Path(path).is_file():
             raise UserError(f"{path}: no such file")
+    if args.out is None and not args.overwrite:
+        raise UserError("calibrate: name the calibrated checkpoint with --out NEW.pt, or pass --overwrite to "
+                        f"replace {args.model} in place")
+    if not Path(args.model).is_file():
+        raise UserError(f"{args.model}: no such file")
+    check_writable(args.out or args.model, overwrite=args.overwrite or args.out is None)
     if args.scan:
         if not 0 <= args.garbage_fraction < 1:
             raise UserError(f"--garbage-fraction: must be within [0, 1), got {args.garbage_fraction}")
         n_templates, lines = _scan_basis(args.scan_templates, args.scan_lines)
+        _warn_if_few(args.val_stores)
         try:
             report = calibrate_with_scan(args.model, args.val_stores, args.out,
                                          ScanConfig(select_below=args.select_below, n_templates=n_templates,
@@ -367,9 +436,10 @@ def run_cli(args: argparse.Namespace) -> int:
                             "they need --scan")
         if len(args.val_stores) != 1:
             raise UserError("without --scan, calibrate takes one validation store")
+        _warn_if_few(args.val_stores)
         report = recalibrate(args.model, args.val_stores[0], args.out, batch_size=args.batch_size,
                              progress=progress_enabled())
-    print(json.dumps(report, indent=1, default=float))  # the command's result: the report, and where it wrote
+    print(json.dumps(_json_safe(report), indent=1, default=float))  # the result: the report, and where it wrote
     print(f"wrote {args.out or args.model}")
     return 0
 

@@ -525,6 +525,25 @@ def read_zbin_centres(path: str | Path) -> np.ndarray | None:
         return None
 
 
+def read_catalogue_meta(path: str | Path) -> dict[str, str]:
+    """The provenance a catalogue records (:mod:`mtopnet.provenance`: MODEL, INFILEnn, INHASHnn,
+    COMMAND, ...) as keyword -> text: a FITS file's primary header, a Parquet file's schema
+    metadata; {} for CSV (which has no place for it) and for a file that cannot be read."""
+    try:
+        fmt = catalogue_format(path)
+        if fmt == "fits":
+            from astropy.io import fits
+            header = fits.getheader(path, 0)
+            return {key: str(header[key]) for key in header if key and key not in ("COMMENT", "HISTORY")}
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+            md = pq.read_schema(path).metadata or {}
+            return {k.decode(): v.decode() for k, v in md.items() if k != b"z_bin_centres"}
+    except (OSError, ValueError, KeyError, UserError):
+        pass
+    return {}
+
+
 def read_truth(path: str | Path) -> dict[str, np.ndarray]:
     """ids and labels of a store (no spectra)."""
     with open_store(path) as f:
@@ -552,4 +571,5 @@ def match_ids(cat_ids: np.ndarray, truth_ids: np.ndarray) -> np.ndarray:
 __all__ = ["ZWarn", "ZInfo", "MIN_VALID_FRACTION", "VECTOR_COLUMNS", "CATALOGUE_COLUMNS", "CATALOGUE_DTYPES",
            "REFINE_COLUMNS", "REFINE_DTYPES", "SCAN_COLUMNS", "SCAN_DTYPES",
            "catalogue_format", "CatalogueWriter", "OutputLock", "temp_name", "write_catalogue", "read_catalogue",
+           "read_catalogue_meta",
            "read_zbin_centres", "read_truth", "match_ids"]

@@ -92,6 +92,8 @@ def build_parser(argv: list[str] | None = ()) -> argparse.ArgumentParser:
     for name in names if chosen is None else [chosen]:
         _load(name)
     parser = OneLineParser(prog="mtopnet", description=__doc__.splitlines()[0])
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"mtopnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name in names:
         if name not in SUBCOMMANDS:

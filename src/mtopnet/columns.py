@@ -203,9 +203,12 @@ _LEGACY_ZWARN = {0: ZWarn.LITTLE_COVERAGE, 1: ZWarn.NODATA, 2: ZInfo.LOW_SN, 3: 
 
 def upgrade_legacy(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Columns of a catalogue in the layout before the Redrock one (lowercase ``id``,
-    ``zwarn``, ...; also the Redrock baseline's, mtopnet.baselines.redrock) renamed, and an
+    ``zwarn``, ...; also the Redrock baseline's, mtopnet.baselines.redrock, and an upper-cased
+    ``ID`` as its FITS files had it) renamed, and an
     mtopnet catalogue's ``zwarn`` bits split into ZWARN and ZWARN_INFO. A catalogue in
     today's layout (it has TARGETID) is returned unchanged."""
+    if "TARGETID" not in cols and "id" not in cols and "ID" in cols:  # upper-cased by FITS
+        cols = {("TARGETID" if k == "ID" else k): v for k, v in cols.items()}
     if "TARGETID" in cols or "id" not in cols:
         return cols
     out = {LEGACY_NAMES.get(k, k.upper()): v for k, v in cols.items() if not k.startswith("pdf_z")}

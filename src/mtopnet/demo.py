@@ -93,7 +93,7 @@ def run_cli(args: argparse.Namespace) -> int:
         simulate(spec, store, workers=args.workers, progress=progress_enabled())
     figures = simulator_figures(out, store=store, seed=args.seed)
     report, summary = _network_report(out, store)
-    print(f"\nsimulated {args.n} MOONS LR 8 h spectra: {store}")
+    print(f"simulated {args.n} MOONS LR 8 h spectra: {store}")
     for f in figures:
         print(f"figure: {f}")
     if report:

@@ -80,15 +80,28 @@ def domain_problem(model: TrainedModel, batch: SpectraBatch, arm_resolution: dic
     the overlapping training arm's by more than a factor 2, or if a given resolution
     (``arm_resolution``: arm name -> R) differs from the overlapping training arm's by > 25%.
     """
+    return layout_problem(model, batch, arm_resolution, tolerance)[0]
+
+
+def layout_problem(model: TrainedModel, batch: SpectraBatch, arm_resolution: dict[str, float] | None = None,
+                   tolerance: float = 0.05) -> tuple[str | None, bool]:
+    """:func:`domain_problem`'s reason (None if the arms match), and whether the arms are another
+    instrument's altogether: their wavelengths miss more than half of the training coverage
+    (1 - :data:`MIN_UNMASKED_COVERAGE`) or lie more than half outside it, or an arm's sampling
+    or resolution differs as above. Such spectra get QOP 1: no validation spectrum is like them
+    (100 simulated SDSS BOSS spectra at z 0.05-1.0 through the MOONS model: 38 right, none of
+    the 57 below its z range; docs/quality.md), while a MOONS spectrum with an arm missing keeps
+    QOP <= 2."""
     waves = {a: np.asarray(d["wave"], dtype=np.float64) for a, d in batch.arms.items()}
     cov = model.preprocessor.coverage(waves)
     train = model.coverage
     n_train = max(int(train.sum()), 1)
     missing, extra = (train & ~cov).sum() / n_train, (cov & ~train).sum() / n_train
+    foreign = max(missing, extra) > 1 - MIN_UNMASKED_COVERAGE
     if missing > tolerance:
-        return f"covers {100 * (1 - missing):.0f}% of the model's wavelengths"
+        return f"covers {100 * (1 - missing):.0f}% of the model's wavelengths", foreign
     if extra > tolerance:
-        return f"{100 * extra:.0f}% of its coverage is where the model saw no data"
+        return f"{100 * extra:.0f}% of its coverage is where the model saw no data", foreign
     for name, wave in waves.items():
         w = wave[np.isfinite(wave)]
         if len(w) < 2:
@@ -99,11 +112,12 @@ def domain_problem(model: TrainedModel, batch: SpectraBatch, arm_resolution: dic
                 continue
             if tarm.get("dloglam") and not 0.5 <= dll / tarm["dloglam"] <= 2.0:
                 return (f"arm {name}'s pixels are {dll / tarm['dloglam']:.2f} x the width of the training "
-                        f"arm {tarm['name']}'s")
+                        f"arm {tarm['name']}'s"), True
             res = (arm_resolution or {}).get(name)
             if res and tarm.get("resolution") and abs(res / tarm["resolution"] - 1) > 0.25:
-                return f"arm {name} has R {res:.0f}, the training arm {tarm['name']} R {tarm['resolution']:.0f}"
-    return None
+                return (f"arm {name} has R {res:.0f}, the training arm {tarm['name']} R "
+                        f"{tarm['resolution']:.0f}"), True
+    return None, False
 
 
 MIN_UNMASKED_COVERAGE = 0.5
@@ -154,5 +168,5 @@ def describe_arms(batch: SpectraBatch) -> str:
     return ", ".join(parts)
 
 
-__all__ = ["DomainWarning", "DomainReport", "expected_domain", "domain_problem", "domain_check", "describe_arms",
-           "MIN_UNMASKED_COVERAGE", "unmasked_coverage", "sparse_coverage", "sparse_description"]
+__all__ = ["DomainWarning", "DomainReport", "expected_domain", "domain_problem", "layout_problem", "domain_check",
+           "describe_arms", "MIN_UNMASKED_COVERAGE", "unmasked_coverage", "sparse_coverage", "sparse_description"]

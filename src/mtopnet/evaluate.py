@@ -25,15 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .catalogue import match_ids, read_catalogue, read_truth, read_zbin_centres
+from .catalogue import match_ids, read_catalogue, read_catalogue_meta, read_truth, read_zbin_centres
 from .config import UserError
 from .constants import SUCCESS_DZ
 from .plots import evaluation as figures
+from .provenance import inputs_mismatch
 from .store import open_store, spectrum_property, write_error, write_file_atomic
 
 COMMAND = "evaluate"
@@ -275,13 +277,20 @@ def evaluate(catalogue: str | Path, truth: str | Path, report_dir: str | Path, p
     out = Path(report_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
+    metrics = compute_metrics(cat, tr, band)  # before the report folder: a failure leaves none
+    metrics["catalogue"] = str(catalogue)
+    metrics["truth"] = str(truth)
+    said = [inputs_mismatch(read_catalogue_meta(catalogue), [truth], "--truth")]
+    if metrics["n_matched"] < metrics["n_catalogue"]:
+        said.append(f"only {metrics['n_matched']} of {metrics['n_catalogue']} catalogue rows have an id in "
+                    f"{Path(truth).name}: the metrics are of those alone")
+    metrics["warnings"] = [text for text in said if text]
+    for text in metrics["warnings"]:
+        warnings.warn(text, UserWarning, stacklevel=2)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise write_error(out, exc) from None
-    metrics = compute_metrics(cat, tr, band)
-    metrics["catalogue"] = str(catalogue)
-    metrics["truth"] = str(truth)
     write_file_atomic(out / "metrics.json", json.dumps(metrics, indent=1).encode())
     write_file_atomic(out / "metrics.md", metrics_markdown(metrics).encode())
     if plots:

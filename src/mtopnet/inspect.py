@@ -48,12 +48,13 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from . import __version__
-from .catalogue import read_catalogue, read_zbin_centres
+from .catalogue import read_catalogue, read_catalogue_meta, read_zbin_centres
 from .columns import ZInfo, ZWarn
 from .config import UserError
 from .constants import C_KMS
 from .io import read_spectra
 from .lines import LINE_GROUPS, LINES, Line
+from .provenance import inputs_mismatch
 from .quality import pdf_peaks
 from .refine import RefineConfig
 from .store import SpectraBatch
@@ -359,6 +360,9 @@ def write_inspection(catalogue: str | os.PathLike, inputs: list[str | os.PathLik
     if batch_size < 1:
         raise UserError(f"batch size: must be >= 1, got {batch_size}")
     cat = read_catalogue(catalogue)
+    said = inputs_mismatch(read_catalogue_meta(catalogue), [str(p) for p in inputs], "input", same_inputs=True)
+    if said:
+        warnings.warn(said, stacklevel=2)
     table = catalogue_table(cat)
     n = len(table["id"])
     centres = read_zbin_centres(catalogue)

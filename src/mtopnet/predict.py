@@ -59,6 +59,7 @@ from .domain import (
     domain_check,
     domain_problem,
     expected_domain,
+    layout_problem,
     sparse_coverage,
     sparse_description,
 )
@@ -246,7 +247,7 @@ class _BatchRunner:
         if self.closed:
             raise RuntimeError("predict: this batch runner was closed")
         run, threads, pool = self.run, self.threads, self._pool()
-        cache: dict[bytes, bool] = {}
+        cache: dict[bytes, tuple[bool, bool]] = {}
         pending: deque = deque()  # (future, layout_ok) in input order, at most `threads` in flight
 
         def oldest() -> tuple[dict[str, np.ndarray], list[str]]:
@@ -260,16 +261,16 @@ class _BatchRunner:
             with single_threaded_ops() if threads is not None else contextlib.nullcontext():
                 if pool is None:
                     for batch in chunks:
-                        layout_ok, said = run.layout_ok(batch, cache, report)
-                        rows, sparse = run.rows(batch, layout_ok)
+                        layout_ok, foreign, said = run.layout_ok(batch, cache, report)
+                        rows, sparse = run.rows(batch, layout_ok, foreign)
                         _warn_domain(said + run.report_sparse(sparse, layout_ok, report))
                         yield rows
                 else:
                     for batch in chunks:
-                        layout_ok, said = run.layout_ok(batch, cache, report)
+                        layout_ok, foreign, said = run.layout_ok(batch, cache, report)
                         _warn_domain(said)
                         with _broken_pool_resumable():
-                            pending.append((pool.submit(run.rows, batch, layout_ok), layout_ok))
+                            pending.append((pool.submit(run.rows, batch, layout_ok, foreign), layout_ok))
                         if len(pending) >= threads:
                             rows, said = oldest()
                             _warn_domain(said)
@@ -353,6 +354,9 @@ class _BatchPredictor:
         self.refiner = refiner
         self.scan = _Scan(model, refiner) if refiner is not None and model.scan is not None else None
         self.fitter = refiner.spectype_fitter() if refiner is not None else None  # built here, not in a thread
+        # p_dz01 and QOP of the network's PDF alone (--no-refine) have a calibration of their own
+        self.calibration = (model.calibration_net if refiner is None and model.calibration_net is not None
+                            else model.calibration)
         self.instrument = training_instrument(model) if sky_masks else None
         self.stop = threading.Event()
         """Set when the run ends early: batches in flight in other threads (or forked processes, which get
@@ -362,17 +366,18 @@ class _BatchPredictor:
         if self.stop.is_set():
             raise _Stopped
 
-    def layout_ok(self, batch: SpectraBatch, cache: dict[bytes, bool], report: DomainReport | None
-                  ) -> tuple[bool, list[str]]:
-        """Whether ``batch``'s arm layout is in the model's domain (checked once per layout), and
-        the DomainWarning message for a new layout that is not (counted in ``report`` instead,
-        when given)."""
+    def layout_ok(self, batch: SpectraBatch, cache: dict[bytes, tuple[bool, bool]], report: DomainReport | None
+                  ) -> tuple[bool, bool, list[str]]:
+        """Whether ``batch``'s arm layout is in the model's domain (checked once per layout),
+        whether it is another instrument's altogether (:func:`~mtopnet.domain.layout_problem`:
+        QOP 1), and the DomainWarning message for a new layout that is not in the domain
+        (counted in ``report`` instead, when given)."""
         key = b"".join(a.encode() + np.asarray(d["wave"]).tobytes()[:64] + str(len(d["wave"])).encode()
                        for a, d in batch.arms.items())
         said = []
         if key not in cache:
-            problem = domain_problem(self.model, batch, self.arm_resolution)
-            cache[key] = problem is None
+            problem, foreign = layout_problem(self.model, batch, self.arm_resolution)
+            cache[key] = (problem is None, foreign)
             if problem is not None:
                 first = str(np.asarray(batch.ids)[0])
                 what = (f"with arms {describe_arms(batch)} (first id {first}) are out of the model's domain: "
@@ -384,7 +389,7 @@ class _BatchPredictor:
                     report.n_layouts += 1
                     report.layouts.append(hashlib.sha256(key).hexdigest()[:16])
                     report.first = report.first or what
-        return cache[key], said
+        return (*cache[key], said)
 
     def report_sparse(self, sparse: _Sparse, layout_ok: bool, report: DomainReport | None) -> list[str]:
         """Count a batch's out-of-domain objects in ``report``; or the DomainWarning message of
@@ -398,11 +403,13 @@ class _BatchPredictor:
                     f"({int(ZWarn.OUT_OF_DOMAIN)}) set"]
         return []
 
-    def rows(self, batch: SpectraBatch, layout_ok: bool) -> tuple[dict[str, np.ndarray], _Sparse]:
-        """The catalogue rows of one non-empty batch, and its sparse-coverage objects."""
+    def rows(self, batch: SpectraBatch, layout_ok: bool, foreign: bool = False
+             ) -> tuple[dict[str, np.ndarray], _Sparse]:
+        """The catalogue rows of one non-empty batch, and its sparse-coverage objects; ``foreign``:
+        its arms are another instrument's (QOP 1)."""
         model, refiner, scan, fitter = self.model, self.refiner, self.scan, self.fitter
         net, pre, zb = model.network, model.preprocessor, model.zbins
-        cal = model.calibration
+        cal = self.calibration
         levels = tuple(cal.interval_levels) if cal is not None else (0.68, 0.95)
         m_mu, m_sd = model.label_norm["logmstar"]
         s_mu, s_sd = model.label_norm["logsfr"]
@@ -486,6 +493,8 @@ class _BatchPredictor:
             zwarn |= np.where(fit.outlier_dominated, int(ZWarn.FIT_OUTLIERS), 0)
         spectype = types.spectype if types is not None else None
         qop = capped_qop(qop, zwarn, scan is not None, spectype)
+        if foreign:  # another instrument's arms: no validation spectrum was like them
+            qop = np.minimum(qop, 1).astype(np.int16)
         p_dz01 = capped_p(p_dz01, zwarn, scan is not None, spectype)  # outside the calibration's domain
         temperature = cal.interval_temperature if cal is not None else 1.0
         if cal is not None and cal.interval_levels_by_qop:  # each QOP class its own levels

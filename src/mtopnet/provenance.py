@@ -31,6 +31,10 @@ from . import __version__
 FULL_HASH_BYTES = 64 << 20
 """Files up to this size are hashed whole; larger ones partially (:func:`file_hash`)."""
 PARTIAL_BYTES = 1 << 20
+MAX_RECORDED_INPUTS = 100
+"""A catalogue records the names and hashes of its first this many input files."""
+STORE_SUFFIXES = (".h5", ".hdf5", ".hdf")
+"""Names of HDF5 stores among a catalogue's recorded inputs (:func:`inputs_mismatch`)."""
 
 
 def file_hash(path: str | Path) -> str:
@@ -90,13 +94,40 @@ def catalogue_provenance(model: Any, inputs: list[str | Path], refiner: Any | No
         settings = json.dumps(dataclasses.asdict(refiner.config), sort_keys=True, default=str)
         cards["REFINE"] = (settings, "template refinement settings (RefineConfig)")
         cards["RFTEMPL"] = (Path(refiner.basis.meta.get("templates", "")).name, "refinement templates")
-    for i, path in enumerate(inputs[:100]):
+    for i, path in enumerate(inputs[:MAX_RECORDED_INPUTS]):
         cards[f"INFILE{i:02d}"] = (Path(path).name, "input file")
         if Path(path).is_file():
             cards[f"INHASH{i:02d}"] = (file_hash(path), "input hash (mtopnet.provenance.file_hash)")
     cards["COMMAND"] = (" ".join(argv if argv is not None else sys.argv), "command line")
     cards["DATE"] = (datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC date of the run")
     return cards
+
+
+def inputs_mismatch(meta: dict[str, str], paths: list[str | Path], what: str, limit: int = 20,
+                    same_inputs: bool = False) -> str | None:
+    """Why ``paths`` (files given beside a catalogue, e.g. ``--truth``) may not be the files the
+    catalogue was predicted from, or None. ``meta``: the catalogue's recorded provenance
+    (:func:`mtopnet.catalogue.read_catalogue_meta`; its INFILEnn / INHASHnn). A message when the
+    catalogue was predicted from HDF5 stores alone and none of the first ``limit`` of ``paths``
+    has one of their hashes (the ids of two simulated stores, 0..N-1 both, would pair different
+    objects without a word); None when one matches, when the catalogue records no hash (CSV,
+    another tool's catalogue), or when it was predicted from spectra files (whose truth may be a
+    table of its own)."""
+    recorded = {v for k, v in meta.items() if k.startswith("INHASH")}
+    names = [v for k, v in sorted(meta.items()) if k.startswith("INFILE")]
+    if not recorded or len(names) >= MAX_RECORDED_INPUTS:
+        return None  # no hash, or not every input recorded
+    if not same_inputs and not all(Path(n).suffix.lower() in STORE_SUFFIXES for n in names):
+        return None  # spectra files: the truth may well be a table of its own
+    files = [Path(p) for p in paths[:limit] if Path(p).is_file()]
+    try:
+        if not files or any(file_hash(p) in recorded for p in files):
+            return None
+    except OSError:
+        return None
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"{what} {files[0].name}{' ...' if len(files) > 1 else ''} is not a file the catalogue was "
+            f"predicted from ({shown}; no recorded input hash matches): its ids may pair other objects")
 
 
 def header_cards(meta: dict) -> list[tuple[str, Any, str]]:
@@ -121,5 +152,5 @@ def without_date(data: bytes) -> bytes:
     return re.sub(rb"(DATE    = ')\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d'", rb"\1XXXX-XX-XXTXX:XX:XX'", data)
 
 
-__all__ = ["without_date", "FULL_HASH_BYTES", "PARTIAL_BYTES", "file_hash", "recipe_id", "catalogue_provenance",
-           "header_cards"]
+__all__ = ["without_date", "inputs_mismatch", "FULL_HASH_BYTES", "PARTIAL_BYTES", "MAX_RECORDED_INPUTS",
+           "STORE_SUFFIXES", "file_hash", "recipe_id", "catalogue_provenance", "header_cards"]

@@ -56,7 +56,11 @@ class TrainedModel:
     the training arms cover; instrument: training arms (name, range, resolution, dloglam);
     lines: line list; source: where it was loaded from; meta: version, provenance, train_config;
     scan: how prediction scans the templates over the whole z range and combines them with
-    the PDF (None for a checkpoint calibrated without it: the PDF alone, refined).
+    the PDF (None for a checkpoint calibrated without it: the PDF alone, refined);
+    calibration_net: the p_dz01/QOP map of the network's PDF alone, for ``--no-refine``
+    (``mtopnet calibrate --scan`` fits it beside ``calibration``; None in checkpoints made
+    before it, whose ``--no-refine`` flags then come from ``calibration``, made for the
+    default path).
     The preprocessor voids data outside ``coverage`` (NetInputs.outside_coverage).
     """
 
@@ -71,6 +75,7 @@ class TrainedModel:
     source: str
     meta: dict
     scan: ScanConfig | None = None
+    calibration_net: QualityCalibration | None = None
 
     @property
     def lsf_sigma_kms(self) -> float:
@@ -106,6 +111,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str | torc
         zb = payload["z_bins"]
         zbins = ZBinning(float(zb["z_min"]), float(zb["z_max"]), float(zb["max_width"]))
         cal = QualityCalibration.from_dict(payload["calibration"]) if payload.get("calibration") else None
+        cal_net = QualityCalibration.from_dict(payload["calibration_net"]) if payload.get("calibration_net") else None
         norm = {k: (float(v[0]), float(v[1])) for k, v in payload["label_norm"].items()}
         lines = lines_from_records(payload.get("lines", []))
         scan = ScanConfig.from_dict(dict(payload["scan"])) if payload.get("scan") else None
@@ -122,7 +128,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str | torc
             "train_config": payload.get("train_config")}
     return TrainedModel(network=net.to(dev), preprocessor=pre, zbins=zbins, label_norm=norm, calibration=cal,
                         coverage=coverage, instrument=dict(payload.get("instrument") or {}), lines=lines,
-                        source=str(path), meta=meta, scan=scan)
+                        source=str(path), meta=meta, scan=scan, calibration_net=cal_net)
 
 
 __all__ = ["DEFAULT_MODEL", "lsf_sigma_kms", "TrainedModel", "load_model", "shipped_model_path"]

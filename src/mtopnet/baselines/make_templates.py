@@ -38,6 +38,7 @@ from ..constants import C_KMS
 from ..instruments import load_instrument
 from ..logs import progress_bar, progress_enabled
 from ..simulate import SimulationSpec, draw_population, galaxy_model
+from ..store import write_error
 from ..templates import SPECTYPE, SUBTYPE, TEMPLATE_FILE, VERSION
 
 COMMAND = "make-templates"
@@ -285,10 +286,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if not out.is_dir():
+    if out.exists() and not out.is_dir():
         raise UserError(f"--out: {out} is not a folder")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())  # made below, after the work
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"--out: {existing} is not writable")
     basis = build_basis(args.n_galaxies, args.seed, args.n_components, args.dlnlam, progress=progress_enabled(),
                         population=args.population)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc) from None
     path = write_template(out / TEMPLATE_FILE, basis)
     listing = out / "templates-default.txt"
     tmp = listing.with_name(listing.name + ".tmp")

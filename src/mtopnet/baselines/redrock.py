@@ -331,6 +331,12 @@ def run_store(inputs: list[str | Path], out: str | Path | None = None, instrumen
     if out is not None:
         out = check_writable(out, overwrite)
         _format_of(out)
+    import h5py
+    for p in inputs:
+        if Path(p).is_file() and not h5py.is_hdf5(p):
+            raise UserError(f"{p}: not an HDF5 spectrum store; the Redrock baseline reads stores (`mtopnet simulate`, "
+                            "or benchmarks/cross_sim.py --store-out for moons1d files); for DESI or SDSS files run "
+                            "Redrock itself (rrdesi)")
     infos = [store_info(p) for p in inputs]
     if instrument is None:
         names = {str(i["attrs"].get("instrument", "moons-lr")) for i in infos}
@@ -374,7 +380,7 @@ def write_catalogue(cat: RedrockCatalogue, path: str | Path) -> Path:
     if fmt == "fits":
         from astropy.io import fits
         from astropy.table import Table
-        table = Table({k.upper(): v for k, v in cols.items()})
+        table = Table({("TARGETID" if k == "id" else k.upper()): v for k, v in cols.items()})  # Redrock's names
         hdu = fits.BinTableHDU(table, name="REDSHIFTS")
         for key, value in cat.meta.items():
             hdu.header[key[:8].upper()] = value
@@ -414,7 +420,7 @@ def read_catalogue(path: str | Path) -> dict[str, np.ndarray]:
     if fmt == "fits":
         from astropy.table import Table
         t = Table.read(path, hdu="REDSHIFTS")
-        return {c.lower(): np.asarray(t[c]) for c in t.colnames}
+        return {("id" if c == "TARGETID" else c.lower()): np.asarray(t[c]) for c in t.colnames}
     if fmt == "parquet":
         import pyarrow.parquet as pq
         t = pq.read_table(path)
