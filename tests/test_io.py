@@ -169,6 +169,13 @@ def test_formats_are_detected_from_content(tmp_path):
     assert set(FORMATS) == {"moons1d", "desi", "sdss", "fits", "text", "hdf5", "specutils"}
 
 
+def test_a_redshift_catalogue_named_as_input_says_so():
+    """DESI's redrock-*.fits beside its coadds (picked up by a shell glob) is named for what it is."""
+    redrock = sorted((DATA / "desi").glob("redrock-*.fits"))[0]
+    with pytest.raises(UserError, match="a redshift catalogue .*REDSHIFTS.*leave it out"):
+        detect_format(redrock)
+
+
 # ----------------------------------------------------------------------------- moons1d
 
 

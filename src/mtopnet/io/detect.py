@@ -136,6 +136,19 @@ def specutils_formats(path: str | Path) -> list[str]:
         return []
 
 
+def _redshift_catalogue(path: str | Path) -> bool:
+    """Whether ``path`` is a FITS file with an HDU named REDSHIFTS (a catalogue, not spectra)."""
+    head = _head(str(path))
+    if not head.startswith(_FITS_MAGIC):
+        return False
+    try:
+        from astropy.io import fits
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            return any(h.name == "REDSHIFTS" for h in hdul)
+    except Exception:  # a damaged file is not a catalogue; the caller says what is wrong
+        return False
+
+
 def detect_format(path: str | Path) -> str:
     """The format of one file; UserError (one line) if it is not a known spectrum format,
     saying what is wrong with the file (empty, no data rows, not FITS, ...). A file none of
@@ -143,6 +156,9 @@ def detect_format(path: str | Path) -> str:
     (:mod:`mtopnet.io.specutils_io`)."""
     fmt = sniff_format(str(path))
     if fmt is None:
+        if _redshift_catalogue(path):  # e.g. DESI's redrock-*.fits beside its coadd-*.fits, by a shell glob
+            raise fail(path, "a redshift catalogue (HDU REDSHIFTS: Redrock's or mtopnet's output), not spectra; "
+                             "leave it out of the inputs (a folder or a quoted glob skips such files)")
         if specutils_formats(path):  # specutils' registry: a fallback (slow, so last)
             return "specutils"
         raise fail(path, f"{unknown_format_problem(str(path))}: not a moons1d, DESI, SDSS, generic FITS or text "

@@ -77,7 +77,11 @@ def _expand(item: str, fmt: str | None, skipped: list[str]) -> list[tuple[str, s
         files = sorted(str(p) for p in Path(item).iterdir() if p.is_file() and not p.name.startswith("."))
         explicit = False
         if not files:
-            raise fail(item, "folder holds no files")
+            subs = sorted(p.name for p in Path(item).iterdir() if p.is_dir() and not p.name.startswith("."))
+            raise fail(item, "folder holds no files" + (f" (its subfolders {', '.join(subs[:3])}"
+                                                      f"{' ...' if len(subs) > 3 else ''} are not read: name them, "
+                                                      f"or a glob such as '{item.rstrip('/')}/*/*.fits')"
+                                                      if subs else ""))
     elif os.path.isfile(item):
         files = [item]
     elif _GLOB_CHARS & set(item):
