@@ -128,3 +128,32 @@ def test_calibrate_never_replaces_the_model_unasked(tiny_model_path, toy_stores,
     assert "warning" in out.err and "120 validation spectra" in out.err  # few: said, not refused
     report = out.out
     json.loads(report[:report.rindex("}") + 1])  # valid JSON: no NaN
+
+
+def test_network_alone_is_added_without_touching_the_rest(tiny_model_path, toy_stores, tmp_path, capsys):
+    """``calibrate --scan --network-alone`` fits the --no-refine calibration alone: the same one
+    a full ``--scan`` calibration fits (same data and seed), and the default path's calibration
+    and scan stay as they were."""
+    import torch
+
+    from mtopnet.checkpoint import save_checkpoint
+    from mtopnet.cli import main
+    full = tmp_path / "full.pt"
+    calibrate_with_scan(tiny_model_path, [toy_stores[1]], full, garbage_fraction=0.2, batch_size=64)
+    old = read_checkpoint(full)
+    bare = dict(old)
+    del bare["calibration_net"]
+    older = tmp_path / "older.pt"
+    save_checkpoint(older, bare)
+    out = tmp_path / "added.pt"
+    assert main(["-q", "calibrate", str(older), str(toy_stores[1]), "--scan", "--network-alone",
+                 "--garbage-fraction", "0.2", "--batch-size", "64", "--out", str(out)]) == 0
+    new = read_checkpoint(out)
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (NaN == NaN)
+    assert same(new["calibration"], old["calibration"]) and new["scan"] == old["scan"]
+    assert all(torch.equal(new["state_dict"][k], old["state_dict"][k]) for k in old["state_dict"])
+    assert same(new["calibration_net"], old["calibration_net"])
+    capsys.readouterr()
+    assert main(["-q", "calibrate", str(tiny_model_path), str(toy_stores[1]), "--network-alone",
+                 "--out", str(tmp_path / "x.pt")]) == 2
+    assert "need --scan" in capsys.readouterr().err

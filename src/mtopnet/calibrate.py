@@ -52,6 +52,7 @@ from .preprocess import apply_sky_masks
 from .quality import (
     FEATURES,
     FIT_FEATURES,
+    QualityCalibration,
     fit_calibration,
     fit_intervals,
     fit_levels_by_class,
@@ -227,6 +228,51 @@ def _quality_pass(model, refine, val_stores: list, truths: list[dict], n_val: in
             "z_net": z_net}
 
 
+def _fit_network_alone(model, val_stores: list, truths: list[dict], n_val: int, garbage_fraction: float,
+                       batch_size: int, seed: int, progress: bool) -> QualityCalibration:
+    """The quality model of the network's PDF alone (what ``--no-refine`` reports), with its
+    validation report (success, classes, reliability)."""
+    q_net = _quality_pass(model, False, val_stores, truths, n_val, garbage_fraction, batch_size, seed, progress,
+                          FEATURES, "calibrate (network alone)")
+    with np.errstate(invalid="ignore"):
+        success = np.abs(q_net["z"] - q_net["z_true"]) < SUCCESS_DZ
+    return dataclasses.replace(q_net["cal"], report={
+        **q_net["cal"].report, "n": int(len(q_net["z"])), "success_fraction": float(success.mean()),
+        "reliability": reliability(q_net["p"], success)})
+
+
+def _validation_truths(val_stores: list) -> tuple[list[dict], int]:
+    """Each validation store's ids (as text) and true z, and their number of spectra."""
+    truths = []
+    for path in val_stores:
+        truth = read_truth(path)
+        truths.append({"id": np.asarray(truth["id"]).astype(str), "z": np.asarray(truth["z"], dtype=np.float64)})
+    return truths, sum(store_info(path)["n"] for path in val_stores)
+
+
+def calibrate_network_alone(model_path: str | os.PathLike, val_stores: list[str | os.PathLike],
+                            out: str | os.PathLike | None = None, garbage_fraction: float = 0.05,
+                            batch_size: int = 512, seed: int = 0, progress: bool = False) -> dict:
+    """Fit only the calibration of the network's PDF alone (``calibration_net``: p_dz01 and QOP
+    of ``mtopnet predict --no-refine``) on VALIDATION stores and write the checkpoint (``out``,
+    default in place, atomically) with everything else as it was: for a model calibrated with
+    the scan before ``calibrate_with_scan`` fitted both (the default path's catalogue is
+    unchanged). The no-signal spectra are those ``calibrate_with_scan`` adds with the same seed.
+    Returns the fit's validation report."""
+    model = load_model(model_path)
+    truths, n_val = _validation_truths(val_stores)
+    model.calibration = model.calibration_net = None
+    cal_net = _fit_network_alone(model, val_stores, truths, n_val, garbage_fraction, batch_size, seed, progress)
+    payload = read_checkpoint(model_path)
+    payload["calibration_net"] = cal_net.as_dict()
+    prov = dict(payload.get("provenance") or {})
+    prov["calibration_net"] = {"val_stores": [str(p) for p in val_stores], "n": cal_net.report["n"],
+                               "garbage_fraction": garbage_fraction, "seed": seed}
+    payload["provenance"] = prov
+    save_checkpoint(out if out is not None else model_path, payload)
+    return {"network_alone": cal_net.report}
+
+
 def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os.PathLike],
                         out: str | os.PathLike | None = None, scan: ScanConfig | None = None,
                         garbage_fraction: float = 0.05, batch_size: int = 512, seed: int = 0,
@@ -245,12 +291,8 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     scanner = ZScanner.from_scan_config(refiner.basis, (zb.z_min, zb.z_max), scan, sky=sky)
     if asked_sky and not scan.sky:
         log.warning("calibrate: the training instrument cannot be loaded: the scan fits no sky vectors")
-    truths = []
-    for path in val_stores:
-        truth = read_truth(path)
-        truths.append({"id": np.asarray(truth["id"]).astype(str), "z": np.asarray(truth["z"], dtype=np.float64)})
+    truths, n_val = _validation_truths(val_stores)
     infos = [store_info(path) for path in val_stores]
-    n_val = sum(info["n"] for info in infos)
     _, group_of = simulator_groups(infos)
     # 1. the combination's weights, from the network's PDFs and the scan on every object,
     #    on the spectra as prediction sees them
@@ -291,13 +333,7 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
         success = np.abs(z - z_true) < SUCCESS_DZ
     changed = np.abs(fitted["z_net"] - z) > SUCCESS_DZ
     # 3. the quality model of the network's PDF alone (--no-refine), on the same spectra
-    q_net = _quality_pass(model, False, val_stores, truths, n_val, garbage_fraction, batch_size, seed, progress,
-                          FEATURES, "calibrate (network alone)")
-    with np.errstate(invalid="ignore"):
-        success_net = np.abs(q_net["z"] - q_net["z_true"]) < SUCCESS_DZ
-    cal_net = dataclasses.replace(q_net["cal"], report={
-        **q_net["cal"].report, "n": int(len(q_net["z"])), "success_fraction": float(success_net.mean()),
-        "reliability": reliability(q_net["p"], success_net)})
+    cal_net = _fit_network_alone(model, val_stores, truths, n_val, garbage_fraction, batch_size, seed, progress)
     coverage_by_qop = {}
     for q, lvs in by_qop.items():
         sel = qop_real == int(q)
@@ -354,6 +390,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-scan-sky", action="store_true",
                    help="with --scan: do not fit the training arms' night sky beside the templates (a sky-subtraction "
                         "residual; fitted by default when the training instrument can be loaded)")
+    p.add_argument("--network-alone", action="store_true",
+                   help="with --scan: fit only the calibration of the network's PDF alone (p_dz01 and QOP of "
+                        "`predict --no-refine`) and keep the rest of MODEL's (for a model calibrated before it)")
     p.add_argument("--batch-size", type=int, default=512, help="spectra per batch (default 512)")
 
 
@@ -419,6 +458,16 @@ def run_cli(args: argparse.Namespace) -> int:
             raise UserError(f"--garbage-fraction: must be within [0, 1), got {args.garbage_fraction}")
         n_templates, lines = _scan_basis(args.scan_templates, args.scan_lines)
         _warn_if_few(args.val_stores)
+        if args.network_alone:
+            if load_model(args.model).scan is None:
+                raise UserError(f"--network-alone: {args.model} is not calibrated with the scan; "
+                                "calibrate it with --scan (which fits both)")
+            report = calibrate_network_alone(args.model, args.val_stores, args.out,
+                                             garbage_fraction=args.garbage_fraction, batch_size=args.batch_size,
+                                             progress=progress_enabled())
+            print(json.dumps(_json_safe(report), indent=1, default=float))
+            print(f"wrote {args.out or args.model}")
+            return 0
         try:
             report = calibrate_with_scan(args.model, args.val_stores, args.out,
                                          ScanConfig(select_below=args.select_below, n_templates=n_templates,
@@ -431,9 +480,9 @@ def run_cli(args: argparse.Namespace) -> int:
                 raise UserError(text.replace("zscan.n_templates", "--scan-templates", 1)) from None
             raise
     else:
-        if args.scan_templates is not None or args.scan_lines is not None or args.no_scan_sky:
-            raise UserError("--scan-templates, --scan-lines and --no-scan-sky set the full-range scan: "
-                            "they need --scan")
+        if args.scan_templates is not None or args.scan_lines is not None or args.no_scan_sky or args.network_alone:
+            raise UserError("--scan-templates, --scan-lines, --no-scan-sky and --network-alone go with the "
+                            "full-range scan: they need --scan")
         if len(args.val_stores) != 1:
             raise UserError("without --scan, calibrate takes one validation store")
         _warn_if_few(args.val_stores)
@@ -444,5 +493,5 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["recalibrate", "calibrate_with_scan", "simulator_of", "simulator_groups", "garbage_batch", "COMMAND",
-           "add_arguments", "run_cli"]
+__all__ = ["recalibrate", "calibrate_with_scan", "calibrate_network_alone", "simulator_of", "simulator_groups",
+           "garbage_batch", "COMMAND", "add_arguments", "run_cli"]

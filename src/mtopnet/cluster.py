@@ -117,8 +117,22 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[Task], done: Callable[[Tas
         with contextlib.suppress(Exception):
             client.close()
         if cluster is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), _quiet_nanny():
                 cluster.close()
+
+
+@contextlib.contextmanager
+def _quiet_nanny():
+    """While a LocalCluster closes after its work: no "Worker process still alive after 4.0
+    seconds, killing" warning (a busy machine's worker slow to exit is killed; its tasks are
+    done and their results kept)."""
+    nanny = logging.getLogger("distributed.nanny")
+    level = nanny.level
+    nanny.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        nanny.setLevel(level)
 
 
 __all__ = ["ResumableError", "Task", "check_workers", "dask_client", "run_tasks"]
