@@ -128,3 +128,15 @@ def test_a_moons_spectrum_without_an_arm_is_out_of_domain_not_foreign(model):
     assert problem is not None and "covers" in problem and not foreign
     rows = next(predict_batches(model, [two]))
     assert rows["ZWARN"][0] & int(ZWarn.OUT_OF_DOMAIN) and rows["QOP"][0] <= 2
+
+
+def test_the_network_alone_has_its_own_calibration(model):
+    """--no-refine reads the calibration fitted on the network's PDF alone (0.4.5), so a bright
+    galaxy's network redshift can be QOP 4 there too, and pure noise cannot."""
+    from mtopnet.quality import FEATURES
+    assert model.calibration_net is not None and tuple(model.calibration_net.features) == FEATURES
+    batch = _observe(_quiescent(1.3), hmag=21.0, hours=8.0, seed=3)
+    row = next(predict_batches(model, [batch], refine=False))
+    assert abs(row["Z"][0] - 1.3) < 0.01 and row["QOP"][0] == 4, (row["Z"], row["QOP"])
+    noise = next(predict_batches(model, [_no_signal(False)], refine=False))
+    assert np.all(noise["QOP"] <= 2), noise["QOP"]
