@@ -1,13 +1,13 @@
 """calibrate a model's redshift combination, p_dz01, QOP and intervals on validation data
 
-``mtopnet calibrate MODEL.pt VAL_STORE.h5 [VAL_STORE.h5 ...] [--scan] [--out NEW.pt]`` runs
-the model over VALIDATION stores (never the test or held-out sets) and writes the
-checkpoint with the new calibration and its provenance.
+``mtopnet calibrate MODEL.pt VAL_STORE.h5 [VAL_STORE.h5 ...] [--scan] --out NEW.pt`` (or
+``--overwrite`` to replace MODEL.pt) runs the model over VALIDATION stores (never the test or
+held-out sets) and writes the checkpoint with the new calibration and its provenance.
 
 Without ``--scan`` (:func:`recalibrate`): refits :func:`mtopnet.quality.fit_calibration` on
 the refined z and the PDF mass around it (the PDF statistics alone).
 
-With ``--scan`` (:func:`calibrate_with_scan`), three fits, each on the validation data:
+With ``--scan`` (:func:`calibrate_with_scan`), four fits, each on the validation data:
 
 1. the weights of the full-range template scan against the network's PDF
    (:func:`mtopnet.refine.fit_combination`: ``w_net``, ``t``), on objects with a redshift
@@ -22,7 +22,11 @@ With ``--scan`` (:func:`calibrate_with_scan`), three fits, each on the validatio
    and featureless power laws, on the validation spectra's own wavelengths and noise) are
    added as certain failures, so that no-signal input is learnt to be unreliable;
 3. the central-interval levels that held the truth 68% and 95% of the time
-   (:func:`mtopnet.quality.fit_interval_levels`).
+   (:func:`mtopnet.quality.fit_interval_levels`);
+4. the same quality model and levels for the network's PDF alone (``calibration_net``: what
+   ``mtopnet predict --no-refine`` reports), on the PDF statistics alone
+   (:data:`mtopnet.quality.FEATURES`); ``--network-alone`` fits only this one
+   (:func:`calibrate_network_alone`).
 
 Validation sets should include spectra unlike the training set (another simulator's, other
 galaxy histories): a calibration on the training simulator alone is too confident elsewhere.
@@ -325,7 +329,7 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     model.calibration = model.calibration_net = None
     # 2. the quality model, on the full prediction, with no-signal spectra as failures
     fitted = _quality_pass(model, refiner, val_stores, truths, n_val, garbage_fraction, batch_size, seed, progress,
-                      FEATURES + FIT_FEATURES, "calibrate (quality)")
+                           FEATURES + FIT_FEATURES, "calibrate (quality)")
     cal, temperature, levels, by_qop = fitted["cal"], fitted["temperature"], fitted["levels"], fitted["by_qop"]
     z, z_true, pdf, zt_real, qop_real = (fitted[k] for k in ("z", "z_true", "pdf", "zt_real", "qop_real"))
     p_new, n_garbage = fitted["p"], fitted["n_garbage"]
