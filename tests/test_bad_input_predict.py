@@ -110,6 +110,22 @@ def test_a_run_that_waited_for_the_lock_does_not_replace_a_finished_catalogue(tm
     assert len(read_catalogue(out)["TARGETID"]) == 1
 
 
+def test_a_full_disk_leaves_no_lock_file(tmp_path, monkeypatch):
+    """The lock file is created, then its pid cannot be written (a full disk): one-line error,
+    and no empty NAME.lock is left behind."""
+    import mtopnet.catalogue as cat_mod
+    from mtopnet.catalogue import OutputLock
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cat_mod.os, "write", full)
+    with pytest.raises(UserError, match="disk is full"):
+        OutputLock(tmp_path / "cat.fits").acquire()
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_lock_of_a_killed_run_does_not_block_the_next(tmp_path):
     """Issue 13 item 1: a writer killed by SIGKILL leaves its lock file and temporary file; the
     kernel has released the lock, so the next run writes the catalogue and removes both."""

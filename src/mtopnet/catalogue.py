@@ -128,7 +128,9 @@ class OutputLock:
             try:
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())
-            except OSError as exc:
+            except OSError as exc:  # a full disk: leave no empty lock file behind (we hold it)
+                with contextlib.suppress(OSError):
+                    self.lock_path.unlink()
                 os.close(fd)
                 raise write_error(self.path, exc) from None
             self._fd = fd
