@@ -245,13 +245,13 @@ def _fit_network_alone(model, val_stores: list, truths: list[dict], n_val: int, 
         "reliability": reliability(q_net["p"], success)})
 
 
-def _validation_truths(val_stores: list) -> tuple[list[dict], int]:
-    """Each validation store's ids (as text) and true z, and their number of spectra."""
+def _validation_truths(val_stores: list) -> tuple[list[dict], list[dict]]:
+    """Each validation store's ids (as text) and true z, and its :func:`store_info`."""
     truths = []
     for path in val_stores:
         truth = read_truth(path)
         truths.append({"id": np.asarray(truth["id"]).astype(str), "z": np.asarray(truth["z"], dtype=np.float64)})
-    return truths, sum(store_info(path)["n"] for path in val_stores)
+    return truths, [store_info(path) for path in val_stores]
 
 
 def calibrate_network_alone(model_path: str | os.PathLike, val_stores: list[str | os.PathLike],
@@ -262,9 +262,13 @@ def calibrate_network_alone(model_path: str | os.PathLike, val_stores: list[str 
     default in place, atomically) with everything else as it was: for a model calibrated with
     the scan before ``calibrate_with_scan`` fitted both (the default path's catalogue is
     unchanged). The no-signal spectra are those ``calibrate_with_scan`` adds with the same seed.
-    Returns the fit's validation report."""
+    Returns the fit's validation report. UserError: a model not calibrated with the scan."""
     model = load_model(model_path)
-    truths, n_val = _validation_truths(val_stores)
+    if model.scan is None:
+        raise UserError(f"--network-alone: {model_path} is not calibrated with the scan; calibrate it with --scan "
+                        "(which fits both)")
+    truths, infos = _validation_truths(val_stores)
+    n_val = sum(info["n"] for info in infos)
     model.calibration = model.calibration_net = None
     cal_net = _fit_network_alone(model, val_stores, truths, n_val, garbage_fraction, batch_size, seed, progress)
     payload = read_checkpoint(model_path)
@@ -295,8 +299,8 @@ def calibrate_with_scan(model_path: str | os.PathLike, val_stores: list[str | os
     scanner = ZScanner.from_scan_config(refiner.basis, (zb.z_min, zb.z_max), scan, sky=sky)
     if asked_sky and not scan.sky:
         log.warning("calibrate: the training instrument cannot be loaded: the scan fits no sky vectors")
-    truths, n_val = _validation_truths(val_stores)
-    infos = [store_info(path) for path in val_stores]
+    truths, infos = _validation_truths(val_stores)
+    n_val = sum(info["n"] for info in infos)
     _, group_of = simulator_groups(infos)
     # 1. the combination's weights, from the network's PDFs and the scan on every object,
     #    on the spectra as prediction sees them
@@ -463,9 +467,6 @@ def run_cli(args: argparse.Namespace) -> int:
         n_templates, lines = _scan_basis(args.scan_templates, args.scan_lines)
         _warn_if_few(args.val_stores)
         if args.network_alone:
-            if load_model(args.model).scan is None:
-                raise UserError(f"--network-alone: {args.model} is not calibrated with the scan; "
-                                "calibrate it with --scan (which fits both)")
             report = calibrate_network_alone(args.model, args.val_stores, args.out,
                                              garbage_fraction=args.garbage_fraction, batch_size=args.batch_size,
                                              progress=progress_enabled())
